@@ -1,0 +1,60 @@
+# Entrance camera — developer entry points. `make run` and `make test` are all a new machine needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+LOCKS := requirements/dev.lock
+
+.PHONY: help setup run test test-fast lint bench fixtures lock clean
+
+help:
+	@echo "make run      - demo: the pipeline on a generated clip, CPU fallback, events printed"
+	@echo "make test     - the test suite (sets everything up first)"
+	@echo "make lint     - ruff and mypy"
+	@echo "make bench    - benchmarks, JSON to bench.json"
+	@echo "make fixtures - fetch the pinned fixture face images"
+	@echo "make setup    - system packages, .venv and the project (idempotent)"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml $(LOCKS) deploy/dev/system-packages.sh
+	bash deploy/dev/system-packages.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+fixtures: setup
+	$(BIN)/device fixtures
+
+run: setup fixtures
+	$(BIN)/device demo
+
+test: setup fixtures
+	$(BIN)/python -m pytest
+
+test-fast: setup fixtures
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check device tests
+	$(BIN)/ruff format --check device tests
+	$(BIN)/mypy device
+
+bench: setup fixtures
+	$(BIN)/device bench --out bench.json
+
+# Regenerates the hash-pinned lock files from pyproject.toml (needs the registry; commit the result).
+lock: setup
+	$(BIN)/python -m pip install --quiet "uv==0.13.*"
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -c requirements/constraints.txt \
+		--quiet -o requirements/runtime.lock
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -c requirements/constraints.txt \
+		--extra dev --quiet -o requirements/dev.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench.json

@@ -1,0 +1,128 @@
+"""Command-line entry point.
+
+Each module in ``device.commands`` registers its own subcommands, so stages and features add commands
+without editing a central list. ``--config PATH`` is accepted before and after any subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from device import __version__
+from device.config import ConfigError, UnitConfig, load_config
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CommandModule(Protocol):
+    def register(self, commands: CommandRegistry) -> None: ...
+
+
+class CommandRegistry:
+    """Adds subcommands that all share the common options (``--config``, ``--log-level``)."""
+
+    def __init__(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        self._subparsers = subparsers
+        self.common = _common_options(suppress_defaults=True)
+
+    def add(self, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        parser = self._subparsers.add_parser(
+            name, help=help_text, description=help_text, parents=[self.common]
+        )
+        parser.set_defaults(handler=handler)
+        return parser
+
+    def add_group(self, name: str, help_text: str) -> CommandRegistry:
+        """A command with its own subcommands, e.g. ``device models verify``."""
+        parser = self._subparsers.add_parser(
+            name, help=help_text, description=help_text, parents=[self.common]
+        )
+        parser.set_defaults(handler=_missing_subcommand(parser))
+        return CommandRegistry(parser.add_subparsers(title="commands", metavar="COMMAND"))
+
+
+def _missing_subcommand(parser: argparse.ArgumentParser) -> Handler:
+    def handler(_: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    return handler
+
+
+def _common_options(*, suppress_defaults: bool) -> argparse.ArgumentParser:
+    # Subcommands use SUPPRESS so that a --config given before the subcommand is not overwritten by the
+    # subcommand's default of None.
+    default: object = argparse.SUPPRESS if suppress_defaults else None
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", type=Path, default=default, metavar="PATH", help="unit config file (TOML)"
+    )
+    common.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS if suppress_defaults else "INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default INFO)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="device",
+        description="Entrance camera unit: detects and recognises enrolled residents on the unit and "
+        "publishes decisions (never images or biometrics) over MQTT.",
+        parents=[_common_options(suppress_defaults=False)],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    registry = CommandRegistry(parser.add_subparsers(title="commands", metavar="COMMAND"))
+    for module in _command_modules():
+        module.register(registry)
+    return parser
+
+
+def _command_modules() -> list[CommandModule]:
+    import device.commands as package
+
+    names = sorted(
+        info.name for info in pkgutil.iter_modules(package.__path__) if not info.name.startswith("_")
+    )
+    modules: list[CommandModule] = [importlib.import_module(f"{package.__name__}.{name}") for name in names]
+    return modules
+
+
+def config_from_args(args: argparse.Namespace) -> UnitConfig:
+    """The unit config named by ``--config``, or the built-in defaults when none was given."""
+    path: Path | None = getattr(args, "config", None)
+    return load_config(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, getattr(args, "log_level", "INFO")),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return handler(args)
+    except ConfigError as error:
+        print(str(error), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

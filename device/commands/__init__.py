@@ -1,0 +1,1 @@
+"""Subcommands of the ``device`` CLI; every public module here has ``register(commands)``."""

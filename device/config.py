@@ -1,0 +1,223 @@
+"""The unit's configuration: one TOML file validated by pydantic models.
+
+Every model forbids unknown keys and bounds its fields, so a typo or an out-of-range value is reported
+instead of silently ignored. Relative paths are resolved against the directory of the config file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+UNIT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+MAX_ENROLMENT_DAYS = 3 * 365
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Point = tuple[Fraction, Fraction]
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message lists every problem, one per line."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"invalid config {source}:\n{listing}")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UnitSection(Section):
+    id: str = Field(
+        default="demo-unit", pattern=UNIT_ID_PATTERN, description="unit name, also its MQTT identity"
+    )
+    state_dir: Path = Field(default=Path("state"), description="outbox, gallery, audit log")
+
+
+class CaptureSection(Section):
+    backend: Literal["file", "opencv", "picamera2"] = "file"
+    source: str = Field(default="", description="file/folder path, V4L2 index or path, or RTSP URL")
+    width: int = Field(default=640, ge=64, le=4096)
+    height: int = Field(default=480, ge=64, le=4096)
+    fps: float = Field(default=15.0, gt=0.0, le=120.0)
+    loop: bool = False
+    realtime: bool = Field(default=True, description="file backend: pace frames at fps")
+    rotation: Literal[0, 90, 180, 270] = 0
+    hflip: bool = False
+    vflip: bool = False
+    reconnect_backoff_max_s: float = Field(default=30.0, ge=0.5, le=600.0)
+
+
+class ModelsSection(Section):
+    dir: Path = Field(default=Path("models"), description="folder with the shipped model files and manifest")
+    detector: str = Field(default="blazeface_full_range", min_length=1)
+    embedder: str = Field(default="dlib_resnet_v1", min_length=1)
+    accelerator: Literal["auto", "edgetpu", "cpu"] = "auto"
+    edgetpu_device: Literal["usb", "pci", "any"] = "any"
+    reprobe_interval_s: float = Field(default=300.0, ge=10.0, le=86_400.0)
+    cpu_threads: int = Field(default=2, ge=1, le=8)
+    cpu_variant: Literal["auto", "float", "int8"] = "auto"
+
+
+class MotionSection(Section):
+    enabled: bool = True
+    downscale_width: int = Field(default=160, ge=32, le=640)
+    pixel_delta: int = Field(default=18, ge=1, le=255)
+    min_changed_fraction: float = Field(default=0.004, gt=0.0, le=1.0)
+
+
+class DetectionSection(Section):
+    score_threshold: float = Field(default=0.6, gt=0.0, lt=1.0)
+    nms_iou: float = Field(default=0.3, gt=0.0, lt=1.0)
+    min_face_px: int = Field(default=40, ge=8, le=2048)
+    zone: list[Point] = Field(
+        default_factory=list, description="entrance zone polygon in normalised [x, y]; empty = whole frame"
+    )
+
+    @field_validator("zone")
+    @classmethod
+    def _zone_is_polygon(cls, zone: list[Point]) -> list[Point]:
+        if zone and len(zone) < 3:
+            raise ValueError("a zone needs at least 3 points (or none for the whole frame)")
+        return zone
+
+
+class TrackingSection(Section):
+    iou_threshold: float = Field(default=0.3, gt=0.0, lt=1.0)
+    confirm_frames: int = Field(default=2, ge=1, le=30)
+    max_lost_frames: int = Field(default=8, ge=1, le=300)
+
+
+class QualitySection(Section):
+    min_face_px: int = Field(default=60, ge=16, le=2048)
+    min_sharpness: float = Field(default=40.0, ge=0.0, description="variance of the Laplacian")
+    max_yaw_deg: float = Field(default=35.0, gt=0.0, le=90.0)
+    min_brightness: float = Field(default=40.0, ge=0.0, le=255.0)
+    max_brightness: float = Field(default=220.0, ge=0.0, le=255.0)
+    best_k: int = Field(default=5, ge=1, le=32)
+
+    @model_validator(mode="after")
+    def _brightness_range(self) -> QualitySection:
+        if self.min_brightness >= self.max_brightness:
+            raise ValueError("min_brightness must be below max_brightness")
+        return self
+
+
+class MatchingSection(Section):
+    threshold: float = Field(default=0.93, gt=0.0, lt=1.0, description="cosine similarity to accept")
+    min_margin: float = Field(default=0.01, ge=0.0, lt=1.0, description="to the best other subject")
+    max_samples: int = Field(default=5, ge=1, le=32)
+    require_claim: bool = Field(default=False, description="armed mode: match only after a claim/trigger")
+    claim_window_s: float = Field(default=15.0, gt=0.0, le=600.0)
+
+
+class GallerySection(Section):
+    path: Path = Field(default=Path("state/gallery.db"))
+    master_key_path: Path = Field(default=Path("secrets/master.key"))
+    default_expiry_days: int = Field(default=365, ge=1, le=MAX_ENROLMENT_DAYS)
+    max_templates_per_subject: int = Field(default=5, ge=1, le=32)
+
+
+class MqttTls(Section):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+class MqttSection(Section):
+    enabled: bool = False
+    host: str = Field(default="localhost", min_length=1)
+    port: int = Field(default=8883, ge=1, le=65_535)
+    tls: MqttTls = Field(default_factory=MqttTls)
+    username: str | None = None
+    password_file: Path | None = Field(default=None, description="secrets by path, never inline")
+    topic_prefix: str = Field(default="entrance", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(default=3600, ge=0, le=604_800)
+    health_interval_s: float = Field(default=30.0, ge=1.0, le=3600.0)
+    outbox_path: Path = Field(default=Path("state/outbox.db"))
+    outbox_max_rows: int = Field(default=100_000, ge=10, le=10_000_000)
+    outbox_max_bytes: int = Field(default=64 * 1024 * 1024, ge=10_000)
+    ha_discovery: bool = False
+
+
+class LoggingSection(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class UnitConfig(Section):
+    unit: UnitSection = Field(default_factory=UnitSection)
+    capture: CaptureSection = Field(default_factory=CaptureSection)
+    models: ModelsSection = Field(default_factory=ModelsSection)
+    motion: MotionSection = Field(default_factory=MotionSection)
+    detection: DetectionSection = Field(default_factory=DetectionSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+    quality: QualitySection = Field(default_factory=QualitySection)
+    matching: MatchingSection = Field(default_factory=MatchingSection)
+    gallery: GallerySection = Field(default_factory=GallerySection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+
+def describe_validation_error(error: ValidationError) -> list[str]:
+    """One line per problem: dotted path, the value given, and what was expected."""
+    problems = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{path}: unknown key (not part of the config schema)")
+            continue
+        given = item.get("input")
+        problems.append(f"{path} = {given!r}: {item['msg']}")
+    return problems
+
+
+def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> UnitConfig:
+    try:
+        config = UnitConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(source, describe_validation_error(error)) from None
+    return resolve_paths(config, base_dir) if base_dir is not None else config
+
+
+def load_config(path: Path | None) -> UnitConfig:
+    """Read and validate a config file; ``None`` gives the built-in defaults."""
+    if path is None:
+        return UnitConfig()
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(str(path), [f"cannot read the file: {error.strerror}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(str(path), [f"not valid TOML: {error}"]) from None
+    return parse_config(data, str(path), path.resolve().parent)
+
+
+def resolve_paths(config: UnitConfig, base_dir: Path) -> UnitConfig:
+    """Relative paths in the config mean 'relative to the config file', wherever the unit is started."""
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, Path):
+            return value if value.is_absolute() else (base_dir / value)
+        if isinstance(value, BaseModel):
+            updates = {name: fix(getattr(value, name)) for name in type(value).model_fields}
+            return value.model_copy(update=updates)
+        return value
+
+    resolved: UnitConfig = fix(config)
+    return resolved
+
+
+def config_json_schema() -> dict[str, Any]:
+    schema = UnitConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Entrance camera unit config"
+    return schema

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device import fixtures
+from device.fixtures import FACE_RECOGNITION_SDIST, FixtureError
+
+
+def test_every_pinned_image_is_in_the_cache_with_its_pinned_digest(face_images: dict[str, Path]) -> None:
+    for archive in fixtures.ARCHIVES:
+        for name, member in archive.members.items():
+            assert hashlib.sha256(face_images[name].read_bytes()).hexdigest() == member.sha256
+
+
+def test_the_face_recognition_test_images_are_all_there(face_images: dict[str, Path]) -> None:
+    expected = {
+        "obama.jpg",
+        "obama2.jpg",
+        "obama3.jpg",
+        "biden.jpg",
+        "obama_partial_face.jpg",
+        "obama_partial_face2.jpg",
+    }
+    assert expected <= set(face_images)
+    assert {f"sample{i}.jpg" for i in range(1, 7)} <= set(face_images)
+
+
+def test_fixtures_live_outside_the_repository(face_images: dict[str, Path]) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    for path in face_images.values():
+        assert repo not in path.resolve().parents
+
+
+def test_images_decode_as_rgb(face_images: dict[str, Path]) -> None:
+    image = fixtures.load_rgb("obama.jpg")
+    assert image.dtype == np.uint8
+    assert image.ndim == 3
+    assert image.shape[2] == 3
+
+
+def test_a_damaged_cached_file_is_fetched_again(tmp_path: Path, face_images: dict[str, Path]) -> None:
+    # Seed a private cache from the shared one, then damage one file: ensure_archive must restore it.
+    target = fixtures.archive_dir(FACE_RECOGNITION_SDIST, tmp_path)
+    target.mkdir(parents=True)
+    for name in FACE_RECOGNITION_SDIST.members:
+        (target / name).write_bytes(face_images[name].read_bytes())
+    (target / "biden.jpg").write_bytes(b"not a jpeg")
+    restored = fixtures.ensure_archive(FACE_RECOGNITION_SDIST, tmp_path)
+    digest = hashlib.sha256(restored["biden.jpg"].read_bytes()).hexdigest()
+    assert digest == FACE_RECOGNITION_SDIST.members["biden.jpg"].sha256
+
+
+def test_an_archive_that_does_not_match_its_pin_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    tampered = fixtures.Archive(
+        registry=FACE_RECOGNITION_SDIST.registry,
+        package=FACE_RECOGNITION_SDIST.package,
+        version=FACE_RECOGNITION_SDIST.version,
+        sha256="0" * 64,
+        licence="MIT",
+        members={},
+    )
+    with pytest.raises(FixtureError, match="does not match the pin"):
+        fixtures.download_archive(tampered)
+
+
+def test_an_unreachable_registry_is_a_clear_error_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never_answers(*args: object, **kwargs: object) -> None:
+        raise subprocess.TimeoutExpired(cmd="pip download", timeout=1)
+
+    monkeypatch.setattr(fixtures.subprocess, "run", never_answers)
+    with pytest.raises(FixtureError, match="did not answer"):
+        fixtures.download_archive(FACE_RECOGNITION_SDIST, timeout_s=1)
+
+
+def test_unknown_fixture_names_list_the_known_ones() -> None:
+    with pytest.raises(FixtureError, match=r"known: .*obama\.jpg"):
+        fixtures.fixture_path("nobody.jpg")
+
+
+def test_astronaut_comes_from_scikit_image() -> None:
+    image = fixtures.astronaut_rgb()
+    assert image.shape == (512, 512, 3)
