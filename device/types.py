@@ -1,0 +1,112 @@
+"""Plain data passed between pipeline stages. Data flows one way; no stage reaches back into another.
+
+capture -> Frame -> detect -> Detection -> track -> Track -> quality/align -> FaceSample -> embed ->
+Embedding -> match -> Match -> decide -> Decision -> publish
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+from numpy.typing import NDArray
+
+RgbImage = NDArray[np.uint8]  # (H, W, 3) RGB
+Vector = NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: RgbImage
+    ts: float  # time.monotonic() at capture
+    seq: int  # per-source frame counter, gaps mean dropped frames
+
+
+@dataclass(frozen=True)
+class Box:
+    """Pixel coordinates, (x0, y0) top-left inclusive, (x1, y1) bottom-right exclusive."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @property
+    def width(self) -> float:
+        return max(0.0, self.x1 - self.x0)
+
+    @property
+    def height(self) -> float:
+        return max(0.0, self.y1 - self.y0)
+
+    @property
+    def area(self) -> float:
+        return self.width * self.height
+
+
+class Keypoint(StrEnum):
+    """BlazeFace's six keypoints, in the order the model emits them (subject's right eye first)."""
+
+    RIGHT_EYE = "right_eye"
+    LEFT_EYE = "left_eye"
+    NOSE_TIP = "nose_tip"
+    MOUTH = "mouth"
+    RIGHT_EAR = "right_ear"
+    LEFT_EAR = "left_ear"
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: Box
+    score: float
+    keypoints: NDArray[np.float32]  # (6, 2) pixel x, y in Keypoint order
+
+
+class TrackState(StrEnum):
+    NEW = "new"
+    CONFIRMED = "confirmed"
+    LOST = "lost"
+
+
+@dataclass
+class Track:
+    id: int
+    detections: list[Detection] = field(default_factory=list)
+    state: TrackState = TrackState.NEW
+
+
+@dataclass(frozen=True)
+class FaceSample:
+    aligned: RgbImage  # the embedder's input chip (150x150 RGB for dlib's ResNet)
+    quality: float  # higher is better; used to keep the best K per track
+    reasons: tuple[str, ...] = ()  # why quality is limited (blur, yaw, exposure, size)
+
+
+@dataclass(frozen=True)
+class Embedding:
+    vector: Vector  # L2-normalised
+
+
+@dataclass(frozen=True)
+class Match:
+    subject_id: str | None  # best subject, None when the gallery is empty
+    similarity: float  # cosine to the best subject
+    margin: float  # best minus the best *other* subject's similarity
+
+
+class DecisionType(StrEnum):
+    RECOGNIZED = "recognized"
+    UNKNOWN = "unknown"
+    INSUFFICIENT_QUALITY = "insufficient_quality"
+
+
+@dataclass(frozen=True)
+class Decision:
+    type: DecisionType
+    subject_id: str | None
+    similarity: float | None
+    margin: float | None
+    frames: int
+    reasons: tuple[str, ...]
+    track_id: int
