@@ -118,10 +118,18 @@ class MatchingSection(Section):
 
 
 class GallerySection(Section):
-    path: Path = Field(default=Path("state/gallery.db"))
+    path: Path = Field(
+        default=Path("state/gallery.enc"),
+        description="encrypted gallery: one file, rewritten atomically on every change",
+    )
     master_key_path: Path = Field(default=Path("secrets/master.key"))
     default_expiry_days: int = Field(default=365, ge=1, le=MAX_ENROLMENT_DAYS)
     max_templates_per_subject: int = Field(default=5, ge=1, le=32)
+    consent_purpose_version: str = Field(
+        default="v1",
+        pattern=r"^[A-Za-z0-9._-]{1,32}$",
+        description="version of the purpose text on the consent form, recorded with each enrolment",
+    )
 
 
 class MqttTls(Section):

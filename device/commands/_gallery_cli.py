@@ -1,0 +1,47 @@
+"""Helpers shared by the gallery commands (enrol, subjects, forget, audit, identify, claim, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import getpass
+import sys
+from collections.abc import Callable
+
+from device.audit import AuditError
+from device.claims import ClaimError
+from device.cli import EXIT_FAILURE
+from device.gallery import GalleryError
+from device.masterkey import MasterKeyError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def reports_gallery_errors(handler: Handler) -> Handler:
+    """Turns the gallery's own errors into one clear line on stderr and exit code 1 (no traceback)."""
+
+    @functools.wraps(handler)
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (GalleryError, MasterKeyError, AuditError, ClaimError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_FAILURE
+
+    return wrapped
+
+
+def default_operator() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def add_operator_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--operator",
+        default=None,
+        metavar="WHO",
+        help="who performs this (recorded in the audit log; default: the logged-in user)",
+    )

@@ -1,0 +1,100 @@
+"""``device subjects list``, ``device forget SUBJECT_ID``, ``device purge-expired``.
+
+The list shows consent, expiry and counts, and the display name (decrypted locally for the operator);
+never templates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import date
+from typing import Any
+
+from device.cli import EXIT_OK, CommandRegistry, config_from_args
+from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
+from device.gallery import GalleryStore, SubjectInfo, utc_now
+
+
+def register(commands: CommandRegistry) -> None:
+    group = commands.add_group("subjects", "the enrolled subjects (never their templates)")
+    listing = group.add("list", list_subjects, "list enrolled subjects: id, name, consent, expiry")
+    listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+
+    forget = commands.add("forget", forget_subject, "destroy a subject's templates and name for good")
+    forget.add_argument("subject_id", metavar="SUBJECT_ID")
+    forget.add_argument("--reason", default="request", help="recorded in the audit log (default: request)")
+    add_operator_option(forget)
+
+    purge = commands.add("purge-expired", purge_expired, "forget every subject whose enrolment expired")
+    add_operator_option(purge)
+
+
+def subject_summary(info: SubjectInfo, name: str | None, today: date) -> dict[str, Any]:
+    return {
+        "subject_id": info.subject_id,
+        "name": name,
+        "created": info.created,
+        "expires": info.expires.isoformat(),
+        "expired": info.is_expired(today),
+        "last_seen": None if info.last_seen is None else info.last_seen.isoformat(),
+        "templates": info.template_count,
+        "consent": {
+            "reference": info.consent.reference,
+            "recorded_at": info.consent.recorded_at,
+            "operator": info.consent.operator,
+            "purpose_version": info.consent.purpose_version,
+        },
+    }
+
+
+@reports_gallery_errors
+def list_subjects(args: argparse.Namespace) -> int:
+    store = GalleryStore.from_config(config_from_args(args))
+    contents = store.load()
+    today = utc_now().date()
+    rows = [
+        subject_summary(subject.info, store.sealer.open_subject(subject).name, today)
+        for subject in contents.subjects
+    ]
+    if args.json:
+        print(json.dumps({"gallery_version": contents.version, "subjects": rows}, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no subjects enrolled")
+        return EXIT_OK
+    header = ("SUBJECT", "NAME", "TEMPLATES", "EXPIRES", "LAST SEEN", "CONSENT", "OPERATOR")
+    table = [header] + [
+        (
+            row["subject_id"],
+            row["name"] or "-",
+            str(row["templates"]),
+            row["expires"] + (" (expired)" if row["expired"] else ""),
+            row["last_seen"] or "-",
+            f"{row['consent']['reference']} ({row['consent']['purpose_version']})",
+            row["consent"]["operator"],
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[column]) for line in table) for column in range(len(header))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+@reports_gallery_errors
+def forget_subject(args: argparse.Namespace) -> int:
+    store = GalleryStore.from_config(config_from_args(args))
+    store.forget(args.subject_id, args.operator or default_operator(), reason=args.reason)
+    print(f"forgot {args.subject_id}: its data key, templates and name are destroyed (crypto-erase)")
+    return EXIT_OK
+
+
+@reports_gallery_errors
+def purge_expired(args: argparse.Namespace) -> int:
+    store = GalleryStore.from_config(config_from_args(args))
+    purged = store.purge_expired(args.operator or default_operator())
+    for subject_id in purged:
+        print(f"purged {subject_id} (enrolment expired)")
+    print(f"purged {len(purged)} expired subject(s)")
+    return EXIT_OK
