@@ -8,8 +8,10 @@ arrived, a forbidden one sent before it would have arrived too).
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from broker import MosquittoBroker
@@ -212,3 +214,26 @@ def test_queued_commands_survive_a_broker_crash(mosquitto_broker: MosquittoBroke
         assert unit.wait_for_message("entrance/unit-sleepy/cmd/claim").payload == b"queued"
     finally:
         unit.close()
+
+
+def test_a_broker_whose_free_port_was_taken_meanwhile_starts_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import deploy.broker.local as local
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks = iter([taken])
+        real_free_port = local.free_port
+        monkeypatch.setattr(local, "free_port", lambda: next(picks, None) or real_free_port())
+        broker = MosquittoBroker(tmp_path)
+        assert broker.port == taken
+        broker.start()
+        try:
+            assert broker.port != taken
+            cert, key = broker.cert_for("unit-a")
+            assert try_connect(broker.host, broker.port, broker.ca_file, cert, key).connected
+        finally:
+            broker.stop()
