@@ -137,9 +137,9 @@ def test_a_unit_cannot_publish_on_another_units_topics(clients: dict[str, Probe]
 
 def test_a_unit_subscribing_to_another_units_commands_gets_nothing(clients: dict[str, Probe]) -> None:
     backend, unit_a, unit_b = clients["backend"], clients["unit-a"], clients["unit-b"]
-    # The broker accepts these subscriptions (the ACL file does not check SUBSCRIBE) ...
-    for topic_filter in ("entrance/unit-b/cmd/#", "entrance/+/cmd/#", "entrance/#", "#"):
-        unit_a.subscribe(topic_filter)
+    # The broker grants these subscriptions (SUBACK QoS 1: the ACL file does not check SUBSCRIBE) ...
+    for topic_filter in ("entrance/unit-b/cmd/#", "entrance/+/cmd/#", "entrance/#", "#", "$SYS/#"):
+        assert unit_a.subscribe(topic_filter) == [1]
     unit_b.subscribe("entrance/unit-b/cmd/#")
 
     # ... but only the unit's own commands are delivered to it.
