@@ -171,11 +171,17 @@ def test_the_rendered_config_is_tls_only_with_client_certificates(pki: Pki, tmp_
     assert settings["require_certificate"] == "true"
     assert settings["use_identity_as_username"] == "true"
     assert settings["allow_anonymous"] == "false"
-    assert settings["crlfile"] == str(pki.crl_path.resolve())
-    assert settings["cafile"] == str(pki.ca_cert_path.resolve())
     assert settings["persistence"] == "true"
     assert "user" not in settings  # the packaged default (drop to `mosquitto`) stays
     assert (tmp_path / "conf" / "acl").exists()
+    # The broker gets copies of what it needs, never the CA key; its own key stays private.
+    certs = (tmp_path / "conf" / "certs").resolve()
+    assert settings["cafile"] == str(certs / "ca.crt")
+    assert settings["crlfile"] == str(certs / "crl.pem")
+    assert Path(settings["keyfile"]).read_bytes() == pki.broker_files().key.read_bytes()
+    assert mode(Path(settings["keyfile"])) == 0o600
+    assert Path(settings["crlfile"]).read_bytes() == pki.crl_path.read_bytes()
+    assert sorted(p.name for p in certs.iterdir()) == ["broker.crt", "broker.key", "ca.crt", "crl.pem"]
 
 
 def test_rendering_without_a_broker_certificate_says_what_is_missing(tmp_path: Path) -> None:

@@ -65,8 +65,13 @@ class LocalBroker:
         consumers: tuple[str, ...] = DEFAULT_CONSUMERS,
         ha_discovery: bool = True,
         port: int | None = None,
+        service_user: str | None = None,
     ) -> None:
+        """service_user: when started as root, Mosquitto drops to this user, who then owns the
+        broker's copies of the certificates, the ACL and the data (production layout). Default: the
+        current user, so nothing changes hands."""
         self.root = root
+        self.service_user = service_user
         self.host = HOST
         # A port picked here can be taken by someone else before Mosquitto binds it; then the first
         # start picks another. Once started, the port stays: clients reconnect to it.
@@ -97,7 +102,8 @@ class LocalBroker:
                 port=self.port,
                 bind_address=HOST,
                 log_dest="stderr",
-                run_as_user=getpass.getuser(),
+                run_as_user=self.service_user or getpass.getuser(),
+                owner=self.service_user,
             )
         )
 
@@ -131,11 +137,14 @@ class LocalBroker:
             self._certs[identity] = (files.cert, files.key)
         return self._certs[identity]
 
-    def revoke(self, identity: str) -> None:
-        """Revokes every certificate of identity and makes the running broker load the new CRL."""
+    def revoke(self, identity: str, *, reload: bool = True) -> None:
+        """Revokes every certificate of identity, gives the broker the new CRL and (unless told not
+        to) makes the running broker load it with SIGHUP."""
         self.pki.revoke(identity)
         self._certs.pop(identity, None)
-        self.reload()
+        self.conf_file = self._render()
+        if reload:
+            self.reload()
 
     # Process -----------------------------------------------------------------------------------
     @property
