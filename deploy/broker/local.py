@@ -88,7 +88,6 @@ class LocalBroker:
         self.log_file = root / "mosquitto.log"
         self.conf_file = self._render()
         self._certs: dict[str, tuple[Path, Path]] = {}
-        self._reloads = 0
         self._process: subprocess.Popen[bytes] | None = None
 
     def _render(self) -> Path:
@@ -201,15 +200,15 @@ class LocalBroker:
         """SIGHUP: Mosquitto re-reads its config, ACL, certificates and CRL."""
         if self._process is None or not self.running:
             return
-        os.kill(self._process.pid, signal.SIGHUP)
         # There is no acknowledgement of a reload; wait for its log line.
         marker = "Reloading config."
+        before = self.log_count(marker)
+        os.kill(self._process.pid, signal.SIGHUP)
         deadline = time.monotonic() + 5.0
-        while self.log_count(marker) < self._reloads + 1:
+        while self.log_count(marker) <= before:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"mosquitto did not log a reload; log:\n{self.log_tail()}")
             time.sleep(0.02)
-        self._reloads += 1
 
     def _signal_and_wait(self, sig: signal.Signals, timeout: float) -> None:
         process = self._process
