@@ -8,6 +8,7 @@ arrived, a forbidden one sent before it would have arrived too).
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -104,6 +105,28 @@ def test_a_revoked_unit_is_refused_once_the_broker_reloads_its_crl(mosquitto_bro
     mosquitto_broker.start()
     refused_because(mosquitto_broker, VERIFY_FAILED, lambda: try_connect(*address, cert, key))
     already_connected.close()
+
+
+def test_an_expired_crl_locks_every_client_out_until_it_is_re_signed(tmp_path: Path) -> None:
+    """Why pki.py has `crl-status`: Mosquitto treats an out-of-date CRL as a verification failure."""
+    broker = MosquittoBroker(tmp_path)
+    broker.start()
+    try:
+        cert, key = broker.cert_for("unit-a")
+        address = (broker.host, broker.port, broker.ca_file)
+        assert try_connect(*address, cert, key).connected
+
+        broker.pki.write_crl(days=90, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=91))
+        broker.refresh_config()
+        broker.reload()
+        refused_because(broker, VERIFY_FAILED, lambda: try_connect(*address, cert, key))
+
+        broker.pki.write_crl()
+        broker.refresh_config()
+        broker.reload()
+        assert try_connect(*address, cert, key).connected
+    finally:
+        broker.stop()
 
 
 # --- What is delivered to whom -----------------------------------------------------------------------

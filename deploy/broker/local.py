@@ -106,6 +106,11 @@ class LocalBroker:
             )
         )
 
+    def refresh_config(self) -> None:
+        """Re-renders the config and re-copies the CRL and certificates from the PKI (after pki.py
+        changed them); the running broker sees them after reload()."""
+        self.conf_file = self._render()
+
     def mqtt_config(self, identity: str) -> dict[str, object]:
         """The `[mqtt]` section of a unit config (device/config.py) that talks to this broker."""
         cert, key = self.cert_for(identity)
@@ -141,7 +146,7 @@ class LocalBroker:
         to) makes the running broker load it with SIGHUP."""
         self.pki.revoke(identity)
         self._certs.pop(identity, None)
-        self.conf_file = self._render()
+        self.refresh_config()
         if reload:
             self.reload()
 
