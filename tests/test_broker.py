@@ -179,6 +179,24 @@ def test_a_unit_subscribing_to_another_units_commands_gets_nothing(clients: dict
     assert set(unit_a.topics()) == {"entrance/unit-a/cmd/claim", "entrance/unit-a/cmd/health"}
 
 
+def test_another_units_retained_status_is_not_delivered(clients: dict[str, Probe]) -> None:
+    backend, unit_a, unit_b = clients["backend"], clients["unit-a"], clients["unit-b"]
+    # Nobody subscribes yet: PUBACK 0x10 "no matching subscribers", a success code.
+    assert unit_b.publish("entrance/unit-b/status", b"online", retain=True) < 0x80
+    assert unit_b.publish("entrance/unit-b/health", b"{}", retain=True) < 0x80
+
+    unit_a.subscribe("entrance/+/status")
+    unit_a.subscribe("entrance/+/health")
+    unit_a.subscribe("entrance/unit-a/cmd/#")
+    assert backend.publish("entrance/unit-a/cmd/health", b"barrier") == 0
+    unit_a.wait_for_message("entrance/unit-a/cmd/health")
+    assert unit_a.topics() == ["entrance/unit-a/cmd/health"]
+
+    # The consumer does get them.
+    backend.subscribe("entrance/+/status")
+    assert backend.wait_for_message("entrance/unit-b/status").payload == b"online"
+
+
 def test_a_consumer_cannot_speak_for_a_unit(clients: dict[str, Probe]) -> None:
     backend, unit_a = clients["backend"], clients["unit-a"]
     unit_a.subscribe("entrance/#")
