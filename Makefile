@@ -8,13 +8,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCKS := requirements/dev.lock
 
-.PHONY: help setup run test test-fast lint bench fixtures lock clean
+.PHONY: help setup run test test-fast lint bench fixtures lock clean reliability
 
 help:
 	@echo "make run      - demo: the pipeline on a generated clip, CPU fallback, events printed"
 	@echo "make test     - the test suite (sets everything up first)"
 	@echo "make lint     - ruff and mypy"
 	@echo "make bench    - benchmarks, JSON to bench.json"
+	@echo "make reliability - MQTT fault tests (broker/unit kills, ACL, certs, LWT), JSON summary"
 	@echo "make fixtures - fetch the pinned fixture face images"
 	@echo "make setup    - system packages, .venv and the project (idempotent)"
 
@@ -58,3 +59,8 @@ lock: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench.json
+
+# Fault tests against a real Mosquitto: broker SIGKILLed for 45 s, the unit SIGKILLed 25 times, cross-unit
+# ACL, refused certificates, Last Will. Prints one JSON summary (also in reliability.json); exit 1 on a miss.
+reliability: setup
+	$(BIN)/python tests/reliability/run.py --outage 45 --kills 25 --out reliability.json
