@@ -109,7 +109,7 @@ class EventConsumer:
             protocol=MQTTProtocolVersion.MQTTv5,
         )
         self._client.tls_set_context(tls_context(settings))
-        self._client.reconnect_delay_set(0.2, 2.0)
+        self._client.reconnect_delay_set(1, 4)
         self._client.on_connect = self._connected
         self._client.on_subscribe = self._subscribed
         self._client.on_message = self._message

@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 INFLIGHT_WINDOW = 20
 LOOP_TIMEOUT_S = 0.02
 BACKOFF_BASE_S = 0.5
+# Refusals (ACL, quota) need an operator, not a quick retry: hold the outbox 1-2 s, then longer, to 60 s.
+REFUSAL_BACKOFF = (2.0, 60.0)
 SHUTDOWN_DRAIN_S = 3.0
 HA_PREFIX = "homeassistant"
 
@@ -193,6 +195,7 @@ class MqttPublisher:
         self._on_reload = on_reload
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not a secret)
         self._backoff = Backoff(BACKOFF_BASE_S, self._settings.reconnect_backoff_max_s)
+        self._refusal_backoff = Backoff(*REFUSAL_BACKOFF)
         self._tls = tls_context(self._settings)
         self._password = (
             _read_password(self._settings.password_file) if self._settings.password_file is not None else None
@@ -498,7 +501,7 @@ class MqttPublisher:
         if seq is not None:
             # Keep the event; hold the outbox and retry later from the oldest row. Refusals usually
             # mean a broker ACL or quota problem that only an operator fixes, so back off hard.
-            delay = self._backoff.delay(self._refusal_streak + 2, self._rng)
+            delay = self._refusal_backoff.delay(self._refusal_streak, self._rng)
             self._refusal_streak += 1
             self._hold_until = time.monotonic() + delay
             self._cursor = min(self._cursor, seq - 1)

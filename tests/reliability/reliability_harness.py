@@ -238,7 +238,7 @@ class UnitProcess:
     def committed(self) -> tuple[int, int, int]:
         try:
             return committed_seq(self.outbox) if self.outbox.exists() else (0, 0, 0)
-        except sqlite3.OperationalError:
+        except (sqlite3.OperationalError, KeyError):
             return (0, 0, 0)  # the unit is still creating its outbox
 
 
