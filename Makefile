@@ -15,7 +15,6 @@ help:
 	@echo "make test     - the test suite (sets everything up first)"
 	@echo "make lint     - ruff and mypy"
 	@echo "make bench    - benchmarks, JSON to bench.json"
-	@echo "make reliability - MQTT fault tests (broker/unit kills, ACL, certs, LWT), JSON summary"
 	@echo "make fixtures - fetch the pinned fixture face images"
 	@echo "make setup    - system packages, .venv and the project (idempotent)"
 
@@ -59,6 +58,21 @@ lock: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench.json
+
+# --- Broker kit (deploy/broker) ---
+.PHONY: broker-check dev-broker
+# The rendered Mosquitto config loaded by a real mosquitto with a throw-away certificate set, plus
+# lint/types of the kit. `make deploy-check` runs this too.
+broker-check: setup
+	$(BIN)/ruff check deploy/broker
+	$(BIN)/ruff format --check deploy/broker
+	$(BIN)/mypy --strict deploy/broker
+	$(BIN)/python -m deploy.broker.check
+
+# A local TLS broker with the fleet config for development (PKI kept in state/dev-broker, gitignored).
+DEV_BROKER_PORT ?= 8883
+dev-broker: setup
+	$(BIN)/python -m deploy.broker.local --dir state/dev-broker --port $(DEV_BROKER_PORT) --unit demo-unit
 
 # Fault tests against a real Mosquitto: broker SIGKILLed for 45 s, the unit SIGKILLed 25 times, cross-unit
 # ACL, refused certificates, Last Will. Prints one JSON summary (also in reliability.json); exit 1 on a miss.

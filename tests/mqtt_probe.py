@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,13 +120,18 @@ def try_connect(
         client.connect(host, port, keepalive=10)
     except (OSError, ssl.SSLError) as error:
         return ConnectOutcome(False, f"{type(error).__name__}: {error}")
-    client.loop_start()
+    # Driven by hand rather than loop_start(): paho's background loop would sleep a reconnect delay
+    # after a refused handshake before it can be stopped.
+    deadline = time.monotonic() + WAIT_S
     try:
-        done.wait(WAIT_S)
+        while not done.is_set() and time.monotonic() < deadline:
+            if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                break
+    except (OSError, ssl.SSLError) as error:
+        outcome["detail"] = f"{type(error).__name__}: {error}"
     finally:
         with contextlib.suppress(Exception):
             client.disconnect()
-        client.loop_stop()
     return ConnectOutcome(bool(outcome["connected"]), str(outcome["detail"]))
 
 

@@ -126,8 +126,7 @@ def render_config(settings: BrokerSettings) -> str:
         "max_packet_size": str(settings.max_packet_size),
         "log_dest": settings.log_dest,
         "acl_file": str(out / "acl"),
-        "port": str(settings.port),
-        "bind_address": settings.bind_address,
+        "listener": f"{settings.port} {settings.bind_address}".strip(),
     }
     return Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
 
