@@ -192,22 +192,6 @@ def build_status(unit: str, state: Literal["online", "offline"], reason: str, se
     return status
 
 
-# Keys the pipeline may report in health (see the health schema's "pipeline" object).
-PIPELINE_HEALTH_KEYS = frozenset(
-    {
-        "fps",
-        "frames",
-        "dropped_frames",
-        "decisions",
-        "stage_ms",
-        "accelerator",
-        "gallery",
-        "cpu_temp_c",
-        "source",
-    }
-)
-
-
 @dataclass(frozen=True)
 class HealthParts:
     """Everything the publisher knows about itself; the pipeline's part is added separately."""
@@ -238,20 +222,36 @@ def build_health(parts: HealthParts, pipeline: Mapping[str, Any] | None) -> tupl
         "alarms": list(parts.alarms),
     }
     if pipeline:
-        extra_alarms = [str(alarm) for alarm in pipeline.get("alarms", ())]
-        report = {key: value for key, value in pipeline.items() if key in PIPELINE_HEALTH_KEYS}
-        unknown = sorted(set(pipeline) - PIPELINE_HEALTH_KEYS - {"alarms"})
-        if unknown:
-            problems.append(f"unknown pipeline health keys left out: {', '.join(unknown)}")
+        raw_alarms = pipeline.get("alarms", ())
+        extra_alarms = [str(alarm) for alarm in raw_alarms] if isinstance(raw_alarms, list | tuple) else []
+        report = {key: value for key, value in pipeline.items() if key != "alarms"}
         candidate = {**health, "pipeline": report, "alarms": [*health["alarms"], *extra_alarms][:16]}
         try:
             validate("health", candidate)
-            health = candidate
+            health = _trimmed(candidate, problems)
         except PayloadError as error:
             problems.append(str(error))
             health["alarms"] = [*health["alarms"], "pipeline_health_invalid"][:16]
     validate("health", health)
     return health, problems
+
+
+def _size(payload: Mapping[str, Any]) -> int:
+    return len(json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=True))
+
+
+def _trimmed(health: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """Health under the payload limit: the pipeline's largest entries go first, and that is named."""
+    report = dict(health["pipeline"])
+    dropped: list[str] = []
+    while _size({**health, "pipeline": report}) > MAX_PAYLOAD_BYTES - 40 and report:
+        largest = max(report, key=lambda key: _size({key: report[key]}))
+        dropped.append(largest)
+        del report[largest]
+    if not dropped:
+        return health
+    problems.append(f"health over {MAX_PAYLOAD_BYTES} bytes: left out {', '.join(dropped)}")
+    return {**health, "pipeline": report, "alarms": [*health["alarms"], "health_trimmed"][:16]}
 
 
 @dataclass(frozen=True)

@@ -161,10 +161,11 @@ def ha_discovery_configs(
             "name": f"Accelerator ({role})",
             "unique_id": f"{unit}_accelerator_{role}",
             "state_topic": topics.health,
+            # The pipeline reports either a state string or the model's health object per role.
             "value_template": (
-                "{{ value_json.pipeline.accelerator['" + model + "'] | default('unknown') "
-                "if value_json.pipeline is defined and value_json.pipeline.accelerator is defined "
-                "else 'unknown' }}"
+                "{% set acc = (value_json.pipeline | default({})).accelerator | default({}) %}"
+                "{% set m = acc['" + role + "'] | default(acc['" + model + "'] | default('unknown')) %}"
+                "{{ m.state if m is mapping else m }}"
             ),
             "entity_category": "diagnostic",
             "icon": "mdi:chip",
@@ -262,15 +263,34 @@ class MqttPublisher:
 
     # -- extras for the run loop ----------------------------------------------------------------------
 
+    @classmethod
+    def from_config(cls, config: UnitConfig) -> MqttPublisher:
+        """A started publisher; attach command handlers and versions later with ``bind``."""
+        return cls(config).start()
+
+    def bind(
+        self,
+        *,
+        on_claim: Callable[[str], None] | None = None,
+        on_reload: Callable[[], None] | None = None,
+        models: Mapping[str, str] | None = None,
+        gallery_version: Callable[[], str | None] | None = None,
+    ) -> None:
+        """Connects the pipeline once it exists: claims go to its ClaimSlot, reload to its gallery."""
+        if on_claim is not None:
+            self._on_claim = on_claim
+        if on_reload is not None:
+            self._on_reload = on_reload
+        if models is not None:
+            self._models = dict(models)
+        if gallery_version is not None:
+            self._gallery_version = gallery_version
+
     def start(self) -> MqttPublisher:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
             self._thread.start()
         return self
-
-    def set_context(self, *, models: Mapping[str, str] | None = None) -> None:
-        if models is not None:
-            self._models = dict(models)
 
     @property
     def topics(self) -> Topics:

@@ -154,10 +154,24 @@ def test_health_includes_a_valid_pipeline_report() -> None:
 
 
 def test_a_bad_pipeline_report_is_left_out_and_raised_as_an_alarm() -> None:
-    health, problems = build_health(health_parts(), {"fps": "fast", "subjects": ["s-1"]})
-    assert "pipeline" not in health
-    assert "pipeline_health_invalid" in health["alarms"]
-    assert any("subjects" in problem for problem in problems)
+    # An image-sized string or deeply nested data has no place in health.
+    for bad in ({"fps": 15.0, "last_crop": "A" * 4000}, {"a": {"b": {"c": {"d": 1}}}}):
+        health, problems = build_health(health_parts(), bad)
+        assert "pipeline" not in health
+        assert "pipeline_health_invalid" in health["alarms"]
+        assert problems
+
+
+def test_an_oversized_pipeline_report_is_trimmed_largest_first_and_flagged() -> None:
+    stages = {
+        f"stage_{i}": {"p50": 1.25, "p95": 2.5, "p99": 3.5, "min": 0.5, "max": 9.75, "count": 123456}
+        for i in range(24)
+    }
+    report = {"fps": 14.9, "latency_ms": stages, "capture": {"reconnects": 0}}
+    health, problems = build_health(health_parts(), report)
+    assert len(encode("health", health)) <= MAX_PAYLOAD_BYTES
+    assert "latency_ms" not in health["pipeline"] and health["pipeline"]["fps"] == 14.9
+    assert "health_trimmed" in health["alarms"] and problems
 
 
 def test_a_claim_command_is_parsed_from_its_own_topic() -> None:
