@@ -274,7 +274,8 @@ def test_events_tail_prints_what_a_consumer_receives(mosquitto_broker: Any, tmp_
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
-    time.sleep(2.0)  # the subprocess imports and subscribes
+    assert tail.stderr is not None
+    assert "listening on entrance/unit-tail/events" in tail.stderr.readline()  # subscribed: safe to publish
     publisher = MqttPublisher(unit_config(mosquitto_broker, tmp_path, "unit-tail")).start()
     try:
         for track in range(3):

@@ -84,6 +84,8 @@ def tail_events(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print(f"error: cannot connect to {settings.host}:{settings.port}: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    if consumer.subscribed.wait(args.timeout or 30.0):
+        print(f"listening on {consumer.topic_filter}", file=sys.stderr, flush=True)
     try:
         done.wait(args.timeout or None)
     except KeyboardInterrupt:
