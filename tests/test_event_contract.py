@@ -204,3 +204,13 @@ def test_non_json_and_oversized_commands_are_rejected() -> None:
         parse_command(TOPICS, "entrance/lobby-1/cmd/reload", b"\xff\xfe")
     with pytest.raises(PayloadError, match="limit"):
         parse_command(TOPICS, "entrance/lobby-1/cmd/reload", b" " * 5000)
+
+
+def test_the_asyncapi_document_names_our_topics_and_schema_files() -> None:
+    doc = (SCHEMAS.parent.parent / "docs" / "asyncapi.yaml").read_text()
+    assert doc.startswith("#") and "\nasyncapi: 3.0.0\n" in doc
+    topics = Topics("{prefix}", "{unit}")
+    for address in (topics.events, topics.status, topics.health, topics.cmd("{command}")):
+        assert f"address: '{address}'" in doc
+    referenced = set(re.findall(r"\$ref: '\.\./device/schemas/(\w+)\.json'", doc))
+    assert referenced == {path.stem for path in SCHEMAS.glob("*.json")}
