@@ -218,6 +218,11 @@ class UnitProcess:
                 env=env,
             )
 
+    def freeze(self) -> None:
+        """SIGSTOP: the socket stays open but nothing is sent, like a cut cable; only keepalive notices."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
     def kill(self) -> None:
         if self._process is not None:
             self._process.send_signal(signal.SIGKILL)
@@ -414,7 +419,7 @@ def cross_unit(broker: Any, monitor: Monitor) -> dict[str, Any]:
     }
 
 
-def last_will(broker: Any, monitor: Monitor, workdir: Path) -> dict[str, Any]:
+def last_will(broker: Any, monitor: Monitor, workdir: Path, *, freeze: bool = False) -> dict[str, Any]:
     """Offline from the Will soon after a SIGKILL; no Will after a clean stop (offline/shutdown instead)."""
     unit = UnitProcess(broker, "unit-lwt", workdir / "lwt")
     name = unit.unit
@@ -434,7 +439,25 @@ def last_will(broker: Any, monitor: Monitor, workdir: Path) -> dict[str, Any]:
     clean = wait_for(lambda: monitor.status_since(name, stopped, "offline", "shutdown") is not None, 5.0)
     time.sleep(limit + 1.0)
     will_after_clean = monitor.status_since(name, stopped, "offline", "connection_lost") is not None
+    frozen: dict[str, Any] = {}
+    if freeze:
+        # SIGKILL closes the socket at once (the kernel sends FIN), so it does not exercise keepalive;
+        # a frozen process does: the broker must notice the silence itself.
+        restart = time.monotonic()
+        unit.start()
+        wait_for(lambda: monitor.status_since(name, restart, "online", "connected") is not None, 15.0)
+        time.sleep(1.0)
+        frozen_at = time.monotonic()
+        unit.freeze()
+        wait_for(
+            lambda: monitor.status_since(name, frozen_at, "offline", "connection_lost") is not None,
+            3 * KEEPALIVE_S,
+        )
+        seen = monitor.status_since(name, frozen_at, "offline", "connection_lost")
+        unit.kill()
+        frozen = {"offline_after_freeze_s": None if seen is None else round(seen - frozen_at, 2)}
     return {
+        **frozen,
         "keepalive_s": KEEPALIVE_S,
         "online_seen": online,
         "offline_after_kill_s": None if will_at is None else round(will_at - killed, 2),
@@ -444,7 +467,9 @@ def last_will(broker: Any, monitor: Monitor, workdir: Path) -> dict[str, Any]:
     }
 
 
-def run_all(broker: Any, workdir: Path, *, outage_s: float, kills: int) -> dict[str, Any]:
+def run_all(
+    broker: Any, workdir: Path, *, outage_s: float, kills: int, freeze: bool = False
+) -> dict[str, Any]:
     monitor = Monitor(broker).start()
     # The monitor's session must be on disk before the broker is killed, or its queue dies with it.
     broker.wait_saved(time.time_ns() - 10**9)
@@ -453,7 +478,7 @@ def run_all(broker: Any, workdir: Path, *, outage_s: float, kills: int) -> dict[
         crashes = unit_kills(broker, monitor, workdir, kills)
         cross = cross_unit(broker, monitor)
         auth = authentication(broker)
-        will = last_will(broker, monitor, workdir)
+        will = last_will(broker, monitor, workdir, freeze=freeze)
     finally:
         monitor.stop()
     totals = {

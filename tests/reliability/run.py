@@ -29,7 +29,9 @@ def main() -> int:
         broker = MosquittoBroker(Path(tmp) / "broker")
         broker.start()
         try:
-            summary = run_all(broker, Path(tmp) / "units", outage_s=args.outage, kills=args.kills)
+            summary = run_all(
+                broker, Path(tmp) / "units", outage_s=args.outage, kills=args.kills, freeze=True
+            )
         finally:
             broker.stop()
     text = json.dumps(summary, indent=2, sort_keys=True)
