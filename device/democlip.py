@@ -92,7 +92,7 @@ def head_cutout(photo: RgbImage, face: Detection) -> tuple[RgbImage, NDArray[np.
     height, width_px = photo.shape[:2]
     pad = max(0, -x0, -y0, x1 - width_px, y1 - height)
     padded = cv2.copyMakeBorder(photo, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else photo
-    crop = np.ascontiguousarray(padded[y0 + pad : y1 + pad, x0 + pad : x1 + pad])
+    crop: RgbImage = np.ascontiguousarray(padded[y0 + pad : y1 + pad, x0 + pad : x1 + pad], dtype=np.uint8)
     rows, cols = crop.shape[:2]
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
     ellipse = ((xx - cols / 2.0) / (cols / 2.0)) ** 2 + ((yy - rows / 2.0) / (rows / 2.0)) ** 2
@@ -126,8 +126,8 @@ def walk_frames(background: RgbImage, walk: Walk, face: Detection) -> list[RgbIm
         scale = target_px / face_px
         size = (max(2, round(cutout.shape[1] * scale)), max(2, round(cutout.shape[0] * scale)))
         # Shrinking a large photo by 5-20x: area averaging avoids the aliasing a real lens would not make.
-        scaled = cv2.resize(cutout, size, interpolation=cv2.INTER_AREA)
-        scaled_alpha = cv2.resize(alpha, size, interpolation=cv2.INTER_AREA)
+        scaled = np.asarray(cv2.resize(cutout, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        scaled_alpha = np.asarray(cv2.resize(alpha, size, interpolation=cv2.INTER_AREA), dtype=np.float32)
         centre_x = (walk.start_x + (walk.end_x - walk.start_x) * eased) * width
         centre_y = walk.eye_line_y * height
         left = round(centre_x - size[0] / 2.0)

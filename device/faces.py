@@ -87,7 +87,11 @@ class FaceAnalyzer:
         Raises ``device.manifest.ModelFileError`` when a model file is missing or does not match the
         manifest.
         """
-        stages = load_stages(config)
+        return cls.from_stages(load_stages(config))
+
+    @classmethod
+    def from_stages(cls, stages: Stages) -> FaceAnalyzer:
+        """Shares models already opened for the video pipeline (one interpreter per model per process)."""
         return cls(stages.detector, stages.embedder, stages.aligner, health=stages.health)
 
     def analyze(self, image_rgb: RgbImage, *, max_faces: int | None = None) -> list[AnalyzedFace]:
