@@ -117,6 +117,13 @@ def paste(frame: RgbImage, cutout: RgbImage, alpha: NDArray[np.float32], left: i
 
 def walk_frames(background: RgbImage, walk: Walk, face: Detection) -> list[RgbImage]:
     cutout, alpha, face_px = head_cutout(walk.photo, face)
+    # Shrink the photo once to the largest size the walk needs; each frame then resizes a small image.
+    largest = max(walk.start_face_px, walk.end_face_px) / face_px
+    if largest < 1.0:
+        size = (max(2, round(cutout.shape[1] * largest)), max(2, round(cutout.shape[0] * largest)))
+        face_px *= size[0] / cutout.shape[1]
+        cutout = np.asarray(cv2.resize(cutout, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        alpha = np.asarray(cv2.resize(alpha, size, interpolation=cv2.INTER_AREA), dtype=np.float32)
     height, width = background.shape[:2]
     frames = []
     for index in range(walk.frames):
@@ -125,7 +132,7 @@ def walk_frames(background: RgbImage, walk: Walk, face: Detection) -> list[RgbIm
         target_px = walk.start_face_px + (walk.end_face_px - walk.start_face_px) * eased
         scale = target_px / face_px
         size = (max(2, round(cutout.shape[1] * scale)), max(2, round(cutout.shape[0] * scale)))
-        # Shrinking a large photo by 5-20x: area averaging avoids the aliasing a real lens would not make.
+        # Area averaging when shrinking avoids aliasing a real lens would not make.
         scaled = np.asarray(cv2.resize(cutout, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
         scaled_alpha = np.asarray(cv2.resize(alpha, size, interpolation=cv2.INTER_AREA), dtype=np.float32)
         centre_x = (walk.start_x + (walk.end_x - walk.start_x) * eased) * width

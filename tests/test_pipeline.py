@@ -161,6 +161,7 @@ def test_health_reports_rates_latencies_and_the_models_device(
     assert health["frames_processed"] == len(frames)
     assert health["decisions"] == {"recognized": 1, "unknown": 1}
     for stage in ("motion", "detect", "track", "quality", "align", "embed", "match", "frame"):
-        assert health["latency_ms"][stage]["median_ms"] > 0, stage
+        assert health["stage_ms"][stage]["median_ms"] > 0, stage
     assert set(health["accelerator"]) == {"detector", "embedder"}
-    assert health["accelerator"]["detector"]["state"].startswith("cpu")
+    assert health["accelerator"]["detector"].startswith("cpu")
+    assert health["models"]["embedder"]["model"] == "dlib_resnet_v1"

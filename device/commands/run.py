@@ -32,7 +32,6 @@ def run_command(args: argparse.Namespace) -> int:
     config_path: Path | None = getattr(args, "config", None)
     base_dir = config_path.resolve().parent if config_path is not None else None
     stop_event = threading.Event()
-    stop_on_signals(stop_event)
     latencies = LatencyRecorder()
     try:
         stages = open_stages(config, latencies)
@@ -48,6 +47,7 @@ def run_command(args: argparse.Namespace) -> int:
     except StartupError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    stop_on_signals(stop_event)
     try:
         return runner.run()
     finally:
