@@ -17,7 +17,14 @@ import threading
 from pathlib import Path
 
 from device.cli import EXIT_USAGE, CommandRegistry, config_from_args
-from device.service import StartupError, build_runner, make_publisher, open_stages, stop_on_signals
+from device.service import (
+    StartupError,
+    build_runner,
+    check_source,
+    make_publisher,
+    open_stages,
+    stop_on_signals,
+)
 from device.timing import LatencyRecorder
 
 
@@ -34,6 +41,7 @@ def run_command(args: argparse.Namespace) -> int:
     stop_event = threading.Event()
     latencies = LatencyRecorder()
     try:
+        check_source(config, base_dir)
         stages = open_stages(config, latencies)
         publisher = make_publisher(config)
         runner = build_runner(
