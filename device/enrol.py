@@ -64,7 +64,11 @@ class Rejection(StrEnum):
 
 
 class EnrolmentError(Exception):
-    """The enrolment cannot go ahead; the message says why and what to do."""
+    """The enrolment cannot go ahead; the message says why and what to do, ``code`` says it briefly."""
+
+    def __init__(self, message: str, code: str = "refused") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class AlreadyEnrolledError(EnrolmentError):
@@ -73,7 +77,8 @@ class AlreadyEnrolledError(EnrolmentError):
         super().__init__(
             f"this person already matches enrolled subject {match.subject_id} "
             f"(similarity {match.similarity:.3f}); forget that subject first, or use --force if these "
-            "really are two different people"
+            "really are two different people",
+            code="already_enrolled",
         )
 
 
@@ -187,7 +192,8 @@ def check_same_person(verdicts: Sequence[Verdict], threshold: float) -> list[Ver
             raise EnrolmentError(
                 f"the two usable pictures ({verdicts[accepted[0]].source}, {verdicts[accepted[1]].source}) "
                 f"do not look like the same person (similarity {pair:.3f} < threshold {threshold:.3f}); "
-                "check them, or add more pictures of the person"
+                "check them, or add more pictures of the person",
+                code="pictures_disagree",
             )
         return list(verdicts)
     # Mean similarity to the others (the diagonal, 1.0 for itself, is left out).
@@ -216,7 +222,9 @@ def choose_templates(verdicts: Sequence[Verdict], max_templates: int) -> NDArray
     """The best ``max_templates`` accepted embeddings by quality score, best first."""
     accepted = sorted((v for v in verdicts if v.accepted), key=lambda v: v.quality, reverse=True)
     if not accepted:
-        raise EnrolmentError("no usable picture: every picture was rejected (reasons above)")
+        raise EnrolmentError(
+            "no usable picture: every picture was rejected (reasons above)", code="no_usable_picture"
+        )
     return np.stack([_embedding(v) for v in accepted[:max_templates]]).astype(np.float32)
 
 

@@ -13,6 +13,7 @@ from device.claims import ClaimError
 from device.cli import EXIT_FAILURE
 from device.enrol import EnrolmentError
 from device.gallery import GalleryError
+from device.manifest import ModelFileError
 from device.masterkey import MasterKeyError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -25,7 +26,14 @@ def reports_gallery_errors(handler: Handler) -> Handler:
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except (GalleryError, MasterKeyError, AuditError, ClaimError, EnrolmentError) as error:
+        except (
+            GalleryError,
+            MasterKeyError,
+            AuditError,
+            ClaimError,
+            EnrolmentError,
+            ModelFileError,
+        ) as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_FAILURE
 

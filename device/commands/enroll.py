@@ -18,11 +18,13 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
+from device.audit import Scalar
 from device.capture import CameraError, EndOfStream, FrameSource, open_source
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
 from device.config import UnitConfig
 from device.enrol import (
+    AlreadyEnrolledError,
     Analyze,
     EnrolmentError,
     Verdict,
@@ -102,13 +104,17 @@ def enroll(args: argparse.Namespace) -> int:
     for verdict in verdicts:
         mark = "ok  " if verdict.accepted else "skip"
         print(f"{mark} {verdict.source}: {verdict.message}")
-    plan = plan_enrolment(
-        verdicts,
-        store.active_templates(),
-        matching=config.matching,
-        max_templates=store.max_templates,
-        force=args.force,
-    )
+    try:
+        plan = plan_enrolment(
+            verdicts,
+            store.active_templates(),
+            matching=config.matching,
+            max_templates=store.max_templates,
+            force=args.force,
+        )
+    except EnrolmentError as error:
+        record_refusal(store, args, consent, error, verdicts)
+        raise
     if plan.existing is not None:
         log.warning(
             "enrolling despite a match with %s (similarity %.3f): --force",
@@ -134,6 +140,26 @@ def enroll(args: argparse.Namespace) -> int:
     )
     print(info.subject_id)
     return EXIT_OK
+
+
+def record_refusal(
+    store: GalleryStore,
+    args: argparse.Namespace,
+    consent: str,
+    error: EnrolmentError,
+    verdicts: Sequence[Verdict],
+) -> None:
+    """A refused enrolment is audited too (who tried, with which consent, why); never the pictures."""
+    used = sum(1 for verdict in verdicts if verdict.accepted)
+    details: dict[str, Scalar] = {
+        "reason": error.code,
+        "consent_ref": consent,
+        "images_used": used,
+        "images_rejected": len(verdicts) - used,
+    }
+    if isinstance(error, AlreadyEnrolledError):
+        details["subject_id"] = error.match.subject_id
+    store.audit.append("enrol_refused", args.operator or default_operator(), details)
 
 
 def judge_pictures(paths: Sequence[Path], analyze: Analyze, config: UnitConfig) -> list[Verdict]:
@@ -186,7 +212,7 @@ def judge_camera_frames(
                 for reason in verdict.reasons:
                     rejected[reason.value] = rejected.get(reason.value, 0) + 1
     except CameraError as error:
-        raise EnrolmentError(f"camera: {error}") from None
+        raise EnrolmentError(f"camera: {error}", code="camera_failed") from None
     finally:
         source.close()
         progress.finish()
@@ -194,6 +220,7 @@ def judge_camera_frames(
         tally = ", ".join(f"{reason} x{count}" for reason, count in sorted(rejected.items())) or "none"
         raise EnrolmentError(
             f"only {len(accepted)} of {wanted} good frames from the camera (rejected: {tally}); "
-            "have the person face the camera, closer and in good light"
+            "have the person face the camera, closer and in good light",
+            code="no_usable_picture",
         )
     return accepted
