@@ -37,7 +37,8 @@ TRACED_CALLS = (
     "link,linkat,symlink,symlinkat,truncate"
 )
 WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "O_TMPFILE")
-ALWAYS_HARMLESS = ("/dev/null",)
+ALWAYS_HARMLESS = ("/dev/null", "/dev/tty")  # no data lands in either
+FAILED = re.compile(r"\)\s+=\s+-1\s+E[A-Z]+")  # the call failed: nothing was created or changed
 CALL_LINE = re.compile(r"^(?P<pid>\d+)\s+(?P<call>\w+)\((?P<args>.*)$")
 PATH_ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
@@ -54,7 +55,7 @@ def file_writes(trace: str) -> list[FileEvent]:
     events = []
     for line in trace.splitlines():
         found = CALL_LINE.match(line)
-        if found is None or found["call"] == "resumed" or "resumed>" in line:
+        if found is None or "resumed>" in line or FAILED.search(line):
             continue
         call, args = found["call"], found["args"]
         paths = tuple(PATH_ARG.findall(args))
@@ -158,3 +159,27 @@ def test_a_thousand_frames_of_strangers_write_nothing(tmp_path: Path, face_image
     assert all(decision["subject"] is None for decision in decisions)
     trace_text = trace_file.read_text()
     assert '"' + str(clip.path) + '"' in trace_text  # the trace did cover the run's file activity
+
+
+def test_the_trace_catches_a_write_rename_and_delete(tmp_path: Path) -> None:
+    """The detector itself: a process that does write is caught (so an empty list above means something)."""
+    strace = shutil.which("strace")
+    assert strace is not None, "strace is needed: deploy/dev/system-packages.sh installs it"
+    trace_file = tmp_path / "strace.log"
+    script = (
+        "import os, threading\n"
+        "def work():\n"
+        "    open('crop.bin', 'wb').write(b'x')\n"
+        "    os.rename('crop.bin', 'kept.bin')\n"
+        "    os.unlink('kept.bin')\n"
+        "thread = threading.Thread(target=work); thread.start(); thread.join()\n"
+    )
+    subprocess.run(
+        [strace, "-f", "-qq", "--seccomp-bpf", "-e", f"trace={TRACED_CALLS}", "-o", str(trace_file),
+         sys.executable, "-c", script],
+        cwd=tmp_path, check=True, timeout=60, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )  # fmt: skip
+    caught = [(event.call, event.paths) for event in file_writes(trace_file.read_text())]
+    assert ("openat", ("crop.bin",)) in caught
+    assert ("rename", ("crop.bin", "kept.bin")) in caught
+    assert ("unlink", ("kept.bin",)) in caught
