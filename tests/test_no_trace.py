@@ -22,12 +22,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
-from gallery_helpers import Unit, init_unit, run_device
+from gallery_helpers import Unit, init_unit
 
 from device.democlip import ClipError, Walk, make_clip
-from device.faces import load_stages
+from device.faces import FaceAnalyzer, load_stages
 from device.fixtures import astronaut_rgb, load_rgb
+from device.gallery import EnrolRequest
 
 FRAMES = 1000
 WALK_FRAMES = 45
@@ -104,14 +106,14 @@ def test_a_thousand_frames_of_strangers_write_nothing(tmp_path: Path, face_image
     strace = shutil.which("strace")
     assert strace is not None, "strace is needed: deploy/dev/system-packages.sh installs it"
     unit: Unit = init_unit(tmp_path)
-    resident = run_device(
-        "--config", str(unit.config_path), "enroll", "--name", "Resident", "--consent-ref", "F-1",
-        "--images", str(face_images["obama.jpg"]), str(face_images["obama2.jpg"]),
-    )  # fmt: skip
-    assert resident.returncode == 0, resident.stderr
-
     config = unit.config
-    detector = load_stages(config).detector  # also warms the CPU variant cache (see the module doc)
+    stages = load_stages(config)  # also warms the CPU variant cache (see the module doc)
+    analyzer = FaceAnalyzer(stages.detector, stages.embedder, stages.aligner)
+    resident = [analyzer.analyze(load_rgb(name))[0].embedding for name in ("obama.jpg", "obama2.jpg")]
+    unit.store().enrol(
+        EnrolRequest("Resident", np.stack(resident), "F-1", operator="tester", purpose_version="v1")
+    )
+    detector = stages.detector
     walks = stranger_walks()
     try:
         clip = make_clip(
