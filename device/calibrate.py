@@ -158,6 +158,8 @@ def _extreme(scores: Scores, reducer: Callable[[Scores], np.floating[Any]]) -> f
 def calibrate(scores: ComparisonScores, target_far: float) -> Calibration:
     if not 0.0 <= target_far < 1.0:
         raise CalibrationError(f"--target-far must be in [0, 1), got {target_far}")
+    if scores.subjects == 0:
+        raise CalibrationError("nobody is enrolled: calibration compares faces with the enrolled templates")
     if len(scores.impostor) == 0:
         raise CalibrationError(
             "no impostor comparisons: enrol at least two subjects or give stranger pictures (--strangers)"

@@ -68,7 +68,9 @@ def test_far_frr_and_the_recommended_threshold() -> None:
     assert lenient.recommended == pytest.approx(0.855)  # one stranger of four may pass
 
 
-def test_without_impostors_there_is_nothing_to_calibrate() -> None:
+def test_without_subjects_or_impostors_there_is_nothing_to_calibrate() -> None:
+    with pytest.raises(CalibrationError, match="nobody is enrolled"):
+        calibrate(collect_scores({}, vectors_at([0.5])), 0.001)
     with pytest.raises(CalibrationError, match="no impostor comparisons"):
         calibrate(collect_scores({"alice": E0}, np.zeros((0, 128), np.float32)), 0.001)
 

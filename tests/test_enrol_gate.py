@@ -243,3 +243,14 @@ def test_enroll_refuses_without_a_consent_reference_and_stores_nothing(tmp_path:
     )
     assert blank.returncode == 1 and "needs --consent-ref" in blank.stderr
     assert not unit.config.gallery.path.exists()
+
+
+def test_enroll_refuses_an_expiry_beyond_three_years_before_reading_pictures(tmp_path: Path) -> None:
+    unit = init_unit(tmp_path)
+    result = run_device(
+        "--config", str(unit.config_path), "enroll", "--name", "Ann", "--consent-ref", "F-9",
+        "--expires", "2099-01-01", "--images", str(tmp_path / "missing.jpg"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "more than 1095 days (3 years) away" in result.stderr
+    assert not unit.config.gallery.path.exists()

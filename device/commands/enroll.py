@@ -32,7 +32,7 @@ from device.enrol import (
     plan_enrolment,
     unreadable,
 )
-from device.gallery import EnrolRequest, GalleryStore
+from device.gallery import EnrolRequest, GalleryStore, check_expiry, utc_now
 from device.progress import ProgressBar
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,8 @@ def enroll(args: argparse.Namespace) -> int:
         print("error: --from-camera needs a number of frames of at least 1", file=sys.stderr)
         return EXIT_FAILURE
     config = config_from_args(args)
+    if args.expires is not None:
+        check_expiry(args.expires, utc_now().date())  # before any picture is read
     store = GalleryStore.from_config(config)
     store.load()  # a wrong key or a damaged gallery stops us before any model is loaded
 
