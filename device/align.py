@@ -89,7 +89,7 @@ def warp_to_chip(image_rgb: RgbImage, matrix: NDArray[np.float64], size: int = C
     shifted = matrix.copy()
     shifted[:, 2] += matrix[:, :2] @ np.array([x0, y0], dtype=np.float64)
     while scale < PYRAMID_BELOW_SCALE and min(region.shape[:2]) >= 4:
-        region = cv2.pyrDown(region)
+        region = np.asarray(cv2.pyrDown(region), dtype=np.uint8)
         # pyrDown's pixel i is centred on the source's pixel 2i, so only the linear part changes.
         shifted[:, :2] *= 2.0
         scale *= 2.0

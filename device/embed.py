@@ -56,9 +56,10 @@ class FaceEmbedder:
 
 
 def l2_normalise(vectors: NDArray[np.float32]) -> NDArray[np.float32]:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True).astype(np.float32)
     # An all-zero output (it cannot come from a real face) stays zero rather than turning into NaN.
-    return (vectors / np.maximum(norms, np.float32(1e-12))).astype(np.float32)
+    normalised: NDArray[np.float32] = (vectors / np.maximum(norms, np.float32(1e-12))).astype(np.float32)
+    return normalised
 
 
 def cosine(a: NDArray[np.float32], b: NDArray[np.float32]) -> float:
