@@ -43,6 +43,13 @@ class LatencyRecorder:
         finally:
             self.add(stage, (time.perf_counter() - start) * 1000.0)
 
+    def reset(self) -> None:
+        """Forgets every sample (the benchmark measures its runs one by one on the same models)."""
+        with self._lock:
+            self._samples.clear()
+            self._totals.clear()
+            self._counts.clear()
+
     def total_ms(self, stage: str) -> float:
         with self._lock:
             return self._totals.get(stage, 0.0)
