@@ -154,6 +154,9 @@ class MqttSection(Section):
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     session_expiry_s: int = Field(default=3600, ge=0, le=604_800)
     health_interval_s: float = Field(default=30.0, ge=1.0, le=3600.0)
+    reconnect_backoff_max_s: float = Field(
+        default=30.0, ge=0.5, le=600.0, description="cap of the jittered exponential reconnect backoff"
+    )
     outbox_path: Path = Field(default=Path("state/outbox.db"))
     outbox_max_rows: int = Field(default=100_000, ge=10, le=10_000_000)
     outbox_max_bytes: int = Field(default=64 * 1024 * 1024, ge=10_000)
