@@ -153,3 +153,30 @@ def test_edgetpu_build_step_says_clearly_when_the_compiler_is_missing(tmp_path: 
     assert result.returncode == 1
     assert "edgetpu_compiler not found" in result.stderr
     assert "Coral's apt repository" in result.stderr
+
+
+def test_pixels_fed_directly_give_what_the_float_path_gives(load_face) -> None:  # type: ignore[no-untyped-def]
+    from device.detect import letterbox
+
+    pixels = letterbox(load_face("biden.jpg"), 192).tensor[None]
+    model = open_model(ModelsSection(dir=REPO_MODELS, accelerator="cpu", cpu_variant="float"), DETECTOR)
+    via_float = {o.shape[-1]: o for o in model.run(pixels.astype(np.float32) / 127.5 - 1.0)}
+    direct = {o.shape[-1]: o for o in model.run_pixels(pixels, 127.5, 127.5)}
+    for size in (1, 16):
+        np.testing.assert_allclose(direct[size], via_float[size], atol=1e-3)
+    with pytest.raises(ValueError, match="uint8"):
+        model.run_pixels(pixels.astype(np.float32), 127.5, 127.5)  # type: ignore[arg-type]
+
+
+def test_pixels_for_the_int8_file_are_quantised_without_bias() -> None:
+    from device.accelerator import TensorSpec, pixel_preparer
+
+    # The shipped int8 detector's input: real = (q - 127) / 127.5, while a pixel p means (p - 127.5) / 127.5,
+    # so q should be p - 0.5: half the levels rounded down, half up, never more than one step off.
+    spec = TensorSpec(0, (1, 16, 16, 1), np.dtype(np.uint8), 1 / 127.5, 127)
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    prepared = pixel_preparer(127.5, 127.5)(pixels, spec)
+    assert prepared.dtype == np.uint8
+    offsets = prepared.astype(np.int16) - pixels.astype(np.int16)
+    assert set(np.unique(offsets).tolist()) <= {-1, 0}
+    assert abs(offsets.mean() + 0.5) < 0.01
