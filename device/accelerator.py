@@ -15,6 +15,7 @@ the result is cached in the state folder, keyed by the files' sha256, the machin
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import json
 import logging
@@ -106,7 +107,17 @@ def load_interpreter(path: Path, threads: int, delegates: Sequence[object] = ())
     return interpreter
 
 
+class EdgeTpuLibraryMissingError(ValueError):
+    """libedgetpu is not installed: no device option can help, so probing stops at the first."""
+
+
 def load_edgetpu_delegate(library: str, options: dict[str, str]) -> object:
+    # Opening the library first gives a clear reason when libedgetpu is not installed, and avoids the
+    # runtime's Delegate finaliser failing noisily on a delegate object that never got its library.
+    try:
+        ctypes.CDLL(library)
+    except OSError as error:
+        raise EdgeTpuLibraryMissingError(f"{library} is not installed ({error})") from None
     runtime = tflite_runtime()
     delegate: object = runtime.load_delegate(library, options)
     return delegate
@@ -417,6 +428,8 @@ def probe_edgetpu(
     for device in devices:
         try:
             delegate = loader(EDGETPU_LIBRARY, {"device": device})
+        except EdgeTpuLibraryMissingError as error:
+            raise EdgeTpuUnavailableError(str(error)) from None
         except Exception as error:  # the runtime raises ValueError, OSError or RuntimeError here
             problems.append(f"{device}: {_short(error)}")
             continue
