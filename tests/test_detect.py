@@ -195,3 +195,41 @@ def test_ssd_count_limits_the_faces_read() -> None:
 def test_ssd_decoder_refuses_other_models() -> None:
     with pytest.raises(ValueError, match="4 outputs"):
         decode_ssd_postprocess([np.zeros((1, 2304, 16), np.float32)], 192, 0.5)
+
+
+def test_detect_command_draws_the_faces(
+    face_images, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import cv2
+
+    from device.cli import main
+
+    out = tmp_path / "annotated.png"
+    config = tmp_path / "unit.toml"
+    config.write_text(f'[models]\ndir = "{REPO_MODELS}"\naccelerator = "cpu"\ncpu_variant = "int8"\n')
+    assert (
+        main(
+            ["detect", str(face_images["sample5.jpg"]), "--out", str(out), "--json", "--config", str(config)]
+        )
+        == 0
+    )
+    faces = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(faces) == 5
+    assert all(len(face["keypoints"]) == 6 and 0.6 <= face["score"] <= 1.0 for face in faces)
+    drawn = cv2.imread(str(out))
+    original = cv2.imread(str(face_images["sample5.jpg"]))
+    assert drawn.shape == original.shape
+    assert np.count_nonzero(np.any(drawn != original, axis=2)) > 1000  # boxes and points were drawn
+
+
+def test_detect_command_refuses_a_file_that_is_not_a_picture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from device.cli import main
+
+    bogus = tmp_path / "x.jpg"
+    bogus.write_text("not a picture")
+    assert main(["detect", str(bogus)]) == 1
+    assert "cannot read" in capsys.readouterr().err
