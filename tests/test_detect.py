@@ -29,6 +29,8 @@ FACES_IN_PHOTO = {
     "obama2.jpg": 1,
     "obama3.jpg": 1,
     "biden.jpg": 1,
+    "obama_partial_face.jpg": 1,  # the face cut by the picture's left edge
+    "obama_partial_face2.jpg": 1,
     "sample1.jpg": 3,
     "sample2.jpg": 3,
     "sample3.jpg": 3,
@@ -233,3 +235,26 @@ def test_detect_command_refuses_a_file_that_is_not_a_picture(
     bogus.write_text("not a picture")
     assert main(["detect", str(bogus)]) == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+class SsdModelStandIn:
+    """Outputs of an SSD post-process model (as Coral's face SSD gives them) for one known face."""
+
+    name = "ssd_face"
+    input_shape = (1, 320, 320, 3)
+
+    def run_pixels(self, pixels, mean, std):  # type: ignore[no-untyped-def]
+        assert pixels.shape == (1, 320, 320, 3) and pixels.dtype == np.uint8
+        return ssd_outputs("standard")
+
+
+def test_detector_picks_the_ssd_decoder_by_the_outputs_and_maps_to_the_frame() -> None:
+    detector = FaceDetector(SsdModelStandIn(), DetectionSection(min_face_px=8))  # type: ignore[arg-type]
+    frame = np.zeros((480, 640, 3), np.uint8)
+    faces = detector.detect(frame)
+    assert [round(f.score, 2) for f in faces] == [0.95, 0.7]
+    # Box [xmin 0.2, ymin 0.1, xmax 0.6, ymax 0.5] of the 320 input; the 640x480 frame is letterboxed
+    # with 40 px of padding above (scale 0.5), so in frame pixels: x 128..384, y 0..240.
+    box = faces[0].box
+    assert (box.x0, box.y0, box.x1, box.y1) == pytest.approx((128.0, 0.0, 384.0, 240.0), abs=0.01)
+    assert faces[0].keypoints.shape == (6, 2)
