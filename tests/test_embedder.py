@@ -9,6 +9,7 @@ import pytest
 from embedder_support import MODELS_DIR, build_module
 from numpy.typing import NDArray
 
+from device.align import CHIP_TEMPLATE
 from device.config import DetectionSection
 from device.detect import FaceDetector
 from device.embed import FaceEmbedder, cosine, l2_normalise
@@ -24,6 +25,7 @@ from device.eval_embedder import (
     open_variant,
     our_chips,
     row_cosines,
+    same_face,
 )
 from device.types import RgbImage
 
@@ -123,6 +125,20 @@ def test_blazeface_our_alignment_and_model_agree_with_dlib_end_to_end(
     ours = embedder.embed(np.stack([p.chip for p in found if p.chip is not None]))
     cosines = row_cosines(ours, descriptors_of([p.oracle for p in found]))
     assert cosines.mean() >= 0.97
+
+
+def test_blazeface_keypoints_land_on_the_documented_template_on_dlib_chips(
+    oracle_images: dict[str, RgbImage], oracle: list[OracleFace]
+) -> None:
+    detector = FaceDetector(open_variant(MODELS_DIR, DETECTOR, "float"), DetectionSection())
+    on_chip = []
+    for face in oracle:
+        match = same_face(face, detector.detect(oracle_images[face.image]))
+        assert match is not None
+        points = match.keypoints[:4].astype(np.float64)
+        on_chip.append(points @ face.chip_matrix[:, :2].T + face.chip_matrix[:, 2])
+    offsets = np.linalg.norm(np.mean(on_chip, axis=0) - CHIP_TEMPLATE, axis=1)
+    assert offsets.max() < 4.0, f"template off by {offsets.round(1)} px on these faces"
 
 
 def test_same_person_is_closer_than_another_person(
