@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCKS := requirements/dev.lock
 
-.PHONY: help setup run test test-fast lint bench fixtures lock clean models models-embedder
+.PHONY: help setup run test test-fast lint bench fixtures lock clean models models-embedder reliability
 
 help:
 	@echo "make run      - demo: the pipeline on a generated clip, CPU fallback, events printed"
@@ -89,3 +89,8 @@ broker-check: setup
 DEV_BROKER_PORT ?= 8883
 dev-broker: setup
 	$(BIN)/python -m deploy.broker.local --dir state/dev-broker --port $(DEV_BROKER_PORT) --unit demo-unit
+
+# Fault tests against a real Mosquitto: broker SIGKILLed for 45 s, the unit SIGKILLed 25 times, cross-unit
+# ACL, refused certificates, Last Will. Prints one JSON summary (also in reliability.json); exit 1 on a miss.
+reliability: setup
+	$(BIN)/python tests/reliability/run.py --outage 45 --kills 25 --out reliability.json
