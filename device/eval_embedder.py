@@ -18,6 +18,7 @@ detector takes seconds on the full-size photos, and faces of ~100-200 px are wha
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 import statistics
@@ -46,6 +47,9 @@ IMPOSTOR = "biden.jpg"
 SAMPLES = tuple(f"sample{i}.jpg" for i in range(1, 7))
 EVAL_IMAGES = (*OBAMAS, IMPOSTOR, *SAMPLES)
 ORACLE_MAX_SIDE = 960
+WEIGHTS_PACKAGE = "face_recognition_models"
+RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+SHAPE_PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 CHIP_PADDING = 0.25  # dlib's default for get_face_chip, what compute_face_descriptor uses
 LATENCY_RUNS = 50
 LATENCY_WARMUP = 5
@@ -80,18 +84,28 @@ def load_eval_images(
     return {name: shrink(fixtures.load_rgb(name), max_side) for name in names}
 
 
+def dlib_model_file(name: str) -> Path:
+    """A model file shipped in face_recognition_models, found without importing the package: its
+    ``__init__`` imports ``pkg_resources``, which recent setuptools (and venvs without setuptools) lack."""
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise OracleUnavailableError(f"{WEIGHTS_PACKAGE} is not installed (dev extra)")
+    path = Path(locations[0]) / "models" / name
+    if not path.is_file():
+        raise OracleUnavailableError(f"{path} is missing from {WEIGHTS_PACKAGE}")
+    return path
+
+
 def dlib_oracle(images: Mapping[str, RgbImage]) -> list[OracleFace]:
     """Every face dlib's own pipeline finds, with its chip and descriptor."""
     try:
         import dlib
-        import face_recognition_models
     except ImportError as error:
-        raise OracleUnavailableError(
-            f"the embedder evaluation needs dlib-bin and face_recognition_models (dev extra): {error}"
-        ) from None
+        raise OracleUnavailableError(f"the embedder evaluation needs dlib-bin (dev extra): {error}") from None
     detector = dlib.get_frontal_face_detector()
-    shapes = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
-    recogniser = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
+    shapes = dlib.shape_predictor(str(dlib_model_file(SHAPE_PREDICTOR_FILE)))
+    recogniser = dlib.face_recognition_model_v1(str(dlib_model_file(RESNET_FILE)))
     faces = []
     for name, image in images.items():
         for rect in detector(image, 0):

@@ -18,7 +18,9 @@ from device.eval_embedder import (
     EMBEDDER,
     IMPOSTOR,
     OBAMAS,
+    RESNET_FILE,
     OracleFace,
+    dlib_model_file,
     dlib_oracle,
     embedder_metrics,
     load_eval_images,
@@ -29,8 +31,8 @@ from device.eval_embedder import (
 )
 from device.types import RgbImage
 
+pytestmark = pytest.mark.oracle
 pytest.importorskip("dlib", reason="the oracle needs dlib-bin (dev extra)")
-face_recognition_models = pytest.importorskip("face_recognition_models")
 
 ORACLE_IMAGES = (*OBAMAS, IMPOSTOR, "sample1.jpg", "sample6.jpg")
 
@@ -66,7 +68,7 @@ def descriptors_of(faces: list[OracleFace]) -> NDArray[np.float32]:
 
 
 def weights_file() -> Path:
-    return Path(face_recognition_models.face_recognition_model_location())
+    return dlib_model_file(RESNET_FILE)
 
 
 def test_dat_reader_finds_dlib_network_and_its_input_mean() -> None:

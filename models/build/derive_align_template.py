@@ -32,18 +32,17 @@ FIXTURES = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] + [f"sample{i}
 
 def main() -> None:
     import dlib
-    import face_recognition_models
 
     from device import accelerator, fixtures
     from device.align import warp_to_chip
     from device.config import UnitConfig
     from device.detect import FaceDetector
-    from device.eval_embedder import dlib_chip_matrix
+    from device.eval_embedder import SHAPE_PREDICTOR_FILE, dlib_chip_matrix, dlib_model_file
 
     config = UnitConfig()
     detector = FaceDetector(accelerator.open_model(config.models, config.models.detector), config.detection)
     dlib_detector = dlib.get_frontal_face_detector()
-    shapes = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
+    shapes = dlib.shape_predictor(str(dlib_model_file(SHAPE_PREDICTOR_FILE)))
 
     points: list[np.ndarray] = []
     report: list[dict[str, object]] = []
