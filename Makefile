@@ -56,6 +56,8 @@ lock: setup
 		--quiet -o requirements/runtime.lock
 	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -c requirements/constraints.txt \
 		--extra dev --quiet -o requirements/dev.lock
+	$(BIN)/uv pip compile requirements/build.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--generate-hashes -c requirements/constraints.txt --quiet -o requirements/build.lock
 
 # The model build venv: TensorFlow and dlib, x86-64 build hosts only, never the unit.
 BUILD_VENV := .venv-build
