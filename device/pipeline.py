@@ -336,7 +336,9 @@ class Runner:
                     self._take_claims()
                     next_claims = now + CLAIM_POLL_S
                 if now >= next_health:
-                    self.publisher.publish_health(self.health())
+                    health = self.health()
+                    self.publisher.publish_health(health)
+                    self._notify("status", summary_line(health))
                     next_health = now + self._health_interval_s
                 frame = self.capture.get(timeout_s=FRAME_WAIT_S)
                 if frame is None:
