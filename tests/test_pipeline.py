@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from gallery_helpers import init_unit
 from pipeline_support import (
     RecordingPublisher,
     clip_frames,
@@ -15,14 +17,16 @@ from pipeline_support import (
     unit_config,
 )
 
+from device.cli import main
 from device.config import UnitConfig
 from device.decide import Reason
 from device.democlip import DemoClip
 from device.events import HealthParts, build_health
 from device.faces import FaceAnalyzer, Stages
-from device.gallery import LiveGallery
+from device.gallery import EnrolRequest, LiveGallery, claims_directory
 from device.match import GalleryView, InMemoryGallery
 from device.pipeline import Pipeline
+from device.service import build_runner
 from device.types import Decision, DecisionType, Frame
 
 
@@ -186,3 +190,33 @@ def test_the_health_report_fits_the_published_health_schema(
     assert problems == []
     assert health["pipeline"]["frames_processed"] == 40
     assert "gallery_unavailable" in health["alarms"]  # no key: the unit says so instead of failing
+
+
+def test_a_claim_dropped_by_device_claim_reaches_the_running_unit_in_armed_mode(
+    clip: tuple[DemoClip, list[Frame]], stages: Stages, analyzer: FaceAnalyzer, tmp_path: Path
+) -> None:
+    made, _ = clip
+    unit = init_unit(tmp_path)
+    with unit.config_path.open("a") as config_file:
+        config_file.write(
+            f'\n[capture]\nbackend = "file"\nsource = "{made.path}"\nrealtime = false\n'
+            "\n[matching]\nrequire_claim = true\nclaim_window_s = 600.0\n"
+        )
+    config = unit.config
+    resident = unit.store().enrol(
+        EnrolRequest(
+            name="Resident",
+            templates=embeddings_of(analyzer, "obama2.jpg", "obama3.jpg"),
+            consent_reference="FORM-7",
+            operator="tester",
+            purpose_version="v1",
+        )
+    )
+    assert main(["claim", resident.subject_id, "--config", str(unit.config_path)]) == 0
+    publisher = RecordingPublisher()
+    runner = build_runner(config, stages=stages, publisher=publisher, stop_event=threading.Event())
+    assert runner.run() == 0
+    assert [(d.type, d.subject_id, d.reasons) for d in publisher.decisions] == [
+        (DecisionType.RECOGNIZED, resident.subject_id, (Reason.CLAIM_VERIFIED.value,))
+    ]
+    assert list(claims_directory(config).glob("*.claim")) == []  # the claim file was taken
