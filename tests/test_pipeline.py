@@ -72,11 +72,22 @@ def run_clip(
     return pipeline, publisher, timeline
 
 
-def test_each_visit_gives_one_decision_the_resident_recognised_the_visitor_not(
+ClipResult = tuple[Pipeline, RecordingPublisher, list[tuple[int, Decision]]]
+
+
+@pytest.fixture(scope="module")
+def default_run(
     clip: tuple[DemoClip, list[Frame]], stages: Stages, resident_gallery: InMemoryGallery
+) -> ClipResult:
+    """The default config over the whole clip, once for the tests that only look at its outcome."""
+    return run_clip(clip[1], stages, resident_gallery)
+
+
+def test_each_visit_gives_one_decision_the_resident_recognised_the_visitor_not(
+    clip: tuple[DemoClip, list[Frame]], default_run: ClipResult
 ) -> None:
-    made, frames = clip
-    _, publisher, timeline = run_clip(frames, stages, resident_gallery)
+    made, _ = clip
+    _, publisher, timeline = default_run
     assert publisher.decisions == [decision for _, decision in timeline]
     assert [decision.type for _, decision in timeline] == [DecisionType.RECOGNIZED, DecisionType.UNKNOWN]
     resident, visitor = (decision for _, decision in timeline)
@@ -90,10 +101,13 @@ def test_each_visit_gives_one_decision_the_resident_recognised_the_visitor_not(
 
 
 def test_the_motion_gate_keeps_the_detector_off_while_the_entrance_is_empty(
-    clip: tuple[DemoClip, list[Frame]], stages: Stages, resident_gallery: InMemoryGallery
+    clip: tuple[DemoClip, list[Frame]],
+    stages: Stages,
+    resident_gallery: InMemoryGallery,
+    default_run: ClipResult,
 ) -> None:
     made, frames = clip
-    pipeline, _, _ = run_clip(frames, stages, resident_gallery)
+    pipeline, _, _ = default_run
     visit_frames = sum(span.last_frame - span.first_frame + 1 for span in made.visits)
     empty_frames = len(frames) - visit_frames
     assert pipeline.frames == len(frames)
@@ -106,11 +120,8 @@ def test_the_motion_gate_keeps_the_detector_off_while_the_entrance_is_empty(
     assert ungated.detector_runs == len(frames)
 
 
-def test_nothing_about_a_visit_is_kept_after_its_decision(
-    clip: tuple[DemoClip, list[Frame]], stages: Stages, resident_gallery: InMemoryGallery
-) -> None:
-    _, frames = clip
-    pipeline, _, timeline = run_clip(frames, stages, resident_gallery)
+def test_nothing_about_a_visit_is_kept_after_its_decision(default_run: ClipResult) -> None:
+    pipeline, _, timeline = default_run
     assert len(timeline) == 2
     assert pipeline.active_tracks == 0
     assert pipeline._book.visits == {}
@@ -158,10 +169,10 @@ def test_armed_mode_matches_nobody_without_a_claim_and_verifies_the_claimed_resi
 
 
 def test_health_reports_rates_latencies_and_the_models_device(
-    clip: tuple[DemoClip, list[Frame]], stages: Stages, resident_gallery: InMemoryGallery
+    clip: tuple[DemoClip, list[Frame]], default_run: ClipResult
 ) -> None:
     _, frames = clip
-    pipeline, _, _ = run_clip(frames, stages, resident_gallery)
+    pipeline, _, _ = default_run
     health = pipeline.health()
     assert health["frames_processed"] == len(frames)
     assert health["decisions"] == {"recognized": 1, "unknown": 1}
