@@ -326,7 +326,7 @@ class Runner:
         """Runs until the clip ends or ``stop_event`` is set; returns 0, or 1 when capture failed."""
         self.capture.start()
         self._notify("ready", f"running, gallery {self.pipeline.gallery_state()}")
-        next_health = self._clock() + self._health_interval_s
+        next_health = self._clock()  # a first report right away, then every interval
         next_claims = 0.0
         try:
             while not self.stop_event.is_set():
