@@ -180,3 +180,16 @@ def test_problems_a_restart_cannot_fix_exit_2_with_a_clear_message(
     stderr = capsys.readouterr().err
     assert message in stderr
     assert "Traceback" not in stderr
+
+
+def test_mqtt_enabled_without_the_tls_files_is_a_clear_startup_error(
+    clip: DemoClip, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unit = init_unit(tmp_path)
+    text = unit.config_path.read_text().replace("[mqtt]\n", '[mqtt]\nenabled = true\nhost = "127.0.0.1"\n')
+    unit.config_path.write_text(text + CAPTURE.replace("CLIP", str(clip.path)))
+    capsys.readouterr()
+    assert main(["run", "--config", str(unit.config_path)]) == 2
+    stderr = capsys.readouterr().err
+    assert "error: mqtt:" in stderr and "tls" in stderr.lower()
+    assert "Traceback" not in stderr
