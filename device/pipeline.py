@@ -185,7 +185,7 @@ class Pipeline:
             return []
         chips = [chip.image for _, _, samples, _, _ in work for chip in samples]
         vectors = self._embed(chips)
-        with self.latencies.time("match"):
+        with self.latencies.time("gallery"):  # rebuilt only when the enrolled set changed
             index, _ = self._index.current()
         available = self.gallery_state() != "no_gallery"
         decisions = []
