@@ -40,12 +40,8 @@ def open_stages(config: UnitConfig, latencies: LatencyRecorder | None = None) ->
     """The models, with their ``run`` calls timed into ``latencies`` when given."""
     from device.manifest import ModelFileError
 
-    # The unit's state dir (only one that a config file named and that exists) keeps the measured
-    # float/int8 choice, so that a restart does not time both CPU files again.
-    state_dir = config.unit.state_dir
-    cache = state_dir if state_dir.is_absolute() and state_dir.is_dir() else None
     try:
-        return load_stages(config, latencies=latencies, state_dir=cache)
+        return load_stages(config, latencies=latencies)
     except (ModelFileError, FileNotFoundError, ValueError) as error:
         raise StartupError(f"cannot load the models: {error}") from None
 
