@@ -5,6 +5,7 @@ Measured in one run, on the shipped models and the demo clip (640x480, 15 fps, M
 - ``stage_ms``: median and p95 per stage over every processed frame of the demo clip (motion gate on);
 - ``end_to_end_fps``: frames per second through the whole service (capture thread decoding the clip,
   motion gate, detector, tracker, quality, alignment, embedder, matching, decisions), clip not paced;
+  both from the fastest of ``repeats`` runs, as is the efficiency below;
 - ``inference_bound_ms_per_frame``: the sum of the models' own ``run`` times per frame, with the motion
   gate off so that every frame is detected and the frames handed over already decoded (as a camera
   does); ``pipeline_efficiency`` = that bound / the actual wall time per frame of the same run (1.0
@@ -342,11 +343,19 @@ def run_benchmark(
     enrol = [analyzer.largest(fixtures.load_rgb(name)) for name in ("obama2.jpg", "obama3.jpg")]
     gallery.enrol("resident", np.stack([face.embedding for face in enrol if face is not None]))
 
-    latencies.reset()
-    gated = run_clip(config, stages, latencies, FileSource(clip.path), gallery)
-    gated_stages = stage_table(latencies)
-    efficiency = efficiency_run(config, stages, latencies, decoded_frames(clip.path), gallery, repeats)
+    gated: ClipRun | None = None
+    gated_stages: dict[str, dict[str, float]] = {}
+    for _ in range(repeats):  # the least disturbed run counts (the machine may be shared)
+        latencies.reset()
+        run = run_clip(config, stages, latencies, FileSource(clip.path), gallery)
+        if gated is None or run.wall_s < gated.wall_s:
+            gated, gated_stages = run, stage_table(latencies)
+    assert gated is not None
     idle = idle_cpu_percent(config, stages, idle_seconds)
+    # The unit's own footprint: taken before the benchmark holds the decoded clip in memory for the
+    # efficiency run and before the dlib peer loads its models.
+    rss_mb = peak_rss_mb()
+    efficiency = efficiency_run(config, stages, latencies, decoded_frames(clip.path), gallery, repeats)
     results: dict[str, Any] = {
         "machine": {
             "platform": platform.platform(),
@@ -371,7 +380,7 @@ def run_benchmark(
         "match_10k_track_ms": match_10k_ms(5),
         **idle,
     }
-    results["peak_rss_mb"] = peak_rss_mb()  # before the dlib peer loads its own models
+    results["peak_rss_mb"] = rss_mb
     images = [scaled(fixtures.load_rgb(name)) for name in PEER_PHOTOS]
     ours, our_faces = ours_per_face_ms(analyzer, images)
     theirs, their_faces, missing = dlib_per_face_ms(images)

@@ -12,7 +12,7 @@ identical frames decode to identical pixels), which OpenCV writes without any ex
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,17 +115,23 @@ def paste(frame: RgbImage, cutout: RgbImage, alpha: NDArray[np.float32], left: i
     frame[fy0:fy1, fx0:fx1] = np.clip(region * (1.0 - weight) + part * weight, 0, 255).astype(np.uint8)
 
 
-def walk_frames(background: RgbImage, walk: Walk, face: Detection) -> list[RgbImage]:
+def walk_frames(background: RgbImage, walk: Walk, face: Detection) -> Iterator[RgbImage]:
     cutout, alpha, face_px = head_cutout(walk.photo, face)
+    # Shrink the photo once to the largest size the walk needs; each frame then resizes a small image.
+    largest = max(walk.start_face_px, walk.end_face_px) / face_px
+    if largest < 1.0:
+        size = (max(2, round(cutout.shape[1] * largest)), max(2, round(cutout.shape[0] * largest)))
+        face_px *= size[0] / cutout.shape[1]
+        cutout = np.asarray(cv2.resize(cutout, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        alpha = np.asarray(cv2.resize(alpha, size, interpolation=cv2.INTER_AREA), dtype=np.float32)
     height, width = background.shape[:2]
-    frames = []
     for index in range(walk.frames):
         t = index / max(1, walk.frames - 1)
         eased = t * t * (3.0 - 2.0 * t)  # starts and stops gently, like a person slowing at a door
         target_px = walk.start_face_px + (walk.end_face_px - walk.start_face_px) * eased
         scale = target_px / face_px
         size = (max(2, round(cutout.shape[1] * scale)), max(2, round(cutout.shape[0] * scale)))
-        # Shrinking a large photo by 5-20x: area averaging avoids the aliasing a real lens would not make.
+        # Area averaging when shrinking avoids aliasing a real lens would not make.
         scaled = np.asarray(cv2.resize(cutout, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
         scaled_alpha = np.asarray(cv2.resize(alpha, size, interpolation=cv2.INTER_AREA), dtype=np.float32)
         centre_x = (walk.start_x + (walk.end_x - walk.start_x) * eased) * width
@@ -135,37 +141,48 @@ def walk_frames(background: RgbImage, walk: Walk, face: Detection) -> list[RgbIm
         top = round(centre_y - size[1] * face_centre_in_cutout)
         frame = background.copy()
         paste(frame, scaled, scaled_alpha, left, top)
-        frames.append(frame)
-    return frames
+        yield frame
 
 
 def script_frames(
     background: RgbImage,
     walks: Sequence[tuple[Walk, Detection]],
+    spans: list[VisitSpan],
     *,
     empty_frames: int,
-) -> tuple[list[RgbImage], list[VisitSpan]]:
-    frames: list[RgbImage] = [background] * empty_frames
-    spans = []
+) -> Iterator[RgbImage]:
+    """The frames one by one (a clip is never held in memory); ``spans`` is filled in as they pass."""
+    count = 0
+    for _ in range(empty_frames):
+        count += 1
+        yield background
     for walk, face in walks:
-        first = len(frames)
-        frames.extend(walk_frames(background, walk, face))
-        spans.append(VisitSpan(walk.label, first, len(frames) - 1))
-        frames.extend([background] * empty_frames)
-    return frames, spans
+        first = count
+        for frame in walk_frames(background, walk, face):
+            count += 1
+            yield frame
+        spans.append(VisitSpan(walk.label, first, count - 1))
+        for _ in range(empty_frames):
+            count += 1
+            yield background
 
 
-def write_mjpeg(path: Path, frames: Sequence[RgbImage], fps: float, quality: int = 90) -> None:
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
+def write_mjpeg(
+    path: Path, frames: Iterable[RgbImage], fps: float, size: tuple[int, int], quality: int = 90
+) -> int:
+    """Writes the frames; returns how many were written."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, size)
     if not writer.isOpened():
         raise ClipError(f"OpenCV cannot write Motion-JPEG to {path}")
+    written = 0
     try:
         writer.set(cv2.VIDEOWRITER_PROP_QUALITY, quality)
         for frame in frames:
             writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+            written += 1
     finally:
         writer.release()
+    return written
 
 
 def largest_face(detect: Callable[[RgbImage], list[Detection]], photo: RgbImage, label: str) -> Detection:
@@ -187,10 +204,11 @@ def make_clip(
     """Writes the clip (empty, walk, empty, walk, ..., empty) and says where each visit is."""
     background = hallway(*size)
     located = [(walk, largest_face(detect, walk.photo, walk.label)) for walk in walks]
-    frames, spans = script_frames(background, located, empty_frames=empty_frames)
+    spans: list[VisitSpan] = []
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_mjpeg(path, frames, fps)
-    return DemoClip(path, fps, size, len(frames), tuple(spans))
+    frames = script_frames(background, located, spans, empty_frames=empty_frames)
+    written = write_mjpeg(path, frames, fps, size)
+    return DemoClip(path, fps, size, written, tuple(spans))
 
 
 def demo_walks(resident: RgbImage, visitor: RgbImage) -> list[Walk]:

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 FPS_WINDOW = 64
 CLAIM_POLL_S = 0.25
 FRAME_WAIT_S = 0.25
+HEALTH_TEXT_LIMIT = 160
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,15 @@ class Pipeline:
         return (len(self._frame_times) - 1) / span if span > 0 else 0.0
 
     def health(self) -> dict[str, Any]:
+        """Operational numbers only (the events schema's ``pipeline`` part): never a subject or a face."""
         gallery_health = getattr(self._gallery, "health", None)
+        gallery = gallery_health() if callable(gallery_health) else {"gallery_state": self.gallery_state()}
+        models = self._model_health() if self._model_health is not None else {}
+        alarms = []
+        if gallery.get("gallery_state") == "no_gallery":
+            alarms.append("gallery_unavailable")
+        if any("fallback" in str(model.get("state", "")) for model in models.values()):
+            alarms.append("accelerator_fallback")
         return {
             "uptime_s": round(self._clock() - self._started, 1),
             "fps": round(self.fps(), 2),
@@ -260,10 +269,19 @@ class Pipeline:
             "decisions": dict(self.decision_counts),
             "armed": self.config.matching.require_claim,
             "claim_pending": self.claims.peek() is not None,
-            "latency_ms": self.latencies.summary(),
-            "accelerator": self._model_health() if self._model_health is not None else {},
-            "gallery": gallery_health() if callable(gallery_health) else {"gallery_state": "ok"},
+            "stage_ms": self.latencies.summary(),
+            "accelerator": {role: short(model.get("state")) for role, model in models.items()},
+            "models": {role: {k: short(v) for k, v in model.items()} for role, model in models.items()},
+            "gallery": {key: short(value) for key, value in gallery.items()},
+            "alarms": alarms,
         }
+
+
+def short(value: Any, limit: int = HEALTH_TEXT_LIMIT) -> Any:
+    """Health travels in a bounded schema: long texts (error messages) are cut, numbers pass."""
+    if isinstance(value, str) and len(value) > limit:
+        return value[: limit - 3] + "..."
+    return value
 
 
 class Runner:
@@ -295,11 +313,13 @@ class Runner:
 
     def health(self) -> dict[str, Any]:
         health = self.pipeline.health()
-        capture = self.capture.health()
+        capture = {key: short(value) for key, value in self.capture.health().items()}
         health["uptime_s"] = round(self._clock() - self._started, 1)
         health["capture"] = capture
         health["dropped_frames"] = capture["dropped_frames"]
         health["camera_reconnects"] = capture["reconnects"]
+        if capture["state"] == "reconnecting":
+            health["alarms"] = [*health["alarms"], "camera_lost"]
         return health
 
     def run(self) -> int:

@@ -8,8 +8,6 @@ systemd unit lists in ``RestartPreventExitStatus`` so that the unit does not cra
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import signal
 import threading
@@ -42,21 +40,38 @@ def open_stages(config: UnitConfig, latencies: LatencyRecorder | None = None) ->
     """The models, with their ``run`` calls timed into ``latencies`` when given."""
     from device.manifest import ModelFileError
 
+    # The unit's state dir (only one that a config file named and that exists) keeps the measured
+    # float/int8 choice, so that a restart does not time both CPU files again.
+    state_dir = config.unit.state_dir
+    cache = state_dir if state_dir.is_absolute() and state_dir.is_dir() else None
     try:
-        return load_stages(config, latencies=latencies)
+        return load_stages(config, latencies=latencies, state_dir=cache)
     except (ModelFileError, FileNotFoundError, ValueError) as error:
         raise StartupError(f"cannot load the models: {error}") from None
 
 
 def make_publisher(config: UnitConfig) -> Publisher:
-    """MQTT when ``mqtt.enabled`` (durable outbox, TLS), else one JSON line per decision on stdout."""
+    """MQTT when ``mqtt.enabled`` (durable outbox, TLS; started), else one JSON line per decision."""
     if not config.mqtt.enabled:
         return StdoutPublisher()
-    if importlib.util.find_spec("device.mqtt_publisher") is None:
-        raise StartupError("mqtt.enabled is true but this build has no MQTT publisher")
-    module = importlib.import_module("device.mqtt_publisher")
-    factory: Callable[[UnitConfig], Publisher] = module.MqttPublisher.from_config
-    return factory(config)
+    try:
+        from device.mqtt_publisher import MqttPublisher, MqttSetupError
+    except ImportError as error:
+        raise StartupError(f"mqtt.enabled is true but the MQTT publisher cannot load: {error}") from None
+    try:
+        return MqttPublisher.from_config(config)
+    except (MqttSetupError, OSError) as error:
+        # A missing certificate or key file: fix the files, a restart will not.
+        raise StartupError(f"mqtt: {error}") from None
+
+
+def bind_publisher(publisher: Publisher, runner: Runner, stages: Stages, gallery: GalleryView) -> None:
+    """Commands from the broker (claims) reach the pipeline; events name the models and gallery version."""
+    bind = getattr(publisher, "bind", None)
+    if not callable(bind):
+        return
+    models = {role: f"{model.get('model')}@{model.get('variant')}" for role, model in stages.health().items()}
+    bind(on_claim=runner.pipeline.claim, models=models, gallery_version=lambda: gallery.version)
 
 
 def check_source(config: UnitConfig, base_dir: Path | None) -> None:
@@ -84,7 +99,6 @@ def build_runner(
     on_decision: Callable[[Decision], None] | None = None,
     notifier: Any = None,
 ) -> Runner:
-    check_source(config, base_dir)
     live_gallery = gallery if gallery is not None else LiveGallery.from_config(config)
     pipeline = Pipeline(
         config,
@@ -100,7 +114,7 @@ def build_runner(
     capture = CaptureThread(
         open_source(config.capture, base_dir=base_dir), config.capture.reconnect_backoff_max_s
     )
-    return Runner(
+    runner = Runner(
         pipeline,
         capture,
         publisher,
@@ -110,6 +124,8 @@ def build_runner(
         health_interval_s=config.mqtt.health_interval_s,
         on_decision=on_decision,
     )
+    bind_publisher(publisher, runner, stages, live_gallery)
+    return runner
 
 
 def stop_on_signals(stop_event: threading.Event) -> None:

@@ -22,7 +22,7 @@ MODELS = REPO / "models"
 
 
 def unit_config(**sections: Mapping[str, Any]) -> UnitConfig:
-    data: dict[str, Any] = {"models": {"dir": str(MODELS), "accelerator": "cpu"}}
+    data: dict[str, Any] = {"models": {"dir": str(MODELS), "accelerator": "cpu", "cpu_variant": "float"}}
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
     return parse_config(data)

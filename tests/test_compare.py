@@ -61,7 +61,8 @@ def test_a_picture_without_a_face_gives_similarity_null(
 ) -> None:
     empty = tmp_path / "hallway.png"
     cv2.imwrite(str(empty), np.ascontiguousarray(hallway(640, 480)[:, :, ::-1]))
-    code, results = compare_json(capsys, str(face_images["obama.jpg"]), str(empty), "--config", str(config_file))
+    portrait = str(face_images["obama.jpg"])
+    code, results = compare_json(capsys, portrait, str(empty), "--config", str(config_file))
     assert code == 0
     assert results == [
         {"a": str(face_images["obama.jpg"]), "b": str(empty), "similarity": None, "match": False}

@@ -18,6 +18,7 @@ from pipeline_support import (
 from device.config import UnitConfig
 from device.decide import Reason
 from device.democlip import DemoClip
+from device.events import HealthParts, build_health
 from device.faces import FaceAnalyzer, Stages
 from device.gallery import LiveGallery
 from device.match import GalleryView, InMemoryGallery
@@ -161,6 +162,27 @@ def test_health_reports_rates_latencies_and_the_models_device(
     assert health["frames_processed"] == len(frames)
     assert health["decisions"] == {"recognized": 1, "unknown": 1}
     for stage in ("motion", "detect", "track", "quality", "align", "embed", "match", "frame"):
-        assert health["latency_ms"][stage]["median_ms"] > 0, stage
+        assert health["stage_ms"][stage]["median_ms"] > 0, stage
     assert set(health["accelerator"]) == {"detector", "embedder"}
-    assert health["accelerator"]["detector"]["state"].startswith("cpu")
+    assert health["accelerator"]["detector"].startswith("cpu")
+    assert health["models"]["embedder"]["model"] == "dlib_resnet_v1"
+
+
+def test_the_health_report_fits_the_published_health_schema(
+    clip: tuple[DemoClip, list[Frame]], stages: Stages, tmp_path: Path
+) -> None:
+    _, frames = clip
+    gallery = LiveGallery(tmp_path / "gallery.enc", tmp_path / "missing-master.key")
+    pipeline, _, _ = run_clip(frames[:40], stages, gallery)
+    parts = HealthParts(
+        unit="lobby-1",
+        uptime_s=1.0,
+        outbox={"depth": 0, "bytes": 0, "dropped": 0, "last_seq": 0},
+        mqtt={"connected": True, "reconnects": 0, "refused": 0},
+        commands={"accepted": 0, "rejected": 0},
+        alarms=[],
+    )
+    health, problems = build_health(parts, pipeline.health())
+    assert problems == []
+    assert health["pipeline"]["frames_processed"] == 40
+    assert "gallery_unavailable" in health["alarms"]  # no key: the unit says so instead of failing

@@ -17,7 +17,14 @@ import threading
 from pathlib import Path
 
 from device.cli import EXIT_USAGE, CommandRegistry, config_from_args
-from device.service import StartupError, build_runner, make_publisher, open_stages, stop_on_signals
+from device.service import (
+    StartupError,
+    build_runner,
+    check_source,
+    make_publisher,
+    open_stages,
+    stop_on_signals,
+)
 from device.timing import LatencyRecorder
 
 
@@ -32,9 +39,9 @@ def run_command(args: argparse.Namespace) -> int:
     config_path: Path | None = getattr(args, "config", None)
     base_dir = config_path.resolve().parent if config_path is not None else None
     stop_event = threading.Event()
-    stop_on_signals(stop_event)
     latencies = LatencyRecorder()
     try:
+        check_source(config, base_dir)
         stages = open_stages(config, latencies)
         publisher = make_publisher(config)
         runner = build_runner(
@@ -48,6 +55,7 @@ def run_command(args: argparse.Namespace) -> int:
     except StartupError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    stop_on_signals(stop_event)
     try:
         return runner.run()
     finally:
