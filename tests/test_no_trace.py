@@ -116,7 +116,7 @@ def test_a_thousand_frames_of_strangers_write_nothing_but_outbox_events(
     assert strace is not None, "strace is needed: deploy/dev/system-packages.sh installs it"
     unit: Unit = init_unit(tmp_path)
     config = unit.config
-    stages = load_stages(config)  # also warms the CPU variant cache (see the module doc)
+    stages = load_stages(config, state_dir=config.unit.state_dir)  # warms the CPU variant cache
     analyzer = FaceAnalyzer(stages.detector, stages.embedder, stages.aligner)
     resident = [analyzer.analyze(load_rgb(name))[0].embedding for name in ("obama.jpg", "obama2.jpg")]
     unit.store().enrol(
