@@ -182,6 +182,9 @@ def test_calibration_table_recommendation_and_plot(
 
     code, out, _ = device(unit, "calibrate")
     assert code == 0 and "recommended threshold" in out and "<- configured" in out
+    code, out, err = device(unit, "calibrate", "--json", "--strangers", str(face_images["biden.jpg"]))
+    assert code == 0, err
+    assert json.loads(out)["stranger_faces"] == 1
     assert device(unit, "forget", subject_id)[0] == 0
 
 
