@@ -86,6 +86,7 @@ fi
 
 # --- which OS: the lock and the Coral pair depend on it ------------------------------------------
 [ -r "$OS_RELEASE" ] || die "cannot read $OS_RELEASE"
+# shellcheck disable=SC1090  # os-release is a fixed-format file named on purpose
 CODENAME=$(. "$OS_RELEASE" && printf '%s' "${VERSION_CODENAME:-}")
 case "$CODENAME" in
   bookworm) PYTHON_VERSION=3.11 ;;
@@ -145,7 +146,7 @@ run "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation --n
 # --- Coral: a matched libedgetpu + interpreter pair --------------------------------------------
 PAIRS=$SOURCE_DIR/deploy/unit/coral-pairs.txt
 if [ -n "$CORAL_PAIR_DIR" ]; then
-  line=$(grep -E "^$CODENAME[[:space:]]" "$PAIRS") || die "no Coral pair for $CODENAME in $PAIRS"
+  line=$(grep -E "^${CODENAME}[[:space:]]" "$PAIRS") || die "no Coral pair for $CODENAME in $PAIRS"
   read -r _ deb_name deb_sha wheel_name wheel_sha <<<"$line"
   deb=$CORAL_PAIR_DIR/$deb_name
   wheel=$CORAL_PAIR_DIR/$wheel_name
