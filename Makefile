@@ -80,3 +80,18 @@ deploy-check: setup $(DEPLOY_STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .mypy_cache .ruff_cache bench.json
+
+# --- Broker kit (deploy/broker) ---
+.PHONY: broker-check dev-broker
+# The rendered Mosquitto config loaded by a real mosquitto with a throw-away certificate set, plus
+# lint/types of the kit. `make deploy-check` runs this too.
+broker-check: setup
+	$(BIN)/ruff check deploy/broker
+	$(BIN)/ruff format --check deploy/broker
+	$(BIN)/mypy --strict deploy/broker
+	$(BIN)/python -m deploy.broker.check
+
+# A local TLS broker with the fleet config for development (PKI kept in state/dev-broker, gitignored).
+DEV_BROKER_PORT ?= 8883
+dev-broker: setup
+	$(BIN)/python -m deploy.broker.local --dir state/dev-broker --port $(DEV_BROKER_PORT) --unit demo-unit

@@ -73,6 +73,11 @@ class MotionSection(Section):
 
 
 class DetectionSection(Section):
+    decoder: Literal["auto", "blazeface", "ssd_postprocess"] = Field(
+        default="auto",
+        description="output decoder: BlazeFace anchors, or an SSD post-process model (boxes, classes, "
+        "scores, count); auto picks by the model's outputs",
+    )
     score_threshold: float = Field(default=0.6, gt=0.0, lt=1.0)
     nms_iou: float = Field(default=0.3, gt=0.0, lt=1.0)
     min_face_px: int = Field(default=40, ge=8, le=2048)

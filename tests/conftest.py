@@ -25,3 +25,23 @@ def load_face(face_images: dict[str, Path]):  # type: ignore[no-untyped-def]
         return fixtures.load_rgb(name)
 
     return load
+
+
+# --- Real Mosquitto (deploy/broker): one broker per test module, restarted if a test stopped it. ---
+@pytest.fixture(scope="module")
+def _module_mosquitto(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from broker import MosquittoBroker
+
+    broker = MosquittoBroker(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def mosquitto_broker(_module_mosquitto):  # type: ignore[no-untyped-def]
+    """A running Mosquitto with the project's config: .host .port .ca_file .cert_for(identity) -> (cert,
+    key), .expired_cert_for / .foreign_cert_for, .revoke(identity), .kill() .start() .stop(), .prefix,
+    .consumers ("backend", "tail"). Shared by a module, so tests use their own unit ids."""
+    _module_mosquitto.start()
+    return _module_mosquitto

@@ -1,0 +1,1 @@
+"""Deployment helpers that are Python (broker kit); importable as deploy.broker.*."""

@@ -1,0 +1,1 @@
+"""Broker kit: PKI (pki.py) and Mosquitto config rendering (render.py)."""

@@ -1,0 +1,243 @@
+"""A Mosquitto on loopback with the fleet config, for development (`make run`), checks and tests.
+
+    broker = LocalBroker(Path("state/dev-broker"))   # PKI (made once, reused), config, free port
+    broker.start()
+    cert, key = broker.cert_for("demo-unit")          # issued on first use (CN = identity)
+    ... connect with TLS to broker.host:broker.port, CA broker.ca_file ...
+    broker.kill()                                     # SIGKILL, for crash tests
+    broker.start()                                    # same port, same persistence directory
+    broker.revoke("demo-unit")                        # CRL rewritten, broker reloaded (SIGHUP)
+    broker.stop()                                     # SIGTERM, persistence saved
+
+It never touches the system's Mosquitto service: own config, own port, own data directory. Also a
+CLI that runs one in the foreground: `python3 -m deploy.broker.local --dir state/dev-broker`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from deploy.broker.pki import Pki, Role
+from deploy.broker.render import BrokerSettings, write_broker_config
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+DEFAULT_CONSUMERS = ("backend", "tail")
+
+
+def mosquitto_binary() -> str:
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise RuntimeError("mosquitto not found: run `bash deploy/dev/system-packages.sh` (apt mosquitto)")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalBroker:
+    """One Mosquitto process on loopback with TLS, client certificates, CRL and the fleet ACL."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        prefix: str = "entrance",
+        consumers: tuple[str, ...] = DEFAULT_CONSUMERS,
+        ha_discovery: bool = True,
+        port: int | None = None,
+    ) -> None:
+        self.root = root
+        self.host = HOST
+        self.port = port or free_port()
+        self.prefix = prefix
+        self.consumers = consumers
+        self.pki = Pki(root / "pki")
+        if not self.pki.ca_cert_path.exists():
+            self.pki.init(ca_name="local broker CA")
+        if not self.pki.broker_files().cert.exists():
+            self.pki.issue_broker()
+        self.log_file = root / "mosquitto.log"
+        self.conf_file = write_broker_config(
+            BrokerSettings(
+                pki_dir=self.pki.dir,
+                out_dir=root / "conf",
+                prefix=prefix,
+                consumers=consumers,
+                ha_discovery=ha_discovery,
+                port=self.port,
+                bind_address=HOST,
+                log_dest="stderr",
+                run_as_user=getpass.getuser(),
+            )
+        )
+        self._certs: dict[str, tuple[Path, Path]] = {}
+        self._reloads = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # Certificates ------------------------------------------------------------------------------
+    @property
+    def ca_file(self) -> Path:
+        return self.pki.ca_cert_path
+
+    def role_of(self, identity: str) -> Role:
+        return "consumer" if identity in self.consumers else "unit"
+
+    def cert_for(self, identity: str) -> tuple[Path, Path]:
+        """(cert_file, key_file) for an identity, issued by the broker's CA on first use."""
+        if identity not in self._certs:
+            role = self.role_of(identity)
+            files = self.pki.client_files(identity, role)
+            still_valid = any(c.identity == identity and c.revoked_at is None for c in self.pki.issued())
+            if not (still_valid and files.cert.exists() and files.key.exists()):
+                files = self.pki.issue_client(identity, role)
+            self._certs[identity] = (files.cert, files.key)
+        return self._certs[identity]
+
+    def revoke(self, identity: str) -> None:
+        """Revokes every certificate of identity and makes the running broker load the new CRL."""
+        self.pki.revoke(identity)
+        self._certs.pop(identity, None)
+        self.reload()
+
+    # Process -----------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running and self._process else None
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.running:
+            return
+        log_handle = self.log_file.open("ab")
+        self._process = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(self.conf_file)],
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log_handle.close()
+        self._wait_listening(timeout)
+
+    def _wait_listening(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise RuntimeError(f"mosquitto exited on start; log:\n{self.log_tail()}")
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
+                return
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(
+            f"mosquitto did not listen on {self.port} within {timeout} s; log:\n{self.log_tail()}"
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Clean shutdown (SIGTERM): Mosquitto saves its persistence database."""
+        self._signal_and_wait(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to save anything, like a power cut on the broker."""
+        self._signal_and_wait(signal.SIGKILL, 10.0)
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto re-reads its config, ACL, certificates and CRL."""
+        if self._process is None or not self.running:
+            return
+        os.kill(self._process.pid, signal.SIGHUP)
+        # There is no acknowledgement of a reload; wait for its log line.
+        marker = b"Reloading config."
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and self.log_file.read_bytes().count(marker) < self._reloads + 1:
+            time.sleep(0.02)
+        self._reloads += 1
+
+    def _signal_and_wait(self, sig: signal.Signals, timeout: float) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    @property
+    def persistence_file(self) -> Path:
+        return self.root / "conf" / "data" / "mosquitto.db"
+
+    def wait_saved(self, since_ns: int, timeout: float = 5.0) -> bool:
+        """Waits until Mosquitto has written its persistence file after `since_ns` (time.time_ns()).
+        Mosquitto acknowledges a publish before it saves, so a crash in between loses the message."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError):
+                if self.persistence_file.stat().st_mtime_ns > since_ns:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    def log_count(self, text: str) -> int:
+        """How often `text` occurs in the broker's log so far (tests wait for a refusal's reason)."""
+        return self.log_file.read_bytes().count(text.encode()) if self.log_file.exists() else 0
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_file.exists():
+            return ""
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def close(self) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="run a local Mosquitto with the fleet config (foreground)")
+    parser.add_argument("--dir", type=Path, required=True, help="PKI, config and data (made once, reused)")
+    parser.add_argument("--port", type=int, default=None, help="default: a free port")
+    parser.add_argument("--prefix", default="entrance")
+    parser.add_argument("--unit", action="append", default=[], help="issue a unit certificate (repeatable)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    broker = LocalBroker(args.dir, prefix=args.prefix, port=args.port)
+    for identity in [*args.unit, *broker.consumers]:
+        cert, key = broker.cert_for(identity)
+        print(f"{broker.role_of(identity):9} {identity}: cert {cert} key {key}")
+    broker.start()
+    print(
+        f"mosquitto on {broker.host}:{broker.port} (CA {broker.ca_file}, log {broker.log_file}); Ctrl-C stops"
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _s, _f: stop.set())
+    try:
+        while not stop.wait(0.5):
+            if not broker.running:
+                print(f"mosquitto exited; log:\n{broker.log_tail()}", file=sys.stderr)
+                return 1
+    finally:
+        broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Renders mosquitto.conf and the ACL file for the entrance-camera fleet from the template next to it.
+
+    python3 -m deploy.broker.render --pki PKI --out /etc/mosquitto/conf.d-entrance \\
+        --consumer backend [--consumer home-assistant] [--ha-discovery] [--prefix entrance]
+
+Topic layout (see docs/asyncapi.yaml): a unit with identity U (its certificate CN) may
+write `<prefix>/U/events`, `<prefix>/U/status`, `<prefix>/U/health` and read `<prefix>/U/cmd/#`.
+With Home Assistant discovery it may also write `homeassistant/<component>/U/<object>/config`
+(HA's optional node_id level is the unit id). Units do not read HA's birth message: discovery configs
+are retained, so a restarted Home Assistant finds them without a re-announcement.
+A consumer reads every unit's events, status and health and may write any unit's cmd topics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from deploy.broker.pki import PkiError, check_identity
+
+HERE = Path(__file__).resolve().parent
+TEMPLATE = HERE / "mosquitto.conf.in"
+TOPIC_PREFIX_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-/")
+HA_PREFIX = "homeassistant"
+
+
+class RenderError(Exception):
+    """The requested broker configuration cannot be rendered (bad prefix, missing PKI file)."""
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    pki_dir: Path
+    out_dir: Path
+    prefix: str = "entrance"
+    consumers: tuple[str, ...] = ("backend",)
+    ha_discovery: bool = False
+    port: int = 8883
+    # Empty = all interfaces (production); tests bind to 127.0.0.1.
+    bind_address: str = ""
+    persistence_dir: Path | None = None
+    log_dest: str = "syslog"
+    # Saving after every change costs a small write per message but means a broker crash loses no
+    # acknowledged event that a consumer had not yet received. Raise it for very busy fleets.
+    autosave_interval: int = 1
+    autosave_on_changes: bool = True
+    client_expiration: str = "14d"
+    max_queued_messages: int = 100_000
+    max_packet_size: int = 65_536
+    # When started as root, Mosquitto drops to this user (Debian: `mosquitto`). None = leave the default.
+    run_as_user: str | None = None
+
+
+def _check_prefix(prefix: str) -> str:
+    parts = prefix.split("/")
+    if not prefix or any(not part for part in parts) or set(prefix) - TOPIC_PREFIX_CHARS:
+        raise RenderError(f"topic prefix {prefix!r}: use letters, digits, '_', '-' and '/' between levels")
+    return prefix
+
+
+def render_acl(prefix: str, consumers: tuple[str, ...], ha_discovery: bool) -> str:
+    """The ACL: per-unit patterns (the CN is %u) and one block per consumer identity."""
+    _check_prefix(prefix)
+    for consumer in consumers:
+        try:
+            check_identity(consumer)
+        except PkiError as error:
+            raise RenderError(str(error)) from error
+    lines = [
+        "# Rendered by deploy/broker/render.py.",
+        "# %u is the client's certificate CN (use_identity_as_username).",
+        "# Mosquitto checks these rules when a message is published and when it is delivered;",
+        "# a SUBSCRIBE to a forbidden filter is accepted but nothing forbidden is ever delivered.",
+        "",
+        "# Every identity: its own unit topics only.",
+        f"pattern write {prefix}/%u/events",
+        f"pattern write {prefix}/%u/status",
+        f"pattern write {prefix}/%u/health",
+        f"pattern read {prefix}/%u/cmd/#",
+    ]
+    if ha_discovery:
+        lines += [
+            "# Home Assistant discovery: homeassistant/<component>/<unit>/<object>/config",
+            f"pattern write {HA_PREFIX}/+/%u/#",
+        ]
+    for consumer in consumers:
+        lines += [
+            "",
+            f"user {consumer}",
+            f"topic read {prefix}/+/events",
+            f"topic read {prefix}/+/status",
+            f"topic read {prefix}/+/health",
+            f"topic write {prefix}/+/cmd/#",
+        ]
+        if ha_discovery:
+            lines += [f"topic read {HA_PREFIX}/#", f"topic write {HA_PREFIX}/status"]
+    return "\n".join(lines) + "\n"
+
+
+def render_config(settings: BrokerSettings) -> str:
+    pki = settings.pki_dir.resolve()
+    out = settings.out_dir.resolve()
+    needed = {
+        "ca_file": pki / "ca.crt",
+        "cert_file": pki / "broker" / "broker.crt",
+        "key_file": pki / "broker" / "broker.key",
+        "crl_file": pki / "crl.pem",
+    }
+    missing = [str(path) for path in needed.values() if not path.exists()]
+    if missing:
+        raise RenderError(f"PKI files missing (run pki.py init and pki.py broker): {', '.join(missing)}")
+    persistence = (settings.persistence_dir or out / "data").resolve()
+    values = {
+        **{name: str(path) for name, path in needed.items()},
+        "user_line": f"user {settings.run_as_user}" if settings.run_as_user else "",
+        "persistence_dir": str(persistence),
+        "autosave_interval": str(settings.autosave_interval),
+        "autosave_on_changes": "true" if settings.autosave_on_changes else "false",
+        "client_expiration": settings.client_expiration,
+        "max_queued_messages": str(settings.max_queued_messages),
+        "max_packet_size": str(settings.max_packet_size),
+        "log_dest": settings.log_dest,
+        "acl_file": str(out / "acl"),
+        "listener": f"{settings.port} {settings.bind_address}".strip(),
+    }
+    return Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
+
+
+def write_broker_config(settings: BrokerSettings) -> Path:
+    """Writes <out>/mosquitto.conf and <out>/acl, creates the persistence directory; returns the conf."""
+    conf = render_config(settings)
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    (settings.persistence_dir or settings.out_dir / "data").mkdir(parents=True, exist_ok=True)
+    acl = render_acl(settings.prefix, settings.consumers, settings.ha_discovery)
+    (settings.out_dir / "acl").write_text(acl, encoding="utf-8")
+    conf_path = settings.out_dir / "mosquitto.conf"
+    conf_path.write_text(conf, encoding="utf-8")
+    return conf_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="render the entrance-camera Mosquitto config and ACL")
+    parser.add_argument("--pki", type=Path, required=True, help="directory made by pki.py")
+    parser.add_argument("--out", type=Path, required=True, help="where mosquitto.conf and acl go")
+    parser.add_argument("--prefix", default="entrance", help="topic prefix (mqtt.topic_prefix on units)")
+    parser.add_argument("--consumer", action="append", default=[], help="consumer identity (repeatable)")
+    parser.add_argument("--ha-discovery", action="store_true", help="allow Home Assistant discovery topics")
+    parser.add_argument("--port", type=int, default=8883)
+    parser.add_argument("--bind", default="", help="bind address (default: all interfaces)")
+    parser.add_argument("--persistence-dir", type=Path, default=None)
+    parser.add_argument("--log-dest", default="syslog", help="syslog, stderr, stdout or 'file <path>'")
+    parser.add_argument("--user", default=None, help="user Mosquitto drops to when started as root")
+    parser.add_argument("--as-me", action="store_true", help="run as the current user (local testing)")
+    args = parser.parse_args(argv)
+    settings = BrokerSettings(
+        pki_dir=args.pki,
+        out_dir=args.out,
+        prefix=args.prefix,
+        consumers=tuple(args.consumer) or ("backend",),
+        ha_discovery=args.ha_discovery,
+        port=args.port,
+        bind_address=args.bind,
+        persistence_dir=args.persistence_dir,
+        log_dest=args.log_dest,
+        run_as_user=getpass.getuser() if args.as_me else args.user,
+    )
+    try:
+        conf = write_broker_config(settings)
+    except RenderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {conf} and {conf.parent / 'acl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

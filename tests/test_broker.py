@@ -1,0 +1,214 @@
+"""The broker kit against a real Mosquitto: who may connect, and what gets delivered to whom.
+
+Mosquitto's ACL file is consulted when a message is published and when it is delivered, not when a
+client subscribes; so these tests check what is *delivered*, using a message the receiver is allowed
+to get as a barrier (the broker handles one client's packets in order, so once the allowed message
+arrived, a forbidden one sent before it would have arrived too).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from broker import MosquittoBroker
+from mqtt_probe import ConnectOutcome, Probe, connect_probe, try_connect
+
+NOT_AUTHORIZED = 0x87
+
+
+VERIFY_FAILED = "certificate verify failed"
+
+
+def refused_because(broker: MosquittoBroker, reason: str, attempt: Callable[[], ConnectOutcome]) -> str:
+    """Runs a connection attempt that must be refused, and checks the broker logged why: so a test
+    cannot pass because of a wrong port or a dead broker."""
+    before = broker.log_count(reason)
+    outcome = attempt()
+    assert not outcome.connected, outcome.detail
+    deadline = time.monotonic() + 2.0
+    while broker.log_count(reason) == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert broker.log_count(reason) > before, f"broker did not log {reason!r}:\n{broker.log_tail()}"
+    return outcome.detail
+
+
+def probe(broker: MosquittoBroker, identity: str) -> Probe:
+    cert, key = broker.cert_for(identity)
+    return connect_probe(broker.host, broker.port, broker.ca_file, cert, key, identity)
+
+
+@pytest.fixture
+def clients(mosquitto_broker: MosquittoBroker) -> Iterator[dict[str, Probe]]:
+    """unit-a, unit-b and the backend consumer, each connected with its own certificate."""
+    opened = {name: probe(mosquitto_broker, name) for name in ("unit-a", "unit-b", "backend")}
+    yield opened
+    for client in opened.values():
+        client.close()
+
+
+# --- Who may connect ---------------------------------------------------------------------------------
+
+
+def test_a_unit_with_a_certificate_from_the_ca_connects(mosquitto_broker: MosquittoBroker) -> None:
+    cert, key = mosquitto_broker.cert_for("unit-ok")
+    outcome = try_connect(mosquitto_broker.host, mosquitto_broker.port, mosquitto_broker.ca_file, cert, key)
+    assert outcome.connected, outcome.detail
+
+
+def test_a_client_without_a_certificate_is_refused(mosquitto_broker: MosquittoBroker) -> None:
+    address = (mosquitto_broker.host, mosquitto_broker.port, mosquitto_broker.ca_file)
+    refused_because(mosquitto_broker, "peer did not return a certificate", lambda: try_connect(*address))
+
+
+def test_plain_mqtt_without_tls_is_refused(mosquitto_broker: MosquittoBroker) -> None:
+    address = (mosquitto_broker.host, mosquitto_broker.port, None)
+    refused_because(mosquitto_broker, "wrong version number", lambda: try_connect(*address))
+
+
+def test_a_certificate_from_another_ca_is_refused(mosquitto_broker: MosquittoBroker) -> None:
+    cert, key = mosquitto_broker.foreign_cert_for("unit-a")
+    address = (mosquitto_broker.host, mosquitto_broker.port, mosquitto_broker.ca_file)
+    refused_because(mosquitto_broker, VERIFY_FAILED, lambda: try_connect(*address, cert, key))
+
+
+def test_an_expired_certificate_is_refused(mosquitto_broker: MosquittoBroker) -> None:
+    cert, key = mosquitto_broker.expired_cert_for("unit-expired")
+    address = (mosquitto_broker.host, mosquitto_broker.port, mosquitto_broker.ca_file)
+    refused_because(mosquitto_broker, VERIFY_FAILED, lambda: try_connect(*address, cert, key))
+
+
+def test_a_revoked_unit_is_refused_once_the_broker_reloads_its_crl(mosquitto_broker: MosquittoBroker) -> None:
+    cert, key = mosquitto_broker.cert_for("unit-revoked")
+    address = (mosquitto_broker.host, mosquitto_broker.port, mosquitto_broker.ca_file)
+    assert try_connect(*address, cert, key).connected
+    already_connected = probe(mosquitto_broker, "unit-revoked")
+
+    # The CRL file alone changes nothing: Mosquitto reads it at start and on SIGHUP.
+    mosquitto_broker.pki.revoke("unit-revoked")
+    assert try_connect(*address, cert, key).connected
+
+    mosquitto_broker.reload()
+    refused_because(mosquitto_broker, VERIFY_FAILED, lambda: try_connect(*address, cert, key))
+    # Revoking one unit leaves the others alone.
+    other_cert, other_key = mosquitto_broker.cert_for("unit-still-ok")
+    assert try_connect(*address, other_cert, other_key).connected
+
+    # A reload does not drop a connection that was made before the revocation; a restart does
+    # (README: "Revoking a unit").
+    assert already_connected.client.is_connected()
+    mosquitto_broker.stop()
+    mosquitto_broker.start()
+    refused_because(mosquitto_broker, VERIFY_FAILED, lambda: try_connect(*address, cert, key))
+    already_connected.close()
+
+
+# --- What is delivered to whom -----------------------------------------------------------------------
+
+
+def test_the_consumer_receives_a_units_events_status_and_health(clients: dict[str, Probe]) -> None:
+    backend, unit_a = clients["backend"], clients["unit-a"]
+    backend.subscribe("entrance/+/events")
+    backend.subscribe("entrance/+/status")
+    backend.subscribe("entrance/+/health")
+
+    for kind in ("events", "status", "health"):
+        payload = f'{{"kind": "{kind}"}}'.encode()
+        assert unit_a.publish(f"entrance/unit-a/{kind}", payload) == 0
+        assert backend.wait_for_message(f"entrance/unit-a/{kind}").payload == payload
+
+
+def test_a_unit_cannot_publish_on_another_units_topics(clients: dict[str, Probe]) -> None:
+    backend, unit_a = clients["backend"], clients["unit-a"]
+    backend.subscribe("entrance/#")
+
+    codes = {kind: unit_a.publish(f"entrance/unit-b/{kind}") for kind in ("events", "status", "health")}
+    codes["cmd"] = unit_a.publish("entrance/unit-b/cmd/claim")
+    assert unit_a.publish("entrance/unit-a/events", b"barrier") == 0
+    backend.wait_for_message("entrance/unit-a/events")
+
+    # Mosquitto 2.x answers a denied QoS 1 publish under MQTT v5 with PUBACK 0x87 (not authorised).
+    assert codes == dict.fromkeys(codes, NOT_AUTHORIZED)
+    assert backend.topics() == ["entrance/unit-a/events"]
+
+
+def test_a_unit_subscribing_to_another_units_commands_gets_nothing(clients: dict[str, Probe]) -> None:
+    backend, unit_a, unit_b = clients["backend"], clients["unit-a"], clients["unit-b"]
+    # The broker accepts these subscriptions (the ACL file does not check SUBSCRIBE) ...
+    for topic_filter in ("entrance/unit-b/cmd/#", "entrance/+/cmd/#", "entrance/#", "#"):
+        unit_a.subscribe(topic_filter)
+    unit_b.subscribe("entrance/unit-b/cmd/#")
+
+    # ... but only the unit's own commands are delivered to it.
+    assert backend.publish("entrance/unit-b/cmd/claim", b"for b") == 0
+    assert unit_b.wait_for_message("entrance/unit-b/cmd/claim").payload == b"for b"
+    assert backend.publish("entrance/unit-a/cmd/claim", b"for a") == 0
+    unit_a.wait_for_message("entrance/unit-a/cmd/claim")
+
+    assert unit_b.publish("entrance/unit-b/events", b"b's event") == 0
+    assert backend.publish("entrance/unit-a/cmd/health", b"barrier") == 0
+    unit_a.wait_for_message("entrance/unit-a/cmd/health")
+
+    # Overlapping subscriptions each get a copy under MQTT v5, hence the set.
+    assert set(unit_a.topics()) == {"entrance/unit-a/cmd/claim", "entrance/unit-a/cmd/health"}
+
+
+def test_a_consumer_cannot_speak_for_a_unit(clients: dict[str, Probe]) -> None:
+    backend, unit_a = clients["backend"], clients["unit-a"]
+    unit_a.subscribe("entrance/#")
+    assert backend.publish("entrance/unit-a/events") == NOT_AUTHORIZED
+    assert backend.publish("entrance/unit-a/status") == NOT_AUTHORIZED
+    assert backend.publish("entrance/unit-a/cmd/reload", b"barrier") == 0
+    unit_a.wait_for_message("entrance/unit-a/cmd/reload")
+    assert unit_a.topics() == ["entrance/unit-a/cmd/reload"]
+
+
+def test_home_assistant_discovery_is_per_unit(clients: dict[str, Probe]) -> None:
+    backend, unit_a = clients["backend"], clients["unit-a"]
+    backend.subscribe("homeassistant/#")
+
+    own = "homeassistant/sensor/unit-a/last_decision/config"
+    assert unit_a.publish("homeassistant/sensor/unit-b/last_decision/config") == NOT_AUTHORIZED
+    assert unit_a.publish("homeassistant/sensor/x/config") == NOT_AUTHORIZED
+    assert unit_a.publish(own, b"{}") == 0
+    backend.wait_for_message(own)
+    assert backend.topics() == [own]
+
+
+def test_queued_commands_survive_a_broker_crash(mosquitto_broker: MosquittoBroker) -> None:
+    """A unit that is offline gets its queued QoS 1 command after the broker was SIGKILLed and
+    restarted: the session and the queue are saved to disk as they change (autosave_on_changes).
+    The save follows the PUBACK by a moment (Mosquitto has no write-ahead log), so the test waits for
+    it before killing; README documents that window."""
+    cert, key = mosquitto_broker.cert_for("unit-sleepy")
+
+    def unit_session() -> Probe:
+        return connect_probe(
+            mosquitto_broker.host,
+            mosquitto_broker.port,
+            mosquitto_broker.ca_file,
+            cert,
+            key,
+            "unit-sleepy",
+            client_id="unit-sleepy",
+            session_expiry_s=600,
+        )
+
+    unit = unit_session()
+    unit.subscribe("entrance/unit-sleepy/cmd/#")
+    unit.close()
+    backend = probe(mosquitto_broker, "backend")
+    published_ns = time.time_ns()
+    assert backend.publish("entrance/unit-sleepy/cmd/claim", b"queued") == 0
+    backend.close()
+    assert mosquitto_broker.wait_saved(published_ns), "queued command never saved to disk"
+
+    mosquitto_broker.kill()
+    mosquitto_broker.start()
+
+    unit = unit_session()
+    try:
+        assert unit.wait_for_message("entrance/unit-sleepy/cmd/claim").payload == b"queued"
+    finally:
+        unit.close()
