@@ -69,8 +69,14 @@ def main() -> int:
         entries, problems = requirements(path.read_text())
         failures += [f"{lock}: {problem}" for problem in problems]
         if lock in UNIT_LOCKS:
-            failures += [f"{lock}: runtime dependency {name} not locked" for name in sorted(needed - set(entries))]
-        print(f"{lock}: {len(entries)} packages, all pinned with sha256" if not problems else f"{lock}: problems")
+            failures += [
+                f"{lock}: runtime dependency {name} not locked" for name in sorted(needed - set(entries))
+            ]
+        print(
+            f"{lock}: {len(entries)} packages, all pinned with sha256"
+            if not problems
+            else f"{lock}: problems"
+        )
     for failure in failures:
         print(f"  {failure}")
     return 1 if failures else 0

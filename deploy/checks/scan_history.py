@@ -133,12 +133,16 @@ def main() -> int:
         path = names.get(name, name)
         for item in items:
             if (path, item["hashed_secret"]) not in allowed:
-                problems.append(f"{path} (blob {name.rsplit('@', 1)[-1]}): {item['type']} line {item['line_number']}")
+                problems.append(
+                    f"{path} (blob {name.rsplit('@', 1)[-1]}): {item['type']} line {item['line_number']}"
+                )
     if args.update_baseline:
         write_baseline(args.baseline, found, names)
         print(f"baseline {args.baseline}: {sum(len(items) for items in found.values())} reviewed findings")
         return 0
-    print(f"secret scan: {len(blobs)} file versions from the whole history, {len(problems)} unreviewed findings")
+    print(
+        f"secret scan: {len(blobs)} file versions from the whole history, {len(problems)} unreviewed findings"
+    )
     for problem in sorted(problems):
         print(f"  {problem}")
     return 1 if problems else 0
