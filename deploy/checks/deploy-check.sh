@@ -25,7 +25,7 @@ bash deploy/checks/installer-check.sh
 step "boot config fragments"
 bad=$(grep -hvE '^(#.*|[a-z_0-9]+=[A-Za-z0-9_,.=-]+|)$' firmware_config/boot/*.txt || true)
 [ -z "$bad" ] || { echo "not a config.txt line: $bad"; exit 1; }
-echo "ok: $(ls firmware_config/boot/*.txt | wc -l) fragments"
+echo "ok: $(find firmware_config/boot -name '*.txt' | wc -l) fragments"
 
 step "hash-pinned requirements"
 "$PROJECT_PYTHON" deploy/checks/check_locks.py
