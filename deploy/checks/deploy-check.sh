@@ -39,7 +39,7 @@ python deploy/checks/scan_history.py --baseline .secrets.baseline
 # The scanner must also fail: a key committed once and deleted later is still found.
 planted=$(mktemp -d)
 git -C "$planted" init -q && git -C "$planted" config user.email check@example.invalid && git -C "$planted" config user.name check
-printf 'aws_secret_access_key = "%s"\n' "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEYx9" >"$planted/settings.ini"
+printf 'aws_secret_access_key = "%s"\n' "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEYx9" >"$planted/settings.ini"  # pragma: allowlist secret
 git -C "$planted" add settings.ini && git -C "$planted" commit -qm planted
 git -C "$planted" rm -q settings.ini && git -C "$planted" commit -qm removed
 echo '{"results": {}}' >"$planted/baseline.json"

@@ -17,11 +17,13 @@ import sys
 import tempfile
 from pathlib import Path, PurePosixPath
 
+# The baseline lists hashed findings by design; it is the review record, not a place for secrets.
+SKIPPED_PATHS = frozenset({".secrets.baseline"})
 MAX_BLOB_BYTES = 2_000_000  # model files and images: binary, and too large to hold a readable secret
 # The project pins every download by sha256 (locks, fixtures, model manifest): such digests are public
 # by design, so lines that name a digest or map a file name to one are not secrets.
 EXCLUDE_LINES = (
-    r"(sha256|--hash=|digest)",
+    r"(?i)(sha256|--hash=|digest)",
     r"""["'][\w./-]+\.(jpg|jpeg|png|tflite|dat|bz2|gz|whl|deb|json)["']\s*:\s*["'][0-9a-f]{64}["']""",
 )
 
@@ -30,14 +32,14 @@ def git(*args: str, cwd: Path) -> bytes:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True).stdout
 
 
-def history_blobs(repo: Path) -> dict[str, set[str]]:
-    """Blob id -> the paths it appeared under, over all refs."""
+def history_blobs(repo: Path, refs: list[str]) -> dict[str, set[str]]:
+    """Blob id -> the paths it appeared under, in every commit reachable from ``refs``."""
     blobs: dict[str, set[str]] = {}
-    listing = git("rev-list", "--objects", "--all", cwd=repo).decode()
+    listing = git("rev-list", "--objects", *refs, cwd=repo).decode()
     candidates = {}
     for line in listing.splitlines():
         sha, _, path = line.partition(" ")
-        if path:
+        if path and path not in SKIPPED_PATHS:
             candidates.setdefault(sha, set()).add(path)
     if not candidates:
         return blobs
@@ -110,6 +112,11 @@ def main() -> int:
     parser.add_argument("--baseline", type=Path, default=Path(".secrets.baseline"))
     parser.add_argument("--repo", type=Path, default=Path())
     parser.add_argument(
+        "--all-refs",
+        action="store_true",
+        help="every branch and tag, not only the history of HEAD (in a shared clone: others' work too)",
+    )
+    parser.add_argument(
         "--update-baseline",
         action="store_true",
         help="accept every current finding into the baseline (only after reviewing each one)",
@@ -117,7 +124,7 @@ def main() -> int:
     args = parser.parse_args()
     repo = args.repo.resolve()
     allowed = set() if args.update_baseline else baseline_secrets(args.baseline)
-    blobs = history_blobs(repo)
+    blobs = history_blobs(repo, ["--all"] if args.all_refs else ["HEAD"])
     with tempfile.TemporaryDirectory(prefix="secret-scan-") as tmp:
         scratch = Path(tmp)
         names = materialise(repo, blobs, scratch)
