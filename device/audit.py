@@ -261,3 +261,15 @@ def _parse(raw: str) -> AuditEntry:
     except (KeyError, TypeError, ValueError) as error:
         raise AuditError(f"missing or malformed field ({error})") from None
     return entry
+
+
+def record_config_change(log: AuditLog, config_digest: str, actor: str) -> AuditEntry | None:
+    """Appends a ``config`` entry when the effective config differs from the last one recorded.
+
+    Called before each change of the enrolled set, so the log shows under which settings (expiry
+    default, template count, threshold, consent purpose version) every enrolment, forget and purge ran.
+    """
+    last = next((entry for entry in reversed(log.entries()) if entry.event == "config"), None)
+    if last is not None and last.details.get("config_digest") == config_digest:
+        return None
+    return log.append("config", actor, {"config_digest": config_digest})

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from numpy.typing import NDArray
 
 from device.atomicio import ensure_private_directory, exclusive_lock, write_atomically
-from device.audit import AuditAnchor, AuditLog, Scalar
+from device.audit import AuditAnchor, AuditLog, Scalar, record_config_change
 from device.config import MAX_ENROLMENT_DAYS, UnitConfig
 from device.masterkey import MasterKey, MasterKeyError, load_master_key
 
@@ -360,8 +360,10 @@ class GalleryStore:
         default_expiry_days: int = 365,
         max_templates: int = 5,
         today: Callable[[], date] = lambda: utc_now().date(),
+        config_digest: str | None = None,
     ) -> None:
         self.path = path
+        self.config_digest = config_digest
         self.sealer = GallerySealer(master_key)
         self.audit = audit
         self.default_expiry_days = default_expiry_days
@@ -382,6 +384,7 @@ class GalleryStore:
             audit,
             default_expiry_days=config.gallery.default_expiry_days,
             max_templates=config.gallery.max_templates_per_subject,
+            config_digest=config_digest(config),
         )
 
     @property
@@ -405,6 +408,8 @@ class GalleryStore:
         return replace(updated, digest=hashlib.sha256(data).hexdigest())
 
     def _record(self, event: str, actor: str, details: dict[str, Scalar]) -> AuditAnchor:
+        if self.config_digest is not None:
+            record_config_change(self.audit, self.config_digest, actor)
         entry = self.audit.append(event, actor, details)
         return AuditAnchor(entry.seq, entry.mac)
 
@@ -534,6 +539,11 @@ def active_templates(
     if not rows:
         return np.zeros((0, TEMPLATE_DIM), dtype=np.float32), []
     return np.concatenate(rows).astype(np.float32), ids
+
+
+def config_digest(config: UnitConfig) -> str:
+    """sha256 of the effective config (after defaults), so comments and key order do not count."""
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()
 
 
 def audit_log_path(config: UnitConfig) -> Path:

@@ -43,41 +43,41 @@ def verify(unit: Unit) -> tuple[int, str, str]:
 
 def test_the_log_records_init_key_enrol_and_forget_and_verifies(unit: Unit) -> None:
     events = [json.loads(line)["event"] for line in lines(unit)]
-    assert events == ["init", "key_generated", "enrol", "enrol", "forget"]
+    assert events == ["init", "key_generated", "config", "enrol", "enrol", "forget"]
     code, out, _ = verify(unit)
     assert code == 0
-    assert "audit log ok: 5 entries" in out
+    assert "audit log ok: 6 entries" in out
 
 
 def test_an_altered_entry_is_named(unit: Unit) -> None:
     entries = lines(unit)
-    altered = json.loads(entries[2])
+    altered = json.loads(entries[3])
     altered["details"]["consent_ref"] = "FORGED"
-    entries[2] = json.dumps(altered, sort_keys=True, separators=(",", ":"))
+    entries[3] = json.dumps(altered, sort_keys=True, separators=(",", ":"))
     write_lines(unit, entries)
     code, _, err = verify(unit)
     assert code == 1
-    assert "entry seq 3 (line 3, event 'enrol'" in err
+    assert "entry seq 4 (line 4, event 'enrol'" in err
     assert "MAC mismatch" in err
-    assert "seq 4" not in err and "seq 5" not in err  # only the altered entry is blamed
+    assert "seq 5" not in err and "seq 6" not in err  # only the altered entry is blamed
 
 
 def test_an_altered_timestamp_or_actor_is_caught(unit: Unit) -> None:
     entries = lines(unit)
-    entries[4] = entries[4].replace('"actor":"tester"', '"actor":"nobody"')
+    entries[5] = entries[5].replace('"actor":"tester"', '"actor":"nobody"')
     write_lines(unit, entries)
     code, _, err = verify(unit)
-    assert code == 1 and "entry seq 5" in err
+    assert code == 1 and "entry seq 6" in err
 
 
 def test_a_deleted_entry_is_named(unit: Unit) -> None:
     entries = lines(unit)
-    del entries[2]
+    del entries[3]
     write_lines(unit, entries)
     code, _, err = verify(unit)
     assert code == 1
-    assert "entry seq 4 (line 3" in err
-    assert "expected seq 3" in err
+    assert "entry seq 5 (line 4" in err
+    assert "expected seq 4" in err
 
 
 def test_entries_cut_off_the_end_are_detected_against_the_gallery(unit: Unit) -> None:
@@ -89,12 +89,12 @@ def test_entries_cut_off_the_end_are_detected_against_the_gallery(unit: Unit) ->
 
 def test_a_rewritten_chain_without_the_key_does_not_verify(unit: Unit) -> None:
     entries = [json.loads(line) for line in lines(unit)]
-    entries[3]["mac"] = "f" * 64
-    entries[4]["prev"] = "f" * 64
+    entries[4]["mac"] = "f" * 64
+    entries[5]["prev"] = "f" * 64
     write_lines(unit, [json.dumps(entry, sort_keys=True, separators=(",", ":")) for entry in entries])
     code, _, err = verify(unit)
     assert code == 1
-    assert "entry seq 4" in err
+    assert "entry seq 5" in err
 
 
 def test_a_garbled_line_is_named(unit: Unit) -> None:
@@ -138,7 +138,7 @@ def test_the_log_refuses_details_outside_the_allow_list(unit: Unit) -> None:
             log.append("enrol", "tester", details)  # type: ignore[arg-type]
     with pytest.raises(AuditError, match="unknown audit event"):
         log.append("photo_taken", "tester", {})
-    assert len(lines(unit)) == 5
+    assert len(lines(unit)) == 6
 
 
 def test_export_writes_every_entry_and_fails_when_the_log_does_not_verify(
@@ -153,4 +153,17 @@ def test_export_writes_every_entry_and_fails_when_the_log_does_not_verify(
     write_lines(unit, lines(unit)[:2] + lines(unit)[3:])
     assert main(["--config", str(unit.config_path), "audit", "export", "--out", str(out)]) == 1
     assert "FAILED verification" in capsys.readouterr().err
-    assert len(out.read_text().splitlines()) == 4
+    assert len(out.read_text().splitlines()) == 5
+
+
+def test_a_changed_config_is_recorded_once_before_the_next_change(unit: Unit) -> None:
+    with unit.config_path.open("a") as config:
+        config.write("\n[matching]\nthreshold = 0.95\n")
+    store = unit.store()
+    enrol_random(store, "Audit Carol", seed=3)
+    enrol_random(store, "Audit Dave", seed=4)
+    entries = [json.loads(line) for line in lines(unit)]
+    assert [entry["event"] for entry in entries[-4:]] == ["forget", "config", "enrol", "enrol"]
+    digests = [entry["details"]["config_digest"] for entry in entries if entry["event"] == "config"]
+    assert len(digests) == 2 and digests[0] != digests[1]
+    assert verify(unit)[0] == 0

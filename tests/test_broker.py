@@ -8,8 +8,11 @@ arrived, a forbidden one sent before it would have arrived too).
 
 from __future__ import annotations
 
+import datetime as dt
+import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from broker import MosquittoBroker
@@ -85,8 +88,8 @@ def test_a_revoked_unit_is_refused_once_the_broker_reloads_its_crl(mosquitto_bro
     assert try_connect(*address, cert, key).connected
     already_connected = probe(mosquitto_broker, "unit-revoked")
 
-    # The CRL file alone changes nothing: Mosquitto reads it at start and on SIGHUP.
-    mosquitto_broker.pki.revoke("unit-revoked")
+    # The new CRL file alone changes nothing: Mosquitto reads it at start and on SIGHUP.
+    mosquitto_broker.revoke("unit-revoked", reload=False)
     assert try_connect(*address, cert, key).connected
 
     mosquitto_broker.reload()
@@ -102,6 +105,28 @@ def test_a_revoked_unit_is_refused_once_the_broker_reloads_its_crl(mosquitto_bro
     mosquitto_broker.start()
     refused_because(mosquitto_broker, VERIFY_FAILED, lambda: try_connect(*address, cert, key))
     already_connected.close()
+
+
+def test_an_expired_crl_locks_every_client_out_until_it_is_re_signed(tmp_path: Path) -> None:
+    """Why pki.py has `crl-status`: Mosquitto treats an out-of-date CRL as a verification failure."""
+    broker = MosquittoBroker(tmp_path)
+    broker.start()
+    try:
+        cert, key = broker.cert_for("unit-a")
+        address = (broker.host, broker.port, broker.ca_file)
+        assert try_connect(*address, cert, key).connected
+
+        broker.pki.write_crl(days=90, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=91))
+        broker.refresh_config()
+        broker.reload()
+        refused_because(broker, VERIFY_FAILED, lambda: try_connect(*address, cert, key))
+
+        broker.pki.write_crl()
+        broker.refresh_config()
+        broker.reload()
+        assert try_connect(*address, cert, key).connected
+    finally:
+        broker.stop()
 
 
 # --- What is delivered to whom -----------------------------------------------------------------------
@@ -135,9 +160,9 @@ def test_a_unit_cannot_publish_on_another_units_topics(clients: dict[str, Probe]
 
 def test_a_unit_subscribing_to_another_units_commands_gets_nothing(clients: dict[str, Probe]) -> None:
     backend, unit_a, unit_b = clients["backend"], clients["unit-a"], clients["unit-b"]
-    # The broker accepts these subscriptions (the ACL file does not check SUBSCRIBE) ...
-    for topic_filter in ("entrance/unit-b/cmd/#", "entrance/+/cmd/#", "entrance/#", "#"):
-        unit_a.subscribe(topic_filter)
+    # The broker grants these subscriptions (SUBACK QoS 1: the ACL file does not check SUBSCRIBE) ...
+    for topic_filter in ("entrance/unit-b/cmd/#", "entrance/+/cmd/#", "entrance/#", "#", "$SYS/#"):
+        assert unit_a.subscribe(topic_filter) == [1]
     unit_b.subscribe("entrance/unit-b/cmd/#")
 
     # ... but only the unit's own commands are delivered to it.
@@ -152,6 +177,24 @@ def test_a_unit_subscribing_to_another_units_commands_gets_nothing(clients: dict
 
     # Overlapping subscriptions each get a copy under MQTT v5, hence the set.
     assert set(unit_a.topics()) == {"entrance/unit-a/cmd/claim", "entrance/unit-a/cmd/health"}
+
+
+def test_another_units_retained_status_is_not_delivered(clients: dict[str, Probe]) -> None:
+    backend, unit_a, unit_b = clients["backend"], clients["unit-a"], clients["unit-b"]
+    # Nobody subscribes yet: PUBACK 0x10 "no matching subscribers", a success code.
+    assert unit_b.publish("entrance/unit-b/status", b"online", retain=True) < 0x80
+    assert unit_b.publish("entrance/unit-b/health", b"{}", retain=True) < 0x80
+
+    unit_a.subscribe("entrance/+/status")
+    unit_a.subscribe("entrance/+/health")
+    unit_a.subscribe("entrance/unit-a/cmd/#")
+    assert backend.publish("entrance/unit-a/cmd/health", b"barrier") == 0
+    unit_a.wait_for_message("entrance/unit-a/cmd/health")
+    assert unit_a.topics() == ["entrance/unit-a/cmd/health"]
+
+    # The consumer does get them.
+    backend.subscribe("entrance/+/status")
+    assert backend.wait_for_message("entrance/unit-b/status").payload == b"online"
 
 
 def test_a_consumer_cannot_speak_for_a_unit(clients: dict[str, Probe]) -> None:
@@ -212,3 +255,26 @@ def test_queued_commands_survive_a_broker_crash(mosquitto_broker: MosquittoBroke
         assert unit.wait_for_message("entrance/unit-sleepy/cmd/claim").payload == b"queued"
     finally:
         unit.close()
+
+
+def test_a_broker_whose_free_port_was_taken_meanwhile_starts_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import deploy.broker.local as local
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks = iter([taken])
+        real_free_port = local.free_port
+        monkeypatch.setattr(local, "free_port", lambda: next(picks, None) or real_free_port())
+        broker = MosquittoBroker(tmp_path)
+        assert broker.port == taken
+        broker.start()
+        try:
+            assert broker.port != taken
+            cert, key = broker.cert_for("unit-a")
+            assert try_connect(broker.host, broker.port, broker.ca_file, cert, key).connected
+        finally:
+            broker.stop()

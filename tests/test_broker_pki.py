@@ -106,9 +106,11 @@ def test_the_cli_reports_errors_with_exit_code_2(tmp_path: Path, capsys: pytest.
 
 
 def test_the_cli_runs_as_a_module_from_the_repository(tmp_path: Path) -> None:
-    def run(*args: str) -> str:
+    directory = str(tmp_path / "p")
+
+    def run_module(*args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "deploy.broker.pki", "--dir", str(tmp_path / "p"), *args],
+            [sys.executable, "-m", "deploy.broker.pki", "--dir", directory, *args],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
@@ -116,12 +118,12 @@ def test_the_cli_runs_as_a_module_from_the_repository(tmp_path: Path) -> None:
         )
         return done.stdout
 
-    run("init")
-    run("broker", "--host", "mqtt.local")
-    run("unit", "lobby-1")
-    run("consumer", "backend")
-    run("revoke", "lobby-1")
-    listing = run("list")
+    assert "CA:" in run_module("init")
+    # The same entry point in-process, to spare an interpreter start per command.
+    for command in (["broker", "--host", "mqtt.local"], ["unit", "lobby-1"], ["consumer", "backend"]):
+        assert pki_main(["--dir", directory, *command]) == 0
+    assert pki_main(["--dir", directory, "revoke", "lobby-1"]) == 0
+    listing = run_module("list")
     assert "lobby-1" in listing and "revoked" in listing
     assert "backend" in listing and "valid until" in listing
 
@@ -171,11 +173,17 @@ def test_the_rendered_config_is_tls_only_with_client_certificates(pki: Pki, tmp_
     assert settings["require_certificate"] == "true"
     assert settings["use_identity_as_username"] == "true"
     assert settings["allow_anonymous"] == "false"
-    assert settings["crlfile"] == str(pki.crl_path.resolve())
-    assert settings["cafile"] == str(pki.ca_cert_path.resolve())
     assert settings["persistence"] == "true"
     assert "user" not in settings  # the packaged default (drop to `mosquitto`) stays
     assert (tmp_path / "conf" / "acl").exists()
+    # The broker gets copies of what it needs, never the CA key; its own key stays private.
+    certs = (tmp_path / "conf" / "certs").resolve()
+    assert settings["cafile"] == str(certs / "ca.crt")
+    assert settings["crlfile"] == str(certs / "crl.pem")
+    assert Path(settings["keyfile"]).read_bytes() == pki.broker_files().key.read_bytes()
+    assert mode(Path(settings["keyfile"])) == 0o600
+    assert Path(settings["crlfile"]).read_bytes() == pki.crl_path.read_bytes()
+    assert sorted(p.name for p in certs.iterdir()) == ["broker.crt", "broker.key", "ca.crt", "crl.pem"]
 
 
 def test_rendering_without_a_broker_certificate_says_what_is_missing(tmp_path: Path) -> None:
@@ -183,3 +191,10 @@ def test_rendering_without_a_broker_certificate_says_what_is_missing(tmp_path: P
     bare.init()
     with pytest.raises(RenderError, match=r"broker\.crt"):
         write_broker_config(BrokerSettings(pki_dir=bare.dir, out_dir=tmp_path / "conf"))
+
+
+def test_crl_status_warns_before_the_crl_expires(pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
+    assert pki_main(["--dir", str(pki.dir), "crl-status", "--warn-days", "30"]) == 0
+    pki.write_crl(days=10)
+    assert pki_main(["--dir", str(pki.dir), "crl-status", "--warn-days", "30"]) == 1
+    assert "re-sign" in capsys.readouterr().err

@@ -9,7 +9,10 @@ certificate: the unit's event reaches the consumer, a publish on another unit's 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
+import pwd
 import ssl
 import sys
 import tempfile
@@ -24,6 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from deploy.broker.local import LocalBroker
 
 TIMEOUT_S = 5.0
+SERVICE_USER = "mosquitto"
 
 
 @dataclass
@@ -79,8 +83,22 @@ def _publish(state: _Client, topic: str) -> int | None:
         return state.acks.get(info.mid)
 
 
+def _service_user() -> str | None:
+    """As root with the Debian `mosquitto` user present, check the production layout: Mosquitto drops
+    to that user before it reads its certificates, so ownership mistakes show up here."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return None
+    return SERVICE_USER
+
+
 def run_check(root: Path, prefix: str) -> dict[str, object]:
-    broker = LocalBroker(root, prefix=prefix, consumers=("backend",))
+    service_user = _service_user()
+    root.chmod(0o711)  # the service user must be able to reach its files below
+    broker = LocalBroker(root, prefix=prefix, consumers=("backend",), service_user=service_user)
     broker.start()
     clients: list[_Client] = []
     try:
@@ -101,6 +119,7 @@ def run_check(root: Path, prefix: str) -> dict[str, object]:
         anonymous_connected = anonymous.connected.is_set() and not anonymous.refused
         result: dict[str, object] = {
             "mosquitto_loaded_config": True,
+            "broker_user": service_user or getpass.getuser(),
             "unit_connected": unit_ok,
             "consumer_connected": consumer_ok,
             "own_event_puback": own,

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 DEFAULT_CONSUMERS = ("backend", "tail")
+# Mosquitto logs "mosquitto version X running" once its listeners are bound.
+RUNNING_MARKER = " running"
+ADDRESS_IN_USE = "Address already in use"
 
 
 def mosquitto_binary() -> str:
@@ -62,34 +65,62 @@ class LocalBroker:
         consumers: tuple[str, ...] = DEFAULT_CONSUMERS,
         ha_discovery: bool = True,
         port: int | None = None,
+        service_user: str | None = None,
     ) -> None:
+        """service_user: when started as root, Mosquitto drops to this user, who then owns the
+        broker's copies of the certificates, the ACL and the data (production layout). Default: the
+        current user, so nothing changes hands."""
         self.root = root
+        self.service_user = service_user
         self.host = HOST
+        # A port picked here can be taken by someone else before Mosquitto binds it; then the first
+        # start picks another. Once started, the port stays: clients reconnect to it.
+        self._port_is_free_choice = port is None
         self.port = port or free_port()
         self.prefix = prefix
         self.consumers = consumers
+        self.ha_discovery = ha_discovery
         self.pki = Pki(root / "pki")
         if not self.pki.ca_cert_path.exists():
             self.pki.init(ca_name="local broker CA")
         if not self.pki.broker_files().cert.exists():
             self.pki.issue_broker()
         self.log_file = root / "mosquitto.log"
-        self.conf_file = write_broker_config(
+        self.conf_file = self._render()
+        self._certs: dict[str, tuple[Path, Path]] = {}
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _render(self) -> Path:
+        return write_broker_config(
             BrokerSettings(
                 pki_dir=self.pki.dir,
-                out_dir=root / "conf",
-                prefix=prefix,
-                consumers=consumers,
-                ha_discovery=ha_discovery,
+                out_dir=self.root / "conf",
+                prefix=self.prefix,
+                consumers=self.consumers,
+                ha_discovery=self.ha_discovery,
                 port=self.port,
                 bind_address=HOST,
                 log_dest="stderr",
-                run_as_user=getpass.getuser(),
+                run_as_user=self.service_user or getpass.getuser(),
+                owner=self.service_user,
             )
         )
-        self._certs: dict[str, tuple[Path, Path]] = {}
-        self._reloads = 0
-        self._process: subprocess.Popen[bytes] | None = None
+
+    def refresh_config(self) -> None:
+        """Re-renders the config and re-copies the CRL and certificates from the PKI (after pki.py
+        changed them); the running broker sees them after reload()."""
+        self.conf_file = self._render()
+
+    def mqtt_config(self, identity: str) -> dict[str, object]:
+        """The `[mqtt]` section of a unit config (device/config.py) that talks to this broker."""
+        cert, key = self.cert_for(identity)
+        return {
+            "enabled": True,
+            "host": self.host,
+            "port": self.port,
+            "topic_prefix": self.prefix,
+            "tls": {"ca_file": str(self.ca_file), "cert_file": str(cert), "key_file": str(key)},
+        }
 
     # Certificates ------------------------------------------------------------------------------
     @property
@@ -110,11 +141,14 @@ class LocalBroker:
             self._certs[identity] = (files.cert, files.key)
         return self._certs[identity]
 
-    def revoke(self, identity: str) -> None:
-        """Revokes every certificate of identity and makes the running broker load the new CRL."""
+    def revoke(self, identity: str, *, reload: bool = True) -> None:
+        """Revokes every certificate of identity, gives the broker the new CRL and (unless told not
+        to) makes the running broker load it with SIGHUP."""
         self.pki.revoke(identity)
         self._certs.pop(identity, None)
-        self.reload()
+        self.refresh_config()
+        if reload:
+            self.reload()
 
     # Process -----------------------------------------------------------------------------------
     @property
@@ -128,28 +162,36 @@ class LocalBroker:
     def start(self, timeout: float = 10.0) -> None:
         if self.running:
             return
-        log_handle = self.log_file.open("ab")
-        self._process = subprocess.Popen(
-            [mosquitto_binary(), "-c", str(self.conf_file)],
-            stdout=log_handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log_handle.close()
-        self._wait_listening(timeout)
-
-    def _wait_listening(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.running:
-                raise RuntimeError(f"mosquitto exited on start; log:\n{self.log_tail()}")
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
+        for _attempt in range(3):
+            running_lines = self.log_count(RUNNING_MARKER)
+            log_handle = self.log_file.open("ab")
+            self._process = subprocess.Popen(
+                [mosquitto_binary(), "-c", str(self.conf_file)],
+                stdout=log_handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            log_handle.close()
+            if self._wait_running(running_lines, timeout):
+                self._port_is_free_choice = False
                 return
-            time.sleep(0.02)
+            if not (self._port_is_free_choice and ADDRESS_IN_USE in self.log_tail(5)):
+                break
+            log.info("port %d was taken before mosquitto bound it; trying another", self.port)
+            self.port = free_port()
+            self.conf_file = self._render()
         self.kill()
-        raise RuntimeError(
-            f"mosquitto did not listen on {self.port} within {timeout} s; log:\n{self.log_tail()}"
-        )
+        raise RuntimeError(f"mosquitto did not start on port {self.port}; log:\n{self.log_tail()}")
+
+    def _wait_running(self, running_lines: int, timeout: float) -> bool:
+        """True once this process logged that it runs (its listener is bound) and accepts TCP."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.running:
+            if self.log_count(RUNNING_MARKER) > running_lines:
+                with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.5):
+                    return True
+            time.sleep(0.02)
+        return False
 
     def stop(self, timeout: float = 10.0) -> None:
         """Clean shutdown (SIGTERM): Mosquitto saves its persistence database."""
@@ -163,13 +205,15 @@ class LocalBroker:
         """SIGHUP: Mosquitto re-reads its config, ACL, certificates and CRL."""
         if self._process is None or not self.running:
             return
-        os.kill(self._process.pid, signal.SIGHUP)
         # There is no acknowledgement of a reload; wait for its log line.
-        marker = b"Reloading config."
+        marker = "Reloading config."
+        before = self.log_count(marker)
+        os.kill(self._process.pid, signal.SIGHUP)
         deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and self.log_file.read_bytes().count(marker) < self._reloads + 1:
+        while self.log_count(marker) <= before:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not log a reload; log:\n{self.log_tail()}")
             time.sleep(0.02)
-        self._reloads += 1
 
     def _signal_and_wait(self, sig: signal.Signals, timeout: float) -> None:
         process = self._process

@@ -20,6 +20,7 @@ Usage, from the repository root (see deploy/broker/README.md):
     python3 -m deploy.broker.pki --dir PKI consumer backend
     python3 -m deploy.broker.pki --dir PKI revoke lobby-1
     python3 -m deploy.broker.pki --dir PKI crl            # re-sign the CRL before it expires
+    python3 -m deploy.broker.pki --dir PKI crl-status     # exit 1 if it expires within 30 days
     python3 -m deploy.broker.pki --dir PKI list
 """
 
@@ -323,9 +324,10 @@ class Pki:
         self.write_crl()
         return revoked
 
-    def write_crl(self, days: int = CRL_DAYS) -> Path:
+    def write_crl(self, days: int = CRL_DAYS, *, now: dt.datetime | None = None) -> Path:
+        """Signs the CRL of every revoked certificate, valid `days` from `now` (default: the clock)."""
         ca_cert, ca_key = self._ca()
-        now = _now()
+        now = now or _now()
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(ca_cert.subject)
@@ -344,6 +346,16 @@ class Pki:
         crl = builder.sign(ca_key, hashes.SHA256())
         _write_public(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
         return self.crl_path
+
+    def crl_next_update(self) -> dt.datetime:
+        """When the current CRL expires: after that Mosquitto refuses every client certificate."""
+        if not self.crl_path.exists():
+            raise PkiError(f"no CRL in {self.dir}: run `pki.py --dir {self.dir} crl`")
+        crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+        next_update = crl.next_update_utc
+        if next_update is None:
+            raise PkiError(f"{self.crl_path} has no nextUpdate")
+        return next_update
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -365,6 +377,8 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("identity")
     crl = sub.add_parser("crl", help="re-sign the CRL (do this before it expires)")
     crl.add_argument("--days", type=int, default=CRL_DAYS)
+    status = sub.add_parser("crl-status", help="exit 1 when the CRL expires within --warn-days (monitoring)")
+    status.add_argument("--warn-days", type=int, default=30)
     sub.add_parser("list", help="list issued certificates")
     return parser
 
@@ -390,6 +404,12 @@ def main(argv: list[str] | None = None) -> int:
             print("reload the broker (SIGHUP or restart) with the new CRL")
         elif args.command == "crl":
             print(f"CRL: {pki.write_crl(args.days)}")
+        elif args.command == "crl-status":
+            left = pki.crl_next_update() - _now()
+            print(f"CRL {pki.crl_path} valid until {pki.crl_next_update().isoformat()} ({left.days} days)")
+            if left < dt.timedelta(days=args.warn_days):
+                print("re-sign it now (`pki.py crl`) and reload the broker", file=sys.stderr)
+                return 1
         elif args.command == "list":
             for cert in pki.issued():
                 state = f"revoked {cert.revoked_at}" if cert.revoked_at else f"valid until {cert.not_after}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Renders mosquitto.conf and the ACL file for the entrance-camera fleet from the template next to it.
 
-    python3 -m deploy.broker.render --pki PKI --out /etc/mosquitto/conf.d-entrance \\
+    python3 -m deploy.broker.render --pki PKI --out /etc/mosquitto/entrance --owner mosquitto \\
         --consumer backend [--consumer home-assistant] [--ha-discovery] [--prefix entrance]
 
 Topic layout (see docs/asyncapi.yaml): a unit with identity U (its certificate CN) may
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,9 @@ class BrokerSettings:
     max_packet_size: int = 65_536
     # When started as root, Mosquitto drops to this user (Debian: `mosquitto`). None = leave the default.
     run_as_user: str | None = None
+    # Who gets the copied certificates, the ACL and the persistence directory (root only). Mosquitto
+    # reads its certificates after it dropped to its user, and again on every SIGHUP.
+    owner: str | None = None
 
 
 def _check_prefix(prefix: str) -> str:
@@ -102,21 +107,25 @@ def render_acl(prefix: str, consumers: tuple[str, ...], ha_discovery: bool) -> s
     return "\n".join(lines) + "\n"
 
 
+# What the broker needs from the PKI, copied next to its config: never the CA key, so the broker host
+# need not hold it, and the broker's user can own exactly these files.
+BROKER_FILES = {
+    "ca_file": ("ca.crt", "ca.crt"),
+    "cert_file": ("broker/broker.crt", "broker.crt"),
+    "key_file": ("broker/broker.key", "broker.key"),
+    "crl_file": ("crl.pem", "crl.pem"),
+}
+
+
+def _cert_dir(settings: BrokerSettings) -> Path:
+    return settings.out_dir.resolve() / "certs"
+
+
 def render_config(settings: BrokerSettings) -> str:
-    pki = settings.pki_dir.resolve()
     out = settings.out_dir.resolve()
-    needed = {
-        "ca_file": pki / "ca.crt",
-        "cert_file": pki / "broker" / "broker.crt",
-        "key_file": pki / "broker" / "broker.key",
-        "crl_file": pki / "crl.pem",
-    }
-    missing = [str(path) for path in needed.values() if not path.exists()]
-    if missing:
-        raise RenderError(f"PKI files missing (run pki.py init and pki.py broker): {', '.join(missing)}")
     persistence = (settings.persistence_dir or out / "data").resolve()
     values = {
-        **{name: str(path) for name, path in needed.items()},
+        **{name: str(_cert_dir(settings) / copy) for name, (_source, copy) in BROKER_FILES.items()},
         "user_line": f"user {settings.run_as_user}" if settings.run_as_user else "",
         "persistence_dir": str(persistence),
         "autosave_interval": str(settings.autosave_interval),
@@ -131,15 +140,38 @@ def render_config(settings: BrokerSettings) -> str:
     return Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
 
 
+def _copy(source: Path, target: Path, mode: int) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(source.read_bytes())
+    tmp.chmod(mode)
+    tmp.replace(target)
+
+
 def write_broker_config(settings: BrokerSettings) -> Path:
-    """Writes <out>/mosquitto.conf and <out>/acl, creates the persistence directory; returns the conf."""
+    """Writes <out>/mosquitto.conf, <out>/acl and <out>/certs/ (CA and broker certificate, broker key
+    0600, CRL), creates the persistence directory and hands all of it to `owner`; returns the conf.
+    Run it again after a revocation: it copies the new CRL."""
+    pki = settings.pki_dir.resolve()
+    sources = {name: pki / source for name, (source, _copy_name) in BROKER_FILES.items()}
+    missing = [str(path) for path in sources.values() if not path.exists()]
+    if missing:
+        raise RenderError(f"PKI files missing (run pki.py init and pki.py broker): {', '.join(missing)}")
     conf = render_config(settings)
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
-    (settings.persistence_dir or settings.out_dir / "data").mkdir(parents=True, exist_ok=True)
     acl = render_acl(settings.prefix, settings.consumers, settings.ha_discovery)
+    certs = _cert_dir(settings)
+    certs.mkdir(parents=True, exist_ok=True, mode=0o750)
+    for name, (_source, copy_name) in BROKER_FILES.items():
+        _copy(sources[name], certs / copy_name, 0o600 if name == "key_file" else 0o644)
+    persistence = settings.persistence_dir or settings.out_dir / "data"
+    persistence.mkdir(parents=True, exist_ok=True, mode=0o750)
     (settings.out_dir / "acl").write_text(acl, encoding="utf-8")
     conf_path = settings.out_dir / "mosquitto.conf"
     conf_path.write_text(conf, encoding="utf-8")
+    if settings.owner:
+        for path in [certs, *certs.iterdir(), persistence, settings.out_dir / "acl"]:
+            shutil.chown(path, user=settings.owner, group=settings.owner)
     return conf_path
 
 
@@ -152,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ha-discovery", action="store_true", help="allow Home Assistant discovery topics")
     parser.add_argument("--port", type=int, default=8883)
     parser.add_argument("--bind", default="", help="bind address (default: all interfaces)")
-    parser.add_argument("--persistence-dir", type=Path, default=None)
+    parser.add_argument("--persistence-dir", type=Path, default=Path("/var/lib/mosquitto"))
     parser.add_argument("--log-dest", default="syslog", help="syslog, stderr, stdout or 'file <path>'")
     parser.add_argument("--user", default=None, help="user Mosquitto drops to when started as root")
+    parser.add_argument("--owner", default=None, help="chown certs, ACL and data to this user (mosquitto)")
     parser.add_argument("--as-me", action="store_true", help="run as the current user (local testing)")
     args = parser.parse_args(argv)
     settings = BrokerSettings(
@@ -168,10 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         persistence_dir=args.persistence_dir,
         log_dest=args.log_dest,
         run_as_user=getpass.getuser() if args.as_me else args.user,
+        owner=args.owner,
     )
     try:
         conf = write_broker_config(settings)
-    except RenderError as error:
+    except (RenderError, LookupError, PermissionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {conf} and {conf.parent / 'acl'}")

@@ -3,7 +3,8 @@
 # Idempotent; uses sudo when not root. (The unit itself is installed by deploy/install-unit.sh.)
 set -euo pipefail
 
-wanted=(mosquitto npm)
+# strace: the "unknown faces leave no trace" test records the unit's file writes with it.
+wanted=(mosquitto npm strace)
 # A fresh Debian has python3 without venv/ensurepip; a pyenv or other Python that has them needs nothing.
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   wanted+=(python3-venv)
@@ -14,6 +15,7 @@ for package in "${wanted[@]}"; do
   case "$package" in
     mosquitto) command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=("$package") ;;
     npm) command -v npm >/dev/null 2>&1 || missing+=("$package") ;;
+    strace) command -v strace >/dev/null 2>&1 || missing+=("$package") ;;
     *) dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package") ;;
   esac
 done

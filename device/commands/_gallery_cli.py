@@ -11,7 +11,9 @@ from collections.abc import Callable
 from device.audit import AuditError
 from device.claims import ClaimError
 from device.cli import EXIT_FAILURE
+from device.enrol import EnrolmentError
 from device.gallery import GalleryError
+from device.manifest import ModelFileError
 from device.masterkey import MasterKeyError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -24,7 +26,14 @@ def reports_gallery_errors(handler: Handler) -> Handler:
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except (GalleryError, MasterKeyError, AuditError, ClaimError) as error:
+        except (
+            GalleryError,
+            MasterKeyError,
+            AuditError,
+            ClaimError,
+            EnrolmentError,
+            ModelFileError,
+        ) as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_FAILURE
 

@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 
 from device.atomicio import PRIVATE_DIR_MODE, create_exclusively, ensure_private_directory
-from device.audit import AuditLog
+from device.audit import AuditLog, record_config_change
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
 from device.config import UNIT_ID_PATTERN, load_config
-from device.gallery import audit_log_path
+from device.gallery import audit_log_path, config_digest
 from device.masterkey import generate_master_key
 
 UNIT_DIR_MODE = 0o750
@@ -101,6 +101,7 @@ def initialise_unit(args: argparse.Namespace) -> int:
     operator = args.operator or default_operator()
     audit.append("init", operator, {"unit": config.unit.id})
     audit.append("key_generated", operator, {"key_id": master_key.key_id})
+    record_config_change(audit, config_digest(config), operator)
 
     print(f"unit directory {unit_dir} (mode {UNIT_DIR_MODE:04o})")
     print(f"master key {key_path} (mode 0600, key id {master_key.key_id}); keep it on the unit only")

@@ -1,0 +1,46 @@
+"""``device bench --out bench.json``: speed and memory of the unit's pipeline on this machine (JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from device.bench import run_benchmark, write_results
+from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
+from device.commands.init import shipped_models_dir
+from device.service import StartupError, open_stages
+from device.timing import LatencyRecorder
+
+
+def register(commands: CommandRegistry) -> None:
+    parser = commands.add("bench", bench_command, "benchmark the pipeline on the demo clip; JSON result")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the JSON here")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of the efficiency measurement")
+    parser.add_argument("--idle-seconds", type=float, default=6.0, help="length of the still-scene run")
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if getattr(args, "config", None) is None:
+        # Without a unit config: the project's own models, on the CPU (no Edge TPU on a build machine).
+        models_dir = shipped_models_dir()
+        if models_dir is not None:
+            models = config.models.model_copy(update={"dir": models_dir})
+            config = config.model_copy(update={"models": models})
+    latencies = LatencyRecorder()
+    work_dir = Path(tempfile.mkdtemp(prefix="entrance-bench-"))
+    try:
+        stages = open_stages(config, latencies)
+        results = run_benchmark(
+            config, stages, latencies, work_dir, repeats=max(1, args.repeats), idle_seconds=args.idle_seconds
+        )
+    except StartupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    print(write_results(results, args.out))
+    return EXIT_OK

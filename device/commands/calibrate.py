@@ -1,0 +1,138 @@
+"""``device calibrate [--target-far X] [--plot out.png] [--strangers IMG...] [--json]``.
+
+FAR/FRR by threshold from the enrolled templates and a stranger set, and a recommended threshold (see
+``device.calibrate`` for what is compared with what). The default stranger set is the pinned fixture
+pictures that show nobody a test enrols (the face-api demo samples and scikit-image's astronaut); on a
+real unit pass pictures of people who are not residents with ``--strangers``. Stranger faces must pass
+the quality gate, as the unit matches only such faces. Nothing is written except the optional plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from device.calibrate import CalibrationError, calibrate, collect_scores, draw_plot, format_table
+from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
+from device.commands._gallery_cli import reports_gallery_errors
+from device.config import UnitConfig
+from device.enrol import Analyze, FaceLike
+from device.gallery import GalleryStore
+from device.quality import assess
+from device.types import RgbImage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGET_FAR = 0.001
+
+
+def register(commands: CommandRegistry) -> None:
+    parser = commands.add(
+        "calibrate", run_calibration, "FAR/FRR by threshold from the enrolled set and strangers"
+    )
+    parser.add_argument(
+        "--target-far",
+        type=float,
+        default=DEFAULT_TARGET_FAR,
+        metavar="X",
+        help=f"highest acceptable false accept rate (default {DEFAULT_TARGET_FAR})",
+    )
+    parser.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="draw FAR/FRR curves")
+    parser.add_argument(
+        "--strangers",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="IMG",
+        help="pictures of people who are NOT enrolled (default: the pinned fixture stranger pictures)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+
+
+def default_strangers() -> Iterator[tuple[str, RgbImage]]:
+    from device import fixtures
+
+    for name in sorted(fixtures.FACE_API_NPM.members):
+        yield name, fixtures.load_rgb(name)
+    try:
+        yield "astronaut", fixtures.astronaut_rgb()
+    except fixtures.FixtureError as error:
+        log.info("astronaut picture not used: %s", error)
+
+
+def stranger_pictures(paths: list[Path] | None) -> Iterator[tuple[str, RgbImage]]:
+    if paths is None:
+        yield from default_strangers()
+        return
+    from device.faces import load_image_rgb
+
+    for path in paths:
+        yield str(path), load_image_rgb(path)
+
+
+def stranger_embeddings(
+    pictures: Iterator[tuple[str, RgbImage]],
+    analyze: Analyze,
+    config: UnitConfig,
+) -> NDArray[np.float32]:
+    rows: list[NDArray[np.float32]] = []
+    for label, image in pictures:
+        faces: list[FaceLike] = list(analyze(image))
+        usable = [face for face in faces if assess(image, face.detection, config.quality).accepted]
+        log.info("stranger picture %s: %d faces, %d usable", label, len(faces), len(usable))
+        rows.extend(np.asarray(face.embedding, np.float32) for face in usable)
+    if not rows:
+        return np.zeros((0, 128), np.float32)
+    return np.stack(rows)
+
+
+@reports_gallery_errors
+def run_calibration(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    store = GalleryStore.from_config(config)
+    templates, subject_ids = store.active_templates()
+    by_subject = {
+        subject: templates[[i for i, owner in enumerate(subject_ids) if owner == subject]]
+        for subject in dict.fromkeys(subject_ids)
+    }
+
+    from device.faces import FaceAnalyzer, ImageError
+
+    analyzer = FaceAnalyzer.from_config(config)
+    try:
+        strangers = stranger_embeddings(stranger_pictures(args.strangers), analyzer.analyze, config)
+        calibration = calibrate(collect_scores(by_subject, strangers), args.target_far)
+        if args.plot is not None:
+            draw_plot(calibration, config.matching.threshold, args.plot)
+    except (CalibrationError, ImageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+    configured = config.matching.threshold
+    if args.json:
+        print(json.dumps(calibration.as_json(configured), indent=2))
+        return EXIT_OK
+    scores = calibration.scores
+    print(
+        f"{scores.subjects} subject(s) ({scores.subjects_with_pairs} with several templates), "
+        f"{scores.strangers} stranger face(s): {len(scores.genuine)} genuine and "
+        f"{len(scores.impostor)} impostor comparisons"
+    )
+    for line in format_table(calibration, configured):
+        print(line)
+    for note in calibration.notes:
+        print(f"note: {note}")
+    if args.plot is not None:
+        print(f"plot written to {args.plot}")
+    print(
+        f"recommended threshold {calibration.recommended:.3f} for FAR <= {calibration.target_far:g} "
+        f"(configured: {configured:.3f}; set [matching] threshold to change it)"
+    )
+    return EXIT_OK

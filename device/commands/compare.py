@@ -1,0 +1,153 @@
+"""``device compare IMG_A IMG_B [--json]`` and ``device compare --pairs CSV [--json]``.
+
+Cosine similarity between the largest face of each picture, and whether it reaches the configured
+``matching.threshold``. With ``--json`` one object per line: ``a``, ``b``, ``similarity`` (null when either
+picture has no face) and ``match``. For calibrating the threshold on a unit's own pictures; nothing is
+stored and nothing is published.
+
+Pairs file: CSV with the header ``a,b``; relative image paths are relative to the CSV file's folder.
+Exit code 0 when every picture could be read, 1 when one could not (its rows still print, with
+similarity null), 2 for bad usage or a bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
+from device.faces import FaceAnalyzer, ImageError, load_image_rgb
+from device.service import StartupError, open_stages
+from device.types import Vector
+
+MAX_PAIRS_FILE_BYTES = 16 * 1024 * 1024
+USAGE = "usage: device compare IMG_A IMG_B [--json]  or  device compare --pairs CSV [--json]"
+
+
+def register(commands: CommandRegistry) -> None:
+    parser = commands.add(
+        "compare",
+        compare_command,
+        "similarity of the largest face in two pictures (or in each pair of a CSV) and match/no match",
+    )
+    parser.add_argument("images", nargs="*", metavar="IMG", help="two pictures: IMG_A IMG_B")
+    parser.add_argument(
+        "--pairs", type=Path, default=None, metavar="CSV", help="CSV with header a,b: one pair per row"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+class PairsFileError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Comparison:
+    a: str
+    b: str
+    similarity: float | None
+    match: bool
+
+
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    try:
+        if path.stat().st_size > MAX_PAIRS_FILE_BYTES:
+            raise PairsFileError(f"{path}: larger than {MAX_PAIRS_FILE_BYTES // (1024 * 1024)} MiB")
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise PairsFileError(f"{path}: cannot read the file ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise PairsFileError(f"{path}: not UTF-8 text") from None
+    rows = list(csv.reader(text.splitlines()))
+    if not rows or [cell.strip() for cell in rows[0]] != ["a", "b"]:
+        raise PairsFileError(f"{path}: the first line must be the header a,b")
+    pairs = []
+    for number, row in enumerate(rows[1:], start=2):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise PairsFileError(f"{path}:{number}: expected two image paths, got {row!r}")
+        pairs.append((row[0].strip(), row[1].strip()))
+    return pairs
+
+
+class EmbeddingCache:
+    """Each picture is analysed once, however many pairs it appears in."""
+
+    def __init__(self, analyzer: FaceAnalyzer, base_dir: Path | None) -> None:
+        self._analyzer = analyzer
+        self._base_dir = base_dir
+        self._vectors: dict[str, Vector | None] = {}
+        self.failed: list[str] = []
+
+    def resolve(self, name: str) -> Path:
+        path = Path(name)
+        if self._base_dir is not None and not path.is_absolute():
+            path = self._base_dir / path
+        return path
+
+    def vector(self, name: str) -> Vector | None:
+        if name not in self._vectors:
+            try:
+                face = self._analyzer.largest(load_image_rgb(self.resolve(name)))
+            except ImageError as error:
+                print(f"error: {error}", file=sys.stderr)
+                self.failed.append(name)
+                face = None
+            self._vectors[name] = None if face is None else face.embedding
+        return self._vectors[name]
+
+
+def compare_pairs(
+    pairs: list[tuple[str, str]], cache: EmbeddingCache, threshold: float
+) -> Iterator[Comparison]:
+    for a, b in pairs:
+        first, second = cache.vector(a), cache.vector(b)
+        if first is None or second is None:
+            yield Comparison(a, b, None, False)
+            continue
+        similarity = float(np.dot(first, second))
+        yield Comparison(a, b, similarity, similarity >= threshold)
+
+
+def format_text(comparison: Comparison) -> str:
+    if comparison.similarity is None:
+        return f"{comparison.a}  {comparison.b}  similarity -  no face"
+    verdict = "match" if comparison.match else "no match"
+    return f"{comparison.a}  {comparison.b}  similarity {comparison.similarity:.4f}  {verdict}"
+
+
+def format_json(comparison: Comparison) -> str:
+    similarity = None if comparison.similarity is None else round(comparison.similarity, 6)
+    fields = {"a": comparison.a, "b": comparison.b, "similarity": similarity, "match": comparison.match}
+    return json.dumps(fields)
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    if (args.pairs is None) == (len(args.images) == 0) or (args.pairs is None and len(args.images) != 2):
+        print(USAGE, file=sys.stderr)
+        return EXIT_USAGE
+    config = config_from_args(args)
+    try:
+        pairs = read_pairs(args.pairs) if args.pairs is not None else [(args.images[0], args.images[1])]
+    except PairsFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        analyzer = FaceAnalyzer.from_stages(open_stages(config))
+    except StartupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    base_dir = args.pairs.resolve().parent if args.pairs is not None else None
+    cache = EmbeddingCache(analyzer, base_dir)
+    formatter = format_json if args.json else format_text
+    for comparison in compare_pairs(pairs, cache, config.matching.threshold):
+        print(formatter(comparison), flush=True)
+    return EXIT_FAILURE if cache.failed else EXIT_OK

@@ -1,0 +1,95 @@
+"""``device events tail [--json]``: what a consumer sees — schema-checked, deduplicated events.
+
+Connects with a *consumer* certificate (the unit's own certificate may not read events), subscribes to
+``<prefix>/<unit|+>/events``, validates each payload against the event schema, drops redeliveries by
+``event_id`` and prints one line per event. Invalid payloads are reported on stderr, never printed as
+events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
+from device.consumer import ConsumerSettings, EventConsumer
+
+
+def register(commands: CommandRegistry) -> None:
+    group = commands.add_group("events", "consume the events units publish")
+    parser = group.add("tail", tail_events, "print validated, deduplicated events as they arrive")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--host", help="broker host (default: mqtt.host of the config)")
+    parser.add_argument("--port", type=int, help="broker port (default: mqtt.port)")
+    parser.add_argument("--ca", type=Path, help="CA certificate (default: mqtt.tls.ca_file)")
+    parser.add_argument("--cert", type=Path, required=True, help="consumer certificate")
+    parser.add_argument("--key", type=Path, required=True, help="consumer private key")
+    parser.add_argument("--prefix", help="topic prefix (default: mqtt.topic_prefix)")
+    parser.add_argument("--unit", default="+", help="one unit id, or + for all units (default)")
+    parser.add_argument("--count", type=int, default=0, help="exit after this many events (0: never)")
+    parser.add_argument("--timeout", type=float, default=0.0, help="exit after this many seconds (0: never)")
+    parser.add_argument(
+        "--client-id", default="", help="fixed client id: a persistent session with --session-expiry"
+    )
+    parser.add_argument("--session-expiry", type=int, default=0, help="seconds the broker keeps the queue")
+
+
+def format_event(event: dict[str, Any]) -> str:
+    subject = event["subject"] or "-"
+    similarity = "-" if event["similarity"] is None else f"{event['similarity']:.3f}"
+    reasons = ",".join(event["reasons"]) or "-"
+    return (
+        f"{event['ts']} {event['unit']} #{event['seq']} {event['type']} subject={subject} "
+        f"similarity={similarity} frames={event['frames']} reasons={reasons}"
+    )
+
+
+def tail_events(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    ca_file = args.ca or config.mqtt.tls.ca_file
+    if ca_file is None:
+        print("error: no CA certificate: pass --ca or set mqtt.tls.ca_file", file=sys.stderr)
+        return EXIT_USAGE
+    settings = ConsumerSettings(
+        host=args.host or config.mqtt.host,
+        port=args.port or config.mqtt.port,
+        ca_file=ca_file,
+        cert_file=args.cert,
+        key_file=args.key,
+        prefix=args.prefix or config.mqtt.topic_prefix,
+        unit=args.unit,
+        client_id=args.client_id,
+        session_expiry_s=args.session_expiry,
+    )
+    done = threading.Event()
+    printed = 0
+
+    def show(event: dict[str, Any], topic: str) -> None:
+        nonlocal printed
+        line = json.dumps(event, sort_keys=True) if args.json else format_event(event)
+        print(line, flush=True)
+        printed += 1
+        if args.count and printed >= args.count:
+            done.set()
+
+    def invalid(topic: str, problem: str) -> None:
+        print(f"invalid payload on {topic}: {problem}", file=sys.stderr, flush=True)
+
+    try:
+        consumer = EventConsumer(settings, show, on_invalid=invalid).start()
+    except (OSError, ValueError) as error:
+        print(f"error: cannot connect to {settings.host}:{settings.port}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if consumer.subscribed.wait(args.timeout or 30.0):
+        print(f"listening on {consumer.topic_filter}", file=sys.stderr, flush=True)
+    try:
+        done.wait(args.timeout or None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.stop()
+    return EXIT_OK if not args.count or printed >= args.count else EXIT_FAILURE

@@ -1,0 +1,62 @@
+"""``device run --config PATH``: the unit's service loop (systemd ``Type=notify``).
+
+Exit codes: 0 after SIGTERM/SIGINT or the end of a file source; 1 when the capture thread failed;
+2 when the unit cannot start with this config or these files (bad config, missing or tampered model,
+missing file source). The systemd unit lists 2 in ``RestartPreventExitStatus``: a restart cannot fix
+those, so the unit reports the problem instead of crash-looping. A missing or unreadable gallery is not
+such a problem: the unit runs in no-gallery mode (every visit ``unknown``, reason ``no_gallery``) and
+says so in its health.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from pathlib import Path
+
+from device.cli import EXIT_USAGE, CommandRegistry, config_from_args
+from device.service import (
+    StartupError,
+    build_runner,
+    check_source,
+    make_publisher,
+    open_stages,
+    stop_on_signals,
+)
+from device.timing import LatencyRecorder
+
+
+def register(commands: CommandRegistry) -> None:
+    commands.add("run", run_command, "run the unit: camera -> faces -> decisions -> publisher, until stopped")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if getattr(args, "log_level", None) is None:
+        logging.getLogger().setLevel(config.logging.level)
+    config_path: Path | None = getattr(args, "config", None)
+    base_dir = config_path.resolve().parent if config_path is not None else None
+    stop_event = threading.Event()
+    latencies = LatencyRecorder()
+    try:
+        check_source(config, base_dir)
+        stages = open_stages(config, latencies)
+        publisher = make_publisher(config)
+        runner = build_runner(
+            config,
+            stages=stages,
+            publisher=publisher,
+            stop_event=stop_event,
+            latencies=latencies,
+            base_dir=base_dir,
+        )
+    except StartupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    stop_on_signals(stop_event)
+    try:
+        return runner.run()
+    finally:
+        publisher.close()

@@ -1,0 +1,82 @@
+"""Shared by the pipeline tests: the shipped models, a generated entrance clip, a recording publisher."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from device import fixtures
+from device.capture import EndOfStream, FileSource
+from device.config import UnitConfig, parse_config
+from device.democlip import DemoClip, Walk, make_clip
+from device.faces import FaceAnalyzer, Stages, load_stages
+from device.types import Decision, Frame
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = REPO / "models"
+
+
+def unit_config(**sections: Mapping[str, Any]) -> UnitConfig:
+    data: dict[str, Any] = {"models": {"dir": str(MODELS), "accelerator": "cpu", "cpu_variant": "float"}}
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    return parse_config(data)
+
+
+def shipped_stages(config: UnitConfig | None = None) -> Stages:
+    return load_stages(config or unit_config())
+
+
+def embeddings_of(analyzer: FaceAnalyzer, *names: str) -> NDArray[np.float32]:
+    vectors = []
+    for name in names:
+        face = analyzer.largest(fixtures.load_rgb(name))
+        assert face is not None, f"no face in {name}"
+        vectors.append(face.embedding)
+    return np.stack(vectors)
+
+
+def entrance_clip(path: Path, analyzer: FaceAnalyzer, people: list[tuple[str, str]]) -> DemoClip:
+    """(label, fixture photo) per visit, alternating sides, empty entrance around each visit."""
+    walks = [
+        Walk(label, fixtures.load_rgb(photo), start_x=0.25 if index % 2 == 0 else 0.75, end_x=0.5)
+        for index, (label, photo) in enumerate(people)
+    ]
+    return make_clip(path, walks, analyzer.detector.detect)
+
+
+def clip_frames(path: Path) -> list[Frame]:
+    source = FileSource(path)
+    source.open()
+    frames = []
+    try:
+        while True:
+            try:
+                image = source.read()
+            except EndOfStream:
+                break
+            frames.append(Frame(image=image, ts=len(frames) / 15.0, seq=len(frames)))
+    finally:
+        source.close()
+    return frames
+
+
+@dataclass
+class RecordingPublisher:
+    decisions: list[Decision] = field(default_factory=list)
+    health: list[dict[str, Any]] = field(default_factory=list)
+    closed: bool = False
+
+    def publish_decision(self, decision: Decision) -> None:
+        self.decisions.append(decision)
+
+    def publish_health(self, health: Mapping[str, Any]) -> None:
+        self.health.append(dict(health))
+
+    def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,29 @@
+"""The fast subset of `make reliability` for `make test`: a short broker kill and a few unit kills.
+
+The same scenarios and the same targets as the full run (tests/reliability/run.py), only shorter faults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from reliability_harness import run_all
+
+
+def test_no_event_is_lost_duplicated_or_reordered_and_units_stay_in_their_lane(
+    mosquitto_broker: Any, tmp_path: Path
+) -> None:
+    summary = run_all(mosquitto_broker, tmp_path, outage_s=2.0, kills=3)
+    assert summary["sent"] > 20
+    assert summary["lost"] == 0, summary
+    assert summary["duplicates_after_dedup"] == 0, summary
+    assert summary["out_of_order"] == 0, summary
+    assert summary["cross_unit_deliveries"] == 0, summary["cross_unit"]
+    assert set(summary["cross_unit"]["reason_codes"].values()) - {"0x87", "0x01,0x01,0x01,0x01"} == set()
+    assert summary["auth"]["valid_accepted"] and summary["auth"]["all_refused"], summary["auth"]
+    assert summary["lwt"]["offline_within_1_5x_keepalive"], summary["lwt"]
+    assert summary["lwt"]["offline_shutdown_after_clean_stop"] and not summary["lwt"]["will_after_clean_stop"]
+    assert summary["all_payloads_schema_valid"], summary["invalid_payloads"]
+    assert summary["max_payload_bytes"] < 2048
+    assert summary["targets_met"]
