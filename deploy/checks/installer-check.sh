@@ -40,3 +40,14 @@ for bad in "--os-release /dev/null" "--machine x86_64" "--coral maybe" "--unit-i
   fi
 done
 echo "ok: refuses unpinned Coral files, unknown OS, other machines, bad options"
+# Boot fragments: applied twice, each line is there exactly once, and an existing setting is kept.
+printf 'dtparam=audio=on\ncamera_auto_detect=1\n' >"$tmp/config.txt"
+for _ in 1 2; do
+  deploy/unit/install-unit.sh --os-release "$tmp/os-bookworm" --machine aarch64 \
+    --boot-fragments camera,pi5-m2-coral --only-boot-config "$tmp/config.txt" >/dev/null
+done
+for line in camera_auto_detect=1 dtparam=pciex1 dtoverlay=pciex1-compat-pi5,no-mip dtoverlay=pcie-32bit-dma-pi5; do
+  [ "$(grep -cxF "$line" "$tmp/config.txt")" = 1 ] || { echo "boot config: $line not exactly once"; cat "$tmp/config.txt"; exit 1; }
+done
+grep -qxF dtparam=audio=on "$tmp/config.txt" || { echo "boot config lost an existing line"; exit 1; }
+echo "ok: boot fragments applied idempotently"

@@ -39,6 +39,7 @@ TRUST_CORAL_FILES=no
 BOOT_FRAGMENTS=""
 START=yes
 DRY_RUN=no
+ONLY_BOOT_CONFIG=""
 OS_RELEASE=/etc/os-release
 MACHINE=$(uname -m)
 
@@ -71,6 +72,8 @@ while [ $# -gt 0 ]; do
     # For checking the plan for another OS on a build machine (make deploy-check); not for installs.
     --os-release) OS_RELEASE=$2; shift 2 ;;
     --machine) MACHINE=$2; shift 2 ;;
+    # Only the boot config step, on the given file (also what the check uses to prove idempotence).
+    --only-boot-config) ONLY_BOOT_CONFIG=$2; shift 2 ;;
     -h|--help) usage 0 ;;
     *) printf 'unknown option: %s\n' "$1" >&2; usage 2 ;;
   esac
@@ -80,7 +83,9 @@ case "$CORAL" in usb|pci|none) ;; *) die "--coral must be usb, pci or none" ;; e
 if [ -n "$UNIT_ID" ] && ! [[ "$UNIT_ID" =~ ^[a-z0-9][a-z0-9-]{0,62}$ ]]; then
   die "unit id '$UNIT_ID' must match ^[a-z0-9][a-z0-9-]{0,62}\$"
 fi
-if [ "$DRY_RUN" = no ] && [ "$(id -u)" -ne 0 ]; then
+if [ -n "$ONLY_BOOT_CONFIG" ]; then
+  BOOT_CONFIG=$ONLY_BOOT_CONFIG
+elif [ "$DRY_RUN" = no ] && [ "$(id -u)" -ne 0 ]; then
   die "run as root (sudo), or with --dry-run to see the plan"
 fi
 
@@ -101,6 +106,7 @@ LOCK=$SOURCE_DIR/requirements/unit-$CODENAME.lock
 [ -r "$LOCK" ] || die "missing $LOCK (make lock)"
 log "OS $CODENAME, Python $PYTHON_VERSION, $MACHINE; lock $(basename "$LOCK")"
 
+if [ -z "$ONLY_BOOT_CONFIG" ]; then
 # --- apt --------------------------------------------------------------------------------------------
 APT_PACKAGES=(python3-venv python3-picamera2 python3-libcamera rsync)
 missing=()
@@ -183,7 +189,10 @@ if [ "$CORAL" = pci ] && [ ! -e /dev/apex_0 ]; then
   log "note: no /dev/apex_0 yet: the gasket/apex driver must be built for this kernel (deploy/README.md)"
 fi
 
+fi  # not --only-boot-config
+
 # --- boot config fragments (only lines not already there) --------------------------------------
+boot_changed=no
 if [ -n "$BOOT_FRAGMENTS" ]; then
   IFS=',' read -r -a fragments <<<"$BOOT_FRAGMENTS"
   for fragment in "${fragments[@]}"; do
@@ -193,16 +202,23 @@ if [ -n "$BOOT_FRAGMENTS" ]; then
       case "$line" in ''|'#'*) continue ;; esac
       if ! grep -qxF "$line" "$BOOT_CONFIG" 2>/dev/null; then
         log "boot config: $line"
+        boot_changed=yes
         if [ "$DRY_RUN" = yes ]; then
           printf '+ append %s to %s\n' "$line" "$BOOT_CONFIG"
         else
-          printf '%s  # entrance-camera: %s\n' "$line" "$fragment" >>"$BOOT_CONFIG"
+          # config.txt has no trailing comments: the marker gets its own line, the setting stays exact
+          # so the grep above finds it on the next run.
+          printf '# entrance-camera: %s\n%s\n' "$fragment" "$line" >>"$BOOT_CONFIG"
         fi
       fi
     done <"$file"
   done
+fi
+if [ "$boot_changed" = yes ]; then
   log "boot config changed: reboot for it to take effect"
 fi
+
+[ -z "$ONLY_BOOT_CONFIG" ] || exit 0
 
 # --- config and master key (created once, never overwritten) ----------------------------------
 CONFIG=$CONFIG_DIR/unit.toml
