@@ -31,8 +31,10 @@ step "hash-pinned requirements"
 "$PROJECT_PYTHON" deploy/checks/check_locks.py
 
 step "bandit on device/"
-bandit -q -c pyproject.toml -r device
-echo "ok: no findings"
+# Medium and high severity fail; low-severity patterns are ruff's S rules too (bandit-derived), where
+# each reviewed exception carries its noqa reason on the line, so they are not judged twice.
+bandit -q -c pyproject.toml -r device --severity-level medium
+echo "ok: no medium or high findings"
 
 step "secret scan over the whole git history"
 python deploy/checks/scan_history.py --baseline .secrets.baseline
