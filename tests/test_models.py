@@ -191,3 +191,16 @@ def test_verify_on_a_unit_without_the_schema_still_checks_sha256(
     out = capsys.readouterr().out
     assert f"{DETECTOR} int8: sha256 ok" in out
     assert f"{DETECTOR} int8: Edge TPU check skipped: the Edge TPU check needs ai-edge-litert" in out
+
+
+def test_the_shipped_float_detector_is_the_folded_build() -> None:
+    """What models/build/blazeface.py makes of the wheel's file: no fp16 constants behind DEQUANTIZE,
+    RELUs fused into their producers, and a serving_default signature with named outputs."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    report = check_file(shipped("float"))
+    assert "DEQUANTIZE" not in report.ops and "RELU" not in report.ops
+    assert report.ops["CONV_2D"] == 49 and report.ops["DEPTHWISE_CONV_2D"] == 40
+    assert not any("FLOAT16" in problem for problem in report.problems)
+    signatures = Interpreter(model_path=str(shipped("float"))).get_signature_list()
+    assert signatures == {"serving_default": {"inputs": ["input"], "outputs": ["classifiers", "regressors"]}}
