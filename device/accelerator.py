@@ -464,7 +464,7 @@ def choose_cpu_variant(
             *(f"{v}:{entry.files[v].sha256}" for v in ("float", "int8")),
             f"threads:{models.cpu_threads}",
             f"machine:{platform.machine()}",
-            f"processor:{platform.processor()}",
+            f"cpu:{cpu_model()}",
             runtime_version(),
         ]
     )
@@ -493,6 +493,19 @@ def choose_cpu_variant(
         except OSError as error:
             log.warning("cannot cache the CPU variant choice in %s: %s", cache_path, error)
     return CpuChoice(best, f"measured now: {rounded}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (platform.processor() is empty on most Linux systems)."""
+    try:
+        with Path("/proc/cpuinfo").open(encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("model name", "hardware", "cpu model"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def time_variant(path: Path, threads: int, interpreter_factory: InterpreterFactory) -> float:

@@ -10,6 +10,7 @@ on the TPU.
 
 from __future__ import annotations
 
+import importlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,10 +68,15 @@ EIGHT_BIT = frozenset({"INT8", "UINT8"})
 # Constant operands that are not activations: biases (int32) and shape/size/padding operands.
 CONSTANT_TYPES = EIGHT_BIT | {"INT32"}
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
+SCHEMA_MODULE = "ai_edge_litert.schema_py_generated"
 
 
 class CompatError(Exception):
     """The file cannot be read as a TFLite model."""
+
+
+class SchemaUnavailableError(CompatError):
+    """No TFLite schema to read the file with (a unit with tflite-runtime only): the check cannot run."""
 
 
 @dataclass
@@ -87,9 +93,11 @@ class CompatReport:
 
 def _schema() -> Any:
     try:
-        from ai_edge_litert import schema_py_generated
+        schema_py_generated = importlib.import_module(SCHEMA_MODULE)
     except ImportError as error:
-        raise CompatError("the Edge TPU check needs ai-edge-litert (it ships the TFLite schema)") from error
+        raise SchemaUnavailableError(
+            "the Edge TPU check needs ai-edge-litert (it ships the TFLite schema)"
+        ) from error
     return schema_py_generated
 
 

@@ -180,3 +180,27 @@ def test_pixels_for_the_int8_file_are_quantised_without_bias() -> None:
     offsets = prepared.astype(np.int16) - pixels.astype(np.int16)
     assert set(np.unique(offsets).tolist()) <= {-1, 0}
     assert abs(offsets.mean() + 0.5) < 0.01
+
+
+def test_verify_on_a_unit_without_the_schema_still_checks_sha256(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # tflite-runtime (the unit's apt runtime) ships no schema module: importing it fails.
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.schema_py_generated", None)
+    assert main(["models", "verify", "--models-dir", str(REPO_MODELS)]) == 0
+    out = capsys.readouterr().out
+    assert f"{DETECTOR} int8: sha256 ok" in out
+    assert f"{DETECTOR} int8: Edge TPU check skipped: the Edge TPU check needs ai-edge-litert" in out
+
+
+def test_the_shipped_float_detector_is_the_folded_build() -> None:
+    """What models/build/blazeface.py makes of the wheel's file: no fp16 constants behind DEQUANTIZE,
+    RELUs fused into their producers, and a serving_default signature with named outputs."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    report = check_file(shipped("float"))
+    assert "DEQUANTIZE" not in report.ops and "RELU" not in report.ops
+    assert report.ops["CONV_2D"] == 49 and report.ops["DEPTHWISE_CONV_2D"] == 40
+    assert not any("FLOAT16" in problem for problem in report.problems)
+    signatures = Interpreter(model_path=str(shipped("float"))).get_signature_list()
+    assert signatures == {"serving_default": {"inputs": ["input"], "outputs": ["classifiers", "regressors"]}}

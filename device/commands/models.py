@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.edgetpu_compat import CompatError, check_file
+from device.edgetpu_compat import CompatError, SchemaUnavailableError, check_file
 from device.manifest import ModelFileError, load_manifest, verify_file
 
 EMBEDDER_EVAL_MODULE = "device.eval_embedder"
@@ -61,6 +61,10 @@ def verify_report(models_dir: Path) -> tuple[list[str], list[str]]:
                 continue
             try:
                 report = check_file(path)
+            except SchemaUnavailableError as error:
+                # The sha256 check above is what protects the unit; compatibility is a build property.
+                lines.append(f"{name} {variant}: Edge TPU check skipped: {error}")
+                continue
             except CompatError as error:
                 problems.append(f"{name} {variant}: {error}")
                 continue

@@ -292,8 +292,10 @@ def update_manifest(models_dir: Path, entry: dict[str, object]) -> None:
     previous = manifest["models"].get(NAME, {})
     compiled = previous.get("files", {}).get("edgetpu")
     int8_sha = entry["files"]["int8"]["sha256"]  # type: ignore[index]
-    if compiled is not None and compiled.get("from_int8_sha256") == int8_sha:
+    if compiled is not None and compiled.get("sha256") and compiled.get("from_int8_sha256") == int8_sha:
         entry["files"]["edgetpu"] = compiled  # type: ignore[index]  # still matches: keep it
+    else:  # room for `make edgetpu-models`; the unit treats a file without sha256 as absent
+        entry["files"]["edgetpu"] = {"path": EDGETPU_FILE, "sha256": None, "note": "make edgetpu-models"}  # type: ignore[index]
     manifest["models"][NAME] = entry
     path.write_text(json.dumps(manifest, indent=2) + "\n")
 
