@@ -14,9 +14,9 @@ Measured in one run, on the shipped models and the demo clip (640x480, 15 fps, M
   ``match_10k_track_ms`` for a whole track's 5 samples at once (what a decision actually does);
 - ``idle_cpu_percent``: process CPU time / wall time while a still scene is captured at 15 fps with the
   motion gate on (frames are handed over in memory, as picamera2 does; JPEG decoding is not counted);
-- ``peak_rss_mb``: peak resident memory of a real ``device run`` child process over the demo clip
-  (the unit's footprint; the benchmark's own process, which also holds fixture photos and timing
-  copies of the models, is reported as ``bench_process_peak_rss_mb``);
+- ``peak_rss_mb``: peak resident memory (VmHWM from /proc) of a real ``device run`` child process over
+  the demo clip, i.e. the unit's footprint; the benchmark's own process, which also holds fixture photos
+  and timing copies of the models, is reported as ``bench_process_peak_rss_mb``;
 - ``speedup_vs_dlib_per_face``: dlib's HOG detector + 5-point landmarks + ResNet encoder (what the
   ``face_recognition`` package calls) against ``FaceAnalyzer`` on the same fixture photos, both
   scaled to 640 px on the long side, time per face found, best of ``repeats`` + 1 alternating rounds.
@@ -266,7 +266,7 @@ def peak_rss_mb() -> float:
 
 def unit_peak_rss_mb(config: UnitConfig, clip: DemoClip, work_dir: Path) -> float | None:
     """Peak resident memory of a real ``device run`` process over the demo clip (what the unit needs),
-    read from the kernel's accounting of the finished child; None if the run failed."""
+    sampled from /proc while it runs; None if the run failed."""
     unit_dir = work_dir / "rss-unit"
     (unit_dir / "state").mkdir(parents=True, exist_ok=True)
     models = config.models
@@ -288,13 +288,29 @@ def unit_peak_rss_mb(config: UnitConfig, clip: DemoClip, work_dir: Path) -> floa
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode != 0:
+        # VmHWM, not wait4's ru_maxrss: the latter also counts the parent's pages the child shared
+        # between fork and exec, i.e. this (larger) benchmark process.
+        high_water_kib = 0
+        while process.poll() is None:
+            high_water_kib = max(high_water_kib, vm_high_water_kib(process.pid))
+            time.sleep(0.02)
+        if process.returncode != 0 or high_water_kib == 0:
             log.warning("the RSS run of device run exited with %d", process.returncode)
             return None
-        peak = round(usage.ru_maxrss / 1024.0, 1)
+        peak = round(high_water_kib / 1024.0, 1)
     return peak
+
+
+def vm_high_water_kib(pid: int) -> int:
+    """The process's peak resident set so far (Linux /proc), 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
 
 
 def scaled(image: RgbImage, long_side: int = PEER_LONG_SIDE) -> RgbImage:
