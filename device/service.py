@@ -21,7 +21,7 @@ from device.claims import ClaimDrop
 from device.config import UnitConfig
 from device.decide import ClaimSlot
 from device.faces import Stages, load_stages
-from device.gallery import LiveGallery, claims_directory
+from device.gallery import LastSeenRecorder, LiveGallery, claims_directory
 from device.match import GalleryView
 from device.pipeline import Pipeline, Runner
 from device.publish import Publisher, StdoutPublisher
@@ -118,7 +118,8 @@ def build_runner(
         notifier=notifier if notifier is not None else SystemdNotifier.from_environment(),
         claim_drop=ClaimDrop(claims_directory(config), config.matching.claim_window_s),
         health_interval_s=config.mqtt.health_interval_s,
-        on_decision=on_decision,
+        # the enrolled set's last-seen day (recognised subjects only); not for a gallery handed in (demo)
+        on_decision=on_decision if gallery is not None else LastSeenRecorder(config, then=on_decision),
     )
     bind_publisher(publisher, runner, stages, live_gallery)
     return runner

@@ -1,0 +1,165 @@
+"""``device provision keygen|seal|check|import``: enrolled sets sealed for one unit (device/sealed.py).
+
+On the unit: ``keygen`` once (the fleet playbook fetches the public half), then ``check`` and
+``import`` for each sealed file it receives. On the fleet controller: ``seal``. Nothing here goes over
+MQTT, and ``check`` prints counts and dates only, never names or templates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from device.atomicio import create_exclusively, ensure_private_directory
+from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
+from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
+from device.config import UnitConfig
+from device.gallery import EnrolRequest, GalleryError, GalleryStore, check_expiry, normalise_templates
+from device.sealed import (
+    EnrolledSet,
+    SealedError,
+    generate_provision_key,
+    key_id,
+    load_private_key,
+    load_public_key,
+    open_sealed,
+    parse_enrolled_set,
+    public_key_path,
+    seal,
+)
+
+PROVISIONED_DIR = "provisioned"
+
+
+def register(commands: CommandRegistry) -> None:
+    group = commands.add_group("provision", "enrolled sets sealed for one unit's key (never over MQTT)")
+    keygen = group.add("keygen", make_key, "make this unit's provisioning key pair (once)")
+    keygen.add_argument("--key", type=Path, default=None, help="default: provision.key beside the master key")
+
+    sealer = group.add("seal", seal_set, "encrypt an enrolled set (JSON) for one unit's public key")
+    sealer.add_argument("--recipient", type=Path, required=True, help="the unit's provision.pub")
+    sealer.add_argument("--unit", required=True, help="the unit's id (the file only opens on that unit)")
+    sealer.add_argument("--in", dest="source", type=Path, required=True, help="enrolled set JSON")
+    sealer.add_argument("--out", type=Path, required=True, help="sealed file to write (must not exist)")
+
+    checker = group.add("check", check_sealed, "verify a sealed file opens on this unit; print counts only")
+    checker.add_argument("--in", dest="source", type=Path, required=True)
+    checker.add_argument("--key", type=Path, default=None)
+
+    importer = group.add("import", import_sealed, "check a sealed file, then enrol its subjects (once)")
+    importer.add_argument("--in", dest="source", type=Path, required=True)
+    importer.add_argument("--key", type=Path, default=None)
+    add_operator_option(importer)
+
+
+def default_key_path(config: UnitConfig) -> Path:
+    return config.gallery.master_key_path.parent / "provision.key"
+
+
+def _key_path(args: argparse.Namespace, config: UnitConfig) -> Path:
+    return Path(args.key) if args.key is not None else default_key_path(config)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def make_key(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    path = _key_path(args, config)
+    try:
+        ensure_private_directory(path.parent)
+        public = generate_provision_key(path)
+    except (SealedError, OSError) as error:
+        return _fail(str(error))
+    print(f"provisioning key {path} (mode 0600, key id {key_id(public)})")
+    print(public_key_path(path))
+    return EXIT_OK
+
+
+def seal_set(args: argparse.Namespace) -> int:
+    try:
+        recipient = load_public_key(args.recipient)
+        enrolled = parse_enrolled_set(args.source.read_bytes(), str(args.source))
+        sealed = seal(enrolled, recipient, args.unit)
+        create_exclusively(args.out, sealed)
+    except FileExistsError:
+        return _fail(f"{args.out} already exists")
+    except (SealedError, OSError) as error:
+        return _fail(str(error))
+    print(
+        f"sealed {len(enrolled.subjects)} subjects for unit {args.unit} (key {key_id(recipient)}): {args.out}"
+    )
+    return EXIT_OK
+
+
+def _open(args: argparse.Namespace, config: UnitConfig) -> tuple[str, EnrolledSet]:
+    private = load_private_key(_key_path(args, config))
+    try:
+        data = args.source.read_bytes()
+    except OSError as error:
+        raise SealedError(f"cannot read {args.source}: {error.strerror}") from None
+    bundle, enrolled = open_sealed(data, private, config.unit.id, str(args.source))
+    today = date.today()
+    for number, subject in enumerate(enrolled.subjects, start=1):
+        try:
+            normalise_templates(np.asarray(subject.templates, dtype=np.float32))
+            if subject.expires is not None:
+                check_expiry(subject.expires, today)
+        except GalleryError as error:
+            raise SealedError(f"{args.source}: subject {number}: {error}") from None
+    return bundle, enrolled
+
+
+def _summary(bundle: str, enrolled: EnrolledSet) -> str:
+    expiries = sorted(s.expires.isoformat() for s in enrolled.subjects if s.expires is not None)
+    templates = sum(len(s.templates) for s in enrolled.subjects)
+    span = f", expiries {expiries[0]}..{expiries[-1]}" if expiries else ""
+    return f"bundle {bundle}: {len(enrolled.subjects)} subjects, {templates} templates{span}"
+
+
+def check_sealed(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    try:
+        bundle, enrolled = _open(args, config)
+    except SealedError as error:
+        return _fail(str(error))
+    print(f"ok: sealed for unit {config.unit.id}; {_summary(bundle, enrolled)}")
+    return EXIT_OK
+
+
+@reports_gallery_errors
+def import_sealed(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    try:
+        bundle, enrolled = _open(args, config)
+    except SealedError as error:
+        return _fail(str(error))
+    # One marker per bundle makes a re-run of the playbook a no-op instead of a second enrolment.
+    markers = config.unit.state_dir / PROVISIONED_DIR
+    marker = markers / bundle
+    if marker.exists():
+        print(f"already imported: bundle {bundle}")
+        return EXIT_OK
+    store = GalleryStore.from_config(config)
+    operator = args.operator or default_operator()
+    for subject in enrolled.subjects:
+        store.enrol(
+            EnrolRequest(
+                name=subject.name,
+                templates=np.asarray(subject.templates, dtype=np.float32),
+                consent_reference=subject.consent_reference,
+                operator=f"{subject.operator} (provisioned by {operator})",
+                purpose_version=subject.purpose_version,
+                expires=subject.expires,
+            )
+        )
+    ensure_private_directory(markers)
+    create_exclusively(marker, f"{_summary(bundle, enrolled)}\n".encode())
+    print(f"imported {_summary(bundle, enrolled)}")
+    return EXIT_OK

@@ -1,0 +1,249 @@
+"""Enrolled sets sealed for one unit: how enrolments travel from the enrolment station to a unit.
+
+Templates are biometric data, so they never travel over MQTT and never in the clear. Each unit has a
+provisioning key pair (X25519) made on the unit (``device provision keygen``); only its public half
+leaves the unit. The fleet controller seals an enrolled set for that public key
+(``device provision seal``), copies the file to the unit (SSH, by the fleet playbook) and the unit
+opens and imports it (``device provision check`` / ``import``).
+
+Sealing: an ephemeral X25519 key agrees a secret with the unit's key; HKDF-SHA256 (salt: both public
+keys) turns it into an AES-256-GCM key; the header (format, unit id, recipient key id, ephemeral key,
+bundle id) is the associated data, so a file sealed for one unit cannot be relabelled for another and
+any changed byte fails decryption. A new ephemeral key per file means nothing is reused across units.
+
+Files (text):
+
+    provision.key   ecpk1:<base64 32-byte X25519 private key>   0600, in the unit's secrets folder
+    provision.pub   ecpub1:<base64 32-byte X25519 public key>   public; the controller needs it
+    <unit>.sealed   JSON {"header": {...}, "nonce": b64, "ciphertext": b64}
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import secrets
+import stat
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from device.atomicio import create_exclusively
+from device.config import UNIT_ID_PATTERN, describe_validation_error
+
+FORMAT = "entrance-camera sealed enrolled set"
+FORMAT_VERSION = 1
+PRIVATE_PREFIX = "ecpk1:"
+PUBLIC_PREFIX = "ecpub1:"
+KEY_BYTES = 32
+NONCE_BYTES = 12
+TEMPLATE_DIM = 128
+MAX_SEALED_BYTES = 16 * 1024 * 1024  # a few hundred residents x 5 templates is well under 2 MiB
+HKDF_INFO = b"entrance-camera sealed enrolled set v1"
+PRIVATE_HEADER = "# entrance-camera provisioning key. Keep mode 0600; never copy it off the unit.\n"
+PUBLIC_HEADER = "# entrance-camera provisioning public key: seal enrolled sets for this unit with it.\n"
+
+
+class SealedError(Exception):
+    """A key or sealed file that cannot be used; the message says why."""
+
+
+# --- the enrolled set (the plaintext) --------------------------------------------------------------
+
+Template = Annotated[list[float], Field(min_length=TEMPLATE_DIM, max_length=TEMPLATE_DIM)]
+
+
+class ProvisionedSubject(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(default=None, max_length=200)
+    templates: list[Template] = Field(min_length=1, max_length=32)
+    consent_reference: str = Field(min_length=1, max_length=200, description="the signed form's reference")
+    purpose_version: str = Field(pattern=r"^[A-Za-z0-9._-]{1,32}$")
+    operator: str = Field(min_length=1, max_length=100, description="who enrolled the person")
+    expires: date | None = None
+
+    @field_validator("templates")
+    @classmethod
+    def _usable_templates(cls, templates: list[list[float]]) -> list[list[float]]:
+        for row in templates:
+            total = 0.0
+            for value in row:
+                if value != value or value in (float("inf"), float("-inf")):
+                    raise ValueError("templates contain NaN or infinite values")
+                total += value * value
+            if total == 0.0:
+                raise ValueError("a template is all zeros")
+        return templates
+
+
+class EnrolledSet(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_: int = Field(default=1, alias="schema", ge=1, le=1)
+    subjects: list[ProvisionedSubject] = Field(max_length=10_000)
+
+
+def parse_enrolled_set(data: bytes, source: str) -> EnrolledSet:
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SealedError(f"{source}: not JSON ({error})") from None
+    try:
+        return EnrolledSet.model_validate(document)
+    except ValidationError as error:
+        problems = "; ".join(describe_validation_error(error)[:10])
+        raise SealedError(f"{source}: not a valid enrolled set: {problems}") from None
+
+
+# --- keys -------------------------------------------------------------------------------------------
+
+
+def key_id(public: bytes) -> str:
+    """Public fingerprint of a provisioning key: names the recipient without revealing anything."""
+    return hashlib.sha256(b"entrance-camera provision key id\x00" + public).hexdigest()[:16]
+
+
+def public_key_path(private_path: Path) -> Path:
+    return private_path.with_suffix(".pub")
+
+
+def generate_provision_key(private_path: Path) -> bytes:
+    """New key pair: private file 0600 from creation (never overwritten), public file beside it."""
+    private = X25519PrivateKey.generate()
+    raw = private.private_bytes_raw()
+    public = private.public_key().public_bytes_raw()
+    text = PRIVATE_HEADER + PRIVATE_PREFIX + base64.b64encode(raw).decode() + "\n"
+    try:
+        create_exclusively(private_path, text.encode())
+    except FileExistsError:
+        raise SealedError(f"{private_path} already exists; a provisioning key is never overwritten") from None
+    public_text = PUBLIC_HEADER + PUBLIC_PREFIX + base64.b64encode(public).decode() + "\n"
+    public_path = public_key_path(private_path)
+    public_path.unlink(missing_ok=True)
+    create_exclusively(public_path, public_text.encode(), mode=0o644)
+    return public
+
+
+def _decode_key_file(path: Path, prefix: str) -> bytes:
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise SealedError(f"key file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SealedError(f"cannot read key file {path}: {error}") from None
+    values = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if len(values) != 1 or not values[0].startswith(prefix):
+        raise SealedError(f"{path} is not a {prefix.rstrip(':')} key file")
+    try:
+        raw = base64.b64decode(values[0][len(prefix) :], validate=True)
+    except binascii.Error:
+        raise SealedError(f"{path}: key is not base64") from None
+    if len(raw) != KEY_BYTES:
+        raise SealedError(f"{path}: key has {len(raw)} bytes, expected {KEY_BYTES}")
+    return raw
+
+
+def load_public_key(path: Path) -> bytes:
+    return _decode_key_file(path, PUBLIC_PREFIX)
+
+
+def load_private_key(path: Path) -> X25519PrivateKey:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        raise SealedError(f"provisioning key {path} does not exist (run `device provision keygen`)") from None
+    if mode & 0o077:
+        raise SealedError(f"provisioning key {path} has mode {mode:04o}; refusing it (chmod 600 {path})")
+    return X25519PrivateKey.from_private_bytes(_decode_key_file(path, PRIVATE_PREFIX))
+
+
+# --- sealing ----------------------------------------------------------------------------------------
+
+
+def _aad(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _derive(shared: bytes, ephemeral: bytes, recipient: bytes) -> bytes:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=ephemeral + recipient, info=HKDF_INFO)
+    return hkdf.derive(shared)
+
+
+def seal(enrolled: EnrolledSet, recipient_public: bytes, unit_id: str) -> bytes:
+    """The enrolled set encrypted for one unit's provisioning key, bound to its unit id."""
+    if not re.match(UNIT_ID_PATTERN, unit_id):
+        raise SealedError(f"unit id {unit_id!r} must match {UNIT_ID_PATTERN}")
+    ephemeral = X25519PrivateKey.generate()
+    ephemeral_public = ephemeral.public_key().public_bytes_raw()
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient_public))
+    header = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "unit": unit_id,
+        "recipient": key_id(recipient_public),
+        "ephemeral": base64.b64encode(ephemeral_public).decode(),
+        "bundle": secrets.token_hex(8),
+        "subjects": len(enrolled.subjects),
+    }
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    plaintext = enrolled.model_dump_json(by_alias=True).encode()
+    ciphertext = AESGCM(_derive(shared, ephemeral_public, recipient_public)).encrypt(
+        nonce, plaintext, _aad(header)
+    )
+    document = {
+        "header": header,
+        "nonce": base64.b64encode(nonce).decode(),
+        "ciphertext": base64.b64encode(ciphertext).decode(),
+    }
+    return (json.dumps(document, indent=1) + "\n").encode()
+
+
+def read_header(data: bytes, source: str) -> tuple[dict[str, Any], bytes, bytes]:
+    if len(data) > MAX_SEALED_BYTES:
+        raise SealedError(f"{source}: {len(data)} bytes, more than a sealed set may have")
+    try:
+        document = json.loads(data)
+        header = document["header"]
+        nonce = base64.b64decode(document["nonce"], validate=True)
+        ciphertext = base64.b64decode(document["ciphertext"], validate=True)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, binascii.Error):
+        raise SealedError(f"{source}: not a sealed enrolled set") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise SealedError(f"{source}: not a sealed enrolled set")
+    if header.get("version") != FORMAT_VERSION:
+        raise SealedError(f"{source}: sealed format version {header.get('version')!r}, this unit reads 1")
+    return header, nonce, ciphertext
+
+
+def open_sealed(data: bytes, private: X25519PrivateKey, unit_id: str, source: str) -> tuple[str, EnrolledSet]:
+    """(bundle id, enrolled set) after checking it was sealed for this unit and key and is intact."""
+    header, nonce, ciphertext = read_header(data, source)
+    own_public = private.public_key().public_bytes_raw()
+    if header.get("unit") != unit_id:
+        raise SealedError(f"{source} was sealed for unit {header.get('unit')!r}, this is {unit_id!r}")
+    if header.get("recipient") != key_id(own_public):
+        raise SealedError(
+            f"{source} was sealed for provisioning key {header.get('recipient')!r}, this unit's is "
+            f"{key_id(own_public)!r} (re-seal it with this unit's provision.pub)"
+        )
+    try:
+        ephemeral = base64.b64decode(str(header.get("ephemeral")), validate=True)
+        shared = private.exchange(X25519PublicKey.from_public_bytes(ephemeral))
+        plaintext = AESGCM(_derive(shared, ephemeral, own_public)).decrypt(nonce, ciphertext, _aad(header))
+    except (binascii.Error, ValueError, InvalidTag):
+        raise SealedError(f"{source}: does not decrypt: the file was changed or is damaged") from None
+    enrolled = parse_enrolled_set(plaintext, source)
+    if header.get("subjects") != len(enrolled.subjects):
+        raise SealedError(f"{source}: header and contents disagree on the number of subjects")
+    return str(header.get("bundle")), enrolled
