@@ -14,7 +14,7 @@ from gallery_helpers import Unit, init_unit
 
 from device.config import UnitConfig
 from device.decide import ClaimSlot
-from device.democlip import Walk, hallway, largest_face, script_frames
+from device.democlip import Walk, hallway, iter_script_frames, largest_face
 from device.faces import FaceAnalyzer, Stages, load_stages
 from device.fixtures import load_rgb
 from device.gallery import EnrolRequest, LiveGallery
@@ -52,7 +52,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, face_images: dict[str, Path]
     visitor = load_rgb("obama3.jpg")
     walk = Walk("obama", visitor, frames=30, start_face_px=110.0, end_face_px=150.0)
     face = largest_face(stages.detector.detect, visitor, "obama")
-    frames = list(script_frames(hallway(640, 480), [(walk, face)], [], empty_frames=12))
+    frames = list(iter_script_frames(hallway(640, 480), [(walk, face)], [], empty_frames=12))
     return unit, stages, ids, frames
 
 
