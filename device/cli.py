@@ -70,7 +70,8 @@ def _common_options(*, suppress_defaults: bool) -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--log-level",
-        default=argparse.SUPPRESS if suppress_defaults else "INFO",
+        # None at the top level: commands can tell "not given" (use the config's logging.level) apart
+        default=argparse.SUPPRESS if suppress_defaults else None,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="logging level (default INFO)",
     )
@@ -111,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, getattr(args, "log_level", "INFO")),
+        level=getattr(logging, getattr(args, "log_level", None) or "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

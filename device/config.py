@@ -115,9 +115,9 @@ class QualitySection(Section):
 
 
 class MatchingSection(Section):
-    # 0.92: measured on the fixture photos with the shipped models (float, CPU): same person 0.945-0.973,
-    # Obama against every other fixture face at most 0.869; the threshold sits nearer the genuine end
-    # because a false accept at a door costs more than a second look.
+    # 0.92: measured on the fixture photos with the shipped models (float or int8 embedder alike, CPU):
+    # same person 0.945-0.973, Obama against every other fixture face at most 0.869; the threshold sits
+    # nearer the genuine end because a false accept at a door costs more than a second look.
     threshold: float = Field(default=0.92, gt=0.0, lt=1.0, description="cosine similarity to accept")
     min_margin: float = Field(default=0.01, ge=0.0, lt=1.0, description="to the best other subject")
     max_samples: int = Field(default=5, ge=1, le=32)

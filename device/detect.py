@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 BLAZEFACE_GRID = 48  # 192 input / stride 4
 BLAZEFACE_REGRESSORS = 16  # box (cx, cy, w, h) + 6 keypoints (x, y)
 LOGIT_CLIP = 100.0
-PIXEL_SCALE = np.float32(1.0 / 127.5)
+# Both detectors take RGB scaled to -1..1: (pixel - 127.5) / 127.5.
+PIXEL_MEAN = 127.5
+PIXEL_STD = 127.5
 
 # Average keypoint positions inside a face box (fractions of its width and height), in Keypoint order.
 # The mean over the 25 BlazeFace faces of the fixture photos, made left/right symmetric; used only for SSD
@@ -227,8 +229,7 @@ class FaceDetector:
                 f"expected an RGB uint8 image (H, W, 3), got {image_rgb.dtype} {image_rgb.shape}"
             )
         boxed = letterbox(image_rgb, self.input_size)
-        tensor = boxed.tensor.astype(np.float32) * PIXEL_SCALE - np.float32(1.0)
-        outputs = self.model.run(tensor[None])
+        outputs = self.model.run_pixels(boxed.tensor[None], PIXEL_MEAN, PIXEL_STD)
         faces = self.decode(outputs)
         height, width = image_rgb.shape[:2]
         detections = []

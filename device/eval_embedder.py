@@ -18,7 +18,9 @@ detector takes seconds on the full-size photos, and faces of ~100-200 px are wha
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import math
 import statistics
 import time
 from collections.abc import Iterable, Mapping
@@ -32,7 +34,7 @@ from numpy.typing import NDArray
 
 from device import fixtures
 from device.accelerator import InferenceModel, open_model
-from device.align import CHIP_SIZE, align_face
+from device.align import CHIP_SIZE, align_face, chip_matrix
 from device.config import DetectionSection, ModelsSection
 from device.detect import FaceDetector
 from device.embed import FaceEmbedder
@@ -45,6 +47,9 @@ IMPOSTOR = "biden.jpg"
 SAMPLES = tuple(f"sample{i}.jpg" for i in range(1, 7))
 EVAL_IMAGES = (*OBAMAS, IMPOSTOR, *SAMPLES)
 ORACLE_MAX_SIDE = 960
+WEIGHTS_PACKAGE = "face_recognition_models"
+RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+SHAPE_PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 CHIP_PADDING = 0.25  # dlib's default for get_face_chip, what compute_face_descriptor uses
 LATENCY_RUNS = 50
 LATENCY_WARMUP = 5
@@ -63,6 +68,7 @@ class OracleFace:
     descriptor: NDArray[np.float32]  # dlib's descriptor, L2-normalised
     centre: tuple[float, float]  # of dlib's detection box
     width: float
+    chip_matrix: NDArray[np.float64]  # dlib's image -> chip mapping (2x3)
 
 
 def shrink(image: RgbImage, max_side: int = ORACLE_MAX_SIDE) -> RgbImage:
@@ -78,24 +84,35 @@ def load_eval_images(
     return {name: shrink(fixtures.load_rgb(name), max_side) for name in names}
 
 
+def dlib_model_file(name: str) -> Path:
+    """A model file shipped in face_recognition_models, found without importing the package: its
+    ``__init__`` imports ``pkg_resources``, which recent setuptools (and venvs without setuptools) lack."""
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise OracleUnavailableError(f"{WEIGHTS_PACKAGE} is not installed (dev extra)")
+    path = Path(locations[0]) / "models" / name
+    if not path.is_file():
+        raise OracleUnavailableError(f"{path} is missing from {WEIGHTS_PACKAGE}")
+    return path
+
+
 def dlib_oracle(images: Mapping[str, RgbImage]) -> list[OracleFace]:
     """Every face dlib's own pipeline finds, with its chip and descriptor."""
     try:
         import dlib
-        import face_recognition_models
     except ImportError as error:
-        raise OracleUnavailableError(
-            f"the embedder evaluation needs dlib-bin and face_recognition_models (dev extra): {error}"
-        ) from None
+        raise OracleUnavailableError(f"the embedder evaluation needs dlib-bin (dev extra): {error}") from None
     detector = dlib.get_frontal_face_detector()
-    shapes = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
-    recogniser = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
+    shapes = dlib.shape_predictor(str(dlib_model_file(SHAPE_PREDICTOR_FILE)))
+    recogniser = dlib.face_recognition_model_v1(str(dlib_model_file(RESNET_FILE)))
     faces = []
     for name, image in images.items():
         for rect in detector(image, 0):
             shape = shapes(image, rect)
             descriptor = np.asarray(recogniser.compute_face_descriptor(image, shape), dtype=np.float32)
             chip = np.asarray(dlib.get_face_chip(image, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
+            details = dlib.get_face_chip_details(shape, size=CHIP_SIZE, padding=CHIP_PADDING)
             faces.append(
                 OracleFace(
                     image=name,
@@ -103,9 +120,37 @@ def dlib_oracle(images: Mapping[str, RgbImage]) -> list[OracleFace]:
                     descriptor=descriptor / np.linalg.norm(descriptor),
                     centre=((rect.left() + rect.right()) / 2.0, (rect.top() + rect.bottom()) / 2.0),
                     width=float(rect.width()),
+                    chip_matrix=dlib_chip_matrix(details),
                 )
             )
     return faces
+
+
+def dlib_chip_matrix(details: Any) -> NDArray[np.float64]:
+    """dlib's image -> chip mapping for a ``chip_details``: the chip's corners are the corners of
+    ``details.rect`` rotated by ``details.angle`` about the rect's centre."""
+    rect = details.rect
+    centre = np.array([(rect.left() + rect.right()) / 2.0, (rect.top() + rect.bottom()) / 2.0])
+    cos, sin = math.cos(details.angle), math.sin(details.angle)
+    rotation = np.array([[cos, -sin], [sin, cos]])
+    corners = np.array([[rect.left(), rect.top()], [rect.right(), rect.top()], [rect.right(), rect.bottom()]])
+    image_points = (corners - centre) @ rotation.T + centre
+    last = float(details.cols - 1), float(details.rows - 1)
+    chip_points = np.array([[0.0, 0.0], [last[0], 0.0], [last[0], last[1]]])
+    matrix = cv2.getAffineTransform(image_points.astype(np.float32), chip_points.astype(np.float32))
+    return np.asarray(matrix, dtype=np.float64)
+
+
+def alignment_error_px(
+    ours: NDArray[np.float64], theirs: NDArray[np.float64], size: int = CHIP_SIZE
+) -> float:
+    """Mean distance, in chip pixels, between where our chip and dlib's chip put the same image point
+    (over a grid covering dlib's chip)."""
+    grid = np.stack(np.meshgrid(np.linspace(0, size - 1, 7), np.linspace(0, size - 1, 7)), -1).reshape(-1, 2)
+    inverse = cv2.invertAffineTransform(theirs)
+    image_points = grid @ inverse[:, :2].T + inverse[:, 2]
+    mapped = image_points @ ours[:, :2].T + ours[:, 2]
+    return float(np.linalg.norm(mapped - grid, axis=1).mean())
 
 
 def same_face(face: OracleFace, detections: list[Detection]) -> Detection | None:
@@ -124,6 +169,7 @@ class FacePair:
 
     oracle: OracleFace
     chip: RgbImage | None
+    alignment_error_px: float | None
 
 
 def our_chips(
@@ -133,8 +179,11 @@ def our_chips(
     pairs = []
     for face in oracle:
         match = same_face(face, detections[face.image])
-        chip = align_face(images[face.image], match.keypoints) if match is not None else None
-        pairs.append(FacePair(face, chip))
+        if match is None:
+            pairs.append(FacePair(face, None, None))
+            continue
+        error = alignment_error_px(chip_matrix(match.keypoints), face.chip_matrix)
+        pairs.append(FacePair(face, align_face(images[face.image], match.keypoints), error))
     return pairs
 
 
@@ -193,7 +242,7 @@ def _rounded(values: Mapping[str, float], prefix: str = "") -> dict[str, float]:
 
 
 def embedder_metrics(
-    models_dir: Path,
+    models_dir: Path = Path("models"),
     *,
     image_names: Iterable[str] = EVAL_IMAGES,
     max_side: int = ORACLE_MAX_SIDE,
@@ -233,6 +282,8 @@ def embedder_metrics(
         "cosine_end_to_end_vs_dlib_min": float(e2e_float.min()),
         "cosine_end_to_end_int8_vs_dlib_mean": float(e2e_int8.mean()),
         "chip_mean_abs_diff_vs_dlib": float(chip_difference),
+        "chip_alignment_error_px_mean": statistics.fmean(p.alignment_error_px or 0.0 for p in found),
+        "chip_alignment_error_px_max": max(p.alignment_error_px or 0.0 for p in found),
     }
     metrics = _rounded(metrics)
     names = [pair.oracle.image for pair in found]

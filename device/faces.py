@@ -135,7 +135,12 @@ def load_stages(
     """Opens the detector and embedder models named by the config (accelerator seam decides the device).
 
     ``latencies``: every model ``run`` is timed into it (``detector_inference``, ``embedder_inference``).
+    ``state_dir``: where the measured float/int8 CPU choice is cached; by default the unit's state dir
+    when the config file named one that exists (so a restart does not time both CPU files again).
     """
+    if state_dir is None:
+        configured = config.unit.state_dir
+        state_dir = configured if configured.is_absolute() and configured.is_dir() else None
     # Imported here: these modules pull in the TFLite runtime, which commands that never run a model
     # (config, subjects, audit, ...) should not pay for.
     from device.accelerator import open_model

@@ -46,6 +46,7 @@ from device.atomicio import ensure_private_directory, exclusive_lock, write_atom
 from device.audit import AuditAnchor, AuditLog, Scalar, record_config_change
 from device.config import MAX_ENROLMENT_DAYS, UnitConfig
 from device.masterkey import MasterKey, MasterKeyError, load_master_key
+from device.types import Decision, DecisionType
 
 log = logging.getLogger(__name__)
 
@@ -544,6 +545,43 @@ def active_templates(
 def config_digest(config: UnitConfig) -> str:
     """sha256 of the effective config (after defaults), so comments and key order do not count."""
     return hashlib.sha256(config.model_dump_json().encode()).hexdigest()
+
+
+class LastSeenRecorder:
+    """The running unit's ``on_decision`` hook: the day each recognised subject was last seen.
+
+    Day resolution keeps movement detail low and costs at most one gallery rewrite per subject per day.
+    Only recognised decisions count, so a stranger never causes a write. A failure (key gone, gallery
+    damaged) is logged and otherwise ignored: last-seen must never stop the unit.
+    """
+
+    def __init__(
+        self,
+        config: UnitConfig,
+        *,
+        then: Callable[[Decision], None] | None = None,
+        today: Callable[[], date] = lambda: utc_now().date(),
+    ) -> None:
+        self._config = config
+        self._then = then
+        self._today = today
+        self._noted: dict[str, date] = {}
+
+    def __call__(self, decision: Decision) -> None:
+        if decision.type is DecisionType.RECOGNIZED and decision.subject_id is not None:
+            self._note(decision.subject_id)
+        if self._then is not None:
+            self._then(decision)
+
+    def _note(self, subject_id: str) -> None:
+        day = self._today()
+        if self._noted.get(subject_id) == day:
+            return
+        self._noted[subject_id] = day
+        try:
+            GalleryStore.from_config(self._config).record_seen([subject_id], day)
+        except (GalleryError, OSError) as error:
+            log.warning("last-seen of %s not recorded: %s", subject_id, error)
 
 
 def audit_log_path(config: UnitConfig) -> Path:

@@ -185,7 +185,7 @@ class Pipeline:
             return []
         chips = [chip.image for _, _, samples, _, _ in work for chip in samples]
         vectors = self._embed(chips)
-        with self.latencies.time("match"):
+        with self.latencies.time("gallery"):  # rebuilt only when the enrolled set changed
             index, _ = self._index.current()
         available = self.gallery_state() != "no_gallery"
         decisions = []
@@ -326,7 +326,7 @@ class Runner:
         """Runs until the clip ends or ``stop_event`` is set; returns 0, or 1 when capture failed."""
         self.capture.start()
         self._notify("ready", f"running, gallery {self.pipeline.gallery_state()}")
-        next_health = self._clock() + self._health_interval_s
+        next_health = self._clock()  # a first report right away, then every interval
         next_claims = 0.0
         try:
             while not self.stop_event.is_set():
@@ -336,7 +336,9 @@ class Runner:
                     self._take_claims()
                     next_claims = now + CLAIM_POLL_S
                 if now >= next_health:
-                    self.publisher.publish_health(self.health())
+                    health = self.health()
+                    self.publisher.publish_health(health)
+                    self._notify("status", summary_line(health))
                     next_health = now + self._health_interval_s
                 frame = self.capture.get(timeout_s=FRAME_WAIT_S)
                 if frame is None:

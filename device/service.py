@@ -21,7 +21,7 @@ from device.claims import ClaimDrop
 from device.config import UnitConfig
 from device.decide import ClaimSlot
 from device.faces import Stages, load_stages
-from device.gallery import LiveGallery, claims_directory
+from device.gallery import LastSeenRecorder, LiveGallery, claims_directory
 from device.match import GalleryView
 from device.pipeline import Pipeline, Runner
 from device.publish import Publisher, StdoutPublisher
@@ -40,12 +40,8 @@ def open_stages(config: UnitConfig, latencies: LatencyRecorder | None = None) ->
     """The models, with their ``run`` calls timed into ``latencies`` when given."""
     from device.manifest import ModelFileError
 
-    # The unit's state dir (only one that a config file named and that exists) keeps the measured
-    # float/int8 choice, so that a restart does not time both CPU files again.
-    state_dir = config.unit.state_dir
-    cache = state_dir if state_dir.is_absolute() and state_dir.is_dir() else None
     try:
-        return load_stages(config, latencies=latencies, state_dir=cache)
+        return load_stages(config, latencies=latencies)
     except (ModelFileError, FileNotFoundError, ValueError) as error:
         raise StartupError(f"cannot load the models: {error}") from None
 
@@ -122,7 +118,8 @@ def build_runner(
         notifier=notifier if notifier is not None else SystemdNotifier.from_environment(),
         claim_drop=ClaimDrop(claims_directory(config), config.matching.claim_window_s),
         health_interval_s=config.mqtt.health_interval_s,
-        on_decision=on_decision,
+        # the enrolled set's last-seen day (recognised subjects only); not for a gallery handed in (demo)
+        on_decision=on_decision if gallery is not None else LastSeenRecorder(config, then=on_decision),
     )
     bind_publisher(publisher, runner, stages, live_gallery)
     return runner

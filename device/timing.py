@@ -93,5 +93,13 @@ class TimedModel:
             self._recorder.add(self._stage, (time.perf_counter() - start) * 1000.0)
         return outputs
 
+    def run_pixels(self, pixels: NDArray[np.uint8], mean: float, std: float) -> list[NDArray[np.float32]]:
+        start = time.perf_counter()
+        try:
+            outputs: list[NDArray[np.float32]] = self._model.run_pixels(pixels, mean, std)
+        finally:
+            self._recorder.add(self._stage, (time.perf_counter() - start) * 1000.0)
+        return outputs
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)

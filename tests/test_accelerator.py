@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import json
 import logging
 import shutil
@@ -251,3 +252,29 @@ def test_unknown_model_name_lists_the_known_ones() -> None:
 def test_missing_manifest_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="no model manifest"):
         open_model(ModelsSection(dir=tmp_path, accelerator="cpu"), DETECTOR)
+
+
+def test_the_real_delegate_loader_without_a_tpu_falls_back(models_with_edgetpu: Path) -> None:
+    """No injection: the runtime's own load_delegate("libedgetpu.so.1") on a machine with no TPU."""
+    model = open_model(ModelsSection(dir=models_with_edgetpu, cpu_variant="float"), DETECTOR)
+    if ctypes.util.find_library("edgetpu") is None:
+        assert model.state.startswith("cpu:fallback (libedgetpu.so.1 is not installed (")
+    else:  # the library without a device: each device option was tried
+        assert model.state.startswith("cpu:fallback (no Edge TPU: usb: ")
+    assert len(model.run(np.zeros((1, 192, 192, 3), np.float32))) == 2
+
+
+def test_a_missing_library_is_reported_once_not_per_device(models_with_edgetpu: Path) -> None:
+    from device.accelerator import EdgeTpuLibraryMissingError
+
+    asked: list[dict[str, str]] = []
+
+    def missing(library: str, options: dict[str, str]) -> object:
+        asked.append(options)
+        raise EdgeTpuLibraryMissingError(f"{library} is not installed")
+
+    model = open_model(
+        ModelsSection(dir=models_with_edgetpu, cpu_variant="float"), DETECTOR, delegate_loader=missing
+    )
+    assert asked == [{"device": "usb"}]
+    assert model.state == "cpu:fallback (libedgetpu.so.1 is not installed)"

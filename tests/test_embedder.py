@@ -9,6 +9,7 @@ import pytest
 from embedder_support import MODELS_DIR, build_module
 from numpy.typing import NDArray
 
+from device.align import CHIP_TEMPLATE
 from device.config import DetectionSection
 from device.detect import FaceDetector
 from device.embed import FaceEmbedder, cosine, l2_normalise
@@ -17,18 +18,21 @@ from device.eval_embedder import (
     EMBEDDER,
     IMPOSTOR,
     OBAMAS,
+    RESNET_FILE,
     OracleFace,
+    dlib_model_file,
     dlib_oracle,
     embedder_metrics,
     load_eval_images,
     open_variant,
     our_chips,
     row_cosines,
+    same_face,
 )
 from device.types import RgbImage
 
+pytestmark = pytest.mark.oracle
 pytest.importorskip("dlib", reason="the oracle needs dlib-bin (dev extra)")
-face_recognition_models = pytest.importorskip("face_recognition_models")
 
 ORACLE_IMAGES = (*OBAMAS, IMPOSTOR, "sample1.jpg", "sample6.jpg")
 
@@ -64,7 +68,7 @@ def descriptors_of(faces: list[OracleFace]) -> NDArray[np.float32]:
 
 
 def weights_file() -> Path:
-    return Path(face_recognition_models.face_recognition_model_location())
+    return dlib_model_file(RESNET_FILE)
 
 
 def test_dat_reader_finds_dlib_network_and_its_input_mean() -> None:
@@ -123,6 +127,20 @@ def test_blazeface_our_alignment_and_model_agree_with_dlib_end_to_end(
     ours = embedder.embed(np.stack([p.chip for p in found if p.chip is not None]))
     cosines = row_cosines(ours, descriptors_of([p.oracle for p in found]))
     assert cosines.mean() >= 0.97
+
+
+def test_blazeface_keypoints_land_on_the_documented_template_on_dlib_chips(
+    oracle_images: dict[str, RgbImage], oracle: list[OracleFace]
+) -> None:
+    detector = FaceDetector(open_variant(MODELS_DIR, DETECTOR, "float"), DetectionSection())
+    on_chip = []
+    for face in oracle:
+        match = same_face(face, detector.detect(oracle_images[face.image]))
+        assert match is not None
+        points = match.keypoints[:4].astype(np.float64)
+        on_chip.append(points @ face.chip_matrix[:, :2].T + face.chip_matrix[:, 2])
+    offsets = np.linalg.norm(np.mean(on_chip, axis=0) - CHIP_TEMPLATE, axis=1)
+    assert offsets.max() < 4.0, f"template off by {offsets.round(1)} px on these faces"
 
 
 def test_same_person_is_closer_than_another_person(

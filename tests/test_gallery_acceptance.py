@@ -141,12 +141,12 @@ def test_every_rejected_picture_says_why(unit: Unit, face_images: dict[str, Path
 
 
 def test_enrolment_from_the_camera_seam(unit: Unit, face_images: dict[str, Path], tmp_path: Path) -> None:
-    frames = tmp_path / "camera"
+    frames = unit.dir / "camera"
     frames.mkdir()
     for index, name in enumerate(["biden.jpg", "biden.jpg", "biden.jpg"]):
         shutil.copy(face_images[name], frames / f"{index:02d}.jpg")
     config = unit.dir / "camera.toml"  # beside unit.toml: the same relative state and key paths
-    camera = f'\n[capture]\nbackend = "file"\nsource = "{frames}"\nrealtime = false\n'
+    camera = '\n[capture]\nbackend = "file"\nsource = "camera"\nrealtime = false\n'  # relative to the config
     config.write_text(unit.config_path.read_text() + camera)
     code, out, err = device(
         config, "enroll", "--name", "Joe", "--from-camera", "2", "--frame-gap", "1", "--consent-ref", "F-4"
@@ -182,6 +182,9 @@ def test_calibration_table_recommendation_and_plot(
 
     code, out, _ = device(unit, "calibrate")
     assert code == 0 and "recommended threshold" in out and "<- configured" in out
+    code, out, err = device(unit, "calibrate", "--json", "--strangers", str(face_images["biden.jpg"]))
+    assert code == 0, err
+    assert json.loads(out)["stranger_faces"] == 1
     assert device(unit, "forget", subject_id)[0] == 0
 
 

@@ -239,3 +239,33 @@ def test_store_refuses_malformed_templates(unit: Unit) -> None:
             store.enrol(EnrolRequest("Bad", bad.astype(np.float32), "FORM", "tester", "v1"))
     assert store.subjects() == []
     assert isinstance(store.audit, AuditLog)
+
+
+def test_the_running_unit_records_the_last_seen_day_of_recognised_subjects_only(unit: Unit) -> None:
+    from device.gallery import LastSeenRecorder
+    from device.types import Decision, DecisionType
+
+    info, _ = enrol_random(unit.store(), "Seen Person", seed=21)
+    day = {"today": date(2026, 3, 1)}
+    passed_on: list[Decision] = []
+    recorder = LastSeenRecorder(unit.config, then=passed_on.append, today=lambda: day["today"])
+
+    def decision(kind: DecisionType, subject: str | None) -> Decision:
+        return Decision(kind, subject, 0.95, 0.1, 5, ("above_threshold",), 1)
+
+    generation = unit.store().load().generation
+    recorder(decision(DecisionType.UNKNOWN, None))
+    assert unit.store().load().generation == generation  # a stranger causes no write at all
+    recorder(decision(DecisionType.RECOGNIZED, info.subject_id))
+    recorder(decision(DecisionType.RECOGNIZED, info.subject_id))
+    contents = unit.store().load()
+    assert contents.generation == generation + 1  # once per subject per day
+    assert contents.find(info.subject_id).info.last_seen == date(2026, 3, 1)
+    day["today"] = date(2026, 3, 2)
+    recorder(decision(DecisionType.RECOGNIZED, info.subject_id))
+    assert unit.store().load().find(info.subject_id).info.last_seen == date(2026, 3, 2)
+    assert len(passed_on) == 4  # the run loop's own hook still sees every decision
+
+    unit.config.gallery.master_key_path.unlink()
+    day["today"] = date(2026, 3, 3)
+    recorder(decision(DecisionType.RECOGNIZED, info.subject_id))  # logged, never raised

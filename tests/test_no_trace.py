@@ -1,9 +1,10 @@
 """Unknown faces leave no trace: the real unit (``device run``, real models, real encrypted gallery with a
 resident enrolled) watches 1,000 frames of people who are not enrolled while strace records every file
-the process and its threads create, open for writing, rename, link or delete. Nothing may be written:
-decisions leave through the publisher only (here stdout, a pipe the process inherited), and no crop,
-template, id or log file appears anywhere. A before/after scan of the unit, the working and the temp
-directory backs the trace up.
+the process and its threads create, open for writing, rename, link or delete. The unit publishes as in
+production: MQTT over TLS to a real Mosquitto through its SQLite outbox. Nothing may be written but the
+outbox (its database, WAL and shared-memory files); no crop, template, id or log file appears anywhere.
+A before/after scan of the unit, the working and the temp directory backs the trace up, and a consumer
+checks that the events did arrive and name nobody.
 
 Startup writes that have nothing to do with faces are made before tracing starts: the CPU variant choice
 cache (written once per machine by the accelerator at first start) is warmed by building the clip.
@@ -18,14 +19,18 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from gallery_helpers import Unit, init_unit
+from mqtt_probe import connect_probe
 
+from device.config import load_config
 from device.democlip import ClipError, Walk, make_clip
 from device.faces import FaceAnalyzer, load_stages
 from device.fixtures import astronaut_rgb, load_rgb
@@ -102,12 +107,16 @@ def stranger_walks() -> list[Walk]:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="strace is Linux only")
-def test_a_thousand_frames_of_strangers_write_nothing(tmp_path: Path, face_images: dict[str, Path]) -> None:
+def test_a_thousand_frames_of_strangers_write_nothing_but_outbox_events(
+    tmp_path: Path,
+    face_images: dict[str, Path],
+    mosquitto_broker: Any,
+) -> None:
     strace = shutil.which("strace")
     assert strace is not None, "strace is needed: deploy/dev/system-packages.sh installs it"
     unit: Unit = init_unit(tmp_path)
     config = unit.config
-    stages = load_stages(config)  # also warms the CPU variant cache (see the module doc)
+    stages = load_stages(config, state_dir=config.unit.state_dir)  # warms the CPU variant cache
     analyzer = FaceAnalyzer(stages.detector, stages.embedder, stages.aligner)
     resident = [analyzer.analyze(load_rgb(name))[0].embedding for name in ("obama.jpg", "obama2.jpg")]
     unit.store().enrol(
@@ -124,11 +133,20 @@ def test_a_thousand_frames_of_strangers_write_nothing(tmp_path: Path, face_image
     assert clip.frames >= FRAMES - EMPTY_FRAMES - WALK_FRAMES
 
     run_config = unit.dir / "run.toml"
+    broker = mosquitto_broker
+    cert, key = broker.cert_for(config.unit.id)
+    mqtt = f'[mqtt]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\n'
+    mqtt += f'topic_prefix = "{broker.prefix}"\n'
     run_config.write_text(
-        unit.config_path.read_text()
+        unit.config_path.read_text().replace("[mqtt]\n", mqtt)
         + f'\n[capture]\nbackend = "file"\nsource = "{clip.path}"\nrealtime = false\n'
-        + '\n[logging]\nlevel = "INFO"\n'
+        + f'\n[mqtt.tls]\nca_file = "{broker.ca_file}"\ncert_file = "{cert}"\nkey_file = "{key}"\n'
     )
+    outbox = load_config(run_config).mqtt.outbox_path
+    allowed = {str(outbox) + suffix for suffix in ("", "-wal", "-shm", "-journal")}
+    consumer = connect_probe(broker.host, broker.port, broker.ca_file, *broker.cert_for("backend"), "backend")
+    events_topic = f"{broker.prefix}/{config.unit.id}/events"
+    consumer.subscribe(events_topic)
     workdir, tmpdir = tmp_path / "cwd", tmp_path / "tmp"
     workdir.mkdir()
     tmpdir.mkdir()
@@ -145,20 +163,29 @@ def test_a_thousand_frames_of_strangers_write_nothing(tmp_path: Path, face_image
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
 
-    writes = file_writes(trace_file.read_text())
-    assert writes == [], "the unit wrote files while watching strangers:\n" + "\n".join(
-        w.line for w in writes[:20]
-    )
+    writes = [w for w in file_writes(trace_file.read_text()) if not set(w.paths) <= allowed]
+    report = "\n".join(w.line for w in writes[:20])
+    assert writes == [], f"the unit wrote files other than its outbox while watching strangers:\n{report}"
     after = snapshot(*watched)
-    assert after == before
+    changed = {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
+    # the state directory's own mtime changes when the outbox files appear in it
+    assert {str(path) for path in changed} <= allowed | {str(outbox.parent)}, sorted(changed)
     assert config.gallery.path.read_bytes() == gallery_before
 
-    # The run really looked at the strangers: one decision per visit, none names anybody.
-    decisions = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    kinds = Counter(decision["type"] for decision in decisions)
+    # The run really looked at the strangers: one event per visit arrived, none names anybody.
+    decided = len(re.findall(r"decision track=\d+ \w+", result.stderr))
+    deadline = time.monotonic() + 20
+    while len(consumer.messages) < decided and time.monotonic() < deadline:
+        time.sleep(0.1)
+    consumer.close()
+    events = [json.loads(message.payload) for message in consumer.messages if message.topic == events_topic]
+    kinds = Counter(event["type"] for event in events)
+    assert len(events) == decided, (len(events), decided)
     assert kinds["unknown"] >= len(walks) * 0.7, kinds
     assert kinds["recognized"] == 0
-    assert all(decision["subject"] is None for decision in decisions)
+    assert all(event["subject"] is None for event in events)
+    leftover = b"".join(Path(name).read_bytes() for name in allowed if Path(name).exists())
+    assert b"Resident" not in leftover  # the outbox holds events only, never a name
     trace_text = trace_file.read_text()
     assert '"' + str(clip.path) + '"' in trace_text  # the trace did cover the run's file activity
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from gallery_helpers import init_unit
 from pipeline_support import (
     RecordingPublisher,
     clip_frames,
@@ -15,14 +17,16 @@ from pipeline_support import (
     unit_config,
 )
 
+from device.cli import main
 from device.config import UnitConfig
 from device.decide import Reason
 from device.democlip import DemoClip
 from device.events import HealthParts, build_health
 from device.faces import FaceAnalyzer, Stages
-from device.gallery import LiveGallery
+from device.gallery import EnrolRequest, LiveGallery, claims_directory
 from device.match import GalleryView, InMemoryGallery
 from device.pipeline import Pipeline
+from device.service import build_runner
 from device.types import Decision, DecisionType, Frame
 
 
@@ -68,11 +72,22 @@ def run_clip(
     return pipeline, publisher, timeline
 
 
-def test_each_visit_gives_one_decision_the_resident_recognised_the_visitor_not(
+ClipResult = tuple[Pipeline, RecordingPublisher, list[tuple[int, Decision]]]
+
+
+@pytest.fixture(scope="module")
+def default_run(
     clip: tuple[DemoClip, list[Frame]], stages: Stages, resident_gallery: InMemoryGallery
+) -> ClipResult:
+    """The default config over the whole clip, once for the tests that only look at its outcome."""
+    return run_clip(clip[1], stages, resident_gallery)
+
+
+def test_each_visit_gives_one_decision_the_resident_recognised_the_visitor_not(
+    clip: tuple[DemoClip, list[Frame]], default_run: ClipResult
 ) -> None:
-    made, frames = clip
-    _, publisher, timeline = run_clip(frames, stages, resident_gallery)
+    made, _ = clip
+    _, publisher, timeline = default_run
     assert publisher.decisions == [decision for _, decision in timeline]
     assert [decision.type for _, decision in timeline] == [DecisionType.RECOGNIZED, DecisionType.UNKNOWN]
     resident, visitor = (decision for _, decision in timeline)
@@ -86,10 +101,13 @@ def test_each_visit_gives_one_decision_the_resident_recognised_the_visitor_not(
 
 
 def test_the_motion_gate_keeps_the_detector_off_while_the_entrance_is_empty(
-    clip: tuple[DemoClip, list[Frame]], stages: Stages, resident_gallery: InMemoryGallery
+    clip: tuple[DemoClip, list[Frame]],
+    stages: Stages,
+    resident_gallery: InMemoryGallery,
+    default_run: ClipResult,
 ) -> None:
     made, frames = clip
-    pipeline, _, _ = run_clip(frames, stages, resident_gallery)
+    pipeline, _, _ = default_run
     visit_frames = sum(span.last_frame - span.first_frame + 1 for span in made.visits)
     empty_frames = len(frames) - visit_frames
     assert pipeline.frames == len(frames)
@@ -102,11 +120,8 @@ def test_the_motion_gate_keeps_the_detector_off_while_the_entrance_is_empty(
     assert ungated.detector_runs == len(frames)
 
 
-def test_nothing_about_a_visit_is_kept_after_its_decision(
-    clip: tuple[DemoClip, list[Frame]], stages: Stages, resident_gallery: InMemoryGallery
-) -> None:
-    _, frames = clip
-    pipeline, _, timeline = run_clip(frames, stages, resident_gallery)
+def test_nothing_about_a_visit_is_kept_after_its_decision(default_run: ClipResult) -> None:
+    pipeline, _, timeline = default_run
     assert len(timeline) == 2
     assert pipeline.active_tracks == 0
     assert pipeline._book.visits == {}
@@ -154,10 +169,10 @@ def test_armed_mode_matches_nobody_without_a_claim_and_verifies_the_claimed_resi
 
 
 def test_health_reports_rates_latencies_and_the_models_device(
-    clip: tuple[DemoClip, list[Frame]], stages: Stages, resident_gallery: InMemoryGallery
+    clip: tuple[DemoClip, list[Frame]], default_run: ClipResult
 ) -> None:
     _, frames = clip
-    pipeline, _, _ = run_clip(frames, stages, resident_gallery)
+    pipeline, _, _ = default_run
     health = pipeline.health()
     assert health["frames_processed"] == len(frames)
     assert health["decisions"] == {"recognized": 1, "unknown": 1}
@@ -186,3 +201,33 @@ def test_the_health_report_fits_the_published_health_schema(
     assert problems == []
     assert health["pipeline"]["frames_processed"] == 40
     assert "gallery_unavailable" in health["alarms"]  # no key: the unit says so instead of failing
+
+
+def test_a_claim_dropped_by_device_claim_reaches_the_running_unit_in_armed_mode(
+    clip: tuple[DemoClip, list[Frame]], stages: Stages, analyzer: FaceAnalyzer, tmp_path: Path
+) -> None:
+    made, _ = clip
+    unit = init_unit(tmp_path)
+    with unit.config_path.open("a") as config_file:
+        config_file.write(
+            f'\n[capture]\nbackend = "file"\nsource = "{made.path}"\nrealtime = false\n'
+            "\n[matching]\nrequire_claim = true\nclaim_window_s = 600.0\n"
+        )
+    config = unit.config
+    resident = unit.store().enrol(
+        EnrolRequest(
+            name="Resident",
+            templates=embeddings_of(analyzer, "obama2.jpg", "obama3.jpg"),
+            consent_reference="FORM-7",
+            operator="tester",
+            purpose_version="v1",
+        )
+    )
+    assert main(["claim", resident.subject_id, "--config", str(unit.config_path)]) == 0
+    publisher = RecordingPublisher()
+    runner = build_runner(config, stages=stages, publisher=publisher, stop_event=threading.Event())
+    assert runner.run() == 0
+    assert [(d.type, d.subject_id, d.reasons) for d in publisher.decisions] == [
+        (DecisionType.RECOGNIZED, resident.subject_id, (Reason.CLAIM_VERIFIED.value,))
+    ]
+    assert list(claims_directory(config).glob("*.claim")) == []  # the claim file was taken

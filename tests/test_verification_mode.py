@@ -51,9 +51,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory, face_images: dict[str, Path]
         ids[name] = store.enrol(EnrolRequest(name, vectors, "F-1", "tester", "v1")).subject_id
     visitor = load_rgb("obama3.jpg")
     walk = Walk("obama", visitor, frames=30, start_face_px=110.0, end_face_px=150.0)
-    frames, _ = script_frames(
-        hallway(640, 480), [(walk, largest_face(stages.detector.detect, visitor, "obama"))], empty_frames=12
-    )
+    face = largest_face(stages.detector.detect, visitor, "obama")
+    frames = list(script_frames(hallway(640, 480), [(walk, face)], [], empty_frames=12))
     return unit, stages, ids, frames
 
 

@@ -18,7 +18,7 @@ from device.timing import LatencyRecorder
 def register(commands: CommandRegistry) -> None:
     parser = commands.add("bench", bench_command, "benchmark the pipeline on the demo clip; JSON result")
     parser.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the JSON here")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of the efficiency measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each timing (the best one counts)")
     parser.add_argument("--idle-seconds", type=float, default=6.0, help="length of the still-scene run")
 
 

@@ -24,6 +24,7 @@ from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import reports_gallery_errors
 from device.config import UnitConfig
 from device.enrol import Analyze, FaceLike
+from device.fixtures import FixtureError
 from device.gallery import GalleryStore
 from device.quality import assess
 from device.types import RgbImage
@@ -113,6 +114,13 @@ def run_calibration(args: argparse.Namespace) -> int:
             draw_plot(calibration, config.matching.threshold, args.plot)
     except (CalibrationError, ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except FixtureError as error:
+        print(
+            f"error: the default stranger pictures are not available ({error}); "
+            "pass pictures of people who are not enrolled with --strangers IMG...",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
 
     configured = config.matching.threshold

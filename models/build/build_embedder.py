@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import sys
@@ -49,6 +50,7 @@ WEIGHTS_PACKAGE = "face_recognition_models"
 WEIGHTS_VERSION = "0.3.0"
 WEIGHTS_MEMBER = "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat"
 WEIGHTS_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / MODEL_NAME
 CALIBRATION_SEED = 20260
 CALIBRATION_VARIANTS = 24  # augmented chips per detected fixture face
 
@@ -57,10 +59,17 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def weights_path() -> Path:
-    import face_recognition_models
+def package_file(name: str) -> Path:
+    """A file in face_recognition_models/models, found without importing the package (its __init__
+    needs pkg_resources, which the setuptools TensorFlow pulls in no longer has)."""
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"{WEIGHTS_PACKAGE}=={WEIGHTS_VERSION} is not installed in this venv")
+    return Path(next(iter(spec.submodule_search_locations))) / "models" / name
 
-    path = Path(face_recognition_models.face_recognition_model_location())
+
+def weights_path() -> Path:
+    path = package_file(Path(WEIGHTS_MEMBER).name)
     digest = sha256_file(path)
     if digest != WEIGHTS_SHA256:
         raise SystemExit(f"{path}: sha256 {digest}, expected {WEIGHTS_SHA256} ({WEIGHTS_PACKAGE} changed?)")
@@ -110,6 +119,14 @@ def build_module(net: DlibResnet):  # type: ignore[no-untyped-def]
         y = tf.nn.bias_add(y, tf.constant(conv.bias))
         return tf.nn.relu(y) if relu else y
 
+    def average_pool_as_depthwise(x, size: int, stride: int):  # type: ignore[no-untyped-def]
+        # The same average as AVERAGE_POOL_2D, but as a depthwise convolution with weights 1/size**2:
+        # XNNPACK runs int8 depthwise convolutions, not int8 average pools, and every op it cannot take
+        # splits the graph into slower pieces. 1/4 is exact in per-channel int8 (scale 0.25/127, q=127).
+        channels = x.shape[3]
+        kernel = tf.constant(np.full((size, size, channels, 1), 1.0 / size**2, dtype=np.float32))
+        return tf.nn.depthwise_conv2d(x, kernel, strides=[1, stride, stride, 1], padding="VALID")
+
     def forward(x):  # type: ignore[no-untyped-def]
         x = conv2d(x, stem, relu=True)
         pool = net.stem_pool
@@ -118,7 +135,7 @@ def build_module(net: DlibResnet):  # type: ignore[no-untyped-def]
             y = conv2d(conv2d(x, conv_a, relu=True), conv_b, relu=False)
             shortcut = x
             if shortcut_pool is not None:
-                shortcut = tf.nn.avg_pool2d(x, shortcut_pool.size, shortcut_pool.stride, "VALID")
+                shortcut = average_pool_as_depthwise(x, shortcut_pool.size, shortcut_pool.stride)
             # dlib adds tensors of different sizes by zero-extending the smaller one: extra channels on
             # the pooled shortcut, one extra row/column at the bottom/right of the strided conv output.
             y_hw, s_hw = y.shape[1], shortcut.shape[1]
@@ -163,12 +180,11 @@ def convert(saved_model: Path, calibration: np.ndarray | None) -> bytes:
 def dlib_chips(names: list[str]) -> list[np.ndarray]:
     """dlib's own 150x150 chips (get_face_chip, padding 0.25) of every face dlib finds in the images."""
     import dlib
-    import face_recognition_models
 
     from device import fixtures
 
     detector = dlib.get_frontal_face_detector()
-    shapes = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
+    shapes = dlib.shape_predictor(str(package_file("shape_predictor_5_face_landmarks.dat")))
     chips: list[np.ndarray] = []
     for name in names:
         image = fixtures.load_rgb(name)
@@ -227,6 +243,17 @@ def run_tflite(model: bytes, chips: np.ndarray) -> np.ndarray:
     return np.stack(results)
 
 
+def record_in_manifest(models_dir: Path, digests: dict[str, str]) -> None:
+    """Writes the new files' sha256 into this model's manifest entry (and nothing else): the unit refuses
+    a file whose sha256 differs from the manifest."""
+    path = models_dir / "manifest.json"
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    files = manifest["models"][MODEL_NAME]["files"]
+    for variant, digest in digests.items():
+        files[variant]["sha256"] = digest
+    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
@@ -235,7 +262,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / MODEL_NAME)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="elsewhere: the manifest is left alone")
     parser.add_argument("--float-only", action="store_true", help="skip the int8 quantisation")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -277,6 +304,11 @@ def main() -> None:
             report["int8_vs_float_cosine_mean"] = float(int8_cos.mean())
             report["int8_vs_float_cosine_min"] = float(int8_cos.min())
             report["int8_sha256"] = hashlib.sha256(int8_model).hexdigest()
+    if args.out.resolve() == DEFAULT_OUT.resolve():
+        digests = {"float": str(report["float_sha256"])}
+        if "int8_sha256" in report:
+            digests["int8"] = str(report["int8_sha256"])
+        record_in_manifest(DEFAULT_OUT.parent, digests)
     print(json.dumps(report, indent=2))
 
 

