@@ -44,10 +44,10 @@ ansible-playbook -i "$scratch/inventory.yml" deploy/fleet/site.yml --check --dif
 grep -A4 '^PLAY RECAP' "$scratch/check.log"
 # What check mode would write (--diff): per-unit config and allow-list, the broker's own paths.
 for expected in 'id = "unit-b"' 'edgetpu_device = "pci"' 'IPAddressAllow=localhost 127.0.0.1' \
-  "/etc/mosquitto/entrance/pki/ca.crt"; do
+  "cafile /etc/mosquitto/entrance/certs/ca.crt" "acl_file /etc/mosquitto/entrance/acl"; do
   grep -qF -- "$expected" "$scratch/check.log" || { echo "check-mode diff lacks: $expected"; exit 1; }
 done
-if grep -v '^+++ ' "$scratch/check.log" | grep -qF -- "$scratch/pki"; then
+if grep -v '^+++ ' "$scratch/check.log" | grep -qF -- "$scratch/"; then
   echo "a controller path leaked into a host's file"; exit 1
 fi
 if grep -q 'PRIVATE KEY' "$scratch/check.log"; then
@@ -58,3 +58,24 @@ for identity in unit-a unit-b; do
 done
 grep -q 'pattern write entrance/%u/events' "$scratch/build/broker/acl" || { echo "ACL lacks the unit pattern"; exit 1; }
 echo "ok: check mode against localhost; PKI issued unit-a and unit-b, broker config rendered"
+
+# The per-unit config template, rendered for each kind of unit, passes the unit's own validator.
+for coral in usb pci none; do
+  python - "$coral" >"$scratch/unit-$coral.toml" <<'RENDER'
+import sys
+from pathlib import Path
+
+import jinja2
+
+from ansible.plugins.filter.core import FilterModule
+
+environment = jinja2.Environment(undefined=jinja2.StrictUndefined)
+environment.filters.update(FilterModule().filters())
+template = environment.from_string(Path("deploy/fleet/templates/unit.toml.j2").read_text())
+print(template.render(ansible_managed="check", unit_id="unit-a", capture_rotation=180, coral=sys.argv[1],
+                      broker_host="mqtt.building.example", broker_port=8883, topic_prefix="entrance",
+                      ha_discovery=False))
+RENDER
+  .venv/bin/device --config "$scratch/unit-$coral.toml" config check >/dev/null
+done
+echo "ok: unit config template valid for usb, pci and no Coral"
