@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages a development or CI machine needs, only those that are missing.
-# Idempotent; uses sudo when not root. (The unit itself is installed by deploy/install-unit.sh.)
+# Idempotent; uses sudo when not root. (The unit itself is installed by deploy/unit/install-unit.sh.)
 set -euo pipefail
 
 # strace: the "unknown faces leave no trace" test records the unit's file writes with it.
