@@ -164,15 +164,7 @@ def run_clip(
 ) -> ClipRun:
     """The service loop (capture thread included) over the whole clip, not paced."""
     publisher = NullPublisher()
-    pipeline = Pipeline(
-        config,
-        detector=stages.detector,
-        embedder=stages.embedder,
-        aligner=stages.aligner,
-        gallery=gallery,
-        publisher=publisher,
-        latencies=latencies,
-    )
+    pipeline = Pipeline.from_stages(config, stages, gallery=gallery, publisher=publisher, latencies=latencies)
     capture = CaptureThread(source, config.capture.reconnect_backoff_max_s, buffer_capacity=2)
     runner = Runner(pipeline, capture, publisher, stop_event=threading.Event())
     start = time.perf_counter()
@@ -240,14 +232,7 @@ def idle_cpu_percent(config: UnitConfig, stages: Stages, seconds: float) -> dict
     frames = max(2, round(seconds * fps))
     still = hallway(config.capture.width, config.capture.height)
     publisher = NullPublisher()
-    pipeline = Pipeline(
-        config,
-        detector=stages.detector,
-        embedder=stages.embedder,
-        aligner=stages.aligner,
-        gallery=InMemoryGallery(),
-        publisher=publisher,
-    )
+    pipeline = Pipeline.from_stages(config, stages, gallery=InMemoryGallery(), publisher=publisher)
     capture = CaptureThread(StillSource(still, fps, frames), config.capture.reconnect_backoff_max_s)
     runner = Runner(pipeline, capture, publisher, stop_event=threading.Event(), health_interval_s=3600.0)
     cpu_before, wall_before = cpu_seconds(), time.perf_counter()

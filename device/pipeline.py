@@ -35,7 +35,7 @@ from device.capture import CaptureThread
 from device.claims import ClaimDrop
 from device.config import UnitConfig
 from device.decide import ClaimSlot, VisitBook, decide
-from device.faces import Aligner, Detector, Embedder
+from device.faces import Aligner, Detector, Embedder, Stages
 from device.match import CachedIndex, GalleryView
 from device.motion import MotionGate
 from device.publish import Publisher
@@ -96,6 +96,30 @@ class Pipeline:
         self.detector_runs = 0
         self.motion_skips = 0
         self.decision_counts: Counter[str] = Counter()
+
+    @classmethod
+    def from_stages(
+        cls,
+        config: UnitConfig,
+        stages: Stages,
+        *,
+        gallery: GalleryView,
+        publisher: Publisher,
+        claims: ClaimSlot | None = None,
+        latencies: LatencyRecorder | None = None,
+    ) -> Pipeline:
+        """The pipeline over opened model stages, reporting their accelerator state in its health."""
+        return cls(
+            config,
+            detector=stages.detector,
+            embedder=stages.embedder,
+            aligner=stages.aligner,
+            gallery=gallery,
+            publisher=publisher,
+            claims=claims,
+            latencies=latencies,
+            model_health=stages.health,
+        )
 
     # --- per frame ---------------------------------------------------------------------------------
 

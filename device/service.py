@@ -96,16 +96,13 @@ def build_runner(
     notifier: Any = None,
 ) -> Runner:
     live_gallery = gallery if gallery is not None else LiveGallery.from_config(config)
-    pipeline = Pipeline(
+    pipeline = Pipeline.from_stages(
         config,
-        detector=stages.detector,
-        embedder=stages.embedder,
-        aligner=stages.aligner,
+        stages,
         gallery=live_gallery,
         publisher=publisher,
         claims=ClaimSlot(config.matching.claim_window_s),
         latencies=latencies,
-        model_health=stages.health,
     )
     capture = CaptureThread(
         open_source(config.capture, base_dir=base_dir), config.capture.reconnect_backoff_max_s

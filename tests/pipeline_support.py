@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from device import fixtures
-from device.capture import EndOfStream, FileSource
+from device.bench import decoded_frames
 from device.config import UnitConfig, parse_config
 from device.democlip import DemoClip, Walk, make_clip
 from device.faces import FaceAnalyzer, Stages, load_stages
@@ -51,19 +51,8 @@ def entrance_clip(path: Path, analyzer: FaceAnalyzer, people: list[tuple[str, st
 
 
 def clip_frames(path: Path) -> list[Frame]:
-    source = FileSource(path)
-    source.open()
-    frames = []
-    try:
-        while True:
-            try:
-                image = source.read()
-            except EndOfStream:
-                break
-            frames.append(Frame(image=image, ts=len(frames) / 15.0, seq=len(frames)))
-    finally:
-        source.close()
-    return frames
+    """The clip's frames stamped as a 15 fps camera would stamp them."""
+    return [Frame(image=image, ts=seq / 15.0, seq=seq) for seq, image in enumerate(decoded_frames(path))]
 
 
 @dataclass

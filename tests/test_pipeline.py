@@ -58,15 +58,7 @@ def run_clip(
     frames: list[Frame], stages: Stages, gallery: GalleryView, config: UnitConfig | None = None
 ) -> tuple[Pipeline, RecordingPublisher, list[tuple[int, Decision]]]:
     publisher = RecordingPublisher()
-    pipeline = Pipeline(
-        config or unit_config(),
-        detector=stages.detector,
-        embedder=stages.embedder,
-        aligner=stages.aligner,
-        gallery=gallery,
-        publisher=publisher,
-        model_health=stages.health,
-    )
+    pipeline = Pipeline.from_stages(config or unit_config(), stages, gallery=gallery, publisher=publisher)
     timeline = [(frame.seq, decision) for frame in frames for decision in pipeline.process(frame)]
     timeline += [(len(frames), decision) for decision in pipeline.finish()]
     return pipeline, publisher, timeline
@@ -150,14 +142,7 @@ def test_armed_mode_matches_nobody_without_a_claim_and_verifies_the_claimed_resi
     assert pipeline.detector_runs == 0  # without a pending claim nobody is even looked at
 
     publisher = RecordingPublisher()
-    pipeline = Pipeline(
-        armed,
-        detector=stages.detector,
-        embedder=stages.embedder,
-        aligner=stages.aligner,
-        gallery=resident_gallery,
-        publisher=publisher,
-    )
+    pipeline = Pipeline.from_stages(armed, stages, gallery=resident_gallery, publisher=publisher)
     pipeline.claim("resident")
     for frame in frames:
         pipeline.process(frame)

@@ -65,11 +65,9 @@ def watch(
             update={"matching": config.matching.model_copy(update={"require_claim": True})}
         )
     published = Collect()
-    pipeline = Pipeline(
+    pipeline = Pipeline.from_stages(
         config,
-        detector=stages.detector,
-        embedder=stages.embedder,
-        aligner=stages.aligner,
+        stages,
         gallery=LiveGallery.from_config(config),
         publisher=published,
         claims=ClaimSlot(config.matching.claim_window_s),
