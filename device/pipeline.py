@@ -40,6 +40,7 @@ from device.match import CachedIndex, GalleryView
 from device.motion import MotionGate
 from device.publish import Publisher
 from device.quality import assess
+from device.sysinfo import cpu_temperature_c
 from device.timing import LatencyRecorder
 from device.track import Tracker, TrackUpdate
 from device.types import Decision, DecisionType, Frame, RgbImage, Track, TrackState
@@ -323,6 +324,7 @@ class Runner:
         health_interval_s: float = 30.0,
         on_decision: Callable[[Decision], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cpu_temperature: Callable[[], float | None] = cpu_temperature_c,
     ) -> None:
         self.pipeline = pipeline
         self.capture = capture
@@ -333,6 +335,7 @@ class Runner:
         self._health_interval_s = health_interval_s
         self._on_decision = on_decision
         self._clock = clock
+        self._cpu_temperature = cpu_temperature
         self._started = clock()
 
     def health(self) -> dict[str, Any]:
@@ -342,6 +345,7 @@ class Runner:
         health["capture"] = capture
         health["dropped_frames"] = capture["dropped_frames"]
         health["camera_reconnects"] = capture["reconnects"]
+        health["cpu_temp_c"] = self._cpu_temperature()
         if capture["state"] == "reconnecting":
             health["alarms"] = [*health["alarms"], "camera_lost"]
         return health

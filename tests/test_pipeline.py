@@ -17,6 +17,7 @@ from pipeline_support import (
     unit_config,
 )
 
+from device.capture import CaptureThread, FileSource
 from device.cli import main
 from device.config import UnitConfig
 from device.decide import Reason
@@ -25,7 +26,7 @@ from device.events import HealthParts, build_health
 from device.faces import FaceAnalyzer, Stages
 from device.gallery import EnrolRequest, LiveGallery, claims_directory
 from device.match import GalleryView, InMemoryGallery
-from device.pipeline import Pipeline
+from device.pipeline import Pipeline, Runner
 from device.service import build_runner
 from device.types import Decision, DecisionType, Frame
 
@@ -186,6 +187,27 @@ def test_the_health_report_fits_the_published_health_schema(
     assert problems == []
     assert health["pipeline"]["frames_processed"] == 40
     assert "gallery_unavailable" in health["alarms"]  # no key: the unit says so instead of failing
+
+
+def test_the_service_health_carries_the_cpu_temperature_within_the_published_schema(
+    stages: Stages, tmp_path: Path
+) -> None:
+    config = UnitConfig()
+    publisher = RecordingPublisher()
+    pipeline = Pipeline.from_stages(config, stages, gallery=InMemoryGallery(), publisher=publisher)
+    capture = CaptureThread(FileSource(tmp_path / "no-clip.avi"), config.capture.reconnect_backoff_max_s)
+    runner = Runner(pipeline, capture, publisher, stop_event=threading.Event(), cpu_temperature=lambda: 61.5)
+    parts = HealthParts(
+        unit="lobby-1",
+        uptime_s=1.0,
+        outbox={"depth": 0, "bytes": 0, "dropped": 0, "last_seq": 0},
+        mqtt={"connected": True, "reconnects": 0, "refused": 0},
+        commands={"accepted": 0, "rejected": 0},
+        alarms=[],
+    )
+    health, problems = build_health(parts, runner.health())
+    assert problems == []
+    assert health["pipeline"]["cpu_temp_c"] == 61.5
 
 
 def test_a_claim_dropped_by_device_claim_reaches_the_running_unit_in_armed_mode(
