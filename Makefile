@@ -22,12 +22,13 @@ help:
 
 setup: $(STAMP)
 
+# The editable install runs with -qq: setuptools prints an information-only note on every editable install.
 $(STAMP): pyproject.toml $(LOCKS) deploy/dev/system-packages.sh
 	bash deploy/dev/system-packages.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --quiet --no-deps -e .
 	touch $@
 
 fixtures: setup

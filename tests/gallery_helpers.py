@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from device.cli import main
 from device.config import UnitConfig, load_config
-from device.gallery import EnrolRequest, GalleryStore, SubjectInfo, normalise_templates
+from device.identity.gallery import EnrolRequest, GalleryStore, SubjectInfo, normalise_templates
 
 
 @dataclass

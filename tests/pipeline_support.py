@@ -11,11 +11,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from device import fixtures
-from device.bench import decoded_frames
 from device.config import UnitConfig, parse_config
-from device.democlip import DemoClip, Walk, make_clip
-from device.faces import FaceAnalyzer, Stages, load_stages
 from device.types import Decision, Frame
+from device.unit.bench import decoded_frames
+from device.unit.democlip import DemoClip, Walk, make_clip
+from device.vision.faces import FaceAnalyzer, Stages, load_stages
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"

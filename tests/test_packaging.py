@@ -55,3 +55,29 @@ def test_hardware_libraries_are_not_imported_at_package_import() -> None:
     code = "import sys, device.cli; device.cli.build_parser(); print('picamera2' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_building_the_project_prints_no_deprecation_warning(tmp_path: Path) -> None:
+    """`make setup` on a fresh clone stays quiet: the licence is an SPDX expression, not a TOML table."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--dry-run",
+            "--quiet",
+            "--no-cache-dir",
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "Warning" not in output and "deprecated" not in output, output

@@ -173,7 +173,7 @@ check where it came from, then record it there or pass --trust-coral-files"
   check_sha "$wheel" "$wheel_sha"
   run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$deb"
   run "$VENV/bin/python" -m pip install --quiet --no-deps "$wheel"
-  # device/accelerator.py prefers ai_edge_litert; libedgetpu was built against the tflite_runtime above,
+  # device/models/accelerator.py prefers ai_edge_litert; libedgetpu was built against the tflite_runtime above,
   # so the other interpreter must not be importable.
   run "$VENV/bin/python" -m pip uninstall --quiet -y ai-edge-litert
 elif [ "$CORAL" != none ]; then
@@ -232,7 +232,7 @@ fi
 if [ ! -e "$CONFIG_DIR/secrets/master.key" ]; then
   # Generated as the service user so the 0600 file is its own from the first byte.
   run runuser -u "$SERVICE_USER" -- "$VENV/bin/python" -c \
-    'import sys, pathlib; from device.masterkey import generate_master_key; generate_master_key(pathlib.Path(sys.argv[1]))' \
+    'import sys, pathlib; from device.identity.masterkey import generate_master_key; generate_master_key(pathlib.Path(sys.argv[1]))' \
     "$CONFIG_DIR/secrets/master.key"
 fi
 run runuser -u "$SERVICE_USER" -- "$VENV/bin/device" --config "$CONFIG" config check

@@ -8,13 +8,13 @@ import getpass
 import sys
 from collections.abc import Callable
 
-from device.audit import AuditError
-from device.claims import ClaimError
 from device.cli import EXIT_FAILURE
-from device.enrol import EnrolmentError
-from device.gallery import GalleryError
-from device.manifest import ModelFileError
-from device.masterkey import MasterKeyError
+from device.identity.audit import AuditError
+from device.identity.claims import ClaimError
+from device.identity.enrol import EnrolmentError
+from device.identity.gallery import GalleryError
+from device.identity.masterkey import MasterKeyError
+from device.models.manifest import ModelFileError
 
 Handler = Callable[[argparse.Namespace], int]
 

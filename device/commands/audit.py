@@ -11,12 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from device.audit import AuditLog, VerifyResult
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import reports_gallery_errors
 from device.config import UnitConfig
-from device.gallery import GalleryStore, GalleryUnreadableError, audit_log_path
-from device.masterkey import load_master_key
+from device.identity.audit import AuditLog, VerifyResult
+from device.identity.gallery import GalleryStore, GalleryUnreadableError, audit_log_path
+from device.identity.masterkey import load_master_key
 
 GALLERY_EVENTS = frozenset({"enrol", "forget", "purge"})
 

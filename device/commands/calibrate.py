@@ -1,7 +1,7 @@
 """``device calibrate [--target-far X] [--plot out.png] [--strangers IMG...] [--json]``.
 
 FAR/FRR by threshold from the enrolled templates and a stranger set, and a recommended threshold (see
-``device.calibrate`` for what is compared with what). The default stranger set is the pinned fixture
+``device.identity.calibrate`` for what is compared with what). The default stranger set is the pinned fixture
 pictures that show nobody a test enrols (the face-api demo samples and scikit-image's astronaut); on a
 real unit pass pictures of people who are not residents with ``--strangers``. Stranger faces must pass
 the quality gate, as the unit matches only such faces. Nothing is written except the optional plot.
@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from device.calibrate import CalibrationError, calibrate, collect_scores, draw_plot, format_table
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import reports_gallery_errors
 from device.config import UnitConfig
-from device.enrol import Analyze, FaceLike
 from device.fixtures import FixtureError
-from device.gallery import GalleryStore
-from device.quality import assess
+from device.identity.calibrate import CalibrationError, calibrate, collect_scores, draw_plot, format_table
+from device.identity.enrol import Analyze, FaceLike
+from device.identity.gallery import GalleryStore
 from device.types import RgbImage
+from device.vision.quality import assess
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def stranger_pictures(paths: list[Path] | None) -> Iterator[tuple[str, RgbImage]
     if paths is None:
         yield from default_strangers()
         return
-    from device.faces import load_image_rgb
+    from device.vision.faces import load_image_rgb
 
     for path in paths:
         yield str(path), load_image_rgb(path)
@@ -104,7 +104,7 @@ def run_calibration(args: argparse.Namespace) -> int:
         for subject in dict.fromkeys(subject_ids)
     }
 
-    from device.faces import FaceAnalyzer, ImageError
+    from device.vision.faces import FaceAnalyzer, ImageError
 
     analyzer = FaceAnalyzer.from_config(config)
     try:

@@ -1,7 +1,7 @@
 """``device claim SUBJECT_ID``: the next decision window matches only this subject (1:1 verification).
 
 For badge readers, keypads and door bells wired to the unit. The command reaches the running unit
-through a file in ``<state_dir>/claims/`` (see ``device.claims``): the unit listens on no port.
+through a file in ``<state_dir>/claims/`` (see ``device.identity.claims``): the unit listens on no port.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from device.claims import ClaimDrop
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import reports_gallery_errors
-from device.gallery import GalleryStore, claims_directory, utc_now
+from device.identity.claims import ClaimDrop
+from device.identity.gallery import GalleryStore, claims_directory, utc_now
 
 
 def register(commands: CommandRegistry) -> None:

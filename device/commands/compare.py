@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
-from device.faces import FaceAnalyzer, ImageError, load_image_rgb
-from device.service import StartupError, open_stages
 from device.types import Vector
+from device.unit.service import StartupError, open_stages
+from device.vision.faces import FaceAnalyzer, ImageError, load_image_rgb
 
 MAX_PAIRS_FILE_BYTES = 16 * 1024 * 1024
 USAGE = "usage: device compare IMG_A IMG_B [--json]  or  device compare --pairs CSV [--json]"

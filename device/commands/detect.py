@@ -10,10 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from device.accelerator import AcceleratorError, open_model
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.detect import FaceDetector, annotate
-from device.manifest import ModelFileError
+from device.models.accelerator import AcceleratorError, open_model
+from device.models.manifest import ModelFileError
+from device.vision.detect import FaceDetector, annotate
 
 
 def register(commands: CommandRegistry) -> None:

@@ -4,9 +4,9 @@
         [--expires DATE] [--operator WHO] [--force]
     device --config unit.toml enroll --name NAME --from-camera N --consent-ref REF ...
 
-Every picture goes through the enrolment gate (``device.enrol``) and gets one line on stdout: accepted,
-or rejected with the reason. Without a consent reference nothing is even read. The pictures themselves
-are never stored; only the chosen embeddings are, encrypted, under the new subject's own key.
+Every picture goes through the enrolment gate (``device.identity.enrol``) and gets one line on stdout:
+accepted, or rejected with the reason. Without a consent reference nothing is even read. The pictures
+themselves are never stored; only the chosen embeddings are, encrypted, under the new subject's own key.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
-from device.audit import Scalar
-from device.capture import CameraError, EndOfStream, FrameSource, open_source
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
 from device.config import UnitConfig
-from device.enrol import (
+from device.identity.audit import Scalar
+from device.identity.enrol import (
     AlreadyEnrolledError,
     Analyze,
     EnrolmentError,
@@ -32,8 +31,9 @@ from device.enrol import (
     plan_enrolment,
     unreadable,
 )
-from device.gallery import EnrolRequest, GalleryStore, check_expiry, utc_now
+from device.identity.gallery import EnrolRequest, GalleryStore, check_expiry, utc_now
 from device.progress import ProgressBar
+from device.vision.capture import CameraError, EndOfStream, FrameSource, open_source
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def enroll(args: argparse.Namespace) -> int:
     store = GalleryStore.from_config(config)
     store.load()  # a wrong key or a damaged gallery stops us before any model is loaded
 
-    from device.faces import FaceAnalyzer
+    from device.vision.faces import FaceAnalyzer
 
     analyzer = FaceAnalyzer.from_config(config)
     if args.images is not None:
@@ -169,7 +169,7 @@ def record_refusal(
 
 
 def judge_pictures(paths: Sequence[Path], analyze: Analyze, config: UnitConfig) -> list[Verdict]:
-    from device.faces import ImageError, load_image_rgb
+    from device.vision.faces import ImageError, load_image_rgb
 
     progress = ProgressBar(len(paths), enabled=len(paths) > 1)
     verdicts = []

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
-from device.consumer import ConsumerSettings, EventConsumer
+from device.events.consumer import ConsumerSettings, EventConsumer
 
 
 def register(commands: CommandRegistry) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import reports_gallery_errors
-from device.gallery import GalleryStore
-from device.identify import identify_faces
-from device.match import TemplateIndex
+from device.identity.gallery import GalleryStore
+from device.identity.identify import identify_faces
+from device.identity.match import TemplateIndex
 
 
 def register(commands: CommandRegistry) -> None:
@@ -34,7 +34,7 @@ def identify(args: argparse.Namespace) -> int:
     templates, subject_ids = store.active_templates()
     index = TemplateIndex(templates, subject_ids)
 
-    from device.faces import FaceAnalyzer, ImageError, load_image_rgb
+    from device.vision.faces import FaceAnalyzer, ImageError, load_image_rgb
 
     analyzer = FaceAnalyzer.from_config(config)
     reports: list[dict[str, Any]] = []

@@ -19,12 +19,12 @@ import sys
 from pathlib import Path
 
 from device.atomicio import PRIVATE_DIR_MODE, create_exclusively, ensure_private_directory
-from device.audit import AuditLog, record_config_change
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
 from device.config import UNIT_ID_PATTERN, load_config
-from device.gallery import audit_log_path, config_digest
-from device.masterkey import generate_master_key
+from device.identity.audit import AuditLog, record_config_change
+from device.identity.gallery import audit_log_path, config_digest
+from device.identity.masterkey import generate_master_key
 
 UNIT_DIR_MODE = 0o750
 CONFIG_MODE = 0o640

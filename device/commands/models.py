@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.edgetpu_compat import CompatError, SchemaUnavailableError, check_file
-from device.manifest import ModelFileError, load_manifest, verify_file
+from device.models.edgetpu_compat import CompatError, SchemaUnavailableError, check_file
+from device.models.manifest import ModelFileError, load_manifest, verify_file
 
-EMBEDDER_EVAL_MODULE = "device.eval_embedder"
+EMBEDDER_EVAL_MODULE = "device.evaluation.embedder"
 
 
 def register(commands: CommandRegistry) -> None:
@@ -92,7 +92,7 @@ def verify_models(args: argparse.Namespace) -> int:
 
 
 def collect_metrics(models_dir: Path, only: str | None = None) -> dict[str, Any]:
-    from device.eval_detector import detector_metrics
+    from device.evaluation.detector import detector_metrics
 
     metrics: dict[str, Any] = {}
     if only in (None, "detector"):

@@ -1,4 +1,4 @@
-"""``device provision keygen|seal|check|import``: enrolled sets sealed for one unit (device/sealed.py).
+"""``device provision keygen|seal|check|import``: enrolled sets sealed for one unit (identity/sealed.py).
 
 On the unit: ``keygen`` once (the fleet playbook fetches the public half), then ``check`` and
 ``import`` for each sealed file it receives. On the fleet controller: ``seal``. Nothing here goes over
@@ -18,8 +18,14 @@ from device.atomicio import create_exclusively, ensure_private_directory
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
 from device.config import UnitConfig
-from device.gallery import EnrolRequest, GalleryError, GalleryStore, check_expiry, normalise_templates
-from device.sealed import (
+from device.identity.gallery import (
+    EnrolRequest,
+    GalleryError,
+    GalleryStore,
+    check_expiry,
+    normalise_templates,
+)
+from device.identity.sealed import (
     EnrolledSet,
     SealedError,
     generate_provision_key,

@@ -17,7 +17,8 @@ import threading
 from pathlib import Path
 
 from device.cli import EXIT_USAGE, CommandRegistry, config_from_args
-from device.service import (
+from device.timing import LatencyRecorder
+from device.unit.service import (
     StartupError,
     build_runner,
     check_source,
@@ -25,7 +26,6 @@ from device.service import (
     open_stages,
     stop_on_signals,
 )
-from device.timing import LatencyRecorder
 
 
 def register(commands: CommandRegistry) -> None:

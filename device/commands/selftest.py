@@ -12,10 +12,10 @@ import argparse
 import json
 import sys
 
-from device.accelerator import AcceleratorError
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.manifest import ModelFileError
-from device.selftest import DEFAULT_TOLERANCE, ModelResult, check_model
+from device.models.accelerator import AcceleratorError
+from device.models.manifest import ModelFileError
+from device.unit.selftest import DEFAULT_TOLERANCE, ModelResult, check_model
 
 EXIT_NO_TPU = 3
 EXIT_BROKEN_PAIRING = 4

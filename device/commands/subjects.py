@@ -13,7 +13,7 @@ from typing import Any
 
 from device.cli import EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
-from device.gallery import GalleryStore, SubjectInfo, utc_now
+from device.identity.gallery import GalleryStore, SubjectInfo, utc_now
 
 
 def register(commands: CommandRegistry) -> None:

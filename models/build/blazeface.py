@@ -12,7 +12,7 @@ Steps, each needed by the next:
 4. full-integer post-training quantisation (int8 inside, uint8 input and output, per-channel weights)
    with TF's calibrator, on augmented crops of the fixture photos (seeded, so the rebuild is identical);
 5. write both files under models/blazeface_full_range/ and the model's entry in models/manifest.json,
-   with the metrics measured on the unit's runtime (device/eval_detector.py).
+   with the metrics measured on the unit's runtime (device/evaluation/detector.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from device import fixtures  # noqa: E402  (the repo is put on the path just above)
-from device.detect import blazeface_anchors, decode_blazeface, letterbox, weighted_nms  # noqa: E402
+from device.vision.detect import blazeface_anchors, decode_blazeface, letterbox, weighted_nms  # noqa: E402
 
 log = logging.getLogger("models.build.blazeface")
 
@@ -376,7 +376,7 @@ def main() -> int:
     metrics: dict[str, object] = {}
     update_manifest(args.models_dir, manifest_entry(float_model, int8_model, metrics))
     if not args.no_metrics:
-        from device.eval_detector import detector_metrics
+        from device.evaluation.detector import detector_metrics
 
         metrics.update(detector_metrics(args.models_dir))
         update_manifest(args.models_dir, manifest_entry(float_model, int8_model, metrics))

@@ -1,4 +1,4 @@
-"""Derives device/align.py's chip template: where BlazeFace's keypoints land on dlib's face chip.
+"""Derives device/vision/align.py's chip template: where BlazeFace's keypoints land on dlib's face chip.
 
 dlib's embedder was trained on chips from ``dlib.get_face_chip(img, shape5, size=150, padding=0.25)``,
 placed by its 5-point shape predictor (eye corners and the base of the nose). The unit has BlazeFace's
@@ -33,11 +33,11 @@ FIXTURES = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] + [f"sample{i}
 def main() -> None:
     import dlib
 
-    from device import accelerator, fixtures
-    from device.align import warp_to_chip
+    from device.models import accelerator, fixtures
+    from device.vision.align import warp_to_chip
     from device.config import UnitConfig
-    from device.detect import FaceDetector
-    from device.eval_embedder import SHAPE_PREDICTOR_FILE, dlib_chip_matrix, dlib_model_file
+    from device.vision.detect import FaceDetector
+    from device.evaluation.embedder import SHAPE_PREDICTOR_FILE, dlib_chip_matrix, dlib_model_file
 
     config = UnitConfig()
     detector = FaceDetector(accelerator.open_model(config.models, config.models.detector), config.detection)

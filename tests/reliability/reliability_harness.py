@@ -33,7 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from device.events import PayloadError, decode
+from device.events.payloads import PayloadError, decode
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

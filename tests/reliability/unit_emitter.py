@@ -18,8 +18,8 @@ import threading
 from pathlib import Path
 
 from device.config import load_config
-from device.decide import ClaimSlot
-from device.mqtt_publisher import MqttPublisher
+from device.events.mqtt_publisher import MqttPublisher
+from device.identity.decide import ClaimSlot
 from device.types import Decision, DecisionType
 
 SUBJECTS = ("s-7f3a9c", "s-01b2c3d4e5f6", "resident-" + "x" * 55)

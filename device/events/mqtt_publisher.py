@@ -1,0 +1,588 @@
+"""The unit's MQTT client: implements ``device.events.publish.Publisher`` over the durable outbox.
+
+One I/O thread owns the connection. The pipeline thread only commits events to the outbox and wakes it.
+The I/O thread:
+
+- connects (TLS with CA and client certificate, hostname checked; MQTT v5; ``clean_start=False`` with
+  a session expiry so the broker keeps the cmd subscription and queues commands while we are away);
+  registers the Will (status ``offline``, retained) and says ``online`` once connected;
+- publishes outbox rows in ``seq`` order with QoS 1, a bounded window in flight, and deletes a row only
+  when its PUBACK carries a reason code below 0x80. paho's ``wait_for_publish()`` reports success even
+  for a refusal, so the reason code is read in ``on_publish``;
+- on a refusal (e.g. 0x87 not authorised) keeps the event, raises an alarm in health and holds the
+  outbox for a growing delay instead of resending in a tight loop;
+- after any disconnect builds a fresh client after a jittered exponential backoff and replays the whole
+  outbox from the oldest row. A fresh client per connection means paho never retransmits on its own
+  behind our back: the outbox is the only source of what is (re)sent, so order is always ``seq`` order.
+  Consumers deduplicate the at-least-once redeliveries by ``event_id``;
+- publishes retained health every ``health_interval_s``; handles the few allowed commands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import secrets
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from device.config import MqttSection, UnitConfig
+from device.events.outbox import Outbox
+from device.events.payloads import (
+    Command,
+    HealthParts,
+    PayloadError,
+    Topics,
+    build_event,
+    build_health,
+    build_status,
+    encode,
+    parse_command,
+)
+from device.types import Decision
+
+log = logging.getLogger(__name__)
+
+INFLIGHT_WINDOW = 20
+LOOP_TIMEOUT_S = 0.02
+BACKOFF_BASE_S = 0.5
+# Refusals (ACL, quota) need an operator, not a quick retry: hold the outbox 1-2 s, then longer, to 60 s.
+REFUSAL_BACKOFF = (2.0, 60.0)
+SHUTDOWN_DRAIN_S = 3.0
+HA_PREFIX = "homeassistant"
+
+
+class MqttSetupError(Exception):
+    """The MQTT settings cannot work (missing TLS files, unreadable password file)."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Jittered exponential backoff: attempt n waits a random time in [d/2, d], d = min(cap, base * 2^n).
+
+    The jitter keeps a fleet of units from reconnecting in lock-step after a broker restart.
+    """
+
+    base_s: float
+    cap_s: float
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        ceiling = min(self.cap_s, self.base_s * (2 ** min(attempt, 30)))
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+@dataclass
+class _Counters:
+    reconnects: int = 0
+    refused: int = 0
+    last_refusal: str | None = None
+    commands_accepted: int = 0
+    commands_rejected: int = 0
+    invalid_events: int = 0
+    alarms: dict[str, str] = field(default_factory=dict)
+
+
+def tls_context(settings: MqttSection) -> ssl.SSLContext:
+    tls = settings.tls
+    if tls.ca_file is None or tls.cert_file is None or tls.key_file is None:
+        raise MqttSetupError("mqtt.tls.ca_file, cert_file and key_file are all required (TLS is mandatory)")
+    for path in (tls.ca_file, tls.cert_file, tls.key_file):
+        if not path.is_file():
+            raise MqttSetupError(f"TLS file not found: {path}")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    try:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    except (ssl.SSLError, OSError) as error:
+        raise MqttSetupError(f"cannot load the client certificate {tls.cert_file}: {error}") from error
+    return context
+
+
+def _read_password(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as error:
+        raise MqttSetupError(f"cannot read mqtt.password_file {path}: {error.strerror}") from error
+
+
+def ha_discovery_configs(
+    topics: Topics, unit: str, model_names: Mapping[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Home Assistant MQTT discovery configs (retained), one per entity.
+
+    Every entity takes its availability from the status topic; "last decision" reads the events topic,
+    the accelerator sensors read the retained health topic. Topic names match the broker ACL pattern
+    ``homeassistant/+/<unit>/#``.
+    """
+    device = {
+        "identifiers": [f"entrance-camera-{unit}"],
+        "name": f"Entrance camera {unit}",
+        "model": "entrance-camera",
+    }
+    common = {
+        "availability_topic": topics.status,
+        "availability_template": "{{ value_json.state }}",
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "device": device,
+    }
+    configs: dict[str, dict[str, Any]] = {
+        f"{HA_PREFIX}/sensor/{unit}/last_decision/config": {
+            **common,
+            "name": "Last decision",
+            "unique_id": f"{unit}_last_decision",
+            "state_topic": topics.events,
+            "value_template": "{{ value_json.type }}",
+            "json_attributes_topic": topics.events,
+            "json_attributes_template": (
+                "{{ {'subject': value_json.subject, 'similarity': value_json.similarity,"
+                " 'reasons': value_json.reasons, 'ts': value_json.ts} | tojson }}"
+            ),
+            "icon": "mdi:door",
+        }
+    }
+    for role, model in model_names.items():
+        configs[f"{HA_PREFIX}/sensor/{unit}/accelerator_{role}/config"] = {
+            **common,
+            "name": f"Accelerator ({role})",
+            "unique_id": f"{unit}_accelerator_{role}",
+            "state_topic": topics.health,
+            # The pipeline reports either a state string or the model's health object per role.
+            "value_template": (
+                "{% set acc = (value_json.pipeline | default({})).accelerator | default({}) %}"
+                "{% set m = acc['" + role + "'] | default(acc['" + model + "'] | default('unknown')) %}"
+                "{{ m.state if m is mapping else m }}"
+            ),
+            "entity_category": "diagnostic",
+            "icon": "mdi:chip",
+        }
+    return configs
+
+
+class MqttPublisher:
+    """``Publisher`` for the unit: ``start()`` runs the I/O thread; ``close()`` ends cleanly."""
+
+    def __init__(
+        self,
+        config: UnitConfig,
+        *,
+        on_claim: Callable[[str], None] | None = None,
+        on_reload: Callable[[], None] | None = None,
+        models: Mapping[str, str] | None = None,
+        gallery_version: Callable[[], str | None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = config.mqtt
+        self._unit = config.unit.id
+        self._topics = Topics(self._settings.topic_prefix, self._unit)
+        self._model_names = {"detector": config.models.detector, "embedder": config.models.embedder}
+        self._models = dict(models or self._model_names)
+        self._gallery_version = gallery_version or (lambda: None)
+        self._on_claim = on_claim
+        self._on_reload = on_reload
+        self._rng = rng or random.Random()  # noqa: S311 (jitter, not a secret)
+        self._backoff = Backoff(BACKOFF_BASE_S, self._settings.reconnect_backoff_max_s)
+        self._refusal_backoff = Backoff(*REFUSAL_BACKOFF)
+        self._tls = tls_context(self._settings)
+        self._password = (
+            _read_password(self._settings.password_file) if self._settings.password_file is not None else None
+        )
+        self._session = secrets.token_hex(8)
+        self._outbox = Outbox(
+            self._settings.outbox_path,
+            max_rows=self._settings.outbox_max_rows,
+            max_bytes=self._settings.outbox_max_bytes,
+        )
+        self._started = time.monotonic()
+        self._lock = threading.Lock()  # guards the counters and the pipeline's health report
+        self._counters = _Counters()
+        self._pipeline_health: dict[str, Any] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._health_now = threading.Event()
+        self._thread: threading.Thread | None = None
+        # I/O thread state (touched only there).
+        self._client: mqtt.Client | None = None
+        self._connected = False
+        self._attempt = 0
+        self._next_attempt = 0.0
+        self._cursor = 0  # highest seq handed to the client on this connection
+        self._inflight: dict[int, int] = {}  # mid -> seq
+        self._control_mids: set[int] = set()
+        self._hold_until = 0.0
+        self._refusal_streak = 0
+        self._next_health = 0.0
+
+    # -- Publisher protocol ---------------------------------------------------------------------------
+
+    def publish_decision(self, decision: Decision) -> None:
+        """Commits the decision's event to the outbox (durable once this returns) and wakes the sender."""
+        models, gallery = dict(self._models), self._gallery_version()
+
+        def build(seq: int) -> tuple[str, bytes]:
+            event = build_event(decision, seq=seq, unit=self._unit, models=models, gallery_version=gallery)
+            return str(event["event_id"]), encode("event", event)
+
+        try:
+            self._outbox.append(self._topics.events, build)
+        except PayloadError as error:
+            # A bug, not a condition to retry: keep the unit running and make it visible in health.
+            log.error("event for track %d not emitted: %s", decision.track_id, error)
+            with self._lock:
+                self._counters.invalid_events += 1
+                self._counters.alarms["event_invalid"] = str(error)[:200]
+            return
+        self._wake.set()
+
+    def publish_health(self, health: Mapping[str, Any]) -> None:
+        """Records the pipeline's latest health report; it goes out with the next periodic health."""
+        with self._lock:
+            self._pipeline_health = dict(health)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=SHUTDOWN_DRAIN_S + 10)
+            self._thread = None
+        self._outbox.close()
+
+    # -- extras for the run loop ----------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: UnitConfig) -> MqttPublisher:
+        """A started publisher; attach command handlers and versions later with ``bind``."""
+        return cls(config).start()
+
+    def bind(
+        self,
+        *,
+        on_claim: Callable[[str], None] | None = None,
+        on_reload: Callable[[], None] | None = None,
+        models: Mapping[str, str] | None = None,
+        gallery_version: Callable[[], str | None] | None = None,
+    ) -> None:
+        """Connects the pipeline once it exists: claims go to its ClaimSlot, reload to its gallery."""
+        if on_claim is not None:
+            self._on_claim = on_claim
+        if on_reload is not None:
+            self._on_reload = on_reload
+        if models is not None:
+            self._models = dict(models)
+        if gallery_version is not None:
+            self._gallery_version = gallery_version
+
+    def start(self) -> MqttPublisher:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
+            self._thread.start()
+        return self
+
+    @property
+    def topics(self) -> Topics:
+        return self._topics
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._outbox
+
+    def health_snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            counters = self._counters
+            alarms = sorted(
+                {
+                    *counters.alarms,
+                    *(["outbox_dropped"] if self._outbox_dropped() else []),
+                    *([] if self._connected else ["broker_disconnected"]),
+                }
+            )
+            parts = HealthParts(
+                unit=self._unit,
+                uptime_s=time.monotonic() - self._started,
+                outbox=self._outbox.stats().as_health(),
+                mqtt={
+                    "connected": self._connected,
+                    "reconnects": counters.reconnects,
+                    "refused": counters.refused,
+                    "last_refusal": counters.last_refusal,
+                },
+                commands={"accepted": counters.commands_accepted, "rejected": counters.commands_rejected},
+                alarms=alarms,
+            )
+            pipeline = dict(self._pipeline_health)
+        health, problems = build_health(parts, pipeline)
+        for problem in problems:
+            log.warning("health: %s", problem)
+        return health
+
+    def _outbox_dropped(self) -> bool:
+        return self._outbox.stats().dropped > 0
+
+    # -- the I/O thread -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if self._client is None and now >= self._next_attempt:
+                    self._connect()
+                if self._client is not None:
+                    self._step()
+                else:
+                    self._wake.wait(min(0.2, max(0.0, self._next_attempt - time.monotonic())))
+                    self._wake.clear()
+            self._shutdown()
+        except Exception:
+            log.exception("MQTT I/O thread failed")
+            raise
+
+    def _new_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"entrance-{self._unit}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+            reconnect_on_failure=False,
+        )
+        client.tls_set_context(self._tls)
+        if self._settings.username is not None:
+            client.username_pw_set(self._settings.username, self._password)
+        client.max_inflight_messages_set(INFLIGHT_WINDOW)
+        client.max_queued_messages_set(0)
+        will = encode("status", build_status(self._unit, "offline", "connection_lost", self._session))
+        client.will_set(self._topics.status, will, qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def _connect(self) -> None:
+        client = self._new_client()
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self._settings.session_expiry_s
+        try:
+            client.connect(
+                self._settings.host,
+                self._settings.port,
+                keepalive=self._settings.keepalive_s,
+                clean_start=False,
+                properties=properties,
+            )
+        except (OSError, ssl.SSLError, ValueError) as error:
+            self._schedule_reconnect(f"connect failed: {error}")
+            return
+        self._client = client
+
+    def _schedule_reconnect(self, why: str) -> None:
+        delay = self._backoff.delay(self._attempt, self._rng)
+        self._attempt += 1
+        self._next_attempt = time.monotonic() + delay
+        log.warning("MQTT %s; retrying in %.1f s", why, delay)
+
+    def _step(self) -> None:
+        client = self._client
+        assert client is not None
+        rc = client.loop(timeout=LOOP_TIMEOUT_S)
+        if rc != mqtt.MQTT_ERR_SUCCESS and self._client is not None:
+            self._drop_connection(f"connection lost ({mqtt.error_string(rc)})")
+            return
+        if not self._connected:
+            return
+        self._pump()
+        now = time.monotonic()
+        if self._health_now.is_set() or now >= self._next_health:
+            self._health_now.clear()
+            self._next_health = now + self._settings.health_interval_s
+            self._publish_control(self._topics.health, encode("health", self.health_snapshot()))
+
+    def _drop_connection(self, why: str) -> None:
+        client, self._client = self._client, None
+        was_connected, self._connected = self._connected, False
+        self._inflight.clear()
+        self._control_mids.clear()
+        self._cursor = 0
+        if client is not None:
+            try:
+                client.disconnect()
+            except (OSError, ValueError) as error:
+                log.debug("closing a dead connection: %s", error)
+        if was_connected:
+            with self._lock:
+                self._counters.reconnects += 1
+        self._schedule_reconnect(why)
+
+    def _pump(self) -> None:
+        """Hands outbox rows to the client in seq order while the window has room."""
+        if time.monotonic() < self._hold_until or self._client is None:
+            return
+        room = INFLIGHT_WINDOW - len(self._inflight)
+        if room <= 0:
+            return
+        for entry in self._outbox.pending(after_seq=self._cursor, limit=room):
+            info = self._client.publish(entry.topic, entry.payload, qos=1, retain=False)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return  # the connection is going away; the next connection replays from the outbox
+            self._inflight[info.mid] = entry.seq
+            self._cursor = entry.seq
+
+    def _publish_control(self, topic: str, payload: bytes) -> None:
+        if self._client is None:
+            return
+        info = self._client.publish(topic, payload, qos=1, retain=True)
+        if info.rc == mqtt.MQTT_ERR_SUCCESS:
+            self._control_mids.add(info.mid)
+
+    # -- paho callbacks (run in the I/O thread, inside client.loop) -----------------------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            with self._lock:
+                self._counters.alarms["broker_refused_connection"] = str(reason_code)
+            self._drop_connection(f"broker refused the connection: {reason_code}")
+            return
+        with self._lock:
+            self._counters.alarms.pop("broker_refused_connection", None)
+        self._connected = True
+        self._attempt = 0
+        self._cursor = 0
+        self._hold_until = 0.0
+        log.info(
+            "MQTT connected to %s:%d (session present: %s)",
+            self._settings.host,
+            self._settings.port,
+            flags.session_present,
+        )
+        self._publish_control(
+            self._topics.status,
+            encode("status", build_status(self._unit, "online", "connected", self._session)),
+        )
+        client.subscribe(self._topics.cmd_filter, qos=1)
+        if self._settings.ha_discovery:
+            for topic, config in ha_discovery_configs(self._topics, self._unit, self._model_names).items():
+                self._publish_control(topic, json.dumps(config, sort_keys=True).encode())
+        self._next_health = 0.0
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if self._client is client and not self._stop.is_set():
+            self._drop_connection(f"disconnected ({reason_code})")
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        seq = self._inflight.pop(mid, None)
+        control = mid in self._control_mids
+        self._control_mids.discard(mid)
+        if reason_code.value < 0x80:
+            if seq is not None:
+                self._outbox.ack(seq)
+                self._refusal_streak = 0
+                with self._lock:
+                    self._counters.alarms.pop("publish_refused", None)
+            return
+        what = f"seq {seq}" if seq is not None else ("status/health" if control else f"mid {mid}")
+        log.error("broker refused publish of %s: %s (0x%02x)", what, reason_code, reason_code.value)
+        with self._lock:
+            self._counters.refused += 1
+            self._counters.last_refusal = f"0x{reason_code.value:02x} {reason_code}"[:80]
+            self._counters.alarms["publish_refused"] = self._counters.last_refusal
+        if seq is not None:
+            # Keep the event; hold the outbox and retry later from the oldest row. Refusals usually
+            # mean a broker ACL or quota problem that only an operator fixes, so back off hard.
+            delay = self._refusal_backoff.delay(self._refusal_streak, self._rng)
+            self._refusal_streak += 1
+            self._hold_until = time.monotonic() + delay
+            self._cursor = min(self._cursor, seq - 1)
+            self._inflight = {m: s for m, s in self._inflight.items() if s < seq}
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            if message.retain:
+                raise PayloadError("retained commands are not accepted (they would replay on every connect)")
+            command = parse_command(self._topics, message.topic, bytes(message.payload))
+            self._execute(command)
+        except PayloadError as error:
+            with self._lock:
+                self._counters.commands_rejected += 1
+            log.warning("rejected command on %s (%d bytes): %s", message.topic, len(message.payload), error)
+            return
+        with self._lock:
+            self._counters.commands_accepted += 1
+
+    def _execute(self, command: Command) -> None:
+        if command.name == "claim":
+            if self._on_claim is None or command.subject_id is None:
+                raise PayloadError("this unit does not take claims")
+            try:
+                self._on_claim(command.subject_id)
+            except ValueError as error:
+                raise PayloadError(f"claim refused: {error}") from error
+            log.info("claim received for subject %s", command.subject_id)
+        elif command.name == "reload":
+            if self._on_reload is None:
+                raise PayloadError("this unit has nothing to reload")
+            self._on_reload()
+            log.info("reload requested over MQTT")
+        elif command.name == "health":
+            self._health_now.set()
+
+    def _shutdown(self) -> None:
+        client = self._client
+        if client is None or not self._connected:
+            if client is not None:
+                client.disconnect()
+            return
+        deadline = time.monotonic() + SHUTDOWN_DRAIN_S
+        while (
+            time.monotonic() < deadline
+            and self._client is not None
+            and (self._inflight or self._outbox.pending(after_seq=self._cursor, limit=1))
+        ):
+            self._pump()
+            client.loop(timeout=LOOP_TIMEOUT_S)
+        if self._client is None:
+            return
+        self._publish_control(
+            self._topics.status,
+            encode("status", build_status(self._unit, "offline", "shutdown", self._session)),
+        )
+        deadline = time.monotonic() + 2.0
+        while self._control_mids and time.monotonic() < deadline and self._client is not None:
+            client.loop(timeout=LOOP_TIMEOUT_S)
+        # A normal DISCONNECT (reason 0) tells the broker not to send the Will.
+        client.disconnect()
+        client.loop(timeout=LOOP_TIMEOUT_S)
+        self._connected = False
+        self._client = None

@@ -1,0 +1,274 @@
+"""What the unit says on MQTT: topics, payload builders, and schema validation of every payload.
+
+Each payload kind has a JSON Schema (draft 2020-12, ``additionalProperties: false``) in
+``device/events/schemas/``; the same files are what consumers validate against (``device events tail``) and
+what docs/asyncapi.yaml refers to. A payload that fails its schema or exceeds ``MAX_PAYLOAD_BYTES``
+never reaches the outbox: ``PayloadError`` is raised instead, because a consumer that silently drops a
+malformed event is worse than a unit that refuses to emit it.
+
+Events carry decisions only. The builder takes a ``Decision`` (which holds no pixels, boxes or vectors)
+plus model and gallery versions, so there is no path by which biometric data could be serialised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+from jsonschema import Draft202012Validator
+
+from device.types import Decision
+
+MAX_PAYLOAD_BYTES = 2048
+EVENT_SCHEMA = "entrance-camera/event/1"
+STATUS_SCHEMA = "entrance-camera/status/1"
+HEALTH_SCHEMA = "entrance-camera/health/1"
+COMMANDS = ("claim", "reload", "health")
+
+PayloadKind = Literal["event", "status", "health", "cmd"]
+
+
+class PayloadError(ValueError):
+    """A payload that does not match its schema or is too large; it must not be published."""
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The unit's topics: ``<prefix>/<unit>/{events,status,health,cmd/<name>}``."""
+
+    prefix: str
+    unit: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.unit}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.base}/events"
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def health(self) -> str:
+        return f"{self.base}/health"
+
+    @property
+    def cmd_filter(self) -> str:
+        return f"{self.base}/cmd/#"
+
+    def cmd(self, name: str) -> str:
+        return f"{self.base}/cmd/{name}"
+
+    def command_name(self, topic: str) -> str | None:
+        """The command a topic addresses, or None when it is not exactly one of this unit's cmd topics."""
+        head = f"{self.base}/cmd/"
+        if not topic.startswith(head):
+            return None
+        name = topic[len(head) :]
+        return name if name and "/" not in name else None
+
+
+@cache
+def _validator(kind: PayloadKind) -> Draft202012Validator:
+    text = resources.files("device.events.schemas").joinpath(f"{kind}.json").read_text(encoding="utf-8")
+    schema = json.loads(text)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def schema_document(kind: PayloadKind) -> dict[str, Any]:
+    schema: dict[str, Any] = _validator(kind).schema
+    return schema
+
+
+def validate(kind: PayloadKind, payload: Mapping[str, Any]) -> None:
+    errors = sorted(_validator(kind).iter_errors(payload), key=lambda error: list(error.absolute_path))
+    if errors:
+        details = "; ".join(
+            f"{'/'.join(str(part) for part in error.absolute_path) or '(top)'}: {error.message}"
+            for error in errors[:5]
+        )
+        raise PayloadError(f"{kind} payload does not match its schema: {details}")
+
+
+def encode(kind: PayloadKind, payload: Mapping[str, Any]) -> bytes:
+    """Validated, compact JSON bytes, at most ``MAX_PAYLOAD_BYTES``."""
+    validate(kind, payload)
+    data = json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode("ascii")
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"{kind} payload is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    return data
+
+
+def decode(kind: PayloadKind, data: bytes) -> dict[str, Any]:
+    """Parses and validates a received payload (consumers, command handling)."""
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"{kind} payload is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    try:
+        payload = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PayloadError(f"{kind} payload is not JSON: {error}") from None
+    if not isinstance(payload, dict):
+        raise PayloadError(f"{kind} payload is not a JSON object")
+    validate(kind, payload)
+    return payload
+
+
+def uuid7(unix_ms: int | None = None) -> str:
+    """A UUID version 7 (RFC 9562): 48-bit Unix milliseconds, then 74 random bits.
+
+    Time-ordered ids sort close to ``seq`` order and index well in consumers' databases; the random
+    part keeps ids unique across units without coordination.
+    """
+    ms = time.time_ns() // 1_000_000 if unix_ms is None else unix_ms
+    rand_a = secrets.randbits(12)
+    rand_b = secrets.randbits(62)
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
+    hex_ = f"{value:032x}"
+    return f"{hex_[:8]}-{hex_[8:12]}-{hex_[12:16]}-{hex_[16:20]}-{hex_[20:]}"
+
+
+def utc_timestamp(when: float | None = None) -> str:
+    """RFC 3339 in UTC with milliseconds and a ``Z``: ``2025-01-31T12:00:00.123Z``."""
+    moment = dt.datetime.fromtimestamp(time.time() if when is None else when, dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def build_event(
+    decision: Decision,
+    *,
+    seq: int,
+    unit: str,
+    models: Mapping[str, str],
+    gallery_version: str | None,
+    event_id: str | None = None,
+    when: float | None = None,
+) -> dict[str, Any]:
+    """The event for one decision; raises ``PayloadError`` if it would not match the schema."""
+    event = {
+        "schema": EVENT_SCHEMA,
+        "event_id": event_id or uuid7(),
+        "seq": seq,
+        "unit": unit,
+        "ts": utc_timestamp(when),
+        "type": decision.type.value,
+        "subject": decision.subject_id,
+        "similarity": _rounded(decision.similarity),
+        "margin": _rounded(decision.margin),
+        "frames": decision.frames,
+        "reasons": list(decision.reasons),
+        "models": dict(models),
+        "gallery_version": gallery_version,
+    }
+    validate("event", event)
+    return event
+
+
+def build_status(unit: str, state: Literal["online", "offline"], reason: str, session: str) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "schema": STATUS_SCHEMA,
+        "unit": unit,
+        "state": state,
+        "reason": reason,
+        "session": session,
+    }
+    # The Will is registered at connect time and sent later by the broker: a timestamp in it would lie.
+    if reason != "connection_lost":
+        status["ts"] = utc_timestamp()
+    return status
+
+
+@dataclass(frozen=True)
+class HealthParts:
+    """Everything the publisher knows about itself; the pipeline's part is added separately."""
+
+    unit: str
+    uptime_s: float
+    outbox: Mapping[str, Any]
+    mqtt: Mapping[str, Any]
+    commands: Mapping[str, int]
+    alarms: Sequence[str]
+
+
+def build_health(parts: HealthParts, pipeline: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    """The health payload and the problems found in the pipeline's part.
+
+    A pipeline report that does not fit the schema is left out (and named in the alarms) rather than
+    blocking health altogether: the outbox and connection state matter most when something is wrong.
+    """
+    problems: list[str] = []
+    health: dict[str, Any] = {
+        "schema": HEALTH_SCHEMA,
+        "unit": parts.unit,
+        "ts": utc_timestamp(),
+        "uptime_s": round(parts.uptime_s, 1),
+        "outbox": dict(parts.outbox),
+        "mqtt": dict(parts.mqtt),
+        "commands": dict(parts.commands),
+        "alarms": list(parts.alarms),
+    }
+    if pipeline:
+        raw_alarms = pipeline.get("alarms", ())
+        extra_alarms = [str(alarm) for alarm in raw_alarms] if isinstance(raw_alarms, list | tuple) else []
+        report = {key: value for key, value in pipeline.items() if key != "alarms"}
+        candidate = {**health, "pipeline": report, "alarms": [*health["alarms"], *extra_alarms][:16]}
+        try:
+            validate("health", candidate)
+            health = _trimmed(candidate, problems)
+        except PayloadError as error:
+            problems.append(str(error))
+            health["alarms"] = [*health["alarms"], "pipeline_health_invalid"][:16]
+    validate("health", health)
+    return health, problems
+
+
+def _size(payload: Mapping[str, Any]) -> int:
+    return len(json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=True))
+
+
+def _trimmed(health: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """Health under the payload limit: the pipeline's largest entries go first, and that is named."""
+    report = dict(health["pipeline"])
+    dropped: list[str] = []
+    while _size({**health, "pipeline": report}) > MAX_PAYLOAD_BYTES - 40 and report:
+        largest = max(report, key=lambda key: _size({key: report[key]}))
+        dropped.append(largest)
+        del report[largest]
+    if not dropped:
+        return health
+    problems.append(f"health over {MAX_PAYLOAD_BYTES} bytes: left out {', '.join(dropped)}")
+    return {**health, "pipeline": report, "alarms": [*health["alarms"], "health_trimmed"][:16]}
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    subject_id: str | None = None
+    request_id: str | None = None
+
+
+def parse_command(topics: Topics, topic: str, data: bytes) -> Command:
+    """A command for this unit, strictly validated; ``PayloadError`` for anything else."""
+    name = topics.command_name(topic)
+    if name is None:
+        raise PayloadError(f"not one of this unit's command topics: {topic!r}")
+    if name not in COMMANDS:
+        raise PayloadError(f"unknown command {name!r}")
+    payload = decode("cmd", data)
+    if payload["command"] != name:
+        raise PayloadError(f"payload command {payload['command']!r} does not match topic command {name!r}")
+    return Command(name, payload.get("subject_id"), payload.get("request_id"))

@@ -1,0 +1,176 @@
+"""Deciding once per visit: recognized, unknown or insufficient_quality, with reason codes.
+
+- ``decide`` turns a track's match (or the lack of usable samples) into a ``Decision``;
+- ``ClaimSlot`` holds a pending claim (verification mode: a badge reader, keypad or door bell says who is
+  expected; the next decision checks that one subject only, 1:1). In armed mode
+  (``matching.require_claim``) nothing is matched without a live claim;
+- ``VisitBook`` collects each track's best samples and says when a track is ready to be decided: as soon
+  as it has enough good samples (fast door), else when it ends (with what it has).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+from device.config import MatchingSection, QualitySection
+from device.types import Decision, DecisionType, Match
+from device.vision.quality import BestSamples
+
+
+class Reason(StrEnum):
+    ABOVE_THRESHOLD = "above_threshold"
+    CLAIM_VERIFIED = "claim_verified"
+    BELOW_THRESHOLD = "below_threshold"
+    AMBIGUOUS = "ambiguous_margin"  # above threshold, but another subject is almost as close
+    CLAIM_NOT_MATCHED = "claim_not_matched"
+    CLAIM_NOT_ENROLLED = "claim_not_enrolled"
+    GALLERY_EMPTY = "gallery_empty"
+    NO_GALLERY = "no_gallery"  # the enrolled set could not be loaded
+    NO_USABLE_SAMPLE = "no_usable_sample"
+
+
+def decide(
+    *,
+    track_id: int,
+    frames: int,
+    samples: int,
+    match: Match | None,
+    config: MatchingSection,
+    claim: str | None = None,
+    quality_reasons: Iterable[str] = (),
+    gallery_available: bool = True,
+) -> Decision:
+    """One visit's decision. ``match`` is None when no sample passed the quality gate.
+
+    An unknown decision never names a subject: the best candidate of a stranger is nobody's business.
+    """
+
+    def make(kind: DecisionType, subject: str | None, reasons: tuple[str, ...]) -> Decision:
+        similarity = None if match is None or match.subject_id is None else match.similarity
+        margin = None if similarity is None or match is None else match.margin
+        return Decision(kind, subject, similarity, margin, frames, reasons, track_id)
+
+    if samples == 0 or match is None:
+        return Decision(
+            DecisionType.INSUFFICIENT_QUALITY,
+            None,
+            None,
+            None,
+            frames,
+            (Reason.NO_USABLE_SAMPLE.value, *quality_reasons),
+            track_id,
+        )
+    if not gallery_available:
+        return make(DecisionType.UNKNOWN, None, (Reason.NO_GALLERY.value,))
+    if match.subject_id is None:
+        reason = Reason.CLAIM_NOT_ENROLLED if claim is not None else Reason.GALLERY_EMPTY
+        return make(DecisionType.UNKNOWN, None, (reason.value,))
+    if claim is not None:
+        if match.subject_id == claim and match.similarity >= config.threshold:
+            return make(DecisionType.RECOGNIZED, claim, (Reason.CLAIM_VERIFIED.value,))
+        return make(DecisionType.UNKNOWN, None, (Reason.CLAIM_NOT_MATCHED.value,))
+    if match.similarity < config.threshold:
+        return make(DecisionType.UNKNOWN, None, (Reason.BELOW_THRESHOLD.value,))
+    if match.margin < config.min_margin:
+        return make(DecisionType.UNKNOWN, None, (Reason.AMBIGUOUS.value,))
+    return make(DecisionType.RECOGNIZED, match.subject_id, (Reason.ABOVE_THRESHOLD.value,))
+
+
+class ClaimSlot:
+    """A pending claim, valid for ``window_s`` seconds and consumed by the next decision (thread-safe)."""
+
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._window_s = window_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._subject: str | None = None
+        self._expires = 0.0
+
+    def set(self, subject_id: str) -> None:
+        subject = subject_id.strip()
+        if not subject:
+            raise ValueError("a claim needs a subject id")
+        with self._lock:
+            self._subject = subject
+            self._expires = self._clock() + self._window_s
+
+    def peek(self) -> str | None:
+        with self._lock:
+            return self._live()
+
+    def take(self) -> str | None:
+        with self._lock:
+            subject = self._live()
+            self._subject = None
+            return subject
+
+    def clear(self) -> None:
+        with self._lock:
+            self._subject = None
+
+    def _live(self) -> str | None:
+        if self._subject is not None and self._clock() > self._expires:
+            self._subject = None
+        return self._subject
+
+
+S = TypeVar("S")
+
+
+@dataclass
+class Visit(Generic[S]):
+    track_id: int
+    samples: BestSamples[S]
+    frames: int = 0
+    decided: bool = False
+
+
+@dataclass
+class VisitBook(Generic[S]):
+    """Per-track samples and the "decide now?" rule; forgets a track as soon as it ends."""
+
+    quality: QualitySection
+    matching: MatchingSection
+    visits: dict[int, Visit[S]] = field(default_factory=dict)
+
+    @property
+    def samples_needed(self) -> int:
+        return min(self.quality.best_k, self.matching.max_samples)
+
+    def visit(self, track_id: int) -> Visit[S]:
+        if track_id not in self.visits:
+            self.visits[track_id] = Visit(track_id, BestSamples(self.quality.best_k))
+        return self.visits[track_id]
+
+    def observe(self, track_id: int, score: float, sample: S | None, reasons: Iterable[str] = ()) -> None:
+        """One frame of a track: a sample that passed the quality gate, or the reasons it did not."""
+        visit = self.visit(track_id)
+        visit.frames += 1
+        if visit.decided:
+            return  # the decision is made; keep nothing more about this face
+        if sample is None:
+            visit.samples.reject(reasons)
+        else:
+            visit.samples.offer(score, sample)
+
+    def ready(self, track_id: int) -> bool:
+        visit = self.visits.get(track_id)
+        return visit is not None and not visit.decided and len(visit.samples) >= self.samples_needed
+
+    def take_samples(self, track_id: int) -> tuple[Visit[S], list[S]]:
+        """Marks the visit decided and hands over its best samples (the visit keeps none of them)."""
+        visit = self.visit(track_id)
+        best = visit.samples.best()[: self.matching.max_samples]
+        visit.decided = True
+        visit.samples = BestSamples(
+            self.quality.best_k, rejected=visit.samples.rejected, seen=visit.samples.seen
+        )
+        return visit, best
+
+    def end(self, track_id: int) -> Visit[S] | None:
+        return self.visits.pop(track_id, None)

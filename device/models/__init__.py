@@ -1,0 +1,5 @@
+"""Model files and where they run: the accelerator seam (Edge TPU or CPU), the manifest and its sha256
+checks, the Edge TPU compatibility check and latency timing.
+
+Imports only the top-level core (config, types, atomicio, timing, fixtures, progress); never a stage.
+"""

@@ -1,0 +1,295 @@
+"""Face detection: letterbox the frame, run the detector model, decode, keep faces in the entrance zone.
+
+Two decoders, chosen by ``detection.decoder`` (``auto`` looks at the model's outputs):
+
+- ``blazeface``: MediaPipe's full-range BlazeFace (192x192, one anchor per cell of a 48x48 grid). Raw
+  outputs are offsets from the anchor centre in input pixels and a logit per anchor; overlapping boxes are
+  merged by score-weighted averaging (MediaPipe's "weighted NMS"), which steadies boxes and keypoints.
+- ``ssd_postprocess``: models that end in TFLite_Detection_PostProcess (boxes, classes, scores, count),
+  such as Coral's ``ssd_mobilenet_v2_face_quant_postprocess_edgetpu.tflite``. They give no keypoints, so
+  the six keypoints are placed at average positions inside the box (see ``SSD_KEYPOINT_LAYOUT``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from device.config import DetectionSection
+from device.models.accelerator import InferenceModel
+from device.types import Box, Detection, RgbImage
+
+log = logging.getLogger(__name__)
+
+BLAZEFACE_GRID = 48  # 192 input / stride 4
+BLAZEFACE_REGRESSORS = 16  # box (cx, cy, w, h) + 6 keypoints (x, y)
+LOGIT_CLIP = 100.0
+# Both detectors take RGB scaled to -1..1: (pixel - 127.5) / 127.5.
+PIXEL_MEAN = 127.5
+PIXEL_STD = 127.5
+
+# Average keypoint positions inside a face box (fractions of its width and height), in Keypoint order.
+# The mean over the 25 BlazeFace faces of the fixture photos, made left/right symmetric; used only for SSD
+# models, which output no keypoints, so alignment of their faces is approximate.
+SSD_KEYPOINT_LAYOUT = np.array(
+    [[0.31, 0.33], [0.69, 0.33], [0.50, 0.57], [0.50, 0.75], [0.12, 0.40], [0.88, 0.40]], dtype=np.float32
+)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where the frame sits inside the square model input: input = frame * scale + pad."""
+
+    tensor: NDArray[np.uint8]  # (size, size, 3) RGB
+    scale_x: float
+    scale_y: float
+    pad_x: int
+    pad_y: int
+
+    def to_frame(self, points: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Input-pixel (x, y) pairs in the last axis back to frame pixels."""
+        out = np.empty_like(points)
+        out[..., 0] = (points[..., 0] - self.pad_x) / self.scale_x
+        out[..., 1] = (points[..., 1] - self.pad_y) / self.scale_y
+        return out
+
+
+def letterbox(image: RgbImage, size: int) -> Letterbox:
+    """Fit ``image`` into a ``size`` square, keeping its aspect ratio, padding with black.
+
+    Halving with pyrDown first and finishing with a bilinear resize costs a fraction of INTER_AREA
+    on a 640x480 frame while still low-pass filtering before the big downscale.
+    """
+    height, width = image.shape[:2]
+    small: NDArray[np.uint8] = image
+    while max(small.shape[:2]) >= 2 * size:
+        small = np.asarray(cv2.pyrDown(small), dtype=np.uint8)
+    scale = size / max(height, width)
+    new_w = min(size, max(1, round(width * scale)))
+    new_h = min(size, max(1, round(height * scale)))
+    resized = np.asarray(cv2.resize(small, (new_w, new_h), interpolation=cv2.INTER_LINEAR), dtype=np.uint8)
+    pad_x = (size - new_w) // 2
+    pad_y = (size - new_h) // 2
+    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
+    return Letterbox(canvas, new_w / width, new_h / height, pad_x, pad_y)
+
+
+def blazeface_anchors(grid: int = BLAZEFACE_GRID) -> NDArray[np.float32]:
+    """Anchor centres (x, y) in [0, 1], row-major over the grid: one fixed-size anchor per cell."""
+    centres = (np.arange(grid, dtype=np.float32) + 0.5) / grid
+    ys, xs = np.meshgrid(centres, centres, indexing="ij")
+    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+
+@dataclass(frozen=True)
+class RawFace:
+    """A decoded face in model-input pixels, before mapping back to the frame."""
+
+    box: NDArray[np.float32]  # x0, y0, x1, y1
+    score: float
+    keypoints: NDArray[np.float32]  # (6, 2)
+
+
+def sigmoid(logits: NDArray[np.float32]) -> NDArray[np.float32]:
+    clipped = np.clip(logits, -LOGIT_CLIP, LOGIT_CLIP)
+    result: NDArray[np.float32] = (1.0 / (1.0 + np.exp(-clipped))).astype(np.float32)
+    return result
+
+
+def decode_blazeface(
+    regressors: NDArray[np.float32],
+    logits: NDArray[np.float32],
+    anchors: NDArray[np.float32],
+    input_size: int,
+    score_threshold: float,
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+    """Candidates above the threshold: boxes (N, 4) x0,y0,x1,y1, scores (N,), keypoints (N, 6, 2).
+
+    All in input pixels. ``regressors`` is (A, 16), ``logits`` (A,) for A anchors.
+    """
+    threshold_logit = np.log(score_threshold / (1.0 - score_threshold))
+    keep = np.flatnonzero(logits > threshold_logit)
+    raw = regressors[keep]
+    centres = anchors[keep] * input_size
+    cx = centres[:, 0] + raw[:, 0]
+    cy = centres[:, 1] + raw[:, 1]
+    half_w = raw[:, 2] / 2.0
+    half_h = raw[:, 3] / 2.0
+    boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1).astype(np.float32)
+    keypoints = (raw[:, 4:16].reshape(-1, 6, 2) + centres[:, None, :]).astype(np.float32)
+    return boxes, sigmoid(logits[keep]), keypoints
+
+
+def iou_one_to_many(box: NDArray[np.float32], boxes: NDArray[np.float32]) -> NDArray[np.float32]:
+    x0 = np.maximum(box[0], boxes[:, 0])
+    y0 = np.maximum(box[1], boxes[:, 1])
+    x1 = np.minimum(box[2], boxes[:, 2])
+    y1 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    result: NDArray[np.float32] = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0).astype(np.float32)
+    return result
+
+
+def weighted_nms(
+    boxes: NDArray[np.float32],
+    scores: NDArray[np.float32],
+    keypoints: NDArray[np.float32],
+    iou_threshold: float,
+) -> list[RawFace]:
+    """Cluster candidates around the best remaining one; each cluster becomes its score-weighted mean.
+
+    The cluster keeps the best score (averaging scores would penalise faces seen by many anchors).
+    """
+    order = np.argsort(-scores, kind="stable")
+    boxes, scores, keypoints = boxes[order], scores[order], keypoints[order]
+    remaining = np.arange(len(scores))
+    faces = []
+    while remaining.size:
+        lead = remaining[0]
+        overlap = iou_one_to_many(boxes[lead], boxes[remaining])
+        members = remaining[overlap > iou_threshold]
+        members = members if members.size else remaining[:1]
+        weights = scores[members] / scores[members].sum()
+        faces.append(
+            RawFace(
+                box=(boxes[members] * weights[:, None]).sum(axis=0).astype(np.float32),
+                score=float(scores[lead]),
+                keypoints=(keypoints[members] * weights[:, None, None]).sum(axis=0).astype(np.float32),
+            )
+        )
+        remaining = remaining[overlap <= iou_threshold]
+        remaining = remaining[remaining != lead]
+    return faces
+
+
+def decode_ssd_postprocess(
+    outputs: list[NDArray[np.float32]], input_size: int, score_threshold: float
+) -> list[RawFace]:
+    """TFLite_Detection_PostProcess outputs (boxes [ymin, xmin, ymax, xmax] in 0..1, classes, scores,
+    count) to faces in input pixels, keypoints placed by ``SSD_KEYPOINT_LAYOUT``."""
+    if len(outputs) != 4:
+        raise ValueError(f"an SSD post-process model has 4 outputs, this one has {len(outputs)}")
+    boxes_out = next(o for o in outputs if o.ndim == 3 and o.shape[-1] == 4)
+    count_out = next(o for o in outputs if o.size == 1)
+    pair = [o for o in outputs if o is not boxes_out and o is not count_out]
+    classes_out, scores_out = pair
+    # The standard order is boxes, classes, scores, count; class ids are whole numbers, scores are not.
+    if _whole_numbers(scores_out) and not _whole_numbers(classes_out):
+        classes_out, scores_out = scores_out, classes_out
+    count = int(np.clip(count_out.ravel()[0], 0, boxes_out.shape[1]))
+    faces = []
+    for index in range(count):
+        score = float(scores_out.reshape(-1)[index])
+        if score < score_threshold:
+            continue
+        ymin, xmin, ymax, xmax = (np.clip(boxes_out[0, index], 0.0, 1.0) * input_size).tolist()
+        if xmax <= xmin or ymax <= ymin:
+            continue
+        box = np.array([xmin, ymin, xmax, ymax], dtype=np.float32)
+        size = np.array([xmax - xmin, ymax - ymin], dtype=np.float32)
+        keypoints = (box[:2] + SSD_KEYPOINT_LAYOUT * size).astype(np.float32)
+        faces.append(RawFace(box=box, score=score, keypoints=keypoints))
+    return faces
+
+
+def _whole_numbers(values: NDArray[np.float32]) -> bool:
+    return bool(np.all(np.equal(np.mod(values, 1.0), 0.0)))
+
+
+def point_in_polygon(x: float, y: float, polygon: NDArray[np.float32]) -> bool:
+    """Even-odd rule; points on the boundary count as inside."""
+    return bool(cv2.pointPolygonTest(polygon.reshape(-1, 1, 2), (float(x), float(y)), False) >= 0)
+
+
+class FaceDetector:
+    """Faces in an RGB frame, in that frame's pixel coordinates, best score first."""
+
+    def __init__(self, model: InferenceModel, detection: DetectionSection) -> None:
+        shape = model.input_shape
+        if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
+            raise ValueError(f"detector {model.name} needs a square RGB input, has {shape}")
+        self.model = model
+        self.config = detection
+        self.input_size = shape[1]
+        self._decoder = detection.decoder
+        self._anchors = blazeface_anchors(self.input_size // 4)
+        self._zone = np.array(detection.zone, dtype=np.float32) if detection.zone else None
+
+    def detect(self, image_rgb: RgbImage) -> list[Detection]:
+        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+            raise ValueError(
+                f"expected an RGB uint8 image (H, W, 3), got {image_rgb.dtype} {image_rgb.shape}"
+            )
+        boxed = letterbox(image_rgb, self.input_size)
+        outputs = self.model.run_pixels(boxed.tensor[None], PIXEL_MEAN, PIXEL_STD)
+        faces = self.decode(outputs)
+        height, width = image_rgb.shape[:2]
+        detections = []
+        for face in faces:
+            corners = boxed.to_frame(face.box.reshape(2, 2))
+            x0, y0 = np.clip(corners[0], 0, [width, height])
+            x1, y1 = np.clip(corners[1], 0, [width, height])
+            box = Box(float(x0), float(y0), float(x1), float(y1))
+            if box.width < self.config.min_face_px or box.height < self.config.min_face_px:
+                continue
+            if self._zone is not None:
+                cx = (box.x0 + box.x1) / 2.0 / width
+                cy = (box.y0 + box.y1) / 2.0 / height
+                if not point_in_polygon(cx, cy, self._zone):
+                    continue
+            keypoints = boxed.to_frame(face.keypoints).astype(np.float32)
+            detections.append(Detection(box=box, score=face.score, keypoints=keypoints))
+        detections.sort(key=lambda d: d.score, reverse=True)
+        return detections
+
+    def decode(self, outputs: list[NDArray[np.float32]]) -> list[RawFace]:
+        decoder = self._decoder
+        if decoder == "auto":
+            decoder = "ssd_postprocess" if len(outputs) == 4 else "blazeface"
+        threshold = self.config.score_threshold
+        if decoder == "ssd_postprocess":
+            return decode_ssd_postprocess(outputs, self.input_size, threshold)
+        regressors = next(o for o in outputs if o.shape[-1] == BLAZEFACE_REGRESSORS)
+        logits = next(o for o in outputs if o.shape[-1] == 1)
+        boxes, scores, keypoints = decode_blazeface(
+            regressors.reshape(-1, BLAZEFACE_REGRESSORS),
+            logits.reshape(-1),
+            self._anchors,
+            self.input_size,
+            threshold,
+        )
+        return weighted_nms(boxes, scores, keypoints, self.config.nms_iou)
+
+
+KEYPOINT_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255))
+
+
+def annotate(image_rgb: RgbImage, detections: list[Detection]) -> RgbImage:
+    """A copy of the image with each face's box, score and keypoints drawn (for local inspection only)."""
+    canvas = image_rgb.copy()
+    thickness = max(1, round(max(image_rgb.shape[:2]) / 400))
+    for detection in detections:
+        box = detection.box
+        top_left = (round(box.x0), round(box.y0))
+        cv2.rectangle(canvas, top_left, (round(box.x1), round(box.y1)), (0, 255, 0), thickness)
+        label = f"{detection.score:.2f}"
+        cv2.putText(
+            canvas,
+            label,
+            (top_left[0], max(0, top_left[1] - 4)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4 * thickness,
+            (0, 255, 0),
+            thickness,
+        )
+        for (x, y), colour in zip(detection.keypoints.tolist(), KEYPOINT_COLOURS, strict=True):
+            cv2.circle(canvas, (round(x), round(y)), 2 * thickness, colour, -1)
+    return canvas

@@ -1,0 +1,119 @@
+"""The shipped systemd units, udev rule and installer config agree with each other and with the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from device.cli import EXIT_USAGE
+from device.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+SYSTEMD = ROOT / "deploy" / "systemd"
+
+
+def directives(path: Path) -> list[tuple[str, str, str]]:
+    """(section, key, value) in file order; systemd allows repeated keys, so no dict."""
+    section = ""
+    entries = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        entries.append((section, key, value))
+    return entries
+
+
+def values(path: Path, key: str) -> list[str]:
+    return [value for _, k, value in directives(path) if k == key]
+
+
+# What a oneshot and a long-running service legitimately differ in; everything else must match.
+SANDBOX_EXCLUDED = {
+    "Type",
+    "RemainAfterExit",
+    "ExecStart",
+    "TimeoutStartSec",
+    "TimeoutStopSec",
+    "NotifyAccess",
+    "WatchdogSec",
+    "Restart",
+    "RestartSec",
+    "RestartPreventExitStatus",
+}
+
+
+def sandbox(path: Path) -> list[tuple[str, str]]:
+    return [
+        (k, v) for section, k, v in directives(path) if section == "Service" and k not in SANDBOX_EXCLUDED
+    ]
+
+
+def test_the_service_is_notify_with_a_watchdog_and_no_crash_loop() -> None:
+    unit = SYSTEMD / "entrance-camera.service"
+    assert values(unit, "Type") == ["notify"]
+    assert int(values(unit, "WatchdogSec")[0]) > 0
+    assert values(unit, "Restart") == ["on-failure"]
+    assert values(unit, "StartLimitBurst") and values(unit, "StartLimitIntervalSec")
+    # device/cli.py exits 2 on a config error; restarting cannot fix that.
+    assert values(unit, "RestartPreventExitStatus") == [str(EXIT_USAGE)]
+
+
+def test_the_service_has_no_privileges_and_reaches_only_camera_and_tpu() -> None:
+    unit = SYSTEMD / "entrance-camera.service"
+    assert values(unit, "User") == ["entrance-camera"]
+    assert values(unit, "CapabilityBoundingSet") == [""]
+    assert values(unit, "NoNewPrivileges") == ["yes"]
+    assert values(unit, "ProtectSystem") == ["strict"]
+    assert values(unit, "ReadWritePaths") == ["/var/lib/entrance-camera"]
+    assert values(unit, "DevicePolicy") == ["closed"]
+    allowed = {value.split()[0] for value in values(unit, "DeviceAllow")}
+    assert allowed == {"char-video4linux", "char-media", "char-dma_heap", "char-usb_device", "char-apex"}
+    assert values(unit, "RestrictAddressFamilies") == ["AF_UNIX AF_INET AF_INET6 AF_NETLINK"]
+    assert values(unit, "SocketBindDeny") == ["any"]
+
+
+def test_the_selftest_runs_in_the_same_sandbox_and_gates_the_service() -> None:
+    service = SYSTEMD / "entrance-camera.service"
+    selftest = SYSTEMD / "entrance-camera-selftest.service"
+    assert sandbox(selftest) == sandbox(service)
+    assert "entrance-camera-selftest.service" in values(service, "Requires")
+    assert values(selftest, "ExecStart")[0].endswith(" selftest")
+
+
+def test_the_purge_timer_runs_the_purge_daily_without_network_or_devices() -> None:
+    timer = SYSTEMD / "entrance-camera-purge.timer"
+    purge = SYSTEMD / "entrance-camera-purge.service"
+    assert values(timer, "OnCalendar") == ["daily"]
+    assert values(timer, "Persistent") == ["yes"]
+    assert " purge-expired " in values(purge, "ExecStart")[0]
+    assert values(purge, "PrivateNetwork") == ["yes"]
+    assert values(purge, "DeviceAllow") == []
+
+
+@pytest.mark.parametrize("ids", ["1a6e", "089a", "18d1", "9302"])
+def test_the_udev_rule_covers_both_coral_usb_identities(ids: str) -> None:
+    rules = (ROOT / "deploy" / "udev" / "99-entrance-camera-coral.rules").read_text()
+    assert f'"{ids}"' in rules
+    assert all(
+        'GROUP="entrance-camera"' in line for line in rules.splitlines() if line.startswith("SUBSYSTEM")
+    )
+
+
+def test_the_installer_config_is_valid_and_keeps_state_where_the_sandbox_allows(tmp_path: Path) -> None:
+    text = (ROOT / "deploy" / "unit" / "unit.toml.in").read_text().replace("@UNIT_ID@", "lobby-1")
+    path = tmp_path / "unit.toml"
+    path.write_text(text)
+    config = load_config(path)
+    writable = Path(values(SYSTEMD / "entrance-camera.service", "ReadWritePaths")[0])
+    for state_path in (config.unit.state_dir, config.gallery.path, config.mqtt.outbox_path):
+        assert state_path == writable or writable in state_path.parents
+    assert config.gallery.master_key_path.parent == Path("/etc/entrance-camera/secrets")
+    exec_start = values(SYSTEMD / "entrance-camera.service", "ExecStart")[0]
+    assert re.search(r"--config /etc/entrance-camera/unit\.toml run$", exec_start)

@@ -1,0 +1,289 @@
+"""The unit's MQTT publisher against the real Mosquitto with the project's TLS config and ACL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from device.config import UnitConfig, parse_config
+from device.events.consumer import Deduper, check_event
+from device.events.mqtt_publisher import Backoff, MqttPublisher, MqttSetupError
+from device.events.payloads import PayloadError, decode
+from device.identity.decide import ClaimSlot
+from device.types import Decision, DecisionType
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def unit_config(broker: Any, tmp_path: Path, unit: str, *, cert_identity: str | None = None,
+                **mqtt_extra: Any) -> UnitConfig:  # fmt: skip
+    cert, key = broker.cert_for(cert_identity or unit)
+    return parse_config(
+        {
+            "unit": {"id": unit, "state_dir": str(tmp_path / "state")},
+            "mqtt": {
+                "enabled": True,
+                "host": "localhost",
+                "port": broker.port,
+                "tls": {"ca_file": str(broker.ca_file), "cert_file": str(cert), "key_file": str(key)},
+                "outbox_path": str(tmp_path / f"{unit}-outbox.db"),
+                "health_interval_s": 1.0,
+                "reconnect_backoff_max_s": 1.0,
+                "keepalive_s": 5,
+                **mqtt_extra,
+            },
+        }
+    )
+
+
+class Listener:
+    """A consumer ("backend") that records every message on the given topic filters."""
+
+    def __init__(self, broker: Any, filters: list[str], identity: str = "backend") -> None:
+        self.messages: list[mqtt.MQTTMessage] = []
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+        cert, key = broker.cert_for(identity)
+        self.client.tls_set(str(broker.ca_file), str(cert), str(key))
+        self.client.on_message = lambda _c, _u, message: self.messages.append(message)
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        self.client.subscribe([(topic, 1) for topic in filters])
+        assert self._subscribed.wait(5)
+
+    def payloads(self, topic: str) -> list[dict[str, Any]]:
+        return [json.loads(m.payload) for m in list(self.messages) if m.topic == topic]
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def listen(mosquitto_broker: Any) -> Iterator[Callable[[list[str]], Listener]]:
+    listeners: list[Listener] = []
+
+    def make(filters: list[str]) -> Listener:
+        listeners.append(Listener(mosquitto_broker, filters))
+        return listeners[-1]
+
+    yield make
+    for listener in listeners:
+        listener.close()
+
+
+def decision(track: int, kind: DecisionType = DecisionType.UNKNOWN) -> Decision:
+    subject = "s-7f3a9c" if kind is DecisionType.RECOGNIZED else None
+    return Decision(kind, subject, 0.95 if subject else None, 0.05 if subject else None, 5, ("x",), track)
+
+
+def test_events_arrive_in_seq_order_with_online_status_and_health(
+    mosquitto_broker: Any, tmp_path: Path, listen: Callable[[list[str]], Listener]
+) -> None:
+    base = "entrance/unit-order"
+    listener = listen([f"{base}/events", f"{base}/status", f"{base}/health"])
+    publisher = MqttPublisher(unit_config(mosquitto_broker, tmp_path, "unit-order")).start()
+    try:
+        for track in range(30):
+            publisher.publish_decision(
+                decision(track, DecisionType.RECOGNIZED if track % 3 else DecisionType.UNKNOWN)
+            )
+        assert wait_for(lambda: len(listener.payloads(f"{base}/events")) == 30)
+        assert wait_for(lambda: publisher.outbox.stats().depth == 0)
+        publisher.publish_health({"fps": 12.5, "accelerator": {"blazeface_full_range": "cpu"}})
+        assert wait_for(lambda: any("pipeline" in h for h in listener.payloads(f"{base}/health")), 5)
+    finally:
+        publisher.close()
+    events = listener.payloads(f"{base}/events")
+    assert [event["seq"] for event in events] == list(range(1, 31))
+    assert all(check_event(f"{base}/events", json.dumps(event).encode()) for event in events)
+    states = [(s["state"], s["reason"]) for s in listener.payloads(f"{base}/status")]
+    assert states[0] == ("online", "connected") and states[-1] == ("offline", "shutdown")
+    health = [h for h in listener.payloads(f"{base}/health") if "pipeline" in h][-1]
+    assert health["pipeline"]["fps"] == 12.5 and health["outbox"]["last_seq"] >= 1
+
+
+def test_events_made_while_the_broker_is_down_are_delivered_after_it_returns(
+    mosquitto_broker: Any, tmp_path: Path, listen: Callable[[list[str]], Listener]
+) -> None:
+    config = unit_config(mosquitto_broker, tmp_path, "unit-replay")
+    mosquitto_broker.stop()
+    publisher = MqttPublisher(config).start()
+    try:
+        for track in range(10):
+            publisher.publish_decision(decision(track))
+        time.sleep(1.0)
+        assert publisher.outbox.stats().depth == 10
+        assert "broker_disconnected" in publisher.health_snapshot()["alarms"]
+        mosquitto_broker.start()
+        listener = listen(["entrance/unit-replay/events"])
+        # The listener subscribed after the unit may have replayed; what matters is the outbox empties
+        # only through acknowledged deliveries, and what arrives is in order.
+        assert wait_for(lambda: publisher.outbox.stats().depth == 0, 15)
+        for track in range(10, 15):
+            publisher.publish_decision(decision(track))
+        assert wait_for(lambda: len(listener.payloads("entrance/unit-replay/events")) >= 5)
+    finally:
+        publisher.close()
+    seqs = [event["seq"] for event in listener.payloads("entrance/unit-replay/events")]
+    assert seqs == sorted(seqs) and seqs[-5:] == list(range(11, 16))
+
+
+def test_a_refused_publish_keeps_the_event_raises_an_alarm_and_does_not_spin(
+    mosquitto_broker: Any, tmp_path: Path
+) -> None:
+    # The certificate says unit-real, the config says unit-fake: the ACL refuses unit-fake's topics (0x87).
+    config = unit_config(mosquitto_broker, tmp_path, "unit-fake", cert_identity="unit-real")
+    publisher = MqttPublisher(config).start()
+    try:
+        publisher.publish_decision(decision(1))
+        assert wait_for(lambda: publisher.health_snapshot()["mqtt"]["refused"] >= 1)
+        time.sleep(3.0)
+        health = publisher.health_snapshot()
+    finally:
+        publisher.close()
+    from device.events.outbox import Outbox
+
+    kept = Outbox(config.mqtt.outbox_path)
+    assert [entry.seq for entry in kept.pending()] == [1]
+    assert "publish_refused" in health["alarms"]
+    assert health["mqtt"]["last_refusal"].startswith("0x87")
+    # Backoff after a refusal: a handful of attempts in 3 s, not hundreds.
+    assert health["mqtt"]["refused"] < 10
+
+
+def test_commands_claim_reload_health_are_taken_and_anything_else_is_counted_as_rejected(
+    mosquitto_broker: Any, tmp_path: Path, listen: Callable[[list[str]], Listener]
+) -> None:
+    base = "entrance/unit-cmd"
+    claims = ClaimSlot(window_s=60)
+    reloads: list[bool] = []
+    commander = listen([f"{base}/health"])
+    # A retained command would act again on every reconnect: it arrives flagged retained and is refused.
+    commander.publish(f"{base}/cmd/reload", json.dumps({"command": "reload"}).encode(), retain=True)
+    publisher = MqttPublisher(
+        unit_config(mosquitto_broker, tmp_path, "unit-cmd"),
+        on_claim=claims.set,
+        on_reload=lambda: reloads.append(True),
+    ).start()
+    try:
+        assert wait_for(lambda: publisher.health_snapshot()["mqtt"]["connected"])
+        time.sleep(0.3)  # the unit's subscription is in place once it is connected and has looped once
+        commander.publish(
+            f"{base}/cmd/claim", json.dumps({"command": "claim", "subject_id": "s-42"}).encode()
+        )
+        commander.publish(f"{base}/cmd/reload", json.dumps({"command": "reload"}).encode())
+        commander.publish(f"{base}/cmd/export", json.dumps({"command": "export"}).encode())
+        commander.publish(
+            f"{base}/cmd/claim", b'{"command": "claim", "subject_id": "s-1", "templates": true}'
+        )
+        commander.publish(f"{base}/cmd/claim", b"not json")
+        # Another unit's claim must never reach this one.
+        commander.publish(
+            "entrance/unit-other/cmd/claim", json.dumps({"command": "claim", "subject_id": "s-9"}).encode()
+        )
+        before = len(commander.payloads(f"{base}/health"))
+        commander.publish(f"{base}/cmd/health", json.dumps({"command": "health"}).encode())
+        assert wait_for(lambda: publisher.health_snapshot()["commands"]["rejected"] >= 4)
+        assert wait_for(lambda: len(commander.payloads(f"{base}/health")) > before, 3)
+        counts = publisher.health_snapshot()["commands"]
+    finally:
+        publisher.close()
+        commander.publish(f"{base}/cmd/reload", b"", retain=True)  # clear the retained command
+    assert claims.peek() == "s-42"
+    assert reloads == [True]
+    assert counts == {"accepted": 3, "rejected": 4}
+
+
+def test_home_assistant_discovery_announces_availability_decision_and_accelerator(
+    mosquitto_broker: Any, tmp_path: Path, listen: Callable[[list[str]], Listener]
+) -> None:
+    listener = listen(["homeassistant/+/unit-ha/#"])
+    publisher = MqttPublisher(unit_config(mosquitto_broker, tmp_path, "unit-ha", ha_discovery=True)).start()
+    try:
+        assert wait_for(lambda: len(listener.messages) >= 3)
+    finally:
+        publisher.close()
+    configs = {m.topic: json.loads(m.payload) for m in listener.messages}
+    decision_config = configs["homeassistant/sensor/unit-ha/last_decision/config"]
+    assert decision_config["state_topic"] == "entrance/unit-ha/events"
+    assert decision_config["availability_topic"] == "entrance/unit-ha/status"
+    assert "homeassistant/sensor/unit-ha/accelerator_detector/config" in configs
+    assert all(m.retain is False or m.retain is True for m in listener.messages)
+
+
+def test_tls_is_mandatory(tmp_path: Path) -> None:
+    config = parse_config({"mqtt": {"enabled": True, "outbox_path": str(tmp_path / "o.db")}})
+    with pytest.raises(MqttSetupError, match="TLS is mandatory"):
+        MqttPublisher(config)
+
+
+def test_backoff_grows_to_the_cap_with_jitter() -> None:
+    import random
+
+    backoff = Backoff(0.5, 8.0)
+    rng = random.Random(1)
+    delays = [backoff.delay(attempt, rng) for attempt in range(10)]
+    assert 0.25 <= delays[0] <= 0.5
+    assert all(4.0 <= delay <= 8.0 for delay in delays[5:])
+    assert len({round(delay, 6) for delay in delays[5:]}) > 1  # jittered, not lock-step
+
+
+def test_consumers_drop_redeliveries_and_events_on_a_foreign_topic() -> None:
+    dedup = Deduper(capacity=2)
+    assert dedup.first_time("a") and not dedup.first_time("a")
+    assert dedup.first_time("b") and dedup.first_time("c") and dedup.first_time("a")  # "a" aged out
+    from device.events.payloads import build_event
+
+    event = build_event(decision(1), seq=1, unit="unit-x", models={}, gallery_version=None)
+    with pytest.raises(PayloadError, match="arrived on"):
+        check_event("entrance/unit-y/events", json.dumps(event).encode())
+    assert decode("event", json.dumps(event).encode())["unit"] == "unit-x"
+
+
+def test_events_tail_prints_what_a_consumer_receives(mosquitto_broker: Any, tmp_path: Path) -> None:
+    cert, key = mosquitto_broker.cert_for("tail")
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "device", "events", "tail", "--json", "--count", "3", "--timeout", "30",
+         "--host", "localhost", "--port", str(mosquitto_broker.port), "--ca", str(mosquitto_broker.ca_file),
+         "--cert", str(cert), "--key", str(key), "--unit", "unit-tail"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert tail.stderr is not None
+    assert "listening on entrance/unit-tail/events" in tail.stderr.readline()  # subscribed: safe to publish
+    publisher = MqttPublisher(unit_config(mosquitto_broker, tmp_path, "unit-tail")).start()
+    try:
+        for track in range(3):
+            publisher.publish_decision(decision(track, DecisionType.RECOGNIZED))
+        out, err = tail.communicate(timeout=40)
+    finally:
+        publisher.close()
+    assert tail.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["seq"] for line in lines] == [1, 2, 3]
+    assert all(line["subject"] == "s-7f3a9c" for line in lines)

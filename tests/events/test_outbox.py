@@ -1,0 +1,106 @@
+"""The durable outbox on a real SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from device.events.outbox import Outbox
+
+
+def payload_of(size: int) -> bytes:
+    return b"x" * size
+
+
+def add(outbox: Outbox, size: int = 100) -> int:
+    return outbox.append("entrance/u/events", lambda seq: (f"id-{seq}", payload_of(size))).seq
+
+
+def test_the_database_runs_in_wal_with_full_sync(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db")
+    add(outbox)
+    outbox.close()
+    db = sqlite3.connect(tmp_path / "outbox.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert (tmp_path / "outbox.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_seq_increases_across_restarts_even_when_everything_was_delivered(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db")
+    first = [add(outbox) for _ in range(3)]
+    for seq in first:
+        assert outbox.ack(seq)
+    outbox.close()
+    reopened = Outbox(tmp_path / "outbox.db")
+    assert add(reopened) == 4
+    assert first == [1, 2, 3]
+
+
+def test_pending_replays_in_seq_order_after_a_restart(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db")
+    for _ in range(5):
+        add(outbox)
+    outbox.ack(2)
+    outbox.close()
+    reopened = Outbox(tmp_path / "outbox.db")
+    assert [entry.seq for entry in reopened.pending()] == [1, 3, 4, 5]
+    assert [entry.seq for entry in reopened.pending(after_seq=3, limit=1)] == [4]
+    assert reopened.stats().depth == 4 and reopened.stats().bytes == 400
+
+
+def test_the_payload_is_built_with_the_seq_it_is_stored_under(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db")
+    entry = outbox.append("t", lambda seq: (f"id-{seq}", f'{{"seq":{seq}}}'.encode()))
+    assert entry.payload == b'{"seq":1}' and outbox.pending()[0].payload == b'{"seq":1}'
+
+
+def test_a_failing_build_stores_nothing_and_uses_no_seq(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db")
+
+    def broken(seq: int) -> tuple[str, bytes]:
+        raise ValueError("bad event")
+
+    with pytest.raises(ValueError, match="bad event"):
+        outbox.append("t", broken)
+    assert outbox.stats().depth == 0
+    assert add(outbox) == 1
+
+
+def test_a_full_outbox_drops_the_oldest_rows_and_counts_them(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", max_rows=3)
+    for _ in range(5):
+        add(outbox)
+    assert [entry.seq for entry in outbox.pending()] == [3, 4, 5]
+    assert outbox.stats().dropped == 2
+    outbox.close()
+    assert Outbox(tmp_path / "outbox.db", max_rows=3).stats().dropped == 2  # survives restarts
+
+
+def test_the_byte_bound_drops_oldest_first_too(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", max_bytes=1000)
+    for _ in range(4):
+        add(outbox, size=300)
+    stats = outbox.stats()
+    assert [entry.seq for entry in outbox.pending()] == [2, 3, 4]
+    assert stats.bytes == 900 and stats.dropped == 1
+
+
+def test_acknowledging_twice_or_a_dropped_row_is_harmless(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", max_rows=1)
+    add(outbox)
+    add(outbox)
+    assert outbox.ack(1) is False  # dropped already
+    assert outbox.ack(2) is True
+    assert outbox.ack(2) is False
+    assert outbox.stats().depth == 0 and outbox.stats().bytes == 0
+
+
+def test_a_corrupt_outbox_file_gives_a_clear_error(tmp_path: Path) -> None:
+    from device.events.outbox import OutboxError
+
+    path = tmp_path / "outbox.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(OutboxError, match="cannot open the outbox"):
+        Outbox(path)

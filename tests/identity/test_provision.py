@@ -1,0 +1,132 @@
+"""Enrolled sets travel sealed for one unit: only that unit opens them, and any change is refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device.cli import main
+from device.config import load_config
+from device.identity.gallery import GalleryStore
+
+
+def _unit(tmp_path: Path, unit_id: str) -> Path:
+    unit_dir = tmp_path / unit_id
+    assert main(["init", "--dir", str(unit_dir), "--unit-id", unit_id, "--operator", "installer"]) == 0
+    config = unit_dir / "unit.toml"
+    assert main(["--config", str(config), "provision", "keygen"]) == 0
+    return config
+
+
+def _enrolled_set(path: Path, subjects: int = 2, dim: int = 128) -> Path:
+    rng = np.random.default_rng(3)
+    document = {
+        "schema": 1,
+        "subjects": [
+            {
+                "name": f"Resident {n}",
+                "templates": rng.normal(size=(2, dim)).tolist(),
+                "consent_reference": f"form-2026-{n:03d}",
+                "purpose_version": "v1",
+                "operator": "front-desk",
+                "expires": "2027-06-30",
+            }
+            for n in range(subjects)
+        ],
+    }
+    path.write_text(json.dumps(document))
+    return path
+
+
+def _seal(tmp_path: Path, config: Path, unit_id: str, name: str = "set.sealed") -> Path:
+    source = _enrolled_set(tmp_path / "set.json")
+    out = tmp_path / name
+    public = config.parent / "secrets" / "provision.pub"
+    assert main(["provision", "seal", "--recipient", str(public), "--unit", unit_id, "--in", str(source),
+                 "--out", str(out)]) == 0  # fmt: skip
+    return out
+
+
+def test_keygen_makes_a_private_key_only_the_unit_reads(tmp_path: Path) -> None:
+    config = _unit(tmp_path, "lobby-1")
+    key = config.parent / "secrets" / "provision.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert (config.parent / "secrets" / "provision.pub").read_text().count("ecpub1:") == 1
+    assert main(["--config", str(config), "provision", "keygen"]) == 1  # never overwritten
+
+
+def test_the_unit_it_was_sealed_for_opens_it_and_prints_no_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _unit(tmp_path, "lobby-1")
+    sealed = _seal(tmp_path, config, "lobby-1")
+    assert "Resident" not in sealed.read_text()
+    capsys.readouterr()
+    assert main(["--config", str(config), "provision", "check", "--in", str(sealed)]) == 0
+    out = capsys.readouterr().out
+    assert "2 subjects, 4 templates, expiries 2027-06-30..2027-06-30" in out
+    assert "Resident" not in out
+
+
+def test_another_unit_cannot_open_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lobby = _unit(tmp_path, "lobby-1")
+    garage = _unit(tmp_path, "garage-1")
+    sealed = _seal(tmp_path, lobby, "lobby-1")
+    assert main(["--config", str(garage), "provision", "check", "--in", str(sealed)]) == 1
+    assert "sealed for unit 'lobby-1', this is 'garage-1'" in capsys.readouterr().err
+
+
+def test_relabelling_or_changing_a_byte_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lobby = _unit(tmp_path, "lobby-1")
+    garage = _unit(tmp_path, "garage-1")
+    # Sealed for the garage's key but labelled lobby-1, then relabelled: the header is authenticated.
+    sealed = tmp_path / "relabelled.sealed"
+    public = garage.parent / "secrets" / "provision.pub"
+    source = _enrolled_set(tmp_path / "set.json")
+    assert main(["provision", "seal", "--recipient", str(public), "--unit", "lobby-1", "--in", str(source),
+                 "--out", str(sealed)]) == 0  # fmt: skip
+    document = json.loads(sealed.read_text())
+    document["header"]["unit"] = "garage-1"
+    sealed.write_text(json.dumps(document))
+    assert main(["--config", str(garage), "provision", "check", "--in", str(sealed)]) == 1
+    assert "does not decrypt" in capsys.readouterr().err
+
+    good = _seal(tmp_path, lobby, "lobby-1", "good.sealed")
+    document = json.loads(good.read_text())
+    ciphertext = bytearray(base64.b64decode(document["ciphertext"]))
+    ciphertext[10] ^= 1
+    document["ciphertext"] = base64.b64encode(bytes(ciphertext)).decode()
+    good.write_text(json.dumps(document))
+    assert main(["--config", str(lobby), "provision", "check", "--in", str(good)]) == 1
+    assert "does not decrypt" in capsys.readouterr().err
+
+
+def test_an_invalid_set_is_refused_before_sealing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _unit(tmp_path, "lobby-1")
+    source = _enrolled_set(tmp_path / "short.json", dim=127)
+    public = config.parent / "secrets" / "provision.pub"
+    out = tmp_path / "x.sealed"
+    assert main(["provision", "seal", "--recipient", str(public), "--unit", "lobby-1", "--in", str(source),
+                 "--out", str(out)]) == 1  # fmt: skip
+    assert "not a valid enrolled set" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_import_enrols_each_subject_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _unit(tmp_path, "lobby-1")
+    sealed = _seal(tmp_path, config, "lobby-1")
+    command = ["--config", str(config), "provision", "import", "--in", str(sealed), "--operator", "ansible"]
+    assert main(command) == 0
+    assert main(command) == 0
+    assert "already imported" in capsys.readouterr().out
+    subjects = GalleryStore.from_config(load_config(config)).subjects()
+    assert len(subjects) == 2
+    assert {s.consent.reference for s in subjects} == {"form-2026-000", "form-2026-001"}
+    assert all(s.expires.isoformat() == "2027-06-30" for s in subjects)
