@@ -6,7 +6,7 @@ build machines only; imported lazily, the unit never has them). Figures, all cos
 vectors:
 
 - on dlib's own chips: our float model vs dlib, our int8 vs our float;
-- end to end: BlazeFace (float) + device.vision.align + our model vs dlib's full pipeline on the same image;
+- end to end: BlazeFace (float) + device.vision.landmarks5 (dlib's 5-point alignment) + our model vs dlib's full pipeline on the same image;
 - identities: Obama x3 (genuine pairs) vs Biden (impostor), with our end-to-end pipeline and with dlib;
   the face-api demo photos: every pair of faces from different photos (these repeat some people, so a
   high pair is not necessarily an error: dlib's own cosine for the same pair is reported beside it);
@@ -36,7 +36,8 @@ from device.config import DetectionSection, ModelsSection
 from device.models.accelerator import InferenceModel, open_model
 from device.models.latency import LATENCY_RUNS, median_latency_ms
 from device.types import Detection, RgbImage
-from device.vision.align import CHIP_SIZE, align_face, chip_matrix
+from device.vision.align import CHIP_SIZE
+from device.vision.landmarks5 import Landmark5Aligner, load_landmark_aligner
 from device.vision.detect import FaceDetector
 from device.vision.embed import FaceEmbedder
 
@@ -171,7 +172,10 @@ class FacePair:
 
 
 def our_chips(
-    images: Mapping[str, RgbImage], oracle: list[OracleFace], detector: FaceDetector
+    images: Mapping[str, RgbImage],
+    oracle: list[OracleFace],
+    detector: FaceDetector,
+    aligner: Landmark5Aligner,
 ) -> list[FacePair]:
     detections = {name: detector.detect(image) for name, image in images.items()}
     pairs = []
@@ -180,8 +184,9 @@ def our_chips(
         if match is None:
             pairs.append(FacePair(face, None, None))
             continue
-        error = alignment_error_px(chip_matrix(match.keypoints), face.chip_matrix)
-        pairs.append(FacePair(face, align_face(images[face.image], match.keypoints), error))
+        matrix = aligner.chip_matrix(images[face.image], match.keypoints)
+        error = alignment_error_px(matrix, face.chip_matrix)
+        pairs.append(FacePair(face, aligner(images[face.image], match.keypoints), error))
     return pairs
 
 
@@ -249,7 +254,7 @@ def embedder_metrics(
     versus_dlib = row_cosines(on_dlib_chips["float"], dlib_vectors)
     int8_vs_float = row_cosines(on_dlib_chips["int8"], on_dlib_chips["float"])
 
-    pairs = our_chips(images, oracle, detector)
+    pairs = our_chips(images, oracle, detector, load_landmark_aligner(models_dir))
     found = [pair for pair in pairs if pair.chip is not None]
     ours = np.stack([pair.chip for pair in found if pair.chip is not None])
     found_dlib = np.stack([pair.oracle.descriptor for pair in found])
