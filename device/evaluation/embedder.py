@@ -6,7 +6,8 @@ build machines only; imported lazily, the unit never has them). Figures, all cos
 vectors:
 
 - on dlib's own chips: our float model vs dlib, our int8 vs our float;
-- end to end: BlazeFace (float) + device.vision.landmarks5 (dlib's 5-point alignment) + our model vs dlib's full pipeline on the same image;
+- end to end: BlazeFace (float) + device.vision.landmarks5 (dlib's 5-point alignment) + our model vs
+  dlib's full pipeline on the same image;
 - identities: Obama x3 (genuine pairs) vs Biden (impostor), with our end-to-end pipeline and with dlib;
   the face-api demo photos: every pair of faces from different photos (these repeat some people, so a
   high pair is not necessarily an error: dlib's own cosine for the same pair is reported beside it);
@@ -37,9 +38,9 @@ from device.models.accelerator import InferenceModel, open_model
 from device.models.latency import LATENCY_RUNS, median_latency_ms
 from device.types import Detection, RgbImage
 from device.vision.align import CHIP_SIZE
-from device.vision.landmarks5 import Landmark5Aligner, load_landmark_aligner
 from device.vision.detect import FaceDetector
 from device.vision.embed import FaceEmbedder
+from device.vision.landmarks5 import Landmark5Aligner, load_landmark_aligner
 
 EMBEDDER = "dlib_resnet_v1"
 DETECTOR = "blazeface_full_range"

@@ -122,27 +122,52 @@ class ShapePredictor5:
         origin = np.array([left, top], dtype=np.float64)
         extent = np.array([right - left, bottom - top], dtype=np.float64)
         height, width = image_rgb.shape[:2]
-        shape = self.initial_shape.astype(np.float64)
-        tree_index = np.arange(self.split_pixels.shape[1])
-        depth = int(np.log2(self.split_pixels.shape[2] + 1))
-        first_leaf = self.split_pixels.shape[2]
-        for level in range(self.split_pixels.shape[0]):
-            linear = similarity_transform(self.initial_shape.astype(np.float64), shape)[:, :2]
-            anchored = self.anchor_deltas[level].astype(np.float64) @ linear.T + shape[self.anchor_index[level]]
-            pixels = np.floor(origin + anchored * extent + 0.5).astype(np.int64)
-            inside = (pixels[:, 0] >= 0) & (pixels[:, 0] < width) & (pixels[:, 1] >= 0) & (pixels[:, 1] < height)
+        levels, trees, splits, _ = self.split_pixels.shape
+        leaves = splits + 1
+        depth = leaves.bit_length() - 1
+        # Flat per-level tables: tree t's node n is row t * splits + n, its leaf l row t * leaves + l.
+        split_rows = np.arange(trees) * splits
+        leaf_rows = np.arange(trees) * leaves - splits
+        reference = self.initial_shape.astype(np.float64)
+        shape = reference.copy()
+        for level in range(levels):
+            pixel_pairs = self.split_pixels[level].reshape(-1, 2)
+            thresholds = self.split_thresholds[level].reshape(-1)
+            linear = similarity_linear(reference, shape)
+            anchored = self.anchor_deltas[level] @ linear.T + shape[self.anchor_index[level]]
+            pixels = np.floor(origin + anchored * extent + 0.5).astype(np.intp)
+            inside = (
+                (pixels[:, 0] >= 0) & (pixels[:, 0] < width) & (pixels[:, 1] >= 0) & (pixels[:, 1] < height)
+            )
             values = np.zeros(len(pixels), dtype=np.float32)
-            rows, cols = pixels[inside, 1], pixels[inside, 0]
-            values[inside] = image_rgb[rows, cols].astype(np.int32).sum(axis=1) // 3
-            node = np.zeros_like(tree_index)
+            sampled = image_rgb[pixels[inside, 1], pixels[inside, 0]]
+            values[inside] = (sampled.astype(np.int32).sum(axis=1) // 3).astype(np.float32)
+            node = np.zeros(trees, dtype=np.intp)
             for _ in range(depth):
-                pair = self.split_pixels[level, tree_index, node]
-                difference = values[pair[:, 0]] - values[pair[:, 1]]
-                go_left = difference > self.split_thresholds[level, tree_index, node]
-                node = np.where(go_left, 2 * node + 1, 2 * node + 2)
-            shape = shape + self.leaf_values[level, tree_index, node - first_leaf].sum(axis=0, dtype=np.float64)
+                row = split_rows + node
+                pair = pixel_pairs[row]
+                go_right = values[pair[:, 0]] - values[pair[:, 1]] <= thresholds[row]
+                node = 2 * node + 1 + go_right
+            increments = self.leaf_values[level].reshape(trees * leaves, -1)[leaf_rows + node]
+            shape = shape + increments.sum(axis=0, dtype=np.float64).reshape(LANDMARKS, 2)
         landmarks: NDArray[np.float64] = origin + shape * extent
         return landmarks
+
+
+def similarity_linear(source: NDArray[np.float64], target: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The 2x2 (rotation x scale) part of the least-squares similarity source -> target.
+
+    In the plane this is the complex least-squares fit ``target ~ a * source + b`` (the same result as
+    Umeyama's SVD solution, as a 2-D similarity never mirrors), at a fraction of its cost.
+    """
+    src = source - source.mean(axis=0)
+    dst = target - target.mean(axis=0)
+    norm = float((src**2).sum())
+    if norm < 1e-18:
+        return np.eye(2)
+    real = float((src * dst).sum()) / norm
+    imaginary = float((src[:, 0] * dst[:, 1] - src[:, 1] * dst[:, 0]).sum()) / norm
+    return np.array([[real, -imaginary], [imaginary, real]])
 
 
 def dlib_box(keypoints: NDArray[np.float32]) -> tuple[float, float, float, float]:

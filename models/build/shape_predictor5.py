@@ -35,7 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dlib_resnet import DatFormatError, _Reader  # noqa: E402
+from dlib_resnet import DatFormatError, _Reader
 
 SOURCE_PACKAGE = "face_recognition_models"
 SOURCE_VERSION = "0.3.0"
@@ -65,7 +65,9 @@ def read_predictor(data: bytes) -> dict[str, NDArray[np.generic]]:
         trees = reader.integer()
         trees_per_level.append(trees)
         for _ in range(trees):
-            splits.append([(reader.integer(), reader.integer(), reader.scalar()) for _ in range(reader.integer())])
+            splits.append(
+                [(reader.integer(), reader.integer(), reader.scalar()) for _ in range(reader.integer())]
+            )
             leaves.append([column(reader) for _ in range(reader.integer())])
     anchors = [[reader.integer() for _ in range(reader.integer())] for _ in range(reader.integer())]
     deltas = [
@@ -73,7 +75,11 @@ def read_predictor(data: bytes) -> dict[str, NDArray[np.generic]]:
     ]
     if reader.pos != len(data):
         raise DatFormatError(f"{len(data) - reader.pos} bytes left after the shape predictor")
-    if len(set(trees_per_level)) != 1 or len({len(s) for s in splits}) != 1 or len({len(v) for v in leaves}) != 1:
+    if (
+        len(set(trees_per_level)) != 1
+        or len({len(s) for s in splits}) != 1
+        or len({len(v) for v in leaves}) != 1
+    ):
         raise DatFormatError("levels or trees of unequal size: this converter expects a regular cascade")
     if len(anchors) != levels or len(deltas) != levels or len({len(a) for a in anchors}) != 1:
         raise DatFormatError("anchor/delta tables do not match the cascade")
@@ -95,7 +101,7 @@ def source_file() -> Path:
     spec = importlib.util.find_spec(SOURCE_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit(f"{SOURCE_PACKAGE}=={SOURCE_VERSION} is not installed (dev extra)")
-    path = Path(list(spec.submodule_search_locations)[0]) / SOURCE_MEMBER
+    path = Path(next(iter(spec.submodule_search_locations))) / SOURCE_MEMBER
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != SOURCE_SHA256:
         raise SystemExit(f"{path}: sha256 {digest}, expected {SOURCE_SHA256}")
