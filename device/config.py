@@ -116,7 +116,8 @@ class QualitySection(Section):
 
 class MatchingSection(Section):
     # 0.92: measured on the fixture photos with the shipped models (float or int8 embedder alike, CPU):
-    # same person 0.945-0.973, Obama against every other fixture face at most 0.869; the threshold sits
+    # same person 0.948-0.972, Obama against every other fixture face at most 0.845 (dlib's 5-point
+    # alignment, issue 15; 0.945-0.973 / 0.869 with the keypoint alignment before); the threshold sits
     # nearer the genuine end because a false accept at a door costs more than a second look.
     threshold: float = Field(default=0.92, gt=0.0, lt=1.0, description="cosine similarity to accept")
     min_margin: float = Field(default=0.01, ge=0.0, lt=1.0, description="to the best other subject")
