@@ -186,6 +186,11 @@ def test_evaluation_reports_issue_keys_meeting_thresholds(face_images) -> None: 
     assert metrics["cosine_int8_vs_float_mean"] >= 0.97
     assert metrics["cosine_end_to_end_vs_dlib_mean"] >= 0.995
     assert metrics["chip_alignment_error_px_mean"] <= 2.0
+    assert metrics["chip_alignment_error_px_mean_int8_detector"] <= 2.0
+    assert (
+        metrics["cosine_end_to_end_all_int8_vs_dlib_mean"]
+        >= metrics["cosine_end_to_end_vs_dlib_mean"] - 0.002
+    )
     assert (
         abs(metrics["cosine_end_to_end_int8_vs_dlib_mean"] - metrics["cosine_end_to_end_vs_dlib_mean"])
         <= 0.002
