@@ -22,7 +22,7 @@ from the five landmarks to dlib's 5-point template, padded by 0.25, on a 150-px 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,9 @@ CHIP_PIXEL_SHIFT = -0.5906
 BOX_CENTRE_X = 0.0
 BOX_CENTRE_Y = 0.074
 BOX_SIDE = 4.31
-BOX_KEYPOINTS = 4  # right eye, left eye, nose tip, mouth centre
+BOX_KEYPOINTS = 4
+# Trees are evaluated by a table with one entry per pattern of split outcomes: 2**15 for dlib's depth 4.
+MAX_SPLITS = 15  # right eye, left eye, nose tip, mouth centre
 
 
 def chip_template(size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> NDArray[np.float64]:
@@ -80,6 +82,7 @@ class ShapePredictor5:
     leaf_values: NDArray[np.float32]  # (levels, trees, leaves, 5, 2)
     anchor_index: NDArray[np.int32]  # (levels, pixels) landmark each feature pixel hangs on
     anchor_deltas: NDArray[np.float32]  # (levels, pixels, 2) offset from it, mean-shape frame
+    _tables: _EvaluationTables = field(init=False, repr=False, compare=False)
 
     @classmethod
     def load(cls, path: Path) -> ShapePredictor5:
@@ -92,8 +95,13 @@ class ShapePredictor5:
                 anchor_index=arrays["anchor_index"].astype(np.int32),
                 anchor_deltas=arrays["anchor_deltas"].astype(np.float32),
             )
-        predictor.check()
         return predictor
+
+    def __post_init__(self) -> None:
+        self.check()
+        # Built once per predictor (the leaf table has 32,768 entries for depth-4 trees); frozen, hence
+        # object.__setattr__.
+        object.__setattr__(self, "_tables", _EvaluationTables.build(self))
 
     def check(self) -> None:
         """Raises ValueError unless the arrays fit together (a damaged or foreign file)."""
@@ -115,6 +123,20 @@ class ShapePredictor5:
             raise ValueError("shape predictor anchor refers to a landmark that does not exist")
         if (splits + 1) & splits:
             raise ValueError("shape predictor trees are not complete binary trees")
+        if splits > MAX_SPLITS:
+            raise ValueError(f"shape predictor trees deeper than {MAX_SPLITS} splits (dlib's default is 15)")
+
+    def leaf_table(self) -> NDArray[np.intp]:
+        """Leaf index for every pattern of split outcomes (bit n set = split n goes left), so a tree is
+        evaluated by one table look-up instead of a walk down its levels."""
+        splits = self.split_pixels.shape[2]
+        patterns = np.arange(1 << splits, dtype=np.intp)
+        node = np.zeros_like(patterns)
+        for _ in range((splits + 1).bit_length() - 1):
+            go_left = (patterns >> node) & 1
+            node = 2 * node + 2 - go_left
+        leaves: NDArray[np.intp] = node - splits
+        return leaves
 
     def predict(self, image_rgb: RgbImage, box: tuple[float, float, float, float]) -> NDArray[np.float64]:
         """The five landmarks (image x, y) for the face in ``box`` = (left, top, right, bottom)."""
@@ -122,52 +144,79 @@ class ShapePredictor5:
         origin = np.array([left, top], dtype=np.float64)
         extent = np.array([right - left, bottom - top], dtype=np.float64)
         height, width = image_rgb.shape[:2]
-        levels, trees, splits, _ = self.split_pixels.shape
-        leaves = splits + 1
-        depth = leaves.bit_length() - 1
-        # Flat per-level tables: tree t's node n is row t * splits + n, its leaf l row t * leaves + l.
-        split_rows = np.arange(trees) * splits
-        leaf_rows = np.arange(trees) * leaves - splits
-        reference = self.initial_shape.astype(np.float64)
-        shape = reference.copy()
-        for level in range(levels):
-            pixel_pairs = self.split_pixels[level].reshape(-1, 2)
-            thresholds = self.split_thresholds[level].reshape(-1)
-            linear = similarity_linear(reference, shape)
-            anchored = self.anchor_deltas[level] @ linear.T + shape[self.anchor_index[level]]
-            pixels = np.floor(origin + anchored * extent + 0.5).astype(np.intp)
-            inside = (
-                (pixels[:, 0] >= 0) & (pixels[:, 0] < width) & (pixels[:, 1] >= 0) & (pixels[:, 1] < height)
+        pixels_rgb = np.ascontiguousarray(image_rgb).reshape(-1, 3)
+        tables = self._tables
+        shape = self.initial_shape.astype(np.float64)
+        for level in range(self.split_pixels.shape[0]):
+            # Feature pixels: offsets turned and scaled with the current shape, hung on their landmark, in
+            # image pixels, rounded to the nearest pixel (dlib's point conversion).
+            cos_part, sin_part = tables.similarity_rows @ shape.reshape(-1)
+            linear = np.array([[cos_part, -sin_part], [sin_part, cos_part]]) * extent[:, None]
+            anchors = shape * extent + origin + 0.5
+            points = np.floor(tables.deltas[level] @ linear.T + anchors[self.anchor_index[level]])
+            xs, ys = points[:, 0].astype(np.intp), points[:, 1].astype(np.intp)
+            inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
+            flat = np.where(inside, ys * width + xs, 0)
+            values = (pixels_rgb[flat].sum(axis=1, dtype=np.int32) // 3).astype(np.float32)
+            values[~inside] = 0.0
+            # Every split of every tree at once, packed into one outcome pattern per tree -> its leaf.
+            go_left = values[tables.first[level]] - values[tables.second[level]] > tables.thresholds[level]
+            pattern = (go_left.reshape(tables.trees, -1).astype(np.float32) @ tables.bit_values).astype(
+                np.intp
             )
-            values = np.zeros(len(pixels), dtype=np.float32)
-            sampled = image_rgb[pixels[inside, 1], pixels[inside, 0]]
-            values[inside] = (sampled.astype(np.int32).sum(axis=1) // 3).astype(np.float32)
-            node = np.zeros(trees, dtype=np.intp)
-            for _ in range(depth):
-                row = split_rows + node
-                pair = pixel_pairs[row]
-                go_right = values[pair[:, 0]] - values[pair[:, 1]] <= thresholds[row]
-                node = 2 * node + 1 + go_right
-            increments = self.leaf_values[level].reshape(trees * leaves, -1)[leaf_rows + node]
-            shape = shape + increments.sum(axis=0, dtype=np.float64).reshape(LANDMARKS, 2)
+            increments = tables.leaves[level][tables.leaf_rows + tables.leaf_of_pattern[pattern]]
+            shape = shape + increments.sum(axis=0).reshape(LANDMARKS, 2)  # float32 sums, as dlib's
         landmarks: NDArray[np.float64] = origin + shape * extent
         return landmarks
 
 
-def similarity_linear(source: NDArray[np.float64], target: NDArray[np.float64]) -> NDArray[np.float64]:
-    """The 2x2 (rotation x scale) part of the least-squares similarity source -> target.
+@dataclass(frozen=True)
+class _EvaluationTables:
+    """The predictor's arrays laid out for ``predict``: contiguous per level, built once."""
 
-    In the plane this is the complex least-squares fit ``target ~ a * source + b`` (the same result as
-    Umeyama's SVD solution, as a 2-D similarity never mirrors), at a fraction of its cost.
-    """
-    src = source - source.mean(axis=0)
-    dst = target - target.mean(axis=0)
-    norm = float((src**2).sum())
-    if norm < 1e-18:
-        return np.eye(2)
-    real = float((src * dst).sum()) / norm
-    imaginary = float((src[:, 0] * dst[:, 1] - src[:, 1] * dst[:, 0]).sum()) / norm
-    return np.array([[real, -imaginary], [imaginary, real]])
+    trees: int
+    first: NDArray[np.intp]  # (levels, trees * splits) feature pixel of each split's first operand
+    second: NDArray[np.intp]
+    thresholds: NDArray[np.float32]  # (levels, trees * splits)
+    leaves: NDArray[np.float32]  # (levels, trees * leaves, 10)
+    leaf_rows: NDArray[np.intp]  # first row of each tree's leaves
+    leaf_of_pattern: NDArray[np.intp]
+    bit_values: NDArray[np.float32]
+    deltas: NDArray[np.float64]  # (levels, pixels, 2)
+    # (2, 10): the rotation-and-scale (a, b) of the least-squares similarity mean shape -> current shape is
+    # linear in the current shape (the mean shape is fixed): (a, b) = similarity_rows @ shape.ravel().
+    similarity_rows: NDArray[np.float64]
+
+    @classmethod
+    def build(cls, predictor: ShapePredictor5) -> _EvaluationTables:
+        levels, trees, splits, _ = predictor.split_pixels.shape
+        pairs = predictor.split_pixels.reshape(levels, trees * splits, 2)
+        return cls(
+            trees=trees,
+            first=np.ascontiguousarray(pairs[..., 0], dtype=np.intp),
+            second=np.ascontiguousarray(pairs[..., 1], dtype=np.intp),
+            thresholds=np.ascontiguousarray(predictor.split_thresholds.reshape(levels, -1)),
+            leaves=np.ascontiguousarray(predictor.leaf_values.reshape(levels, trees * (splits + 1), -1)),
+            leaf_rows=np.arange(trees, dtype=np.intp) * (splits + 1),
+            leaf_of_pattern=predictor.leaf_table(),
+            bit_values=(2.0 ** np.arange(splits)).astype(np.float32),
+            deltas=predictor.anchor_deltas.astype(np.float64),
+            similarity_rows=similarity_rows(predictor.initial_shape.astype(np.float64)),
+        )
+
+
+def similarity_rows(reference: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Rows (a, b) such that the 2x2 part of the least-squares similarity reference -> shape (Umeyama, as
+    dlib's find_similarity_transform; in the plane the complex least-squares fit) is [[a, -b], [b, a]] with
+    a = row_a @ shape, b = row_b @ shape (shape flattened x0, y0, x1, ...): the shape's mean drops out as
+    the centred reference sums to zero."""
+    centred = reference - reference.mean(axis=0)
+    norm = float((centred**2).sum())
+    rows = np.zeros((2, reference.size))
+    rows[0, 0::2], rows[0, 1::2] = centred[:, 0], centred[:, 1]
+    rows[1, 0::2], rows[1, 1::2] = -centred[:, 1], centred[:, 0]
+    scaled: NDArray[np.float64] = rows / norm
+    return scaled
 
 
 def dlib_box(keypoints: NDArray[np.float32]) -> tuple[float, float, float, float]:

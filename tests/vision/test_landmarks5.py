@@ -22,7 +22,7 @@ from device.evaluation.embedder import (
 )
 from device.models.manifest import ModelFileError, load_manifest
 from device.types import RgbImage
-from device.vision.align import CHIP_SIZE, AlignmentError
+from device.vision.align import CHIP_SIZE, AlignmentError, similarity_transform
 from device.vision.detect import FaceDetector
 from device.vision.landmarks5 import (
     MODEL_NAME,
@@ -31,6 +31,7 @@ from device.vision.landmarks5 import (
     chip_matrix_from_landmarks,
     dlib_box,
     load_landmark_aligner,
+    similarity_rows,
 )
 
 ORACLE_IMAGES = ("obama.jpg", "obama2.jpg", "biden.jpg", "sample1.jpg", "sample6.jpg")
@@ -123,6 +124,18 @@ def test_arrays_that_do_not_fit_together_are_refused(tmp_path: Path) -> None:
     np.savez(tmp_path / "bad.npz", **parts)
     with pytest.raises(ValueError, match="anchor"):
         ShapePredictor5.load(tmp_path / "bad.npz")
+
+
+def test_fast_similarity_equals_umeyama(aligner: Landmark5Aligner) -> None:
+    reference = aligner.predictor.initial_shape.astype(np.float64)
+    rows = similarity_rows(reference)
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        angle, scale = rng.uniform(-0.5, 0.5), rng.uniform(0.5, 2.0)
+        turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        shape = scale * reference @ turn.T + rng.normal(0, 0.05, reference.shape) + rng.uniform(-1, 1, 2)
+        a, b = rows @ shape.reshape(-1)
+        assert np.allclose([[a, -b], [b, a]], similarity_transform(reference, shape)[:, :2], atol=1e-9)
 
 
 def test_box_is_square_and_scales_with_the_face() -> None:
