@@ -29,6 +29,9 @@ class ConfigError(Exception):
         super().__init__(f"invalid config {source}:\n{listing}")
 
 
+MAX_CONFIG_BYTES = 256 * 1024  # the defaults file with every comment is ~10 KB
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -173,6 +176,21 @@ class LoggingSection(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+# 40 Mpx: more than any camera picture an installer enrols from (12-24 Mpx phones), far below what a
+# hostile file can ask the decoder for (an 18000x18000 PNG of 0.9 MB decodes to almost 1 GB).
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+
+
+class LimitsSection(Section):
+    max_image_pixels: int = Field(
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        ge=1_000_000,
+        le=200_000_000,
+        description="pictures given to enroll/identify/compare/detect/calibrate: largest width x height "
+        "decoded; checked from the file header before decoding",
+    )
+
+
 class UnitConfig(Section):
     unit: UnitSection = Field(default_factory=UnitSection)
     capture: CaptureSection = Field(default_factory=CaptureSection)
@@ -185,6 +203,7 @@ class UnitConfig(Section):
     gallery: GallerySection = Field(default_factory=GallerySection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
 
 
 def describe_validation_error(error: ValidationError) -> list[str]:
@@ -216,10 +235,17 @@ def load_config(path: Path | None) -> UnitConfig:
         raw = path.read_bytes()
     except OSError as error:
         raise ConfigError(str(path), [f"cannot read the file: {error.strerror}"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            str(path), [f"the file is {len(raw)} bytes; a unit config is at most {MAX_CONFIG_BYTES}"]
+        )
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(str(path), [f"not valid TOML: {error}"]) from None
+    except RecursionError:
+        # tomllib recurses once per nesting level: a hostile file of a few KB of "[[[[" exhausts the stack.
+        raise ConfigError(str(path), ["not valid TOML: values nested too deeply"]) from None
     return parse_config(data, str(path), path.resolve().parent)
 
 

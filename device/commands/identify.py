@@ -41,7 +41,7 @@ def identify(args: argparse.Namespace) -> int:
     failed = False
     for path in args.images:
         try:
-            image = load_image_rgb(path)
+            image = load_image_rgb(path, config.limits.max_image_pixels)
         except ImageError as error:
             failed = True
             reports.append({"image": str(path), "error": str(error), "faces": []})
