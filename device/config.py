@@ -63,6 +63,13 @@ class ModelsSection(Section):
     reprobe_interval_s: float = Field(default=300.0, ge=10.0, le=86_400.0)
     cpu_threads: int = Field(default=2, ge=1, le=8)
     cpu_variant: Literal["auto", "float", "int8"] = "auto"
+    pad_texture: list[str] = Field(
+        default_factory=lambda: ["minifasnet_v2", "minifasnet_v1se"],
+        min_length=1,
+        max_length=4,
+        description="presentation-attack texture CNNs (manifest names); their P(real) is averaged",
+    )
+    landmarks: str = Field(default="face_landmark", min_length=1, description="dense 468-point face mesh")
 
 
 class MotionSection(Section):
@@ -170,6 +177,15 @@ class LoggingSection(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class LivenessSection(Section):
+    texture_threshold: float = Field(
+        default=0.5,
+        gt=0.0,
+        lt=1.0,
+        description="the texture cue passes a face when the models' mean P(real) is at least this",
+    )
+
+
 class UnitConfig(Section):
     unit: UnitSection = Field(default_factory=UnitSection)
     capture: CaptureSection = Field(default_factory=CaptureSection)
@@ -179,6 +195,7 @@ class UnitConfig(Section):
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     quality: QualitySection = Field(default_factory=QualitySection)
     matching: MatchingSection = Field(default_factory=MatchingSection)
+    liveness: LivenessSection = Field(default_factory=LivenessSection)
     gallery: GallerySection = Field(default_factory=GallerySection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
