@@ -52,6 +52,9 @@ class CaptureSection(Section):
     hflip: bool = False
     vflip: bool = False
     reconnect_backoff_max_s: float = Field(default=30.0, ge=0.5, le=600.0)
+    infrared: bool = Field(
+        default=False, description="NoIR camera with an IR illuminator: PAD adds its infrared check"
+    )
 
 
 class ModelsSection(Section):
@@ -178,6 +181,14 @@ class LoggingSection(Section):
 
 
 class LivenessSection(Section):
+    mode: Literal["enforce", "report", "off"] = Field(
+        default="enforce",
+        description="enforce: a visit failing PAD is presentation_attack; report: scores only; off: no PAD",
+    )
+    name_attacked_subject: bool = Field(
+        default=False,
+        description="a presentation_attack event names the resident the picture matched (privacy trade-off)",
+    )
     texture_threshold: float = Field(
         default=0.5,
         gt=0.0,
