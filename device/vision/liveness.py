@@ -117,7 +117,7 @@ class Liveness:
             self.passed,
             None if self.score is None else round(self.score, 4),
             {str(name): None if c.score is None else round(c.score, 4) for name, c in self.cues.items()},
-            self.failed_cues,
+            tuple(str(name) for name in self.failed_cues),
         )
 
 
