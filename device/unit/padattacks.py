@@ -82,7 +82,7 @@ def halftone(image: RgbImage, period: int, paper_white: float) -> RgbImage:
     tone = 0.55 * cv2.GaussianBlur(dots, (0, 0), period * 0.35) + 0.45 * ink
     # ink gamut: paper white to a dark but not black ink
     printed = 25.0 + tone * (paper_white - 25.0)
-    return np.clip(printed, 0, 255).astype(np.uint8)
+    return np.asarray(np.clip(printed, 0, 255), dtype=np.uint8)
 
 
 def subpixel_screen(image: RgbImage, period: int, gamma: float, white: float) -> RgbImage:
@@ -103,7 +103,8 @@ def subpixel_screen(image: RgbImage, period: int, gamma: float, white: float) ->
 
 def with_border(image: RgbImage, fraction: float, colour: tuple[float, float, float]) -> RgbImage:
     pad = max(2, int(image.shape[1] * fraction))
-    return cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=colour)
+    bordered = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=colour)
+    return np.asarray(bordered, dtype=np.uint8)
 
 
 def light_gradient(image: RgbImage, strength: float, angle: float) -> RgbImage:
@@ -111,7 +112,7 @@ def light_gradient(image: RgbImage, strength: float, angle: float) -> RgbImage:
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     ramp = (np.cos(angle) * xx / width + np.sin(angle) * yy / height) - 0.5
     lit = image.astype(np.float32) * (1.0 + strength * ramp)[..., None]
-    return np.clip(lit, 0, 255).astype(np.uint8)
+    return np.asarray(np.clip(lit, 0, 255), dtype=np.uint8)
 
 
 def glare_band(image: RgbImage, strength: float) -> RgbImage:
@@ -119,7 +120,7 @@ def glare_band(image: RgbImage, strength: float) -> RgbImage:
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     band = np.exp(-(((xx / width - yy / height) - 0.2) ** 2) / 0.01)
     lit = image.astype(np.float32) + strength * 255.0 * band[..., None]
-    return np.clip(lit, 0, 255).astype(np.uint8)
+    return np.asarray(np.clip(lit, 0, 255), dtype=np.uint8)
 
 
 def card(photo: RgbImage, face: Box, species: str, params: RenderParams) -> RgbImage:
@@ -127,7 +128,8 @@ def card(photo: RgbImage, face: Box, species: str, params: RenderParams) -> RgbI
     head = head_region(photo, face)
     # printers and phones show the picture at their own resolution: ~4 halftone cells per 10 px of face
     target_width = 480
-    head = cv2.resize(head, (target_width, int(head.shape[0] * target_width / head.shape[1])))
+    size = (target_width, int(head.shape[0] * target_width / head.shape[1]))
+    head = np.asarray(cv2.resize(head, size), dtype=np.uint8)
     if species in ("print", "cutout", "print_clip"):
         printed = halftone(head, params.halftone_period, params.paper_white)
         if species == "cutout":
@@ -143,7 +145,8 @@ def cutout_alpha(image: RgbImage) -> NDArray[np.float32]:
     rows, cols = image.shape[:2]
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
     ellipse = ((xx - cols / 2) / (cols / 2)) ** 2 + ((yy - rows / 2) / (rows / 2)) ** 2
-    return (ellipse <= 1.0).astype(np.float32)
+    mask: NDArray[np.float32] = (ellipse <= 1.0).astype(np.float32)
+    return mask
 
 
 def place(
@@ -161,15 +164,16 @@ def place(
     w, h = cols * scale, rows * scale
     cx, cy = centre
     shrink = tilt * h / 2  # the far side of a tilted card looks shorter
-    target = np.float32(
+    target = np.array(
         [
             [cx - w / 2, cy - h / 2 + shrink],
             [cx + w / 2, cy - h / 2],
             [cx + w / 2, cy + h / 2],
             [cx - w / 2, cy + h / 2 - shrink],
-        ]
+        ],
+        np.float32,
     )
-    source = np.float32([[0, 0], [cols, 0], [cols, rows], [0, rows]])
+    source = np.array([[0, 0], [cols, 0], [cols, rows], [0, rows]], np.float32)
     matrix = cv2.getPerspectiveTransform(source, target)
     size = (background.shape[1], background.shape[0])
     warped = cv2.warpPerspective(instrument, matrix, size, flags=cv2.INTER_AREA)
@@ -186,7 +190,9 @@ def camera(image: RgbImage, jpeg: int) -> RgbImage:
     if not ok:
         raise ValueError("JPEG encoding failed")
     decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    return np.ascontiguousarray(decoded[:, :, ::-1])
+    if decoded is None:
+        raise ValueError("JPEG decoding failed")
+    return np.ascontiguousarray(np.asarray(decoded, dtype=np.uint8)[:, :, ::-1])
 
 
 def still_attack(

@@ -186,7 +186,7 @@ def test_infrared_check_rejects_a_flat_face_and_accepts_a_textured_one() -> None
 
 def test_pad_sample_keeps_the_face_context_only() -> None:
     image = np.zeros((480, 640, 3), np.uint8)
-    sample = pad_sample(image, Box(300, 200, 340, 240), np.float32([[310, 215], [330, 215]]))
+    sample = pad_sample(image, Box(300, 200, 340, 240), np.array([[310, 215], [330, 215]], np.float32))
     assert sample.context.shape[0] < 480 and sample.context.shape[1] < 640
     assert sample.eyes is not None
     assert sample.box.x0 + sample.origin[0] == 300
