@@ -20,15 +20,16 @@ Every render is a pure function of (photo, parameters); parameters are drawn fro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from device.types import Box, RgbImage
-from device.unit.democlip import hallway, write_mjpeg  # noqa: F401  (write_mjpeg: used by callers)
+from device.types import Box, Detection, RgbImage
+from device.unit.democlip import Walk, hallway, largest_face, walk_frames, write_mjpeg
 
 SPECIES_STILL = ("print", "screen", "cutout")
 SPECIES_CLIP = ("print_clip", "screen_clip")
@@ -243,4 +244,70 @@ def attack_clip_frames(
         )
         yield camera(scene, params.jpeg)
     for _ in range(empty_frames):
+        yield background
+
+
+# --- the attack set on disk (``make pad-fixtures``) ------------------------------------------------
+
+# Subjects split so that the set the cues were looked at while building them ("tune") is not the one
+# the acceptance figures come from ("holdout"): different people, different parameter seeds.
+TUNE_PHOTOS = ("obama.jpg", "obama2.jpg", "sample1.jpg", "sample2.jpg", "sample3.jpg")
+HOLDOUT_PHOTOS = (
+    "biden.jpg",
+    "obama3.jpg",
+    "sample4.jpg",
+    "sample5.jpg",
+    "sample6.jpg",
+    "obama_partial_face.jpg",
+)
+SEEDS = {"tune": 1201, "holdout": 3012}
+DRAWS_PER_STILL = 3
+
+
+def write_png(path: Path, image: RgbImage) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.ascontiguousarray(image[:, :, ::-1])):
+        raise OSError(f"cannot write {path}")
+
+
+def write_attack_set(
+    root: Path,
+    split: str,
+    photos: Sequence[tuple[str, RgbImage]],
+    detect: Callable[[RgbImage], list[Detection]],
+    *,
+    size: tuple[int, int] = (640, 480),
+) -> int:
+    """Writes ``root/bona_fide`` and ``root/attack/<species>`` for one split; returns the file count."""
+    rng = np.random.default_rng(SEEDS[split])
+    written = 0
+    background = hallway(*size)
+    for name, photo in photos:
+        stem = Path(name).stem
+        face = largest_face(detect, photo, name)
+        # bona fide: the photo itself, the person cut out and standing in the entrance, and a walk-in clip
+        write_png(root / "bona_fide" / f"{stem}_photo.png", photo)
+        walk = Walk(stem, photo, start_x=float(rng.uniform(0.2, 0.4)), end_x=0.5)
+        frames = list(walk_frames(background, walk, face))
+        write_png(root / "bona_fide" / f"{stem}_entrance.png", camera(frames[-1], 90))
+        write_mjpeg(root / "bona_fide" / f"{stem}_walk.avi", iter_with_empty(background, frames), 15.0, size)
+        written += 3
+        for species in SPECIES_STILL:
+            for draw in range(DRAWS_PER_STILL):
+                image = still_attack(photo, face.box, species, draw_params(rng), size)
+                write_png(root / "attack" / species / f"{stem}_{draw}.png", image)
+                written += 1
+        for species in SPECIES_CLIP:
+            clip = root / "attack" / species / f"{stem}.avi"
+            clip.parent.mkdir(parents=True, exist_ok=True)
+            write_mjpeg(clip, attack_clip_frames(photo, face.box, species, draw_params(rng)), 15.0, size)
+            written += 1
+    return written
+
+
+def iter_with_empty(background: RgbImage, frames: Sequence[RgbImage], empty: int = 15) -> Iterator[RgbImage]:
+    for _ in range(empty):
+        yield background
+    yield from frames
+    for _ in range(empty):
         yield background
