@@ -46,8 +46,10 @@ CONTEXT_SCALE = 4.0  # context kept per sample: the face box scaled about its ce
 # frame edges: a line counts when it is at least this long relative to the face's side and lies within
 # this many face sides of the face, outside the face box
 EDGE_MIN_LENGTH = 1.2
-EDGE_MAX_DISTANCE = 1.3
-EDGE_SIDES_FOR_FRAME = 3  # left/right/top/bottom: a frame closes around the face on at least this many
+EDGE_MAX_DISTANCE = 1.6
+EDGE_SIDES_FOR_FRAME = 3  # left/right/top/bottom: a frame closes around the face on at least this many,
+# or on two opposite sides (a print or phone larger than the context kept around the face)
+OPPOSITE_SIDES = ({"left", "right"}, {"top", "bottom"})
 # spectrum: peak-to-median ratio of the face's high-frequency band that marks a periodic pattern
 SPECTRUM_PEAK_RATIO = 40.0
 SPECTRUM_MIN_SIDE = 48  # px: a smaller face has too little band to judge (abstain)
@@ -157,8 +159,8 @@ def texture_result(p_real: Sequence[float], threshold: float) -> CueResult:
     return CueResult(score, score >= threshold, {"min": float(min(p_real))})
 
 
-def frame_edge_sides(context: RgbImage, box: Box) -> int:
-    """On how many sides of the face (0..4) a long straight edge runs close to it, outside the face box."""
+def frame_edge_sides(context: RgbImage, box: Box) -> frozenset[str]:
+    """The sides of the face (left/right/top/bottom) along which a long straight edge runs close to it."""
     grey = cv2.cvtColor(context, cv2.COLOR_RGB2GRAY)
     side = max(box.width, box.height, 1.0)
     edges = cv2.Canny(cv2.GaussianBlur(grey, (5, 5), 0), 40, 120)
@@ -171,7 +173,7 @@ def frame_edge_sides(context: RgbImage, box: Box) -> int:
         maxLineGap=max(3, int(side * 0.05)),
     )
     if lines is None:
-        return 0
+        return frozenset()
     found: set[str] = set()
     cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
     reach = side * EDGE_MAX_DISTANCE
@@ -191,16 +193,20 @@ def frame_edge_sides(context: RgbImage, box: Box) -> int:
                 found.add("left")
             elif spans and box.x1 < x <= box.x1 + reach:
                 found.add("right")
-    return len(found)
+    return frozenset(found)
 
 
-def frame_edge_result(sides: Sequence[int]) -> CueResult:
-    """Framed when most samples show edges on EDGE_SIDES_FOR_FRAME sides or more."""
+def is_framed(sides: frozenset[str]) -> bool:
+    return len(sides) >= EDGE_SIDES_FOR_FRAME or any(pair <= sides for pair in OPPOSITE_SIDES)
+
+
+def frame_edge_result(sides: Sequence[frozenset[str]]) -> CueResult:
+    """Framed when more than half of the samples show the face framed by straight edges."""
     if not sides:
         return ABSTAIN
-    framed = sum(1 for count in sides if count >= EDGE_SIDES_FOR_FRAME)
+    framed = sum(1 for found in sides if is_framed(found))
     fraction = framed / len(sides)
-    return CueResult(1.0 - fraction, fraction <= 0.5, {"max_sides": float(max(sides))})
+    return CueResult(1.0 - fraction, fraction <= 0.5, {"max_sides": float(max(len(f) for f in sides))})
 
 
 def spectrum_peak_ratio(context: RgbImage, box: Box) -> float | None:
