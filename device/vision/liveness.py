@@ -48,8 +48,10 @@ CONTEXT_SCALE = 4.0  # context kept per sample: the face box scaled about its ce
 EDGE_MIN_LENGTH = 1.2
 EDGE_MAX_DISTANCE = 1.6
 EDGE_SIDES_FOR_FRAME = 3  # left/right/top/bottom: a frame closes around the face on at least this many,
-# or on two opposite sides (a print or phone larger than the context kept around the face)
+# or on two opposite sides with edges this long (relative to the face's side): a print or phone larger
+# than the context kept around the face, whose other edges are out of view
 OPPOSITE_SIDES = ({"left", "right"}, {"top", "bottom"})
+OPPOSITE_MIN_LENGTH = 2.4
 # spectrum: peak-to-median ratio of the face's high-frequency band that marks a periodic pattern
 SPECTRUM_PEAK_RATIO = 40.0
 SPECTRUM_MIN_SIDE = 48  # px: a smaller face has too little band to judge (abstain)
@@ -175,10 +177,12 @@ def frame_edge_sides(context: RgbImage, box: Box) -> frozenset[str]:
     if lines is None:
         return frozenset()
     found: set[str] = set()
+    long_sides: set[str] = set()
     cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
     reach = side * EDGE_MAX_DISTANCE
     for x1, y1, x2, y2 in lines.reshape(-1, 4).astype(float):
         dx, dy = x2 - x1, y2 - y1
+        before = set(found)
         if abs(dx) >= 3 * abs(dy):  # roughly horizontal: above or below the face
             y = (y1 + y2) / 2
             spans = min(x1, x2) <= cx <= max(x1, x2)
@@ -193,11 +197,16 @@ def frame_edge_sides(context: RgbImage, box: Box) -> frozenset[str]:
                 found.add("left")
             elif spans and box.x1 < x <= box.x1 + reach:
                 found.add("right")
-    return frozenset(found)
+        if math.hypot(dx, dy) >= side * OPPOSITE_MIN_LENGTH:
+            long_sides |= found - before
+    return frozenset(found | {f"{name}_long" for name in long_sides})
 
 
 def is_framed(sides: frozenset[str]) -> bool:
-    return len(sides) >= EDGE_SIDES_FOR_FRAME or any(pair <= sides for pair in OPPOSITE_SIDES)
+    """Edges on three sides or more, or long ones on two opposite sides (``<side>_long`` marks those)."""
+    plain = {side for side in sides if not side.endswith("_long")}
+    long_ = {side.removesuffix("_long") for side in sides if side.endswith("_long")}
+    return len(plain) >= EDGE_SIDES_FOR_FRAME or any(pair <= long_ for pair in OPPOSITE_SIDES)
 
 
 def frame_edge_result(sides: Sequence[frozenset[str]]) -> CueResult:
@@ -206,7 +215,8 @@ def frame_edge_result(sides: Sequence[frozenset[str]]) -> CueResult:
         return ABSTAIN
     framed = sum(1 for found in sides if is_framed(found))
     fraction = framed / len(sides)
-    return CueResult(1.0 - fraction, fraction <= 0.5, {"max_sides": float(max(len(f) for f in sides))})
+    most = max(len([side for side in found if not side.endswith("_long")]) for found in sides)
+    return CueResult(1.0 - fraction, fraction <= 0.5, {"max_sides": float(most)})
 
 
 def spectrum_peak_ratio(context: RgbImage, box: Box) -> float | None:
