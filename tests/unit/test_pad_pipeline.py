@@ -72,10 +72,17 @@ def resident_visit(tmp_path_factory: pytest.TempPathFactory, analyzer: FaceAnaly
 
 
 def run(
-    frames: list[Frame], config: UnitConfig, stages: Stages, gallery: InMemoryGallery, pad: LivenessStage
+    frames: list[Frame],
+    config: UnitConfig,
+    stages: Stages,
+    gallery: InMemoryGallery,
+    pad: LivenessStage,
+    claim: str | None = None,
 ) -> list[Decision]:
     publisher = RecordingPublisher()
     pipeline = Pipeline.from_stages(config, stages, gallery=gallery, publisher=publisher, liveness=pad)
+    if claim is not None:
+        pipeline.claim(claim)
     for frame in frames:
         pipeline.process(frame)
     pipeline.finish()
@@ -127,3 +134,17 @@ def test_the_resident_in_person_is_still_recognised(
     decisions = run(resident_visit, unit_config(), stages, gallery, liveness)
     assert [(d.type, d.subject_id) for d in decisions] == [(DecisionType.RECOGNIZED, "resident")]
     assert decisions[0].pad is not None and decisions[0].pad.passed is True
+
+
+def test_armed_verification_mode_refuses_the_print_and_verifies_the_resident(
+    print_attack: list[Frame],
+    resident_visit: list[Frame],
+    stages: Stages,
+    gallery: InMemoryGallery,
+    liveness: LivenessStage,
+) -> None:
+    armed = unit_config(matching={"require_claim": True})
+    attack = run(print_attack, armed, stages, gallery, liveness, claim="resident")
+    assert [d.type for d in attack] == [DecisionType.PRESENTATION_ATTACK]
+    verified = run(resident_visit, armed, stages, gallery, liveness, claim="resident")
+    assert [(d.type, d.reasons) for d in verified] == [(DecisionType.RECOGNIZED, ("claim_verified",))]
