@@ -417,10 +417,13 @@ def manifest_entry(spec: Spec, float_model: bytes, int8_model: bytes, metrics: d
 def update_manifest(models_dir: Path, name: str, entry: dict[str, Any]) -> None:
     path = models_dir / "manifest.json"
     manifest = json.loads(path.read_text())
-    previous = manifest["models"].get(name, {}).get("files", {}).get("edgetpu")
+    old_entry = manifest["models"].get(name, {})
+    previous = old_entry.get("files", {}).get("edgetpu")
     int8_sha = entry["files"]["int8"]["sha256"]
     if previous and previous.get("sha256") and previous.get("from_int8_sha256") == int8_sha:
         entry["files"]["edgetpu"] = previous
+    if not entry["metrics"] and old_entry.get("metrics"):
+        entry["metrics"] = old_entry["metrics"]  # --no-metrics: keep the last measured figures
     manifest["models"][name] = entry
     path.write_text(json.dumps(manifest, indent=2) + "\n")
 
