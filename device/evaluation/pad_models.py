@@ -203,3 +203,58 @@ def pad_model_metrics(models_dir: Path, name: str, samples_dir: Path = DEFAULT_S
         "and every BlazeFace (float) face of the fixture photos, ai-edge-litert on the build host's CPU; "
         "latency = median of 50 runs after warm-up, 1 thread",
     }
+
+
+LANDMARK_MODEL = "face_landmark"
+LANDMARK_INPUT_RANGE = (0.0, 1.0)
+
+
+def landmark_metrics(models_dir: Path) -> dict[str, Any]:
+    """The face mesh against BlazeFace's eye, nose and mouth keypoints on the fixture faces; its latency."""
+    from device.vision.landmarks import (
+        LEFT_EYE_CONTOUR,
+        MOUTH_OUTER,
+        NOSE_TIP,
+        RIGHT_EYE_CONTOUR,
+        FaceLandmarker,
+    )
+
+    models = ModelsSection(dir=models_dir, accelerator="cpu", cpu_variant="float")
+    detector = FaceDetector(open_model(models, DETECTOR), DetectionSection())
+    model = open_model(models, LANDMARK_MODEL)
+    landmarker = FaceLandmarker(model)
+    images = {name: fixtures.load_rgb(name) for name in FIXTURE_PHOTOS}
+    errors: dict[str, list[float]] = {"portraits": [], "all": []}
+    presences = []
+    for name, image in images.items():
+        for detection in detector.detect(image):
+            mesh = landmarker.mesh(image, detection.box, detection.keypoints[:2])
+            presences.append(mesh.presence)
+            side = max(detection.box.width, detection.box.height)
+            centres = [
+                mesh.points[list(RIGHT_EYE_CONTOUR), :2].mean(axis=0),
+                mesh.points[list(LEFT_EYE_CONTOUR), :2].mean(axis=0),
+                mesh.points[NOSE_TIP, :2],
+                mesh.points[list(MOUTH_OUTER), :2].mean(axis=0),
+            ]
+            for centre, keypoint in zip(centres, detection.keypoints[:4], strict=True):
+                error = float(np.linalg.norm(centre - keypoint) / side)
+                errors["all"].append(error)
+                if name.startswith(("obama", "biden")) and "partial" not in name:
+                    errors["portraits"].append(error)
+    threads = ModelsSection(dir=models_dir, accelerator="cpu", cpu_variant="float", cpu_threads=1)
+    latency = median_latency_ms(open_model(threads, LANDMARK_MODEL), LANDMARK_INPUT_RANGE)
+    return {
+        "face_landmark_vs_blazeface_keypoints_median_of_box": round(float(np.median(errors["all"])), 4),
+        "face_landmark_vs_blazeface_keypoints_max_of_box": round(float(np.max(errors["all"])), 4),
+        "face_landmark_vs_blazeface_keypoints_portraits_max_of_box": round(
+            float(np.max(errors["portraits"])), 4
+        ),
+        "face_landmark_faces": len(presences),
+        "face_landmark_presence_min": round(float(np.min(presences)), 4),
+        "face_landmark_latency_float_ms_1_thread": round(latency, 3),
+        "face_landmark_measured_with": "device.evaluation.pad_models.landmark_metrics: mean of the "
+        "mesh's eye contours, nose tip and outer lips against BlazeFace's keypoints, as a fraction of "
+        "the box side, on every BlazeFace face of the fixture photos (eyes levelled from BlazeFace's eye "
+        "keypoints); latency = median of 50 runs, 1 thread, ai-edge-litert",
+    }

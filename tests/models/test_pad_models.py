@@ -60,3 +60,7 @@ def test_models_eval_reports_pad_int8_vs_float_agreement(capsys: pytest.CaptureF
         for variant in ("float", "int8"):
             assert samples["image_F1"][variant] < 0.5 and samples["image_F2"][variant] < 0.5
             assert samples["image_T1"][variant] > 0.5
+    assert metrics["face_landmark_faces"] >= 25
+    assert metrics["face_landmark_vs_blazeface_keypoints_portraits_max_of_box"] < 0.05
+    assert metrics["face_landmark_presence_min"] > 0.9
+    assert metrics["face_landmark_latency_float_ms_1_thread"] > 0
