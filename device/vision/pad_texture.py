@@ -9,12 +9,12 @@ Crop scales: the reference implementation used 2.7 (V2) and 4.0 (V1SE) on Retina
 larger than BlazeFace's (on the live sample 207x213 against 192x192: copying the reference's crop would
 mean ~1.09x its scales). ``BLAZEFACE_CROP_SCALE`` is re-fitted to BlazeFace's boxes instead, by
 ``device.evaluation.pad_models.crop_scale_sweep`` (both models at f x their reference scale, f from 0.6
-to 1.3, every fixture face and the three public samples, each box plus 7 jittered copies): f = 0.6 to
-0.75 lets 2 of 232 bona fide crops fall below 0.5, f = 1.0 16 and f = 1.1 22, while the print and screen
-samples stay below 0.18 at every f. f = 0.65 is inside that plateau with the highest 10th percentile of
-bona fide P(real) (0.945). Caveat: the fixture photos are tightly framed, so large crops hit their
-edges; the project's own attack set (``make pad-fixtures``) is the check that smaller crops still catch
-prints and screens. The sweep's figures are in models/manifest.json.
+to 1.3, every fixture face and the three public samples, each box plus 7 jittered copies): at
+f = 0.6 to 0.75, 0 to 2 of 240 bona fide crops fall below 0.5, at f = 1.0 15 and at f = 1.1 18, while
+the print and screen samples stay below 0.18 at every f. f = 0.65 is inside that plateau with none
+below 0.5 and the highest 10th percentile of bona fide P(real) (0.935). Caveat: the fixture photos are
+tightly framed, so large crops hit their edges; the project's own attack set (``make pad-fixtures``) is
+the check that smaller crops still catch prints and screens. The sweep's figures are in models/manifest.json.
 
 The texture cue alone is not a liveness decision (it misfires on some real news photos and passes some
 prints and screens); the PAD stage fuses it with other cues.

@@ -71,20 +71,20 @@ class Spec:
 
 SPECS = (
     Spec(
-        "minifasnet_v2",
-        "MiniFASNetV2.onnx",
-        "4eed38f0bde33c9b805942a5f25e42ce1161e2bda545254be622be957727794e",
-        "2.7_80x80_MiniFASNetV2.pth",
-        "a5eb02e1843f19b5386b953cc4c9f011c3f985d0ee2bb9819eea9a142099bec0",
-        2.7,
+        name="minifasnet_v2",
+        onnx_file="MiniFASNetV2.onnx",
+        onnx_sha256="4eed38f0bde33c9b805942a5f25e42ce1161e2bda545254be622be957727794e",
+        pth_file="2.7_80x80_MiniFASNetV2.pth",
+        pth_sha256="a5eb02e1843f19b5386b953cc4c9f011c3f985d0ee2bb9819eea9a142099bec0",
+        reference_scale=2.7,
     ),
     Spec(
-        "minifasnet_v1se",
-        "MiniFASNetV1SE.onnx",
-        "d819a69bac6b9ade2a0f4d9b60b618e1260f7bf3ba1fddff6c5d82131cb1083f",
-        "4_0_0_80x80_MiniFASNetV1SE.pth",
-        "84ee1d37d96894d5e82de5a57df044ef80a58be2b218b5ed7cdfd875ec2f5990",
-        4.0,
+        name="minifasnet_v1se",
+        onnx_file="MiniFASNetV1SE.onnx",
+        onnx_sha256="d819a69bac6b9ade2a0f4d9b60b618e1260f7bf3ba1fddff6c5d82131cb1083f",
+        pth_file="4_0_0_80x80_MiniFASNetV1SE.pth",
+        pth_sha256="84ee1d37d96894d5e82de5a57df044ef80a58be2b218b5ed7cdfd875ec2f5990",
+        reference_scale=4.0,
     ),
 )
 SWEEP_FACTORS = (0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
