@@ -71,22 +71,23 @@ class Spec:
 
 SPECS = (
     Spec(
-        "minifasnet_v2",
-        "MiniFASNetV2.onnx",
-        "4eed38f0bde33c9b805942a5f25e42ce1161e2bda545254be622be957727794e",
-        "2.7_80x80_MiniFASNetV2.pth",
-        "a5eb02e1843f19b5386b953cc4c9f011c3f985d0ee2bb9819eea9a142099bec0",
-        2.7,
+        name="minifasnet_v2",
+        onnx_file="MiniFASNetV2.onnx",
+        onnx_sha256="4eed38f0bde33c9b805942a5f25e42ce1161e2bda545254be622be957727794e",
+        pth_file="2.7_80x80_MiniFASNetV2.pth",
+        pth_sha256="a5eb02e1843f19b5386b953cc4c9f011c3f985d0ee2bb9819eea9a142099bec0",
+        reference_scale=2.7,
     ),
     Spec(
-        "minifasnet_v1se",
-        "MiniFASNetV1SE.onnx",
-        "d819a69bac6b9ade2a0f4d9b60b618e1260f7bf3ba1fddff6c5d82131cb1083f",
-        "4_0_0_80x80_MiniFASNetV1SE.pth",
-        "84ee1d37d96894d5e82de5a57df044ef80a58be2b218b5ed7cdfd875ec2f5990",
-        4.0,
+        name="minifasnet_v1se",
+        onnx_file="MiniFASNetV1SE.onnx",
+        onnx_sha256="d819a69bac6b9ade2a0f4d9b60b618e1260f7bf3ba1fddff6c5d82131cb1083f",
+        pth_file="4_0_0_80x80_MiniFASNetV1SE.pth",
+        pth_sha256="84ee1d37d96894d5e82de5a57df044ef80a58be2b218b5ed7cdfd875ec2f5990",
+        reference_scale=4.0,
     ),
 )
+SWEEP_FACTORS = (0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
 UPSTREAM_COMMIT = "b6d5f04ad78778917853b25c778acef6d5626d15"
 EXPORT_COMMIT = "c175efef505bc275f7835cc9aa2aecab305ac184"
 
@@ -320,6 +321,39 @@ def calibration_crops(scale: float) -> list[np.ndarray]:
     return samples
 
 
+def blazeface_scale(name: str) -> float:
+    from device.vision.pad_texture import crop_scale_for
+
+    return crop_scale_for(name)
+
+
+def crop_scale_fit(models_dir: Path) -> dict[str, Any]:
+    """The crop-scale sweep behind BLAZEFACE_CROP_SCALE, summarised for the manifest."""
+    from device.evaluation.pad_models import crop_scale_sweep
+    from device.vision.pad_texture import BLAZEFACE_CROP_FACTOR
+
+    result = crop_scale_sweep(models_dir, SWEEP_FACTORS)
+    summary = {
+        factor: {
+            "scales": entry["scales"],
+            "jittered_bona_fide_below_0.5": entry["jittered_bona_fide_below_0.5"],
+            "jittered_bona_fide_p_real_p10": entry["jittered_bona_fide_p_real_p10"],
+            "jittered_attack_p_real_max": entry["jittered_attack_p_real_max"],
+            "unjittered_bona_fide_below_0.5": entry["fused"]["bona_fide_below_threshold"],
+        }
+        for factor, entry in result["sweep"].items()
+    }
+    return {
+        "chosen_factor": BLAZEFACE_CROP_FACTOR,
+        "faces": result["faces"],
+        "attack_samples": result["attacks"],
+        "method": "device.evaluation.pad_models.crop_scale_sweep: fused float P(real) with both models at "
+        "factor x reference scale on BlazeFace boxes; each face's box plus 7 copies jittered by up to 6% "
+        "per edge; the print/screen samples are 640x480 so their crops are clamped from factor ~0.9 up",
+        "by_factor": summary,
+    }
+
+
 def quantisation_of(int8_model: bytes) -> dict[str, list[float]]:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -351,6 +385,7 @@ def manifest_entry(spec: Spec, float_model: bytes, int8_model: bytes, metrics: d
             "crop": "face box scaled about its centre (scale reduced to fit the image, then shifted "
             "inside it), resized to 80x80; device/vision/pad_texture.py",
             "reference_crop_scale": spec.reference_scale,
+            "crop_scale_blazeface": round(blazeface_scale(spec.name), 4),
         },
         "outputs": [
             {
@@ -382,10 +417,13 @@ def manifest_entry(spec: Spec, float_model: bytes, int8_model: bytes, metrics: d
 def update_manifest(models_dir: Path, name: str, entry: dict[str, Any]) -> None:
     path = models_dir / "manifest.json"
     manifest = json.loads(path.read_text())
-    previous = manifest["models"].get(name, {}).get("files", {}).get("edgetpu")
+    old_entry = manifest["models"].get(name, {})
+    previous = old_entry.get("files", {}).get("edgetpu")
     int8_sha = entry["files"]["int8"]["sha256"]
     if previous and previous.get("sha256") and previous.get("from_int8_sha256") == int8_sha:
         entry["files"]["edgetpu"] = previous
+    if not entry["metrics"] and old_entry.get("metrics"):
+        entry["metrics"] = old_entry["metrics"]  # --no-metrics: keep the last measured figures
     manifest["models"][name] = entry
     path.write_text(json.dumps(manifest, indent=2) + "\n")
 
@@ -409,7 +447,7 @@ def main() -> int:
         if args.float_only:
             int8_model = b""
         else:
-            int8_model = convert(source, calibration_crops(spec.reference_scale))
+            int8_model = convert(source, calibration_crops(blazeface_scale(spec.name)))
             (target / f"{spec.name}_int8.tflite").write_bytes(int8_model)
             log.info("%s int8 %d bytes sha256 %s", spec.name, len(int8_model), sha256(int8_model))
         if int8_model:
@@ -417,8 +455,10 @@ def main() -> int:
     if not args.float_only and not args.no_metrics:
         from device.evaluation.pad_models import pad_model_metrics
 
+        fit = crop_scale_fit(args.models_dir)
         for spec in SPECS:
             metrics = pad_model_metrics(args.models_dir, spec.name)
+            metrics["crop_scale_fit_blazeface"] = fit
             float_model = (target / f"{spec.name}_float.tflite").read_bytes()
             int8_model = (target / f"{spec.name}_int8.tflite").read_bytes()
             update_manifest(args.models_dir, spec.name, manifest_entry(spec, float_model, int8_model, metrics))
