@@ -51,7 +51,7 @@ EDGE_SIDES_FOR_FRAME = 3  # left/right/top/bottom: a frame closes around the fac
 # or on two opposite sides with edges this long (relative to the face's side): a print or phone larger
 # than the context kept around the face, whose other edges are out of view
 OPPOSITE_SIDES = ({"left", "right"}, {"top", "bottom"})
-OPPOSITE_MIN_LENGTH = 2.4
+OPPOSITE_MIN_LENGTH = 2.0
 # spectrum: peak-to-median ratio of the face's high-frequency band that marks a periodic pattern
 SPECTRUM_PEAK_RATIO = 40.0
 SPECTRUM_MIN_SIDE = 48  # px: a smaller face has too little band to judge (abstain)
