@@ -148,3 +148,19 @@ def test_armed_verification_mode_refuses_the_print_and_verifies_the_resident(
     assert [d.type for d in attack] == [DecisionType.PRESENTATION_ATTACK]
     verified = run(resident_visit, armed, stages, gallery, liveness, claim="resident")
     assert [(d.type, d.reasons) for d in verified] == [(DecisionType.RECOGNIZED, ("claim_verified",))]
+
+
+def test_nothing_of_the_visit_is_kept_after_the_pad_verdict(
+    print_attack: list[Frame], stages: Stages, gallery: InMemoryGallery, liveness: LivenessStage
+) -> None:
+    """Right after the decision (the track still in view) the visit holds no sample and no PAD context."""
+    publisher = RecordingPublisher()
+    pipeline = Pipeline.from_stages(
+        unit_config(), stages, gallery=gallery, publisher=publisher, liveness=liveness
+    )
+    for frame in print_attack:
+        if pipeline.process(frame):
+            break
+    assert [d.type for d in publisher.decisions] == [DecisionType.PRESENTATION_ATTACK]
+    visits = list(pipeline._book.visits.values())
+    assert visits and all(visit.decided and len(visit.samples) == 0 for visit in visits)
