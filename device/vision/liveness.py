@@ -76,7 +76,7 @@ class Cue(StrEnum):
 
 @dataclass(frozen=True)
 class CueResult:
-    """One cue's say: ``score`` 0..1 (1 = live) or None (abstained); ``vetoes`` when it rejects."""
+    """One cue's say: ``score`` 0..1 (1 = live) or None (abstained); ``passed`` False when it rejects."""
 
     score: float | None
     passed: bool | None
