@@ -55,6 +55,9 @@ class CaptureSection(Section):
     hflip: bool = False
     vflip: bool = False
     reconnect_backoff_max_s: float = Field(default=30.0, ge=0.5, le=600.0)
+    infrared: bool = Field(
+        default=False, description="NoIR camera with an IR illuminator: PAD adds its infrared check"
+    )
 
 
 class ModelsSection(Section):
@@ -66,6 +69,13 @@ class ModelsSection(Section):
     reprobe_interval_s: float = Field(default=300.0, ge=10.0, le=86_400.0)
     cpu_threads: int = Field(default=2, ge=1, le=8)
     cpu_variant: Literal["auto", "float", "int8"] = "auto"
+    pad_texture: list[str] = Field(
+        default_factory=lambda: ["minifasnet_v2", "minifasnet_v1se"],
+        min_length=1,
+        max_length=4,
+        description="presentation-attack texture CNNs (manifest names); their P(real) is averaged",
+    )
+    landmarks: str = Field(default="face_landmark", min_length=1, description="dense 468-point face mesh")
 
 
 class MotionSection(Section):
@@ -191,6 +201,23 @@ class LimitsSection(Section):
     )
 
 
+class LivenessSection(Section):
+    mode: Literal["enforce", "report", "off"] = Field(
+        default="enforce",
+        description="enforce: a visit failing PAD is presentation_attack; report: scores only; off: no PAD",
+    )
+    name_attacked_subject: bool = Field(
+        default=False,
+        description="a presentation_attack event names the resident the picture matched (privacy trade-off)",
+    )
+    texture_threshold: float = Field(
+        default=0.5,
+        gt=0.0,
+        lt=1.0,
+        description="the texture cue passes a face when the models' mean P(real) is at least this",
+    )
+
+
 class UnitConfig(Section):
     unit: UnitSection = Field(default_factory=UnitSection)
     capture: CaptureSection = Field(default_factory=CaptureSection)
@@ -200,6 +227,7 @@ class UnitConfig(Section):
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     quality: QualitySection = Field(default_factory=QualitySection)
     matching: MatchingSection = Field(default_factory=MatchingSection)
+    liveness: LivenessSection = Field(default_factory=LivenessSection)
     gallery: GallerySection = Field(default_factory=GallerySection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
