@@ -117,3 +117,25 @@ def test_the_installer_config_is_valid_and_keeps_state_where_the_sandbox_allows(
     assert config.gallery.master_key_path.parent == Path("/etc/entrance-camera/secrets")
     exec_start = values(SYSTEMD / "entrance-camera.service", "ExecStart")[0]
     assert re.search(r"--config /etc/entrance-camera/unit\.toml run$", exec_start)
+
+
+@pytest.mark.parametrize(
+    "name", ["entrance-camera.service", "entrance-camera-selftest.service", "entrance-camera-purge.service"]
+)
+def test_no_unit_may_write_a_core_file(name: str) -> None:
+    """Issue 14, finding 6: a core file would hold keys, templates and frames."""
+    assert values(SYSTEMD / name, "LimitCORE") == ["0"]
+
+
+def test_the_device_process_is_not_dumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0) at start: no core file and no ptrace by other processes of the same user."""
+    import subprocess
+    import sys
+
+    pr_get_dumpable = 3
+    code = (
+        "import ctypes; from device.cli import main; main(['config', 'check']);"
+        f"print(ctypes.CDLL(None).prctl({pr_get_dumpable}, 0, 0, 0, 0))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "0", result.stdout + result.stderr
