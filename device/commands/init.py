@@ -14,7 +14,9 @@ The config's path is printed as the last line so scripts can capture it.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -72,6 +74,25 @@ def config_text(unit_id: str, models_dir: Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def secure_existing_directory(directory: Path, mode: int) -> str | None:
+    """An existing folder gets ``mode`` when it is ours (said on stderr); someone else's is refused."""
+    try:
+        info = directory.stat()
+    except FileNotFoundError:
+        return None
+    current = stat.S_IMODE(info.st_mode)
+    if current == mode:
+        return None
+    if info.st_uid != os.geteuid():
+        return (
+            f"{directory} has mode {current:04o} and belongs to user {info.st_uid}; "
+            "fix it or use another folder"
+        )
+    directory.chmod(mode)
+    print(f"note: {directory} had mode {current:04o}; changed to {mode:04o}", file=sys.stderr)
+    return None
+
+
 def _toml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -90,9 +111,16 @@ def initialise_unit(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
     models_dir = args.models_dir or shipped_models_dir()
 
-    ensure_private_directory(unit_dir, UNIT_DIR_MODE)
-    ensure_private_directory(key_path.parent, PRIVATE_DIR_MODE)
-    ensure_private_directory(unit_dir / "state", PRIVATE_DIR_MODE)
+    for directory, mode in (
+        (unit_dir, UNIT_DIR_MODE),
+        (key_path.parent, PRIVATE_DIR_MODE),
+        (unit_dir / "state", PRIVATE_DIR_MODE),
+    ):
+        problem = secure_existing_directory(directory, mode)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_FAILURE
+        ensure_private_directory(directory, mode)
     create_exclusively(config_path, config_text(args.unit_id, models_dir).encode(), CONFIG_MODE)
     master_key = generate_master_key(key_path)
 

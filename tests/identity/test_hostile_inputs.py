@@ -128,3 +128,45 @@ def test_detect_out_writes_a_private_file_and_says_it_holds_a_face(unit: Unit, t
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     assert "holds a face" in result.stderr
+
+
+def test_init_on_a_world_writable_folder_fixes_it_and_says_so(tmp_path: Path) -> None:
+    unit_dir = tmp_path / "unit"
+    (unit_dir / "state").mkdir(parents=True)
+    unit_dir.chmod(0o777)
+    (unit_dir / "state").chmod(0o777)
+    result = run_device("init", "--dir", str(unit_dir))
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(unit_dir.stat().st_mode) == 0o750
+    assert stat.S_IMODE((unit_dir / "state").stat().st_mode) == 0o700
+    assert "had mode 0777; changed to 0750" in result.stderr
+    assert "had mode 0777; changed to 0700" in result.stderr
+
+
+def test_init_refuses_someone_elses_world_writable_folder(tmp_path: Path) -> None:
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to hand the folder to another user")
+    unit_dir = tmp_path / "unit"
+    unit_dir.mkdir()
+    unit_dir.chmod(0o777)
+    os.chown(unit_dir, 54321, 54321)
+    result = run_device("init", "--dir", str(unit_dir))
+    assert result.returncode == 1
+    assert "belongs to user 54321" in result.stderr
+    assert not (unit_dir / "secrets").exists()
+
+
+def test_a_root_run_unit_refuses_a_master_key_planted_by_another_user(unit: Unit) -> None:
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("the finding is about a unit run as root")
+    key = unit.config.gallery.master_key_path
+    os.chown(key, 54321, 54321)  # e.g. replaced by an unprivileged user who could write there
+    result = run_device("--config", str(unit.config_path), "subjects", "list")
+    assert result.returncode == 1
+    assert "belongs to user 54321" in result.stderr
+    os.chown(key.parent, 54321, 54321)  # the service user's own key in its own folder is fine
+    assert run_device("--config", str(unit.config_path), "subjects", "list").returncode == 0
