@@ -1,4 +1,4 @@
-"""``device provision keygen|seal|check|import``: enrolled sets sealed for one unit (identity/sealed.py).
+"""``device provision ...``: enrolled sets sealed for one unit and signed by the fleet (identity/sealed.py).
 
 On the unit: ``keygen`` once (the fleet playbook fetches the public half), then ``check`` and
 ``import`` for each sealed file it receives. On the fleet controller: ``seal``. Nothing here goes over
@@ -26,16 +26,21 @@ from device.identity.gallery import (
     normalise_templates,
 )
 from device.identity.sealed import (
+    SIGNER_FILE_NAME,
     EnrolledSet,
     SealedError,
     generate_provision_key,
+    generate_signer_key,
     key_id,
     load_private_key,
     load_public_key,
+    load_signer_private,
+    load_signer_public,
     open_sealed,
     parse_enrolled_set,
     public_key_path,
     seal,
+    signer_key_id,
 )
 
 PROVISIONED_DIR = "provisioned"
@@ -51,6 +56,19 @@ def register(commands: CommandRegistry) -> None:
     sealer.add_argument("--unit", required=True, help="the unit's id (the file only opens on that unit)")
     sealer.add_argument("--in", dest="source", type=Path, required=True, help="enrolled set JSON")
     sealer.add_argument("--out", type=Path, required=True, help="sealed file to write (must not exist)")
+    sealer.add_argument(
+        "--signing-key", type=Path, required=True, help="the fleet controller's enrolment-signer.key"
+    )
+
+    signer = group.add("signer-keygen", make_signer_key, "make the fleet controller's enrolment-signing key")
+    signer.add_argument("--out", type=Path, required=True, help="private key file (0600); .pub beside it")
+
+    trust = group.add(
+        "trust-signer", trust_signer, "pin the fleet's enrolment-signing public key on this unit"
+    )
+    trust.add_argument(
+        "public_key", type=Path, metavar="PUB", help="enrolment-signer.pub from the controller"
+    )
 
     checker = group.add("check", check_sealed, "verify a sealed file opens on this unit; print counts only")
     checker.add_argument("--in", dest="source", type=Path, required=True)
@@ -91,8 +109,9 @@ def make_key(args: argparse.Namespace) -> int:
 def seal_set(args: argparse.Namespace) -> int:
     try:
         recipient = load_public_key(args.recipient)
+        signer = load_signer_private(args.signing_key)
         enrolled = parse_enrolled_set(args.source.read_bytes(), str(args.source))
-        sealed = seal(enrolled, recipient, args.unit)
+        sealed = seal(enrolled, recipient, args.unit, signer)
         create_exclusively(args.out, sealed)
     except FileExistsError:
         return _fail(f"{args.out} already exists")
@@ -104,13 +123,55 @@ def seal_set(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def pinned_signer_path(config: UnitConfig) -> Path:
+    return config.gallery.master_key_path.parent / SIGNER_FILE_NAME
+
+
+def make_signer_key(args: argparse.Namespace) -> int:
+    try:
+        public = generate_signer_key(args.out)
+    except (SealedError, OSError) as error:
+        return _fail(str(error))
+    print(
+        f"enrolment-signing key {args.out} (mode 0600, id {signer_key_id(public)}); keep it on the controller"
+    )
+    print(public_key_path(args.out))
+    return EXIT_OK
+
+
+def trust_signer(args: argparse.Namespace) -> int:
+    """Pinned once: a different key later is refused (replace the file by hand, deliberately, if needed)."""
+    config = config_from_args(args)
+    pinned = pinned_signer_path(config)
+    try:
+        public = load_signer_public(args.public_key)
+        if pinned.exists():
+            if load_signer_public(pinned) == public:
+                print(f"already trusted: enrolment signer {signer_key_id(public)}")
+                return EXIT_OK
+            return _fail(
+                f"{pinned} already pins another enrolment signer; a pinned key is never replaced here"
+            )
+        create_exclusively(pinned, args.public_key.read_bytes(), mode=0o644)
+    except (SealedError, OSError) as error:
+        return _fail(str(error))
+    print(f"trusting enrolment signer {signer_key_id(public)} ({pinned})")
+    return EXIT_OK
+
+
 def _open(args: argparse.Namespace, config: UnitConfig) -> tuple[str, EnrolledSet]:
     private = load_private_key(_key_path(args, config))
+    pinned = pinned_signer_path(config)
+    if not pinned.exists():
+        raise SealedError(
+            f"no fleet enrolment signer is pinned ({pinned}); run `device provision trust-signer PUB` once"
+        )
+    trusted = load_signer_public(pinned)
     try:
         data = args.source.read_bytes()
     except OSError as error:
         raise SealedError(f"cannot read {args.source}: {error.strerror}") from None
-    bundle, enrolled = open_sealed(data, private, config.unit.id, str(args.source))
+    bundle, enrolled = open_sealed(data, private, config.unit.id, str(args.source), trusted)
     today = date.today()
     for number, subject in enumerate(enrolled.subjects, start=1):
         try:

@@ -11,11 +11,20 @@ keys) turns it into an AES-256-GCM key; the header (format, unit id, recipient k
 bundle id) is the associated data, so a file sealed for one unit cannot be relabelled for another and
 any changed byte fails decryption. A new ephemeral key per file means nothing is reused across units.
 
+Who made it: the fleet controller signs every sealed file with its Ed25519 enrolment-signing key
+(``device provision signer-keygen`` on the controller); the unit pins that public key once, at
+provisioning (``device provision trust-signer``, kept beside the master key), and refuses any file not
+signed by it: anyone may hold ``provision.pub``, only the controller can make an importable set. The
+signature covers the header, nonce and ciphertext, and is checked before anything is decrypted. The
+bundle id names a marker file on the unit, so it is checked to be 16 hex digits before any path is built.
+
 Files (text):
 
     provision.key   ecpk1:<base64 32-byte X25519 private key>   0600, in the unit's secrets folder
     provision.pub   ecpub1:<base64 32-byte X25519 public key>   public; the controller needs it
-    <unit>.sealed   JSON {"header": {...}, "nonce": b64, "ciphertext": b64}
+    enrolment-signer.key  ecsk1:<base64 Ed25519 private key>   0600, on the fleet controller only
+    enrolment-signer.pub  ecspub1:<base64 Ed25519 public key>  pinned on each unit (secrets folder)
+    <unit>.sealed   JSON {"header": {...}, "nonce": b64, "ciphertext": b64, "signature": b64}
 """
 
 from __future__ import annotations
@@ -31,8 +40,9 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -44,6 +54,10 @@ from device.config import UNIT_ID_PATTERN, describe_validation_error
 FORMAT = "entrance-camera sealed enrolled set"
 FORMAT_VERSION = 1
 PRIVATE_PREFIX = "ecpk1:"
+SIGNER_PRIVATE_PREFIX = "ecsk1:"
+SIGNER_PUBLIC_PREFIX = "ecspub1:"
+SIGNER_FILE_NAME = "enrolment-signer.pub"
+BUNDLE_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
 PUBLIC_PREFIX = "ecpub1:"
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -158,6 +172,48 @@ def load_public_key(path: Path) -> bytes:
     return _decode_key_file(path, PUBLIC_PREFIX)
 
 
+def signer_key_id(public: bytes) -> str:
+    return hashlib.sha256(b"entrance-camera enrolment signer id\x00" + public).hexdigest()[:16]
+
+
+def generate_signer_key(private_path: Path) -> bytes:
+    """The fleet controller's enrolment-signing key pair (private 0600, never overwritten)."""
+    private = Ed25519PrivateKey.generate()
+    public = private.public_key().public_bytes_raw()
+    text = "# entrance-camera enrolment-signing key: fleet controller only.\n" + SIGNER_PRIVATE_PREFIX
+    try:
+        create_exclusively(
+            private_path, (text + base64.b64encode(private.private_bytes_raw()).decode() + "\n").encode()
+        )
+    except FileExistsError:
+        raise SealedError(f"{private_path} already exists; a signing key is never overwritten") from None
+    public_path = public_key_path(private_path)
+    public_path.unlink(missing_ok=True)
+    public_text = (
+        "# entrance-camera enrolment-signing public key: pin it on every unit.\n" + SIGNER_PUBLIC_PREFIX
+    )
+    create_exclusively(
+        public_path, (public_text + base64.b64encode(public).decode() + "\n").encode(), mode=0o644
+    )
+    return public
+
+
+def load_signer_private(path: Path) -> Ed25519PrivateKey:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        raise SealedError(
+            f"signing key {path} does not exist (run `device provision signer-keygen`)"
+        ) from None
+    if mode & 0o077:
+        raise SealedError(f"signing key {path} has mode {mode:04o}; refusing it (chmod 600 {path})")
+    return Ed25519PrivateKey.from_private_bytes(_decode_key_file(path, SIGNER_PRIVATE_PREFIX))
+
+
+def load_signer_public(path: Path) -> bytes:
+    return _decode_key_file(path, SIGNER_PUBLIC_PREFIX)
+
+
 def load_private_key(path: Path) -> X25519PrivateKey:
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -180,7 +236,11 @@ def _derive(shared: bytes, ephemeral: bytes, recipient: bytes) -> bytes:
     return hkdf.derive(shared)
 
 
-def seal(enrolled: EnrolledSet, recipient_public: bytes, unit_id: str) -> bytes:
+def _signed_bytes(header: dict[str, Any], nonce: bytes, ciphertext: bytes) -> bytes:
+    return _aad(header) + b"\x00" + nonce + ciphertext
+
+
+def seal(enrolled: EnrolledSet, recipient_public: bytes, unit_id: str, signer: Ed25519PrivateKey) -> bytes:
     """The enrolled set encrypted for one unit's provisioning key, bound to its unit id."""
     if not re.match(UNIT_ID_PATTERN, unit_id):
         raise SealedError(f"unit id {unit_id!r} must match {UNIT_ID_PATTERN}")
@@ -195,6 +255,7 @@ def seal(enrolled: EnrolledSet, recipient_public: bytes, unit_id: str) -> bytes:
         "ephemeral": base64.b64encode(ephemeral_public).decode(),
         "bundle": secrets.token_hex(8),
         "subjects": len(enrolled.subjects),
+        "signer": signer_key_id(signer.public_key().public_bytes_raw()),
     }
     nonce = secrets.token_bytes(NONCE_BYTES)
     plaintext = enrolled.model_dump_json(by_alias=True).encode()
@@ -205,11 +266,12 @@ def seal(enrolled: EnrolledSet, recipient_public: bytes, unit_id: str) -> bytes:
         "header": header,
         "nonce": base64.b64encode(nonce).decode(),
         "ciphertext": base64.b64encode(ciphertext).decode(),
+        "signature": base64.b64encode(signer.sign(_signed_bytes(header, nonce, ciphertext))).decode(),
     }
     return (json.dumps(document, indent=1) + "\n").encode()
 
 
-def read_header(data: bytes, source: str) -> tuple[dict[str, Any], bytes, bytes]:
+def read_header(data: bytes, source: str) -> tuple[dict[str, Any], bytes, bytes, bytes | None]:
     if len(data) > MAX_SEALED_BYTES:
         raise SealedError(f"{source}: {len(data)} bytes, more than a sealed set may have")
     try:
@@ -217,18 +279,45 @@ def read_header(data: bytes, source: str) -> tuple[dict[str, Any], bytes, bytes]
         header = document["header"]
         nonce = base64.b64decode(document["nonce"], validate=True)
         ciphertext = base64.b64decode(document["ciphertext"], validate=True)
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, binascii.Error):
+        signature_text = document.get("signature")
+        signature = None if signature_text is None else base64.b64decode(signature_text, validate=True)
+    except (
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        binascii.Error,
+        RecursionError,
+    ):
         raise SealedError(f"{source}: not a sealed enrolled set") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise SealedError(f"{source}: not a sealed enrolled set")
     if header.get("version") != FORMAT_VERSION:
         raise SealedError(f"{source}: sealed format version {header.get('version')!r}, this unit reads 1")
-    return header, nonce, ciphertext
+    return header, nonce, ciphertext, signature
 
 
-def open_sealed(data: bytes, private: X25519PrivateKey, unit_id: str, source: str) -> tuple[str, EnrolledSet]:
-    """(bundle id, enrolled set) after checking it was sealed for this unit and key and is intact."""
-    header, nonce, ciphertext = read_header(data, source)
+def open_sealed(
+    data: bytes, private: X25519PrivateKey, unit_id: str, source: str, trusted_signer: bytes
+) -> tuple[str, EnrolledSet]:
+    """(bundle id, enrolled set) after checking who signed it, that it was sealed for this unit and key,
+    and that it is intact."""
+    header, nonce, ciphertext, signature = read_header(data, source)
+    if signature is None:
+        raise SealedError(f"{source} is not signed: only sets signed by the pinned fleet key are imported")
+    try:
+        Ed25519PublicKey.from_public_bytes(trusted_signer).verify(
+            signature, _signed_bytes(header, nonce, ciphertext)
+        )
+    except (InvalidSignature, ValueError):
+        raise SealedError(
+            f"{source} is not signed by the pinned fleet enrolment key "
+            f"({signer_key_id(trusted_signer)}): refused"
+        ) from None
+    bundle = header.get("bundle")
+    if not isinstance(bundle, str) or not BUNDLE_ID_PATTERN.fullmatch(bundle):
+        raise SealedError(f"{source}: bundle id {str(bundle)[:40]!r} is not 16 hex digits")
     own_public = private.public_key().public_bytes_raw()
     if header.get("unit") != unit_id:
         raise SealedError(f"{source} was sealed for unit {header.get('unit')!r}, this is {unit_id!r}")
@@ -246,4 +335,4 @@ def open_sealed(data: bytes, private: X25519PrivateKey, unit_id: str, source: st
     enrolled = parse_enrolled_set(plaintext, source)
     if header.get("subjects") != len(enrolled.subjects):
         raise SealedError(f"{source}: header and contents disagree on the number of subjects")
-    return str(header.get("bundle")), enrolled
+    return bundle, enrolled

@@ -15,11 +15,22 @@ from device.config import load_config
 from device.identity.gallery import GalleryStore
 
 
+def _signer(tmp_path: Path) -> Path:
+    """The fleet controller's enrolment-signing key (made once per test)."""
+    key = tmp_path / "controller" / "enrolment-signer.key"
+    if not key.exists():
+        key.parent.mkdir(exist_ok=True)
+        assert main(["provision", "signer-keygen", "--out", str(key)]) == 0
+    return key
+
+
 def _unit(tmp_path: Path, unit_id: str) -> Path:
     unit_dir = tmp_path / unit_id
     assert main(["init", "--dir", str(unit_dir), "--unit-id", unit_id, "--operator", "installer"]) == 0
     config = unit_dir / "unit.toml"
     assert main(["--config", str(config), "provision", "keygen"]) == 0
+    pub = _signer(tmp_path).with_suffix(".pub")
+    assert main(["--config", str(config), "provision", "trust-signer", str(pub)]) == 0
     return config
 
 
@@ -48,7 +59,7 @@ def _seal(tmp_path: Path, config: Path, unit_id: str, name: str = "set.sealed") 
     out = tmp_path / name
     public = config.parent / "secrets" / "provision.pub"
     assert main(["provision", "seal", "--recipient", str(public), "--unit", unit_id, "--in", str(source),
-                 "--out", str(out)]) == 0  # fmt: skip
+                 "--out", str(out), "--signing-key", str(_signer(tmp_path))]) == 0  # fmt: skip
     return out
 
 
@@ -91,12 +102,12 @@ def test_relabelling_or_changing_a_byte_is_refused(
     public = garage.parent / "secrets" / "provision.pub"
     source = _enrolled_set(tmp_path / "set.json")
     assert main(["provision", "seal", "--recipient", str(public), "--unit", "lobby-1", "--in", str(source),
-                 "--out", str(sealed)]) == 0  # fmt: skip
+                 "--out", str(sealed), "--signing-key", str(_signer(tmp_path))]) == 0  # fmt: skip
     document = json.loads(sealed.read_text())
     document["header"]["unit"] = "garage-1"
     sealed.write_text(json.dumps(document))
     assert main(["--config", str(garage), "provision", "check", "--in", str(sealed)]) == 1
-    assert "does not decrypt" in capsys.readouterr().err
+    assert "not signed by the pinned fleet enrolment key" in capsys.readouterr().err
 
     good = _seal(tmp_path, lobby, "lobby-1", "good.sealed")
     document = json.loads(good.read_text())
@@ -105,7 +116,7 @@ def test_relabelling_or_changing_a_byte_is_refused(
     document["ciphertext"] = base64.b64encode(bytes(ciphertext)).decode()
     good.write_text(json.dumps(document))
     assert main(["--config", str(lobby), "provision", "check", "--in", str(good)]) == 1
-    assert "does not decrypt" in capsys.readouterr().err
+    assert "not signed by the pinned fleet enrolment key" in capsys.readouterr().err
 
 
 def test_an_invalid_set_is_refused_before_sealing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -114,7 +125,7 @@ def test_an_invalid_set_is_refused_before_sealing(tmp_path: Path, capsys: pytest
     public = config.parent / "secrets" / "provision.pub"
     out = tmp_path / "x.sealed"
     assert main(["provision", "seal", "--recipient", str(public), "--unit", "lobby-1", "--in", str(source),
-                 "--out", str(out)]) == 1  # fmt: skip
+                 "--out", str(out), "--signing-key", str(_signer(tmp_path))]) == 1  # fmt: skip
     assert "not a valid enrolled set" in capsys.readouterr().err
     assert not out.exists()
 
@@ -130,3 +141,73 @@ def test_import_enrols_each_subject_once(tmp_path: Path, capsys: pytest.CaptureF
     assert len(subjects) == 2
     assert {s.consent.reference for s in subjects} == {"form-2026-000", "form-2026-001"}
     assert all(s.expires.isoformat() == "2027-06-30" for s in subjects)
+
+
+def test_a_set_sealed_by_anyone_holding_provision_pub_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14, finding 5: provision.pub is public, so sealing alone proves nothing about who made a set."""
+    from device.identity.sealed import (
+        generate_signer_key,
+        load_public_key,
+        load_signer_private,
+        parse_enrolled_set,
+        seal,
+    )
+
+    config = _unit(tmp_path, "lobby-1")
+    recipient = load_public_key(config.parent / "secrets" / "provision.pub")
+    enrolled = parse_enrolled_set(_enrolled_set(tmp_path / "set.json").read_bytes(), "set.json")
+    attacker_key = tmp_path / "attacker.key"
+    generate_signer_key(attacker_key)
+    forged = tmp_path / "forged.sealed"
+    forged.write_bytes(seal(enrolled, recipient, "lobby-1", load_signer_private(attacker_key)))
+    assert main(["--config", str(config), "provision", "import", "--in", str(forged)]) == 1
+    assert "not signed by the pinned fleet enrolment key" in capsys.readouterr().err
+
+    unsigned = json.loads(forged.read_text())
+    del unsigned["signature"]
+    forged.write_text(json.dumps(unsigned))
+    assert main(["--config", str(config), "provision", "import", "--in", str(forged)]) == 1
+    assert "is not signed" in capsys.readouterr().err
+    assert GalleryStore.from_config(load_config(config)).subjects() == []
+
+
+def test_a_unit_without_a_pinned_signer_imports_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _unit(tmp_path, "lobby-1")
+    sealed = _seal(tmp_path, config, "lobby-1")
+    (config.parent / "secrets" / "enrolment-signer.pub").unlink()
+    assert main(["--config", str(config), "provision", "import", "--in", str(sealed)]) == 1
+    assert "no fleet enrolment signer is pinned" in capsys.readouterr().err
+
+
+def test_a_pinned_signer_is_not_replaced_by_another(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from device.identity.sealed import generate_signer_key
+
+    config = _unit(tmp_path, "lobby-1")
+    other = tmp_path / "other.key"
+    generate_signer_key(other)
+    assert main(["--config", str(config), "provision", "trust-signer", str(other.with_suffix(".pub"))]) == 1
+    assert "already pins another" in capsys.readouterr().err
+
+
+def test_a_bundle_id_that_climbs_out_of_the_markers_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bundle id names a marker file; a signed set with '../..' in it must never become a path."""
+    import device.identity.sealed as sealed_module
+
+    config = _unit(tmp_path, "lobby-1")
+    real_token_hex = sealed_module.secrets.token_hex
+    sealed_module.secrets.token_hex = lambda n: "../../../../tmp/x"  # type: ignore[assignment]
+    try:
+        sealed = _seal(tmp_path, config, "lobby-1", "traversal.sealed")
+    finally:
+        sealed_module.secrets.token_hex = real_token_hex  # type: ignore[assignment]
+    assert main(["--config", str(config), "provision", "import", "--in", str(sealed)]) == 1
+    assert "is not 16 hex digits" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
