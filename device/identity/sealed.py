@@ -113,6 +113,8 @@ def parse_enrolled_set(data: bytes, source: str) -> EnrolledSet:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SealedError(f"{source}: not JSON ({error})") from None
+    except RecursionError:  # found by the fuzz target: "[" nested a few thousand deep
+        raise SealedError(f"{source}: not a valid enrolled set: nested too deeply") from None
     try:
         return EnrolledSet.model_validate(document)
     except ValidationError as error:
