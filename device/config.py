@@ -147,6 +147,11 @@ class GallerySection(Section):
         description="encrypted gallery: one file, rewritten atomically on every change",
     )
     master_key_path: Path = Field(default=Path("secrets/master.key"))
+    key_source: Literal["file", "host-credential", "tpm2"] = Field(
+        default="file",
+        description="how the master key file is protected: file (plain 0600; health warns), "
+        "host-credential (systemd credential sealed with the host key) or tpm2 (sealed to the unit's TPM)",
+    )
     default_expiry_days: int = Field(default=365, ge=1, le=MAX_ENROLMENT_DAYS)
     max_templates_per_subject: int = Field(default=5, ge=1, le=32)
     consent_purpose_version: str = Field(

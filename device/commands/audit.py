@@ -30,7 +30,7 @@ def register(commands: CommandRegistry) -> None:
 
 
 def verify_with_gallery(config: UnitConfig) -> VerifyResult:
-    master_key = load_master_key(config.gallery.master_key_path)
+    master_key = load_master_key(config.gallery.master_key_path, config.gallery.key_source)
     log = AuditLog(audit_log_path(config), master_key, head_path=audit_head_path(config))
     keys = keyring_path(config.gallery.master_key_path)
     store = GalleryStore(config.gallery.path, master_key, log, keyring_file=keys)
@@ -72,7 +72,7 @@ def verify_audit(args: argparse.Namespace) -> int:
 def export_audit(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     result = verify_with_gallery(config)
-    master_key = load_master_key(config.gallery.master_key_path)
+    master_key = load_master_key(config.gallery.master_key_path, config.gallery.key_source)
     log = AuditLog(audit_log_path(config), master_key, head_path=audit_head_path(config))
     text = "".join(line + "\n" for line in log.raw_lines())
     if args.out is None:

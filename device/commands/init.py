@@ -27,7 +27,7 @@ from device.config import UNIT_ID_PATTERN, load_config
 from device.identity.audit import AuditLog, record_config_change
 from device.identity.gallery import audit_head_path, audit_log_path, config_digest, initialise_keyring
 from device.identity.keyring import keyring_path
-from device.identity.masterkey import generate_master_key
+from device.identity.masterkey import MasterKeyError, generate_master_key
 
 UNIT_DIR_MODE = 0o750
 CONFIG_MODE = 0o640
@@ -46,6 +46,13 @@ def register(commands: CommandRegistry) -> None:
         default=None,
         help="folder with the model files and manifest (default: the project's models/ folder)",
     )
+    parser.add_argument(
+        "--key-source",
+        choices=["file", "host-credential", "tpm2"],
+        default="file",
+        help="protect the master key as a plain 0600 file, or sealed with systemd-creds to the host key "
+        "or the unit's TPM (README: what each protects against)",
+    )
     add_operator_option(parser)
 
 
@@ -54,7 +61,7 @@ def shipped_models_dir() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-def config_text(unit_id: str, models_dir: Path | None) -> str:
+def config_text(unit_id: str, models_dir: Path | None, key_source: str = "file") -> str:
     lines = [
         "# Unit config written by `device init`. Every key not set here has its default",
         "# (firmware_config/unit.defaults.toml). Relative paths are relative to this file.",
@@ -66,6 +73,7 @@ def config_text(unit_id: str, models_dir: Path | None) -> str:
         "[gallery]",
         'path = "state/gallery.enc"',
         'master_key_path = "secrets/master.key"',
+        f'key_source = "{key_source}"',
         "",
         "[mqtt]",
         'outbox_path = "state/outbox.db"',
@@ -122,8 +130,15 @@ def initialise_unit(args: argparse.Namespace) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return EXIT_FAILURE
         ensure_private_directory(directory, mode)
-    create_exclusively(config_path, config_text(args.unit_id, models_dir).encode(), CONFIG_MODE)
-    master_key = generate_master_key(key_path)
+    create_exclusively(
+        config_path, config_text(args.unit_id, models_dir, args.key_source).encode(), CONFIG_MODE
+    )
+    try:
+        master_key = generate_master_key(key_path, args.key_source)
+    except MasterKeyError as error:
+        config_path.unlink()  # nothing half-made stays behind
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
 
     config = load_config(config_path)
     audit = AuditLog(audit_log_path(config), master_key, head_path=audit_head_path(config))

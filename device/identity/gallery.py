@@ -59,7 +59,7 @@ from device.identity.keyring import (
     read_keyring,
     write_keyring,
 )
-from device.identity.masterkey import MasterKey, MasterKeyError, load_master_key
+from device.identity.masterkey import KeySource, MasterKey, MasterKeyError, load_master_key
 from device.types import Decision, DecisionType
 
 log = logging.getLogger(__name__)
@@ -406,7 +406,7 @@ class GalleryStore:
     def from_config(cls, config: UnitConfig) -> GalleryStore:
         """Opens the store named by the config; raises GalleryError with a clear message."""
         try:
-            master_key = load_master_key(config.gallery.master_key_path)
+            master_key = load_master_key(config.gallery.master_key_path, config.gallery.key_source)
         except MasterKeyError as error:
             raise GalleryError(str(error)) from None
         audit = AuditLog(audit_log_path(config), master_key, head_path=audit_head_path(config))
@@ -829,16 +829,18 @@ class LiveGallery:
         master_key_path: Path,
         *,
         today: Callable[[], date] = lambda: utc_now().date(),
+        key_source: KeySource = "file",
     ) -> None:
         self._path = gallery_path
         self._master_key_path = master_key_path
+        self._key_source = key_source
         self._today = today
         self._lock = threading.Lock()
         self._loaded = self._load(self._stat_key())
 
     @classmethod
     def from_config(cls, config: UnitConfig) -> LiveGallery:
-        return cls(config.gallery.path, config.gallery.master_key_path)
+        return cls(config.gallery.path, config.gallery.master_key_path, key_source=config.gallery.key_source)
 
     def _stat_key(self) -> StatKey:
         keys = keyring_path(self._master_key_path)
@@ -851,7 +853,7 @@ class LiveGallery:
     def _load(self, stat_key: StatKey) -> _Loaded:
         day = self._today()
         try:
-            master_key = load_master_key(self._master_key_path)
+            master_key = load_master_key(self._master_key_path, self._key_source)
         except MasterKeyError as error:
             log.error("no gallery: %s", error)
             return self._empty(stat_key, day, str(error))
@@ -902,4 +904,5 @@ class LiveGallery:
             "gallery_version": loaded.version,
             "gallery_subjects": loaded.subjects,
             "gallery_expired_pending_purge": loaded.expired,
+            "gallery_key_source": self._key_source,
         }

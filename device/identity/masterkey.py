@@ -18,8 +18,10 @@ import hashlib
 import os
 import secrets
 import stat
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -52,18 +54,61 @@ class MasterKey:
         return hkdf.derive(self.material)
 
 
-def generate_master_key(path: Path) -> MasterKey:
+# Where the master key's protection comes from (``[gallery] key_source``):
+# - "file": a plain 0600 file. Protects against other users on the unit; a copied card gives the key.
+# - "host-credential": the file is a systemd credential sealed with the host key
+#   (/var/lib/systemd/credential.secret): a copy of the key file alone is useless, a whole-card copy is not.
+# - "tpm2": a systemd credential sealed to the unit's TPM (e.g. a TPM HAT): a stolen or cloned card gives
+#   nothing; root on the running unit still can ask the TPM to unseal it.
+KeySource = Literal["file", "host-credential", "tpm2"]
+CREDENTIAL_NAME = "entrance-camera-master-key"
+SYSTEMD_CREDS = "systemd-creds"
+
+
+def _systemd_creds(arguments: list[str], data: bytes, action: str) -> bytes:
+    try:
+        result = subprocess.run(
+            [SYSTEMD_CREDS, *arguments], input=data, capture_output=True, timeout=60, check=False
+        )
+    except FileNotFoundError:
+        raise MasterKeyError(
+            f"the master key needs {SYSTEMD_CREDS} (systemd 250 or newer) to {action} it"
+        ) from None
+    if result.returncode != 0:
+        lines = result.stderr.decode(errors="replace").strip().splitlines()
+        reason = lines[-1] if lines else f"exit {result.returncode}"
+        raise MasterKeyError(f"{SYSTEMD_CREDS} could not {action} the master key: {reason}")
+    return result.stdout
+
+
+def _credential_key(source: KeySource) -> str:
+    return "tpm2" if source == "tpm2" else "host"
+
+
+def generate_master_key(path: Path, source: KeySource = "file") -> MasterKey:
     """Create a new key file (mode 0600 from creation); refuses to overwrite an existing key."""
     material = secrets.token_bytes(KEY_BYTES)
     text = KEY_FILE_HEADER + KEY_PREFIX + base64.b64encode(material).decode() + "\n"
+    content = text.encode()
+    if source != "file":
+        if path.exists():
+            raise MasterKeyError(f"{path} already exists; a master key is never overwritten")
+        arguments = [
+            "encrypt",
+            f"--name={CREDENTIAL_NAME}",
+            f"--with-key={_credential_key(source)}",
+            "-",
+            "-",
+        ]
+        content = _systemd_creds(arguments, content, "seal")
     try:
-        create_exclusively(path, text.encode())
+        create_exclusively(path, content)
     except FileExistsError:
         raise MasterKeyError(f"{path} already exists; a master key is never overwritten") from None
     return MasterKey(material)
 
 
-def load_master_key(path: Path) -> MasterKey:
+def load_master_key(path: Path, source: KeySource = "file") -> MasterKey:
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -82,8 +127,25 @@ def load_master_key(path: Path) -> MasterKey:
     if problem:
         raise MasterKeyError(f"master key file {path} {problem}; refusing to use it")
     try:
-        text = path.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as error:
+        content = path.read_bytes()
+    except OSError as error:
+        raise MasterKeyError(f"cannot read master key file {path}: {error}") from None
+    plain = KEY_PREFIX.encode() in content
+    if source != "file":
+        if plain:
+            # A downgrade: someone swapped the sealed credential for a key of their own choosing.
+            raise MasterKeyError(
+                f"master key file {path} is a plain key, but gallery.key_source = {source!r} expects a "
+                "sealed credential; refusing it"
+            )
+        content = _systemd_creds(["decrypt", f"--name={CREDENTIAL_NAME}", "-", "-"], content, "unseal")
+    elif not plain:
+        raise MasterKeyError(
+            f"master key file {path} is not a plain key file (a sealed credential? set gallery.key_source)"
+        )
+    try:
+        text = content.decode("ascii")
+    except UnicodeDecodeError as error:
         raise MasterKeyError(f"cannot read master key file {path}: {error}") from None
     return MasterKey(_parse_key_text(text, path))
 

@@ -305,6 +305,8 @@ class Pipeline:
         alarms = []
         if gallery.get("gallery_state") == "no_gallery":
             alarms.append("gallery_unavailable")
+        if gallery.get("gallery_key_source") == "file":
+            alarms.append("master_key_unprotected")  # a plain key file: a copied card opens the gallery
         if any("fallback" in str(model.get("state", "")) for model in models.values()):
             alarms.append("accelerator_fallback")
         return {

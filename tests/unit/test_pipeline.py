@@ -131,6 +131,9 @@ def test_without_a_gallery_every_visit_is_unknown_and_the_pipeline_keeps_running
     assert [decision.type for _, decision in timeline] == [DecisionType.UNKNOWN, DecisionType.UNKNOWN]
     assert all(decision.reasons == (Reason.NO_GALLERY.value,) for _, decision in timeline)
     assert pipeline.health()["gallery"]["gallery_state"] == "no_gallery"
+    # A plain master key file (key_source "file", the default) is reported as unprotected.
+    assert "master_key_unprotected" in pipeline.health()["alarms"]
+    assert "gallery_unavailable" in pipeline.health()["alarms"]
 
 
 def test_armed_mode_matches_nobody_without_a_claim_and_verifies_the_claimed_resident(
