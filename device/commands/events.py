@@ -70,17 +70,21 @@ def tail_events(args: argparse.Namespace) -> int:
 
     def show(event: dict[str, Any], topic: str) -> None:
         nonlocal printed
-        line = json.dumps(event, sort_keys=True) if args.json else format_event(event)
+        line = json.dumps(event, sort_keys=True) if args.json else ascii(format_event(event))[1:-1]
         print(line, flush=True)
         printed += 1
         if args.count and printed >= args.count:
             done.set()
 
     def invalid(topic: str, problem: str) -> None:
-        print(f"invalid payload on {topic}: {problem}", file=sys.stderr, flush=True)
+        # ascii(): a payload's text never reaches the terminal raw (escape sequences, lone surrogates).
+        print(f"invalid payload on {ascii(topic)[1:-1]}: {ascii(problem)[1:-1]}", file=sys.stderr, flush=True)
+
+    def connection(what: str) -> None:
+        print(f"{what}", file=sys.stderr, flush=True)
 
     try:
-        consumer = EventConsumer(settings, show, on_invalid=invalid).start()
+        consumer = EventConsumer(settings, show, on_invalid=invalid, on_connection=connection).start()
     except (OSError, ValueError) as error:
         print(f"error: cannot connect to {settings.host}:{settings.port}: {error}", file=sys.stderr)
         return EXIT_FAILURE

@@ -27,6 +27,9 @@ from jsonschema import Draft202012Validator
 from device.types import Decision
 
 MAX_PAYLOAD_BYTES = 2048
+# Deeper than any schema needs (health's pipeline report is the deepest, at 4). Checked on the raw
+# bytes before parsing, so that no payload can drive json's recursive parser into RecursionError.
+MAX_NESTING = 16
 EVENT_SCHEMA = "entrance-camera/event/1"
 STATUS_SCHEMA = "entrance-camera/status/1"
 HEALTH_SCHEMA = "entrance-camera/health/1"
@@ -91,7 +94,35 @@ def schema_document(kind: PayloadKind) -> dict[str, Any]:
     return schema
 
 
+def _control_characters(value: Any, path: str = "") -> str | None:
+    """The path of the first string (key or value) holding a control character or a lone surrogate.
+
+    Python's ``$`` in the schemas' patterns also matches before a final newline, so ``"unit-a\n"`` would
+    pass ``^[a-z0-9-]+$``; no field has a use for control characters, and a terminal must not get them.
+    """
+    if isinstance(value, str):
+        if any(ord(char) < 0x20 or ord(char) == 0x7F or 0xD800 <= ord(char) <= 0xDFFF for char in value):
+            return path or "(top)"
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = _control_characters(str(key), f"{path}/{key!r}") or _control_characters(
+                item, f"{path}/{key}"
+            )
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _control_characters(item, f"{path}/{index}")
+            if found:
+                return found
+    return None
+
+
 def validate(kind: PayloadKind, payload: Mapping[str, Any]) -> None:
+    bad = _control_characters(payload)
+    if bad is not None:
+        raise PayloadError(f"{kind} payload has a control character in {bad!a}")
     errors = sorted(_validator(kind).iter_errors(payload), key=lambda error: list(error.absolute_path))
     if errors:
         details = "; ".join(
@@ -110,13 +141,60 @@ def encode(kind: PayloadKind, payload: Mapping[str, Any]) -> bytes:
     return data
 
 
+def nesting_depth(data: bytes) -> int:
+    """The deepest ``[``/``{`` nesting in JSON bytes, ignoring brackets inside strings; a linear scan."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def _reject_constant(name: str) -> Any:
+    raise PayloadError(f"{name} is not JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two parsers may keep different copies of a duplicated key: one payload, two meanings.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise PayloadError("duplicate key in a JSON object")
+    return result
+
+
 def decode(kind: PayloadKind, data: bytes) -> dict[str, Any]:
-    """Parses and validates a received payload (consumers, command handling)."""
+    """Parses and validates a received payload (consumers, command handling).
+
+    Anything a sender can put in ``data`` ends as ``PayloadError`` and nothing else: size and nesting
+    are checked before parsing, NaN/Infinity and duplicate keys are refused while parsing.
+    """
     if len(data) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"{kind} payload is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    depth = nesting_depth(data)
+    if depth > MAX_NESTING:
+        raise PayloadError(f"{kind} payload nests {depth} deep; the limit is {MAX_NESTING}")
     try:
-        payload = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        payload = json.loads(
+            data.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        # JSONDecodeError is a ValueError; RecursionError cannot happen below MAX_NESTING but costs
+        # nothing to name, and it must never reach a paho callback.
+        if isinstance(error, PayloadError):
+            raise
         raise PayloadError(f"{kind} payload is not JSON: {error}") from None
     if not isinstance(payload, dict):
         raise PayloadError(f"{kind} payload is not a JSON object")
