@@ -23,6 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device.events.payloads import PayloadError, decode
+from device.events.signing import EventVerifier
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ class Deduper:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._capacity = capacity
 
+    def seen(self, event_id: str) -> bool:
+        return event_id in self._seen
+
     def first_time(self, event_id: str) -> bool:
         if event_id in self._seen:
             self._seen.move_to_end(event_id)
@@ -97,13 +101,17 @@ class EventConsumer:
         *,
         on_invalid: Callable[[str, str], None] | None = None,
         on_connection: Callable[[str], None] | None = None,
+        verifier: EventVerifier | None = None,
     ) -> None:
+        """``verifier``: check each new event's signature, unit, freshness and order (issue 13); without
+        one, events are only schema-checked (tests of the transport, not a consumer to act on)."""
         self.settings = settings
         self.counters = ConsumerCounters()
         self.subscribed = threading.Event()
         self._on_event = on_event
         self._on_invalid = on_invalid
         self._on_connection = on_connection
+        self._verifier = verifier
         self._was_connected = False
         self._online = False
         self._stopping = False
@@ -214,10 +222,29 @@ class EventConsumer:
             if self._on_invalid is not None:
                 self._on_invalid(message.topic, str(error))
             return
+        event_id = str(event["event_id"])
         with self._lock:
-            self.counters.received += 1
-            first = self._dedup.first_time(str(event["event_id"]))
-            if not first:
+            duplicate = self._dedup.seen(event_id)
+            if duplicate:
+                # At-least-once delivery: a redelivery is expected, not an attack; it is checked by id
+                # before the signature so that it is not reported as a replay.
+                self.counters.received += 1
                 self.counters.duplicates += 1
-        if first:
-            self._on_event(event, message.topic)
+                return
+            try:
+                if self._verifier is not None:
+                    self._verifier.verify(event)
+            except PayloadError as error:
+                self.counters.invalid += 1
+                self.counters.problems.append(str(error)[:300])
+                rejected: str | None = str(error)
+            else:
+                # Remembered only once verified: a forged event cannot burn a genuine event's id.
+                self._dedup.first_time(event_id)
+                self.counters.received += 1
+                rejected = None
+        if rejected is not None:
+            if self._on_invalid is not None:
+                self._on_invalid(message.topic, rejected)
+            return
+        self._on_event(event, message.topic)

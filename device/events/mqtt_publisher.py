@@ -52,6 +52,7 @@ from device.events.payloads import (
     encode,
     parse_command,
 )
+from device.events.signing import EventKey
 from device.types import Decision
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,10 @@ def tls_context(settings: MqttSection) -> ssl.SSLContext:
     except (ssl.SSLError, OSError) as error:
         raise MqttSetupError(f"cannot load the client certificate {tls.cert_file}: {error}") from error
     return context
+
+
+def event_key_path(config: UnitConfig) -> Path:
+    return config.mqtt.event_key_path or config.unit.state_dir / "secrets" / "event-signing.key"
 
 
 def _read_password(path: Path) -> str:
@@ -207,6 +212,10 @@ class MqttPublisher:
             _read_password(self._settings.password_file) if self._settings.password_file is not None else None
         )
         self._session = secrets.token_hex(8)
+        try:
+            self._event_key = EventKey.load_or_create(event_key_path(config))
+        except (PayloadError, OSError) as error:
+            raise MqttSetupError(f"event signing key: {error}") from error
         self._outbox = Outbox(
             self._settings.outbox_path,
             max_rows=self._settings.outbox_max_rows,
@@ -241,7 +250,7 @@ class MqttPublisher:
 
         def build(seq: int) -> tuple[str, bytes]:
             event = build_event(decision, seq=seq, unit=self._unit, models=models, gallery_version=gallery)
-            return str(event["event_id"]), encode("event", event)
+            return str(event["event_id"]), encode("event", self._event_key.sign(event))
 
         try:
             self._outbox.append(self._topics.events, build)

@@ -266,17 +266,24 @@ def test_consumers_drop_redeliveries_and_events_on_a_foreign_topic() -> None:
 
 
 def test_events_tail_prints_what_a_consumer_receives(mosquitto_broker: Any, tmp_path: Path) -> None:
+    from device.events.mqtt_publisher import event_key_path
+    from device.events.signing import EventKey, registry_text
+
+    config = unit_config(mosquitto_broker, tmp_path, "unit-tail")
+    public = EventKey.load_or_create(event_key_path(config)).public_text
+    (tmp_path / "keys.json").write_text(registry_text({"unit-tail": public}))
     cert, key = mosquitto_broker.cert_for("tail")
     tail = subprocess.Popen(
         [sys.executable, "-m", "device", "events", "tail", "--json", "--count", "3", "--timeout", "30",
          "--host", "localhost", "--port", str(mosquitto_broker.port), "--ca", str(mosquitto_broker.ca_file),
-         "--cert", str(cert), "--key", str(key), "--unit", "unit-tail"],
+         "--cert", str(cert), "--key", str(key), "--unit", "unit-tail",
+         "--keys", str(tmp_path / "keys.json")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert tail.stderr is not None
     assert "listening on entrance/unit-tail/events" in tail.stderr.readline()  # subscribed: safe to publish
-    publisher = MqttPublisher(unit_config(mosquitto_broker, tmp_path, "unit-tail")).start()
+    publisher = MqttPublisher(config).start()
     try:
         for track in range(3):
             publisher.publish_decision(decision(track, DecisionType.RECOGNIZED))
