@@ -27,6 +27,7 @@ import secrets
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import wraps
@@ -67,6 +68,9 @@ SHUTDOWN_DRAIN_S = 3.0
 # reload command runs in this thread too. Silence far beyond that means a hung thread: stop the watchdog.
 IO_STALL_S = 60.0
 HA_PREFIX = "homeassistant"
+# Claim request ids remembered so that a claim is used once; a claim lives at most 600 s, far fewer
+# than this many arrive in that time.
+CLAIMS_REMEMBERED = 4096
 
 
 class MqttSetupError(Exception):
@@ -241,6 +245,7 @@ class MqttPublisher:
         self._hold_until = 0.0
         self._refusal_streak = 0
         self._next_health = 0.0
+        self._claims_used: OrderedDict[str, None] = OrderedDict()
 
     # -- Publisher protocol ---------------------------------------------------------------------------
 
@@ -249,7 +254,14 @@ class MqttPublisher:
         models, gallery = dict(self._models), self._gallery_version()
 
         def build(seq: int) -> tuple[str, bytes]:
-            event = build_event(decision, seq=seq, unit=self._unit, models=models, gallery_version=gallery)
+            event = build_event(
+                decision,
+                seq=seq,
+                unit=self._unit,
+                models=models,
+                gallery_version=gallery,
+                unknown_scores=self._settings.unknown_scores,
+            )
             return str(event["event_id"]), encode("event", self._event_key.sign(event))
 
         try:
@@ -589,6 +601,12 @@ class MqttPublisher:
         if command.name == "claim":
             if self._on_claim is None or command.subject_id is None:
                 raise PayloadError("this unit does not take claims")
+            request = str(command.request_id)
+            if request in self._claims_used:
+                raise PayloadError(f"claim {request!r} was already used")
+            self._claims_used[request] = None
+            if len(self._claims_used) > CLAIMS_REMEMBERED:
+                self._claims_used.popitem(last=False)
             try:
                 self._on_claim(command.subject_id)
             except ValueError as error:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
 
-from device.types import Decision
+from device.types import Decision, DecisionType
 
 MAX_PAYLOAD_BYTES = 2048
 # Deeper than any schema needs (health's pipeline report is the deepest, at 4). Checked on the raw
@@ -34,6 +34,13 @@ EVENT_SCHEMA = "entrance-camera/event/1"
 STATUS_SCHEMA = "entrance-camera/status/1"
 HEALTH_SCHEMA = "entrance-camera/health/1"
 COMMANDS = ("claim", "reload", "health")
+# A claim is for the person at the door now: minutes, not hours (a long-lived claim is a standing order).
+MAX_CLAIM_LIFETIME_S = 600.0
+# Clocks of the sender and the unit (both NTP) may differ a little; a claim from further ahead is refused.
+CLAIM_CLOCK_SKEW_S = 30.0
+
+# decide.Reason.CLAIM_NOT_MATCHED; events may not import identity (layering), so the value is named here.
+CLAIM_NOT_MATCHED = "claim_not_matched"
 
 PayloadKind = Literal["event", "status", "health", "cmd"]
 
@@ -235,8 +242,19 @@ def build_event(
     gallery_version: str | None,
     event_id: str | None = None,
     when: float | None = None,
+    unknown_scores: bool = False,
 ) -> dict[str, Any]:
-    """The event for one decision; raises ``PayloadError`` if it would not match the schema."""
+    """The event for one decision; raises ``PayloadError`` if it would not match the schema.
+
+    Similarity and margin go out for a recognised visitor only: for anyone else they say how close a
+    stranger came to a resident, which no consumer needs. ``unknown_scores`` (``mqtt.unknown_scores``)
+    sends them for unknown visits too, for threshold tuning. A claim that did not match never reports
+    the visitor's similarity to the claimed resident, whatever the setting: that number would let a
+    caller probe how alike a person is to a named resident.
+    """
+    scored = decision.type is DecisionType.RECOGNIZED or (
+        unknown_scores and decision.type is DecisionType.UNKNOWN and CLAIM_NOT_MATCHED not in decision.reasons
+    )
     event = {
         "schema": EVENT_SCHEMA,
         "event_id": event_id or uuid7(),
@@ -245,8 +263,8 @@ def build_event(
         "ts": utc_timestamp(when),
         "type": decision.type.value,
         "subject": decision.subject_id,
-        "similarity": _rounded(decision.similarity),
-        "margin": _rounded(decision.margin),
+        "similarity": _rounded(decision.similarity) if scored else None,
+        "margin": _rounded(decision.margin) if scored else None,
         "frames": decision.frames,
         "reasons": list(decision.reasons),
         "models": dict(models),
@@ -337,10 +355,32 @@ class Command:
     name: str
     subject_id: str | None = None
     request_id: str | None = None
+    expires_at: float | None = None
 
 
-def parse_command(topics: Topics, topic: str, data: bytes) -> Command:
-    """A command for this unit, strictly validated; ``PayloadError`` for anything else."""
+def epoch_seconds(timestamp: str) -> float:
+    """Seconds since the epoch for a schema-checked RFC 3339 UTC time (``...Z``)."""
+    try:
+        return dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise PayloadError(f"{timestamp!r} is not a time") from None
+
+
+def check_claim_times(issued_at: float, expires_at: float, now: float) -> None:
+    """Refuses a claim that has expired, is not yet issued, or lives too long."""
+    if expires_at <= now:
+        raise PayloadError(f"stale claim: expired {now - expires_at:.0f} s ago")
+    if issued_at > now + CLAIM_CLOCK_SKEW_S:
+        raise PayloadError(f"claim issued {issued_at - now:.0f} s in the future")
+    if not 0 < expires_at - issued_at <= MAX_CLAIM_LIFETIME_S:
+        raise PayloadError(f"claim lifetime must be within (0, {MAX_CLAIM_LIFETIME_S:.0f}] s")
+
+
+def parse_command(topics: Topics, topic: str, data: bytes, now: float | None = None) -> Command:
+    """A command for this unit, strictly validated; ``PayloadError`` for anything else.
+
+    A claim must carry issue and expiry times and is refused once expired (``now``: the unit's clock).
+    """
     name = topics.command_name(topic)
     if name is None:
         raise PayloadError(f"not one of this unit's command topics: {topic!r}")
@@ -349,4 +389,10 @@ def parse_command(topics: Topics, topic: str, data: bytes) -> Command:
     payload = decode("cmd", data)
     if payload["command"] != name:
         raise PayloadError(f"payload command {payload['command']!r} does not match topic command {name!r}")
+    if name == "claim":
+        expires_at = epoch_seconds(payload["expires_at"])
+        check_claim_times(
+            epoch_seconds(payload["issued_at"]), expires_at, time.time() if now is None else now
+        )
+        return Command(name, payload["subject_id"], payload["request_id"], expires_at)
     return Command(name, payload.get("subject_id"), payload.get("request_id"))

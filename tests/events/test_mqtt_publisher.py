@@ -193,9 +193,7 @@ def test_commands_claim_reload_health_are_taken_and_anything_else_is_counted_as_
     try:
         assert wait_for(lambda: publisher.health_snapshot()["mqtt"]["connected"])
         time.sleep(0.3)  # the unit's subscription is in place once it is connected and has looped once
-        commander.publish(
-            f"{base}/cmd/claim", json.dumps({"command": "claim", "subject_id": "s-42"}).encode()
-        )
+        commander.publish(f"{base}/cmd/claim", claim_payload("s-42", "r-1"))
         commander.publish(f"{base}/cmd/reload", json.dumps({"command": "reload"}).encode())
         commander.publish(f"{base}/cmd/export", json.dumps({"command": "export"}).encode())
         commander.publish(
@@ -217,6 +215,23 @@ def test_commands_claim_reload_health_are_taken_and_anything_else_is_counted_as_
     assert claims.peek() == "s-42"
     assert reloads == [True]
     assert counts == {"accepted": 3, "rejected": 4}
+
+
+def claim_payload(
+    subject: str, request_id: str, *, issued: float | None = None, ttl_s: float = 30.0
+) -> bytes:
+    from device.events.payloads import utc_timestamp
+
+    issued_at = time.time() if issued is None else issued
+    return json.dumps(
+        {
+            "command": "claim",
+            "subject_id": subject,
+            "request_id": request_id,
+            "issued_at": utc_timestamp(issued_at),
+            "expires_at": utc_timestamp(issued_at + ttl_s),
+        }
+    ).encode()
 
 
 def test_home_assistant_discovery_announces_availability_decision_and_accelerator(
