@@ -61,7 +61,13 @@ def valid_samples() -> dict[str, dict[str, Any]]:
         ),
         "status": build_status("unit-fuzz", "online", "connected", "abcd1234"),
         "health": health,
-        "cmd": {"command": "claim", "subject_id": "s-1", "request_id": "r1"},
+        "cmd": {
+            "command": "claim",
+            "subject_id": "s-1",
+            "request_id": "r1",
+            "issued_at": "2026-01-01T00:00:00.000Z",
+            "expires_at": "2026-01-01T00:01:00.000Z",
+        },
     }
 
 
