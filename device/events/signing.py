@@ -132,6 +132,11 @@ class EventVerifier:
     clock: Callable[[], float] = time.time
     _last_seq: dict[str, int] = field(default_factory=dict, init=False)
 
+    def remember(self, last_seqs: Mapping[str, int]) -> None:
+        """Seeds the highest accepted ``seq`` per unit (a consumer's own record from before a restart)."""
+        for unit, seq in last_seqs.items():
+            self._last_seq[unit] = max(seq, self._last_seq.get(unit, 0))
+
     def verify(self, event: Mapping[str, Any]) -> None:
         unit = str(event.get("unit"))
         signature = event.get(SIGNATURE_FIELD)
