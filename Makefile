@@ -132,7 +132,8 @@ DEV_BROKER_PORT ?= 8883
 dev-broker: setup
 	$(BIN)/python -m deploy.broker.local --dir state/dev-broker --port $(DEV_BROKER_PORT) --unit demo-unit
 
-# Fault tests against a real Mosquitto: broker SIGKILLed for 45 s, the unit SIGKILLed 25 times, cross-unit
+# Fault tests against a real Mosquitto: broker SIGKILLed for 45 s, the unit emitter (real publisher and outbox,
+# no pipeline) SIGKILLed 25 times, cross-unit
 # ACL, refused certificates, Last Will. Prints one JSON summary (also in reliability.json); exit 1 on a miss.
 reliability: setup
 	$(BIN)/python tests/reliability/run.py --outage 45 --kills 25 --out reliability.json
