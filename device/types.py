@@ -92,7 +92,7 @@ class Embedding:
 class Match:
     subject_id: str | None  # best subject, None when the gallery is empty
     similarity: float  # cosine to the best subject
-    margin: float  # best minus the best *other* subject's similarity
+    margin: float | None  # best minus the best *other* subject's similarity; None when no other subject
 
 
 class DecisionType(StrEnum):

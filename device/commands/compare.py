@@ -5,7 +5,10 @@ Cosine similarity between the largest face of each picture, and whether it reach
 picture has no face) and ``match``. For calibrating the threshold on a unit's own pictures; nothing is
 stored and nothing is published.
 
-Pairs file: CSV with the header ``a,b``; relative image paths are relative to the CSV file's folder.
+Pairs file: CSV with the header ``a,b`` or ``a,b,same``; relative image paths are relative to the CSV
+file's folder. With ``same`` (1 = one person, 0 = two people) each result also carries ``same`` and a last
+line sums the run up: TAR at FAR 1e-2 and 1e-3, best accuracy and its threshold, accuracy at
+``matching.threshold`` (``device.identity.verification``; with ``--json`` an object ``{"summary": ...}``).
 Exit code 0 when every picture could be read, 1 when one could not (its rows still print, with
 similarity null), 2 for bad usage or a bad config.
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
+from device.identity.verification import LabelledPair, verification_summary
 from device.types import Vector
 from device.unit.service import StartupError, open_stages
 from device.vision.faces import FaceAnalyzer, ImageError, load_image_rgb
@@ -39,7 +43,11 @@ def register(commands: CommandRegistry) -> None:
     )
     parser.add_argument("images", nargs="*", metavar="IMG", help="two pictures: IMG_A IMG_B")
     parser.add_argument(
-        "--pairs", type=Path, default=None, metavar="CSV", help="CSV with header a,b: one pair per row"
+        "--pairs",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="CSV with header a,b (or a,b,same with 1/0: adds a TAR/FAR/accuracy summary): one pair per row",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
@@ -54,9 +62,13 @@ class Comparison:
     b: str
     similarity: float | None
     match: bool
+    same: bool | None = None  # from the CSV's optional same column
 
 
-def read_pairs(path: Path) -> list[tuple[str, str]]:
+SAME_VALUES = {"1": True, "0": False}
+
+
+def read_pairs(path: Path) -> list[tuple[str, str, bool | None]]:
     try:
         if path.stat().st_size > MAX_PAIRS_FILE_BYTES:
             raise PairsFileError(f"{path}: larger than {MAX_PAIRS_FILE_BYTES // (1024 * 1024)} MiB")
@@ -66,15 +78,23 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
     except UnicodeDecodeError:
         raise PairsFileError(f"{path}: not UTF-8 text") from None
     rows = list(csv.reader(text.splitlines()))
-    if not rows or [cell.strip() for cell in rows[0]] != ["a", "b"]:
-        raise PairsFileError(f"{path}: the first line must be the header a,b")
-    pairs = []
+    header = [cell.strip() for cell in rows[0]] if rows else []
+    if header not in (["a", "b"], ["a", "b", "same"]):
+        raise PairsFileError(f"{path}: the first line must be the header a,b or a,b,same")
+    labelled = len(header) == 3
+    pairs: list[tuple[str, str, bool | None]] = []
     for number, row in enumerate(rows[1:], start=2):
         if not row or all(not cell.strip() for cell in row):
             continue
-        if len(row) != 2 or not row[0].strip() or not row[1].strip():
-            raise PairsFileError(f"{path}:{number}: expected two image paths, got {row!r}")
-        pairs.append((row[0].strip(), row[1].strip()))
+        if len(row) != len(header) or not row[0].strip() or not row[1].strip():
+            expected = "two image paths and same (1/0)" if labelled else "two image paths"
+            raise PairsFileError(f"{path}:{number}: expected {expected}, got {row!r}")
+        same = None
+        if labelled:
+            if row[2].strip() not in SAME_VALUES:
+                raise PairsFileError(f"{path}:{number}: same must be 1 or 0, got {row[2]!r}")
+            same = SAME_VALUES[row[2].strip()]
+        pairs.append((row[0].strip(), row[1].strip(), same))
     return pairs
 
 
@@ -106,15 +126,15 @@ class EmbeddingCache:
 
 
 def compare_pairs(
-    pairs: list[tuple[str, str]], cache: EmbeddingCache, threshold: float
+    pairs: list[tuple[str, str, bool | None]], cache: EmbeddingCache, threshold: float
 ) -> Iterator[Comparison]:
-    for a, b in pairs:
+    for a, b, same in pairs:
         first, second = cache.vector(a), cache.vector(b)
         if first is None or second is None:
-            yield Comparison(a, b, None, False)
+            yield Comparison(a, b, None, False, same)
             continue
         similarity = float(np.dot(first, second))
-        yield Comparison(a, b, similarity, similarity >= threshold)
+        yield Comparison(a, b, similarity, similarity >= threshold, same)
 
 
 def format_text(comparison: Comparison) -> str:
@@ -126,8 +146,27 @@ def format_text(comparison: Comparison) -> str:
 
 def format_json(comparison: Comparison) -> str:
     similarity = None if comparison.similarity is None else round(comparison.similarity, 6)
-    fields = {"a": comparison.a, "b": comparison.b, "similarity": similarity, "match": comparison.match}
+    fields: dict[str, object] = {
+        "a": comparison.a,
+        "b": comparison.b,
+        "similarity": similarity,
+        "match": comparison.match,
+    }
+    if comparison.same is not None:
+        fields["same"] = comparison.same
     return json.dumps(fields)
+
+
+def format_summary(summary: dict[str, float | int | None], as_json: bool) -> str:
+    if as_json:
+        return json.dumps({"summary": summary})
+    return "summary: " + "  ".join(
+        f"{key} {'-' if value is None else value}" for key, value in summary.items()
+    )
+
+
+def command_line_pair(images: list[str]) -> list[tuple[str, str, bool | None]]:
+    return [(str(images[0]), str(images[1]), None)]
 
 
 def compare_command(args: argparse.Namespace) -> int:
@@ -136,7 +175,7 @@ def compare_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     config = config_from_args(args)
     try:
-        pairs = read_pairs(args.pairs) if args.pairs is not None else [(args.images[0], args.images[1])]
+        pairs = read_pairs(args.pairs) if args.pairs is not None else command_line_pair(args.images)
     except PairsFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -148,6 +187,12 @@ def compare_command(args: argparse.Namespace) -> int:
     base_dir = args.pairs.resolve().parent if args.pairs is not None else None
     cache = EmbeddingCache(analyzer, base_dir)
     formatter = format_json if args.json else format_text
+    labelled: list[LabelledPair] = []
     for comparison in compare_pairs(pairs, cache, config.matching.threshold):
         print(formatter(comparison), flush=True)
+        if comparison.same is not None:
+            labelled.append(LabelledPair(comparison.similarity, comparison.same))
+    if labelled:
+        summary = verification_summary(labelled, config.matching.threshold)
+        print(format_summary(summary, args.json), flush=True)
     return EXIT_FAILURE if cache.failed else EXIT_OK

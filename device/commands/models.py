@@ -25,6 +25,18 @@ def register(commands: CommandRegistry) -> None:
     evaluate.add_argument("--models-dir", type=Path, help="default: models.dir from the config")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument(
+        "--detection-sweep",
+        action="store_true",
+        help="instead: missed faces (fixtures, grey, half size, under-exposed) and false detections "
+        "(face-free images) per score threshold, float and int8 detector",
+    )
+    evaluate.add_argument(
+        "--robustness",
+        action="store_true",
+        help="instead: per degradation, face-found rate and genuine/impostor margin, ours and dlib's "
+        "(dev extra)",
+    )
+    evaluate.add_argument(
         "--only",
         choices=["detector", "embedder"],
         help="measure one model only (the embedder part needs the dlib oracle, a dev extra)",
@@ -105,9 +117,31 @@ def collect_metrics(models_dir: Path, only: str | None = None) -> dict[str, Any]
     return metrics
 
 
+def detection_sweep_metrics(models_dir: Path, detection: Any) -> dict[str, Any]:
+    from device.evaluation.detection_sweep import detection_sweep
+    from device.unit.democlip import hallway
+
+    empty_entrance = {"entrance_640x480": hallway(640, 480), "entrance_1280x720": hallway(1280, 720)}
+    result: dict[str, Any] = {"score_threshold": detection.score_threshold}
+    for variant in ("float", "int8"):
+        result[variant] = detection_sweep(models_dir, empty_entrance, variant, detection).as_json()
+    return {"detection_sweep": result}
+
+
+def selected_metrics(args: argparse.Namespace) -> dict[str, Any]:
+    models_dir = _models_dir(args)
+    if getattr(args, "detection_sweep", False):
+        return detection_sweep_metrics(models_dir, config_from_args(args).detection)
+    if getattr(args, "robustness", False):
+        from device.evaluation.robustness import robustness_metrics
+
+        return robustness_metrics(models_dir)
+    return collect_metrics(models_dir, args.only)
+
+
 def eval_models(args: argparse.Namespace) -> int:
     try:
-        metrics = collect_metrics(_models_dir(args), args.only)
+        metrics = selected_metrics(args)
     except ModelFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE

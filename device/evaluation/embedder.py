@@ -6,7 +6,8 @@ build machines only; imported lazily, the unit never has them). Figures, all cos
 vectors:
 
 - on dlib's own chips: our float model vs dlib, our int8 vs our float;
-- end to end: BlazeFace (float) + device.vision.align + our model vs dlib's full pipeline on the same image;
+- end to end: BlazeFace (float) + device.vision.landmarks5 (dlib's 5-point alignment) + our model vs
+  dlib's full pipeline on the same image;
 - identities: Obama x3 (genuine pairs) vs Biden (impostor), with our end-to-end pipeline and with dlib;
   the face-api demo photos: every pair of faces from different photos (these repeat some people, so a
   high pair is not necessarily an error: dlib's own cosine for the same pair is reported beside it);
@@ -36,9 +37,10 @@ from device.config import DetectionSection, ModelsSection
 from device.models.accelerator import InferenceModel, open_model
 from device.models.latency import LATENCY_RUNS, median_latency_ms
 from device.types import Detection, RgbImage
-from device.vision.align import CHIP_SIZE, align_face, chip_matrix
+from device.vision.align import CHIP_SIZE
 from device.vision.detect import FaceDetector
 from device.vision.embed import FaceEmbedder
+from device.vision.landmarks5 import Landmark5Aligner, load_landmark_aligner
 
 EMBEDDER = "dlib_resnet_v1"
 DETECTOR = "blazeface_full_range"
@@ -171,7 +173,10 @@ class FacePair:
 
 
 def our_chips(
-    images: Mapping[str, RgbImage], oracle: list[OracleFace], detector: FaceDetector
+    images: Mapping[str, RgbImage],
+    oracle: list[OracleFace],
+    detector: FaceDetector,
+    aligner: Landmark5Aligner,
 ) -> list[FacePair]:
     detections = {name: detector.detect(image) for name, image in images.items()}
     pairs = []
@@ -180,8 +185,9 @@ def our_chips(
         if match is None:
             pairs.append(FacePair(face, None, None))
             continue
-        error = alignment_error_px(chip_matrix(match.keypoints), face.chip_matrix)
-        pairs.append(FacePair(face, align_face(images[face.image], match.keypoints), error))
+        matrix = aligner.chip_matrix(images[face.image], match.keypoints)
+        error = alignment_error_px(matrix, face.chip_matrix)
+        pairs.append(FacePair(face, aligner(images[face.image], match.keypoints), error))
     return pairs
 
 
@@ -249,7 +255,11 @@ def embedder_metrics(
     versus_dlib = row_cosines(on_dlib_chips["float"], dlib_vectors)
     int8_vs_float = row_cosines(on_dlib_chips["int8"], on_dlib_chips["float"])
 
-    pairs = our_chips(images, oracle, detector)
+    aligner = load_landmark_aligner(models_dir)
+    pairs = our_chips(images, oracle, detector, aligner)
+    # The unit may run the int8 detector (and embedder) too: its keypoints drive the alignment there.
+    int8_detector = FaceDetector(open_variant(models_dir, DETECTOR, "int8"), DetectionSection())
+    int8_found = [p for p in our_chips(images, oracle, int8_detector, aligner) if p.chip is not None]
     found = [pair for pair in pairs if pair.chip is not None]
     ours = np.stack([pair.chip for pair in found if pair.chip is not None])
     found_dlib = np.stack([pair.oracle.descriptor for pair in found])
@@ -269,6 +279,15 @@ def embedder_metrics(
         "chip_mean_abs_diff_vs_dlib": float(chip_difference),
         "chip_alignment_error_px_mean": statistics.fmean(p.alignment_error_px or 0.0 for p in found),
         "chip_alignment_error_px_max": max(p.alignment_error_px or 0.0 for p in found),
+        "chip_alignment_error_px_mean_int8_detector": statistics.fmean(
+            p.alignment_error_px or 0.0 for p in int8_found
+        ),
+        "cosine_end_to_end_all_int8_vs_dlib_mean": float(
+            row_cosines(
+                embedders["int8"].embed(np.stack([p.chip for p in int8_found if p.chip is not None])),
+                np.stack([p.oracle.descriptor for p in int8_found]),
+            ).mean()
+        ),
     }
     metrics = _rounded(metrics)
     names = [pair.oracle.image for pair in found]
@@ -293,6 +312,7 @@ def embedder_metrics(
         metrics["samples_pairs"] = len(ours_pairs)
     metrics["embedder_faces_dlib"] = len(oracle)
     metrics["embedder_faces_end_to_end"] = len(found)
+    metrics["embedder_faces_end_to_end_int8_detector"] = len(int8_found)
     for variant in ("float", "int8"):
         model = open_variant(models_dir, EMBEDDER, variant)
         latency = median_latency_ms(model, (0.0, 255.0), latency_runs)  # raw RGB pixels in

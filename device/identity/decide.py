@@ -76,7 +76,8 @@ def decide(
         return make(DecisionType.UNKNOWN, None, (Reason.CLAIM_NOT_MATCHED.value,))
     if match.similarity < config.threshold:
         return make(DecisionType.UNKNOWN, None, (Reason.BELOW_THRESHOLD.value,))
-    if match.margin < config.min_margin:
+    # No other subject enrolled (margin None): nobody to confuse the face with.
+    if match.margin is not None and match.margin < config.min_margin:
         return make(DecisionType.UNKNOWN, None, (Reason.AMBIGUOUS.value,))
     return make(DecisionType.RECOGNIZED, match.subject_id, (Reason.ABOVE_THRESHOLD.value,))
 

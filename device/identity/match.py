@@ -3,8 +3,8 @@
 Embeddings and templates are L2-normalised, so cosine similarity is one matrix product. A subject may have
 several templates; a subject's similarity is its best template's. The margin is the best subject's
 similarity minus the best *other* subject's: a face that is close to two residents is ambiguous even when
-both similarities are high. With no other subject enrolled the margin is measured against -1, the lowest
-cosine there is (nothing competes).
+both similarities are high. With no other subject enrolled there is nothing to be ambiguous with, so the
+margin is None (reported as null), not a figure against an imaginary competitor.
 
 ``TemplateIndex`` groups the templates by subject once (per gallery version), so a lookup is a matmul and a
 ``reduceat``: 10,000 templates take well under a millisecond (``device bench`` measures it).
@@ -71,19 +71,17 @@ class SubjectScores:
     def best(self, among: str | None = None) -> Match:
         """The best subject (or the claimed one, ``among``) and its margin to the best other subject."""
         if not self.subjects:
-            return Match(subject_id=None, similarity=NO_COMPETITOR, margin=0.0)
+            return Match(subject_id=None, similarity=NO_COMPETITOR, margin=None)
         if among is None:
             index = int(np.argmax(self.similarity))
         elif among in self.subjects:
             index = self.subjects.index(among)
         else:
-            return Match(subject_id=None, similarity=NO_COMPETITOR, margin=0.0)
+            return Match(subject_id=None, similarity=NO_COMPETITOR, margin=None)
         best = float(self.similarity[index])
         if len(self.subjects) == 1:
-            other = NO_COMPETITOR
-        else:
-            others = np.delete(self.similarity, index)
-            other = float(others.max())
+            return Match(subject_id=self.subjects[index], similarity=best, margin=None)
+        other = float(np.delete(self.similarity, index).max())
         return Match(subject_id=self.subjects[index], similarity=best, margin=best - other)
 
 

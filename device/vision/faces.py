@@ -144,9 +144,9 @@ def load_stages(
     # Imported here: these modules pull in the TFLite runtime, which commands that never run a model
     # (config, subjects, audit, ...) should not pay for.
     from device.models.accelerator import open_model
-    from device.vision.align import align_face
     from device.vision.detect import FaceDetector
     from device.vision.embed import FaceEmbedder
+    from device.vision.landmarks5 import load_landmark_aligner
 
     detector_model: Any = open_model(config.models, config.models.detector, state_dir=state_dir)
     embedder_model: Any = open_model(config.models, config.models.embedder, state_dir=state_dir)
@@ -157,6 +157,7 @@ def load_stages(
     return Stages(
         detector=FaceDetector(detector_model, config.detection),
         embedder=FaceEmbedder(embedder_model),
-        aligner=align_face,
+        # dlib's 5-point alignment (issue 15): the chip lands where dlib's embedder expects it.
+        aligner=load_landmark_aligner(config.models.dir),
         models={"detector": detector_model, "embedder": embedder_model},
     )

@@ -92,9 +92,50 @@ def test_pairs_paths_are_relative_to_the_csv_and_a_missing_picture_is_reported(
     assert "gone.jpg" in captured.err and "Traceback" not in captured.err
 
 
+def test_a_same_column_adds_a_verification_summary(
+    face_images: dict[str, Path], config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [
+        ("obama.jpg", "obama2.jpg", 1),
+        ("obama.jpg", "obama3.jpg", 1),
+        ("obama2.jpg", "obama3.jpg", 1),
+        ("obama.jpg", "biden.jpg", 0),
+        ("obama2.jpg", "biden.jpg", 0),
+        ("obama3.jpg", "sample1.jpg", 0),
+    ]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("a,b,same\n" + "".join(f"{face_images[a]},{face_images[b]},{s}\n" for a, b, s in rows))
+    code, results = compare_json(capsys, "--pairs", str(pairs), "--config", str(config_file))
+    assert code == 0 and len(results) == len(rows) + 1
+    assert [result["same"] for result in results[:-1]] == [bool(s) for _, _, s in rows]
+    summary = results[-1]["summary"]
+    assert isinstance(summary, dict)
+    assert (summary["genuine_pairs"], summary["impostor_pairs"], summary["pairs_without_face"]) == (3, 3, 0)
+    # Every Obama pair is closer than any pair of different people on these photos.
+    assert summary["tar_at_far_1e-2"] == summary["tar_at_far_1e-3"] == 1.0
+    assert summary["best_accuracy"] == 1.0 and summary["accuracy_at_threshold"] == 1.0
+    assert main(["compare", "--pairs", str(pairs), "--config", str(config_file)]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("summary: ") and "tar_at_far_1e-3 1.0" in last
+
+
+def test_pairs_without_a_same_column_print_no_summary(
+    face_images: dict[str, Path], config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"a,b\n{face_images['obama.jpg']},{face_images['biden.jpg']}\n")
+    code, results = compare_json(capsys, "--pairs", str(pairs), "--config", str(config_file))
+    assert code == 0 and len(results) == 1 and "summary" not in results[0] and "same" not in results[0]
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
-    [("x,y\na.jpg,b.jpg\n", "header a,b"), ("a,b\nonly-one.jpg\n", ":2: expected two image paths")],
+    [
+        ("x,y\na.jpg,b.jpg\n", "header a,b"),
+        ("a,b\nonly-one.jpg\n", ":2: expected two image paths"),
+        ("a,b,same\na.jpg,b.jpg,yes\n", ":2: same must be 1 or 0"),
+        ("a,b,same\na.jpg,b.jpg\n", ":2: expected two image paths and same"),
+    ],
 )
 def test_a_malformed_pairs_file_is_a_usage_error(
     content: str, problem: str, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

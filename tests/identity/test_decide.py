@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from device.config import MatchingSection, QualitySection
 from device.identity.decide import ClaimSlot, Reason, VisitBook, decide
 from device.types import DecisionType, Match
@@ -31,6 +33,21 @@ def test_below_threshold_is_unknown_and_names_nobody() -> None:
 def test_a_face_close_to_two_subjects_is_ambiguous() -> None:
     decision = decision_for(Match("alice", 0.95, 0.005))
     assert (decision.type, decision.reasons) == (DecisionType.UNKNOWN, (Reason.AMBIGUOUS,))
+
+
+def test_a_single_enrolled_subject_has_no_margin_and_is_not_ambiguous() -> None:
+    """Issue 15: with one subject there is nobody to be confused with: margin null, decided on threshold."""
+    from device.events.payloads import build_event
+    from device.identity.match import match_embedding
+
+    alice = np.zeros(128, np.float32)
+    alice[0] = 1.0
+    match = match_embedding(alice[None, :], ["alice"], alice)
+    decision = decision_for(match)
+    assert (decision.type, decision.subject_id, decision.margin) == (DecisionType.RECOGNIZED, "alice", None)
+    event = build_event(decision, seq=1, unit="u1", models={}, gallery_version=None)  # schema-checked
+    assert event["margin"] is None and event["subject"] == "alice"
+    assert decision_for(Match("alice", 0.85, None)).reasons == (Reason.BELOW_THRESHOLD,)
 
 
 def test_no_usable_sample_is_insufficient_quality_with_the_quality_reasons() -> None:
