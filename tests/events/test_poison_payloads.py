@@ -173,3 +173,20 @@ def test_a_dead_io_thread_stops_the_watchdog_ping(
         server.close()
         # The thread is dead and its db closed, so close() has nothing to drain; only end the loop flag.
         publisher._stop.set()
+
+
+def test_the_consumer_says_when_the_connection_is_lost_and_back(mosquitto_broker: Any) -> None:
+    # `device events tail` prints these lines; before, it went silent when the broker went away.
+    lines: list[str] = []
+    consumer = EventConsumer(
+        consumer_settings(mosquitto_broker, "unit-any"), lambda _e, _t: None, on_connection=lines.append
+    ).start()
+    try:
+        assert consumer.subscribed.wait(10)
+        mosquitto_broker.stop()
+        assert wait_for(lambda: any(line.startswith("connection lost") for line in lines), 10)
+        mosquitto_broker.start()
+        assert wait_for(lambda: "reconnected" in lines, 15)
+    finally:
+        consumer.stop()
+    assert [line.split(" ")[0] for line in lines] == ["connection", "reconnected"]
