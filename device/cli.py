@@ -108,7 +108,27 @@ def config_from_args(args: argparse.Namespace) -> UnitConfig:
     return load_config(path)
 
 
+PR_SET_DUMPABLE = 4
+
+
+def refuse_core_dumps() -> None:
+    """prctl(PR_SET_DUMPABLE, 0): no core file of this process (keys, templates, frames are in memory)
+    and no ptrace attach by other processes of the same user. LimitCORE=0 in the units says it again."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(name, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        logging.getLogger(__name__).warning(
+            "could not mark the process not dumpable (errno %d)", ctypes.get_errno()
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    refuse_core_dumps()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -29,6 +29,9 @@ class ConfigError(Exception):
         super().__init__(f"invalid config {source}:\n{listing}")
 
 
+MAX_CONFIG_BYTES = 256 * 1024  # the defaults file with every comment is ~10 KB
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -52,6 +55,9 @@ class CaptureSection(Section):
     hflip: bool = False
     vflip: bool = False
     reconnect_backoff_max_s: float = Field(default=30.0, ge=0.5, le=600.0)
+    infrared: bool = Field(
+        default=False, description="NoIR camera with an IR illuminator: PAD adds its infrared check"
+    )
 
 
 class ModelsSection(Section):
@@ -63,6 +69,13 @@ class ModelsSection(Section):
     reprobe_interval_s: float = Field(default=300.0, ge=10.0, le=86_400.0)
     cpu_threads: int = Field(default=2, ge=1, le=8)
     cpu_variant: Literal["auto", "float", "int8"] = "auto"
+    pad_texture: list[str] = Field(
+        default_factory=lambda: ["minifasnet_v2", "minifasnet_v1se"],
+        min_length=1,
+        max_length=4,
+        description="presentation-attack texture CNNs (manifest names); their P(real) is averaged",
+    )
+    landmarks: str = Field(default="face_landmark", min_length=1, description="dense 468-point face mesh")
 
 
 class MotionSection(Section):
@@ -187,6 +200,38 @@ class LoggingSection(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+# 40 Mpx: more than any camera picture an installer enrols from (12-24 Mpx phones), far below what a
+# hostile file can ask the decoder for (an 18000x18000 PNG of 0.9 MB decodes to almost 1 GB).
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+
+
+class LimitsSection(Section):
+    max_image_pixels: int = Field(
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        ge=1_000_000,
+        le=200_000_000,
+        description="pictures given to enroll/identify/compare/detect/calibrate: largest width x height "
+        "decoded; checked from the file header before decoding",
+    )
+
+
+class LivenessSection(Section):
+    mode: Literal["enforce", "report", "off"] = Field(
+        default="enforce",
+        description="enforce: a visit failing PAD is presentation_attack; report: scores only; off: no PAD",
+    )
+    name_attacked_subject: bool = Field(
+        default=False,
+        description="a presentation_attack event names the resident the picture matched (privacy trade-off)",
+    )
+    texture_threshold: float = Field(
+        default=0.5,
+        gt=0.0,
+        lt=1.0,
+        description="the texture cue passes a face when the models' mean P(real) is at least this",
+    )
+
+
 class UnitConfig(Section):
     unit: UnitSection = Field(default_factory=UnitSection)
     capture: CaptureSection = Field(default_factory=CaptureSection)
@@ -196,9 +241,11 @@ class UnitConfig(Section):
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     quality: QualitySection = Field(default_factory=QualitySection)
     matching: MatchingSection = Field(default_factory=MatchingSection)
+    liveness: LivenessSection = Field(default_factory=LivenessSection)
     gallery: GallerySection = Field(default_factory=GallerySection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
 
 
 def describe_validation_error(error: ValidationError) -> list[str]:
@@ -230,10 +277,17 @@ def load_config(path: Path | None) -> UnitConfig:
         raw = path.read_bytes()
     except OSError as error:
         raise ConfigError(str(path), [f"cannot read the file: {error.strerror}"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            str(path), [f"the file is {len(raw)} bytes; a unit config is at most {MAX_CONFIG_BYTES}"]
+        )
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(str(path), [f"not valid TOML: {error}"]) from None
+    except RecursionError:
+        # tomllib recurses once per nesting level: a hostile file of a few KB of "[[[[" exhausts the stack.
+        raise ConfigError(str(path), ["not valid TOML: values nested too deeply"]) from None
     return parse_config(data, str(path), path.resolve().parent)
 
 

@@ -99,6 +99,20 @@ class DecisionType(StrEnum):
     RECOGNIZED = "recognized"
     UNKNOWN = "unknown"
     INSUFFICIENT_QUALITY = "insufficient_quality"
+    PRESENTATION_ATTACK = "presentation_attack"  # a photo, screen or video of a face, not a person
+
+
+@dataclass(frozen=True)
+class PadOutcome:
+    """Presentation-attack detection of one visit: scores only, never a picture.
+
+    ``passed`` None: every cue abstained; ``cues``: each cue's score 0..1 (1 = live) or None (abstained).
+    """
+
+    passed: bool | None
+    score: float | None
+    cues: dict[str, float | None] = field(default_factory=dict)
+    failed: tuple[str, ...] = ()  # the cues that rejected the face
 
 
 @dataclass(frozen=True)
@@ -110,3 +124,4 @@ class Decision:
     frames: int
     reasons: tuple[str, ...]
     track_id: int
+    pad: PadOutcome | None = None  # None when PAD did not run (mode off, no usable sample)

@@ -15,7 +15,8 @@ from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import reports_gallery_errors
 from device.config import UnitConfig
 from device.identity.audit import AuditLog, VerifyResult
-from device.identity.gallery import GalleryStore, GalleryUnreadableError, audit_log_path
+from device.identity.gallery import GalleryStore, GalleryUnreadableError, audit_head_path, audit_log_path
+from device.identity.keyring import keyring_path
 from device.identity.masterkey import load_master_key
 
 GALLERY_EVENTS = frozenset({"enrol", "forget", "purge"})
@@ -30,8 +31,9 @@ def register(commands: CommandRegistry) -> None:
 
 def verify_with_gallery(config: UnitConfig) -> VerifyResult:
     master_key = load_master_key(config.gallery.master_key_path)
-    log = AuditLog(audit_log_path(config), master_key)
-    store = GalleryStore(config.gallery.path, master_key, log)
+    log = AuditLog(audit_log_path(config), master_key, head_path=audit_head_path(config))
+    keys = keyring_path(config.gallery.master_key_path)
+    store = GalleryStore(config.gallery.path, master_key, log, keyring_file=keys)
     try:
         contents = store.load()
     except GalleryUnreadableError as error:
@@ -70,7 +72,8 @@ def verify_audit(args: argparse.Namespace) -> int:
 def export_audit(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     result = verify_with_gallery(config)
-    log = AuditLog(audit_log_path(config), load_master_key(config.gallery.master_key_path))
+    master_key = load_master_key(config.gallery.master_key_path)
+    log = AuditLog(audit_log_path(config), master_key, head_path=audit_head_path(config))
     text = "".join(line + "\n" for line in log.raw_lines())
     if args.out is None:
         sys.stdout.write(text)

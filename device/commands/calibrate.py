@@ -68,14 +68,14 @@ def default_strangers() -> Iterator[tuple[str, RgbImage]]:
         log.info("astronaut picture not used: %s", error)
 
 
-def stranger_pictures(paths: list[Path] | None) -> Iterator[tuple[str, RgbImage]]:
+def stranger_pictures(paths: list[Path] | None, max_pixels: int) -> Iterator[tuple[str, RgbImage]]:
     if paths is None:
         yield from default_strangers()
         return
     from device.vision.faces import load_image_rgb
 
     for path in paths:
-        yield str(path), load_image_rgb(path)
+        yield str(path), load_image_rgb(path, max_pixels)
 
 
 def stranger_embeddings(
@@ -108,7 +108,9 @@ def run_calibration(args: argparse.Namespace) -> int:
 
     analyzer = FaceAnalyzer.from_config(config)
     try:
-        strangers = stranger_embeddings(stranger_pictures(args.strangers), analyzer.analyze, config)
+        strangers = stranger_embeddings(
+            stranger_pictures(args.strangers, config.limits.max_image_pixels), analyzer.analyze, config
+        )
         calibration = calibrate(collect_scores(by_subject, strangers), args.target_far)
         if args.plot is not None:
             draw_plot(calibration, config.matching.threshold, args.plot)

@@ -101,7 +101,8 @@ def read_pairs(path: Path) -> list[tuple[str, str, bool | None]]:
 class EmbeddingCache:
     """Each picture is analysed once, however many pairs it appears in."""
 
-    def __init__(self, analyzer: FaceAnalyzer, base_dir: Path | None) -> None:
+    def __init__(self, analyzer: FaceAnalyzer, base_dir: Path | None, max_pixels: int) -> None:
+        self._max_pixels = max_pixels
         self._analyzer = analyzer
         self._base_dir = base_dir
         self._vectors: dict[str, Vector | None] = {}
@@ -116,7 +117,7 @@ class EmbeddingCache:
     def vector(self, name: str) -> Vector | None:
         if name not in self._vectors:
             try:
-                face = self._analyzer.largest(load_image_rgb(self.resolve(name)))
+                face = self._analyzer.largest(load_image_rgb(self.resolve(name), self._max_pixels))
             except ImageError as error:
                 print(f"error: {error}", file=sys.stderr)
                 self.failed.append(name)
@@ -185,7 +186,7 @@ def compare_command(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     base_dir = args.pairs.resolve().parent if args.pairs is not None else None
-    cache = EmbeddingCache(analyzer, base_dir)
+    cache = EmbeddingCache(analyzer, base_dir, config.limits.max_image_pixels)
     formatter = format_json if args.json else format_text
     labelled: list[LabelledPair] = []
     for comparison in compare_pairs(pairs, cache, config.matching.threshold):

@@ -10,10 +10,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from device.atomicio import PRIVATE_FILE_MODE, write_atomically
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.models.accelerator import AcceleratorError, open_model
 from device.models.manifest import ModelFileError
 from device.vision.detect import FaceDetector, annotate
+from device.vision.faces import ImageError, load_image_rgb
 
 
 def register(commands: CommandRegistry) -> None:
@@ -25,11 +27,11 @@ def register(commands: CommandRegistry) -> None:
 
 def detect_faces(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    bgr = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
-    if bgr is None:
-        print(f"error: cannot read {args.image} as a picture", file=sys.stderr)
+    try:
+        image = load_image_rgb(args.image, config.limits.max_image_pixels)
+    except ImageError as error:
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    image = np.ascontiguousarray(bgr[:, :, ::-1], dtype=np.uint8)
     try:
         model = open_model(config.models, config.models.detector, state_dir=config.unit.state_dir)
     except (ModelFileError, AcceleratorError) as error:
@@ -50,7 +52,18 @@ def detect_faces(args: argparse.Namespace) -> int:
         print(f"{len(faces)} face(s) in {args.image} ({model.state}, {model.variant})")
     if args.out is not None:
         drawn = annotate(image, faces)
-        if not cv2.imwrite(str(args.out), np.ascontiguousarray(drawn[:, :, ::-1])):
-            print(f"error: cannot write {args.out}", file=sys.stderr)
+        ok, encoded = cv2.imencode(args.out.suffix or ".png", np.ascontiguousarray(drawn[:, :, ::-1]))
+        if not ok:
+            print(f"error: cannot encode {args.out} (use .png or .jpg)", file=sys.stderr)
             return EXIT_FAILURE
+        try:
+            # 0600 from creation: the picture holds a face, readable by the operator only.
+            write_atomically(args.out, encoded.tobytes(), mode=PRIVATE_FILE_MODE)
+        except OSError as error:
+            print(f"error: cannot write {args.out}: {error.strerror}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(
+            f"wrote {args.out} (mode 0600): it holds a face; delete it when the check is done",
+            file=sys.stderr,
+        )
     return EXIT_OK

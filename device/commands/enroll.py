@@ -175,7 +175,7 @@ def judge_pictures(paths: Sequence[Path], analyze: Analyze, config: UnitConfig) 
     verdicts = []
     for path in paths:
         try:
-            image = load_image_rgb(path)
+            image = load_image_rgb(path, config.limits.max_image_pixels)
         except ImageError as error:
             verdicts.append(unreadable(str(path), str(error)))
         else:

@@ -34,19 +34,33 @@ def identify(args: argparse.Namespace) -> int:
     templates, subject_ids = store.active_templates()
     index = TemplateIndex(templates, subject_ids)
 
+    from device.unit.service import StartupError, open_liveness_stage
     from device.vision.faces import FaceAnalyzer, ImageError, load_image_rgb
 
     analyzer = FaceAnalyzer.from_config(config)
+    try:
+        pad = open_liveness_stage(config)
+    except StartupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     reports: list[dict[str, Any]] = []
     failed = False
     for path in args.images:
         try:
-            image = load_image_rgb(path)
+            image = load_image_rgb(path, config.limits.max_image_pixels)
         except ImageError as error:
             failed = True
             reports.append({"image": str(path), "error": str(error), "faces": []})
             continue
-        faces = identify_faces(image, analyzer.analyze(image), index, config.matching, config.quality)
+        faces = identify_faces(
+            image,
+            analyzer.analyze(image),
+            index,
+            config.matching,
+            config.quality,
+            liveness_of=None if pad is None else pad.still,
+            liveness=config.liveness,
+        )
         reports.append({"image": str(path), "error": None, "faces": [face.as_json() for face in faces]})
 
     if args.json:
@@ -74,4 +88,7 @@ def print_text(reports: list[dict[str, Any]], subjects: int) -> None:
         for number, face in enumerate(report["faces"], start=1):
             similarity = "-" if face["similarity"] is None else f"{face['similarity']:.3f}"
             notes = f" (quality: {', '.join(face['quality_issues'])})" if face["quality_issues"] else ""
+            live = face.get("liveness")
+            if isinstance(live, dict) and live.get("passed") is False:
+                notes += f" (presentation attack: {', '.join(face['reasons'])})"
             print(f"{report['image']} face {number}: {face['subject_id']} similarity {similarity}{notes}")

@@ -14,7 +14,9 @@ The config's path is printed as the last line so scripts can capture it.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -23,7 +25,8 @@ from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
 from device.config import UNIT_ID_PATTERN, load_config
 from device.identity.audit import AuditLog, record_config_change
-from device.identity.gallery import audit_log_path, config_digest, initialise_keyring
+from device.identity.gallery import audit_head_path, audit_log_path, config_digest, initialise_keyring
+from device.identity.keyring import keyring_path
 from device.identity.masterkey import generate_master_key
 
 UNIT_DIR_MODE = 0o750
@@ -72,6 +75,25 @@ def config_text(unit_id: str, models_dir: Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def secure_existing_directory(directory: Path, mode: int) -> str | None:
+    """An existing folder gets ``mode`` when it is ours (said on stderr); someone else's is refused."""
+    try:
+        info = directory.stat()
+    except FileNotFoundError:
+        return None
+    current = stat.S_IMODE(info.st_mode)
+    if current == mode:
+        return None
+    if info.st_uid != os.geteuid():
+        return (
+            f"{directory} has mode {current:04o} and belongs to user {info.st_uid}; "
+            "fix it or use another folder"
+        )
+    directory.chmod(mode)
+    print(f"note: {directory} had mode {current:04o}; changed to {mode:04o}", file=sys.stderr)
+    return None
+
+
 def _toml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -90,20 +112,27 @@ def initialise_unit(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
     models_dir = args.models_dir or shipped_models_dir()
 
-    ensure_private_directory(unit_dir, UNIT_DIR_MODE)
-    ensure_private_directory(key_path.parent, PRIVATE_DIR_MODE)
-    ensure_private_directory(unit_dir / "state", PRIVATE_DIR_MODE)
+    for directory, mode in (
+        (unit_dir, UNIT_DIR_MODE),
+        (key_path.parent, PRIVATE_DIR_MODE),
+        (unit_dir / "state", PRIVATE_DIR_MODE),
+    ):
+        problem = secure_existing_directory(directory, mode)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_FAILURE
+        ensure_private_directory(directory, mode)
     create_exclusively(config_path, config_text(args.unit_id, models_dir).encode(), CONFIG_MODE)
     master_key = generate_master_key(key_path)
 
     config = load_config(config_path)
-    audit = AuditLog(audit_log_path(config), master_key)
+    audit = AuditLog(audit_log_path(config), master_key, head_path=audit_head_path(config))
     operator = args.operator or default_operator()
     audit.append("init", operator, {"unit": config.unit.id})
     audit.append("key_generated", operator, {"key_id": master_key.key_id})
     record_config_change(audit, config_digest(config), operator)
     # Generation 0 on record: from now on a missing keyring or gallery is an alarm, not a fresh unit.
-    initialise_keyring(config.gallery.path, master_key)
+    initialise_keyring(keyring_path(config.gallery.master_key_path), master_key)
 
     print(f"unit directory {unit_dir} (mode {UNIT_DIR_MODE:04o})")
     print(f"master key {key_path} (mode 0600, key id {master_key.key_id}); keep it on the unit only")

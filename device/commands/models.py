@@ -38,7 +38,7 @@ def register(commands: CommandRegistry) -> None:
     )
     evaluate.add_argument(
         "--only",
-        choices=["detector", "embedder"],
+        choices=["detector", "embedder", "pad"],
         help="measure one model only (the embedder part needs the dlib oracle, a dev extra)",
     )
 
@@ -109,6 +109,12 @@ def collect_metrics(models_dir: Path, only: str | None = None) -> dict[str, Any]
     metrics: dict[str, Any] = {}
     if only in (None, "detector"):
         metrics.update(detector_metrics(models_dir))
+    if only in (None, "pad"):
+        from device.evaluation.pad_models import TEXTURE_MODELS, landmark_metrics, pad_model_metrics
+
+        for name in TEXTURE_MODELS:
+            metrics.update(pad_model_metrics(models_dir, name))
+        metrics.update(landmark_metrics(models_dir))
     # The embedder's figures come from its own module when it is part of this build.
     if only in (None, "embedder") and importlib.util.find_spec(EMBEDDER_EVAL_MODULE) is not None:
         module = importlib.import_module(EMBEDDER_EVAL_MODULE)

@@ -13,6 +13,7 @@ the broker acknowledged it with a success reason code.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -59,6 +60,16 @@ class OutboxError(Exception):
     """The outbox database cannot be opened or used (corrupt, wrong version, unwritable)."""
 
 
+def wal_files(path: Path) -> tuple[Path, Path]:
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+def create_private_file(path: Path) -> None:
+    """The db file made 0600 before SQLite opens it, whatever the umask: -wal and -shm inherit its mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(fd)
+
+
 class Outbox:
     def __init__(
         self,
@@ -77,6 +88,7 @@ class Outbox:
         self._lock = threading.Lock()
         ensure_private_directory(path.parent)
         try:
+            create_private_file(path)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
             self._setup()
         except sqlite3.DatabaseError as error:
@@ -90,6 +102,9 @@ class Outbox:
         if str(mode).lower() != "wal":
             raise OutboxError(f"the outbox {self.path} could not switch to WAL (got {mode})")
         self._db.execute("PRAGMA synchronous=FULL")
+        # Deleted rows are overwritten with zeros, and the WAL is checkpointed and truncated whenever the
+        # outbox drains: an acknowledged event leaves no readable copy in the db, -wal or -shm files.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE,"
             " topic TEXT NOT NULL, payload BLOB NOT NULL, created REAL NOT NULL)"
@@ -101,7 +116,9 @@ class Outbox:
         version = self._meta("schema")
         if version != SCHEMA_VERSION:
             raise OutboxError(f"the outbox {self.path} has schema {version}; expected {SCHEMA_VERSION}")
-        self.path.chmod(0o600)
+        for companion in (self.path, *wal_files(self.path)):
+            if companion.exists():
+                companion.chmod(0o600)  # SQLite gives -wal/-shm the db's mode; files from older runs too
 
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -168,6 +185,8 @@ class Outbox:
             self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
             self._rows -= 1
             self._bytes -= int(size_row[0])
+            if self._rows == 0:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return True
 
     def stats(self) -> OutboxStats:

@@ -270,6 +270,12 @@ def build_event(
         "models": dict(models),
         "gallery_version": gallery_version,
     }
+    if decision.pad is not None:
+        event["liveness"] = {
+            "passed": decision.pad.passed,
+            "score": _rounded(decision.pad.score),
+            "cues": {name: _rounded(score) for name, score in decision.pad.cues.items()},
+        }
     validate("event", event)
     return event
 

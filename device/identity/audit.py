@@ -5,9 +5,10 @@ One JSON object per line. Each entry carries the MAC of the entry before it (``p
 unit master key, so someone who edits the file cannot recompute the chain: editing an entry breaks its
 own MAC (verify names it), deleting one breaks the sequence and the next entry's ``prev``, and cutting
 entries off the end is caught against two anchors (seq and MAC of the latest entry): the one the gallery
-file records under its own encryption, and ``audit.jsonl.head``, rewritten (MACed, atomically) after
-every append, so a cut tail or an older log put back fails ``audit verify`` even when no gallery write
-came after the lost entries. (Putting back an old log *and* its old head file together needs a hardware
+file records under its own encryption, and ``secrets/audit.head`` (beside the master key, outside the
+state folder), rewritten (MACed, atomically) after every append, so a cut tail or an older log put back
+fails ``audit verify`` even when no gallery write came after the lost entries. (Putting back an old log
+*and* its old head file together needs a hardware
 monotonic counter to detect; see the README's threat model.)
 
 No biometrics and no names ever go in: detail keys come from a fixed allow-list and values are short
@@ -43,6 +44,8 @@ EVENTS = frozenset(
         "purge",
         "config",
         "gallery_unreadable",
+        "backup",
+        "restore",
     }
 )
 DETAIL_KEYS = frozenset(
@@ -61,6 +64,7 @@ DETAIL_KEYS = frozenset(
         "gallery_generation",
         "count",
         "unit",
+        "backup_id",
     }
 )
 
@@ -134,8 +138,9 @@ def utc_now_text() -> str:
 
 
 class AuditLog:
-    def __init__(self, path: Path, master_key: MasterKey) -> None:
+    def __init__(self, path: Path, master_key: MasterKey, *, head_path: Path | None = None) -> None:
         self.path = path
+        self._head_path = head_path or path.with_name(path.name + ".head")
         self._key = master_key.derive(AUDIT_KEY_PURPOSE)
 
     @property
@@ -144,7 +149,7 @@ class AuditLog:
 
     @property
     def head_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".head")
+        return self._head_path
 
     def _write_head(self, entry: AuditEntry) -> None:
         fields = {"seq": entry.seq, "mac": entry.mac}

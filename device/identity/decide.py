@@ -1,4 +1,4 @@
-"""Deciding once per visit: recognized, unknown or insufficient_quality, with reason codes.
+"""Deciding once per visit: recognized, unknown, insufficient_quality or presentation_attack, with reasons.
 
 - ``decide`` turns a track's match (or the lack of usable samples) into a ``Decision``;
 - ``ClaimSlot`` holds a pending claim (verification mode: a badge reader, keypad or door bell says who is
@@ -13,12 +13,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Generic, TypeVar
 
-from device.config import MatchingSection, QualitySection
-from device.types import Decision, DecisionType, Match
+from device.config import LivenessSection, MatchingSection, QualitySection
+from device.types import Decision, DecisionType, Match, PadOutcome
 from device.vision.quality import BestSamples
 
 
@@ -44,11 +44,75 @@ def decide(
     claim: str | None = None,
     quality_reasons: Iterable[str] = (),
     gallery_available: bool = True,
+    pad: PadOutcome | None = None,
+    liveness: LivenessSection | None = None,
 ) -> Decision:
     """One visit's decision. ``match`` is None when no sample passed the quality gate.
 
     An unknown decision never names a subject: the best candidate of a stranger is nobody's business.
+    ``pad``: the visit's presentation-attack verdict; with ``liveness.mode == "enforce"`` a failed one
+    makes the visit a ``presentation_attack`` (never ``recognized``), whatever the match said.
     """
+    decision = decide_match(
+        track_id=track_id,
+        frames=frames,
+        samples=samples,
+        match=match,
+        config=config,
+        claim=claim,
+        quality_reasons=quality_reasons,
+        gallery_available=gallery_available,
+    )
+    if pad is None:
+        return decision
+    decision = replace(decision, pad=pad)
+    mode = liveness.mode if liveness is not None else "enforce"
+    if pad.passed is not False or mode != "enforce" or decision.type is DecisionType.INSUFFICIENT_QUALITY:
+        return decision
+    return presentation_attack(decision, pad, match, config, liveness)
+
+
+def presentation_attack(
+    decision: Decision,
+    pad: PadOutcome,
+    match: Match | None,
+    config: MatchingSection,
+    liveness: LivenessSection | None,
+) -> Decision:
+    """The attack decision: names the impersonated resident only when the config allows it.
+
+    By default the event does not even carry the similarity: a high one says "this is someone enrolled".
+    """
+    named = (
+        liveness is not None
+        and liveness.name_attacked_subject
+        and match is not None
+        and match.subject_id is not None
+        and match.similarity >= config.threshold
+    )
+    reasons = tuple(f"pad_{cue}" for cue in pad.failed) or ("pad_failed",)
+    return replace(
+        decision,
+        type=DecisionType.PRESENTATION_ATTACK,
+        subject_id=match.subject_id if named and match is not None else None,
+        similarity=match.similarity if named and match is not None else None,
+        margin=match.margin if named and match is not None else None,
+        reasons=reasons,
+    )
+
+
+def decide_match(
+    *,
+    track_id: int,
+    frames: int,
+    samples: int,
+    match: Match | None,
+    config: MatchingSection,
+    claim: str | None = None,
+    quality_reasons: Iterable[str] = (),
+    gallery_available: bool = True,
+) -> Decision:
+    """The decision from the match alone (before presentation-attack detection)."""
 
     def make(kind: DecisionType, subject: str | None, reasons: tuple[str, ...]) -> Decision:
         similarity = None if match is None or match.subject_id is None else match.similarity

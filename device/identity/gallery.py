@@ -45,9 +45,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from numpy.typing import NDArray
 
-from device.atomicio import ensure_private_directory, exclusive_lock, write_atomically
+from device.atomicio import create_exclusively, ensure_private_directory, exclusive_lock, write_atomically
 from device.config import MAX_ENROLMENT_DAYS, UnitConfig
 from device.identity.audit import AuditAnchor, AuditLog, Scalar, record_config_change
+from device.identity.backup import BackupError, BackupInfo, new_backup_id, open_backup, seal_backup
 from device.identity.keyring import (
     GallerySlot,
     Keyring,
@@ -387,8 +388,12 @@ class GalleryStore:
         max_templates: int = 5,
         today: Callable[[], date] = lambda: utc_now().date(),
         config_digest: str | None = None,
+        keyring_file: Path | None = None,
     ) -> None:
         self.path = path
+        # The keyring lives beside the master key (keyring.keyring_path); a bare store keeps it beside
+        # the gallery file.
+        self._keyring_file = keyring_file or path.with_name(path.name + ".keys")
         self.config_digest = config_digest
         self._master_key = master_key
         self.sealer = GallerySealer(new_gallery_key())  # replaced by the keyring's key at every load
@@ -404,7 +409,7 @@ class GalleryStore:
             master_key = load_master_key(config.gallery.master_key_path)
         except MasterKeyError as error:
             raise GalleryError(str(error)) from None
-        audit = AuditLog(audit_log_path(config), master_key)
+        audit = AuditLog(audit_log_path(config), master_key, head_path=audit_head_path(config))
         return cls(
             config.gallery.path,
             master_key,
@@ -412,6 +417,7 @@ class GalleryStore:
             default_expiry_days=config.gallery.default_expiry_days,
             max_templates=config.gallery.max_templates_per_subject,
             config_digest=config_digest(config),
+            keyring_file=keyring_path(config.gallery.master_key_path),
         )
 
     @property
@@ -420,29 +426,36 @@ class GalleryStore:
 
     @property
     def keyring_path(self) -> Path:
-        return keyring_path(self.path)
+        return self._keyring_file
 
     def load(self) -> GalleryContents:
         """The gallery the keyring vouches for; raises GalleryUnreadableError for anything else."""
-        contents, self.sealer = open_gallery(self.path, self._master_key)
+        contents, self.sealer = open_gallery(self.path, self._master_key, self._keyring_file)
         return contents
 
     def _save(
-        self, contents: GalleryContents, anchor: AuditAnchor | None, *, rotate_key: bool = False
+        self,
+        contents: GalleryContents,
+        anchor: AuditAnchor | None,
+        *,
+        rotate_key: bool = False,
+        wrapped_under: bytes | None = None,
     ) -> GalleryContents:
         """Writes the next generation: keyring (pending), gallery, keyring (current); see keyring.py.
 
         ``rotate_key``: a new gallery key, every remaining subject key re-wrapped under it, the old key
-        destroyed with the last keyring write (forget and purge).
+        destroyed with the last keyring write (forget and purge). ``wrapped_under``: the gallery key the
+        subjects' keys are wrapped under when it is not the current one (a restored backup).
         """
         ensure_private_directory(self.path.parent)
-        keyring = _read_keyring(self.path, self._master_key) or fresh_keyring()
+        keyring = _read_keyring(self._keyring_file, self._master_key) or fresh_keyring()
         current = keyring.current
         new_key = new_gallery_key() if rotate_key else current.key
         target = GallerySealer(new_key)
         subjects = contents.subjects
-        if rotate_key:
-            old = GallerySealer(current.key)
+        source_key = wrapped_under or current.key
+        if source_key != new_key:
+            old = GallerySealer(source_key)
             subjects = tuple(old.rewrap(subject, target) for subject in subjects)
         updated = replace(
             contents, subjects=subjects, generation=contents.generation + 1, audit_anchor=anchor
@@ -450,9 +463,11 @@ class GalleryStore:
         data = target.seal_file(updated)
         digest = hashlib.sha256(data).hexdigest()
         pending = GallerySlot(new_key, updated.generation, digest)
-        write_keyring(self.keyring_path, Keyring(current, pending), self._master_key)
+        # An erasure destroys every backup key too: no backup from before it can bring anyone back.
+        backups = () if rotate_key else keyring.backups
+        write_keyring(self.keyring_path, Keyring(current, pending, backups), self._master_key)
         write_atomically(self.path, data)
-        write_keyring(self.keyring_path, Keyring(pending), self._master_key)
+        write_keyring(self.keyring_path, Keyring(pending, None, backups), self._master_key)
         self.sealer = target
         return replace(updated, digest=digest)
 
@@ -558,6 +573,68 @@ class GalleryStore:
         log.info("purged %d expired subjects", len(expired))
         return expired
 
+    def backup(self, out: Path, actor: str) -> BackupInfo:
+        """The gallery sealed under a new backup key that only this unit's keyring holds (see backup.py)."""
+        with exclusive_lock(self.lock_path):
+            contents = self.load()
+            keyring = _read_keyring(self._keyring_file, self._master_key)
+            if keyring is None or not contents.digest:
+                raise GalleryError("there is no gallery to back up")
+            slot = keyring.slot_for(contents.generation, contents.digest)
+            assert slot is not None  # load() only returns a file the keyring vouches for
+            info = BackupInfo(
+                new_backup_id(), contents.generation, len(contents.subjects), rfc3339(utc_now())
+            )
+            backup_key = new_gallery_key()
+            data = seal_backup(info, backup_key, slot.key, self.path.read_bytes(), self._master_key)
+            backups = (*keyring.backups, (info.backup_id, backup_key))
+            write_keyring(self.keyring_path, replace(keyring, backups=backups), self._master_key)
+            try:
+                create_exclusively(out, data)
+            except FileExistsError:
+                raise GalleryError(f"{out} already exists; a backup never overwrites a file") from None
+            self._record("backup", actor, {"backup_id": info.backup_id, "count": info.subjects})
+        return info
+
+    def restore(self, source: Path, actor: str, *, replace_newer: bool = False) -> list[str]:
+        """Puts a backup's subjects back as the next generation; returns the subject ids restored.
+
+        Refused when the backup's key is gone (a forget or purge since: it would bring someone back) and,
+        unless ``replace_newer``, when the current gallery holds subjects the backup does not.
+        """
+        with exclusive_lock(self.lock_path):
+            keyring = _read_keyring(self._keyring_file, self._master_key) or fresh_keyring()
+            try:
+                info, gallery_key, gallery_bytes = open_backup(source.read_bytes(), keyring, self._master_key)
+            except BackupError as error:
+                raise GalleryError(str(error)) from None
+            except OSError as error:
+                raise GalleryError(f"cannot read {source}: {error.strerror}") from None
+            restored = GallerySealer(gallery_key).open_file(gallery_bytes, str(source))
+            try:
+                present = {subject.info.subject_id for subject in self.load().subjects}
+            except GalleryUnreadableError:
+                present = set()  # the usual case: the gallery was lost or damaged
+            kept = {subject.info.subject_id for subject in restored.subjects}
+            newer = sorted(present - kept)
+            if newer and not replace_newer:
+                raise GalleryError(
+                    f"the gallery holds {len(newer)} subject(s) enrolled after this backup "
+                    f"({', '.join(newer)}); restoring would remove them (use --replace-newer)"
+                )
+            anchor = self._record(
+                "restore",
+                actor,
+                {
+                    "backup_id": info.backup_id,
+                    "count": len(kept),
+                    "gallery_generation": keyring.current.generation + 1,
+                },
+            )
+            base = replace(restored, generation=keyring.current.generation)
+            self._save(base, anchor, wrapped_under=gallery_key)
+        return sorted(kept)
+
     def record_seen(self, subject_ids: Sequence[str], day: date) -> bool:
         """Updates last-seen (day resolution, to keep writes and movement detail low). No audit entry."""
         with exclusive_lock(self.lock_path):
@@ -575,25 +652,24 @@ class GalleryStore:
         return changed
 
 
-def _read_keyring(gallery_path: Path, master_key: MasterKey) -> Keyring | None:
+def _read_keyring(keys: Path, master_key: MasterKey) -> Keyring | None:
     try:
-        return read_keyring(keyring_path(gallery_path), master_key)
+        return read_keyring(keys, master_key)
     except KeyringError as error:
         raise GalleryUnreadableError(str(error)) from None
 
 
-def initialise_keyring(gallery_path: Path, master_key: MasterKey) -> None:
+def initialise_keyring(keys: Path, master_key: MasterKey) -> None:
     """``device init``: generation 0 recorded, so a later missing keyring is an alarm, not a fresh unit."""
-    if _read_keyring(gallery_path, master_key) is None:
-        ensure_private_directory(gallery_path.parent)
-        write_keyring(keyring_path(gallery_path), fresh_keyring(), master_key)
+    if _read_keyring(keys, master_key) is None:
+        write_keyring(keys, fresh_keyring(), master_key)
 
 
-def open_gallery(path: Path, master_key: MasterKey) -> tuple[GalleryContents, GallerySealer]:
+def open_gallery(path: Path, master_key: MasterKey, keys: Path) -> tuple[GalleryContents, GallerySealer]:
     """The gallery file checked against the keyring: its generation and sha256 must be the ones the unit
     wrote last. A missing, older or different file is refused with one clear line, never read as empty.
     """
-    keyring = _read_keyring(path, master_key)
+    keyring = _read_keyring(keys, master_key)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -607,7 +683,7 @@ def open_gallery(path: Path, master_key: MasterKey) -> tuple[GalleryContents, Ga
         raise GalleryUnreadableError(f"cannot read gallery {path}: {error.strerror}") from None
     if keyring is None:
         raise GalleryUnreadableError(
-            f"gallery {path} has no keyring ({keyring_path(path).name}) beside it: the key that opens it is "
+            f"gallery {path} has no keyring ({keys}): the key that opens it is "
             "gone (a copied or restored file is refused)"
         )
     generation = _header_generation(data)
@@ -700,6 +776,11 @@ def audit_log_path(config: UnitConfig) -> Path:
     return config.unit.state_dir / "audit.jsonl"
 
 
+def audit_head_path(config: UnitConfig) -> Path:
+    """Beside the master key, like the keyring: a state folder put back from the past lacks it."""
+    return config.gallery.master_key_path.with_name("audit.head")
+
+
 def claims_directory(config: UnitConfig) -> Path:
     return config.unit.state_dir / "claims"
 
@@ -760,7 +841,7 @@ class LiveGallery:
         return cls(config.gallery.path, config.gallery.master_key_path)
 
     def _stat_key(self) -> StatKey:
-        keys = keyring_path(self._path)
+        keys = keyring_path(self._master_key_path)
         return (_file_stat(self._path), _file_stat(self._master_key_path), _file_stat(keys))
 
     def _empty(self, stat_key: StatKey, day: date, error: str | None) -> _Loaded:
@@ -775,7 +856,7 @@ class LiveGallery:
             log.error("no gallery: %s", error)
             return self._empty(stat_key, day, str(error))
         try:
-            contents, sealer = open_gallery(self._path, master_key)
+            contents, sealer = open_gallery(self._path, master_key, keyring_path(self._master_key_path))
             if not contents.digest:
                 return self._empty(stat_key, day, None)
             templates, ids = active_templates(sealer, contents, day)

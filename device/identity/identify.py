@@ -4,18 +4,23 @@ Used by ``device identify`` (an operator's check after enrolment or forget). A f
 subject's pseudonymous id when the unit would recognise it (threshold and margin from the config, see
 ``device.identity.decide``), else as ``unknown``; the similarity to the closest subject is reported either
 way so an operator can see how near the threshold a face is. An unknown face is never given a subject id.
+
+With presentation-attack detection (``[liveness] mode`` not off) every face also gets its ``liveness``
+verdict; a still can only use the cues of one picture (texture, frame edges, spectrum). In enforce mode a
+face that fails it is not recognised, exactly as the unit would decide.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from device.config import MatchingSection, QualitySection
+from device.config import LivenessSection, MatchingSection, QualitySection
 from device.identity.decide import decide
 from device.identity.enrol import FaceLike
 from device.identity.match import TemplateIndex
-from device.types import DecisionType, RgbImage
+from device.types import Box, DecisionType, RgbImage
+from device.vision.liveness import Liveness
 from device.vision.quality import assess
 
 UNKNOWN = "unknown"
@@ -29,6 +34,7 @@ class FaceIdentity:
     margin: float | None
     reasons: tuple[str, ...]  # the decision's reason codes
     quality_issues: tuple[str, ...]  # quality gate failures (the unit would not use this face)
+    liveness: Liveness | None = None  # None when PAD is off
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -38,6 +44,7 @@ class FaceIdentity:
             "margin": None if self.margin is None else round(self.margin, 4),
             "reasons": list(self.reasons),
             "quality_issues": list(self.quality_issues),
+            **({} if self.liveness is None else {"liveness": self.liveness.as_json()}),
         }
 
 
@@ -47,12 +54,27 @@ def identify_faces(
     index: TemplateIndex,
     matching: MatchingSection,
     quality: QualitySection,
+    *,
+    liveness_of: Callable[[RgbImage, Box], Liveness] | None = None,
+    liveness: LivenessSection | None = None,
 ) -> list[FaceIdentity]:
-    """One entry per face, in the order given (the analyzer gives largest first)."""
+    """One entry per face, in the order given (the analyzer gives largest first).
+
+    ``liveness_of``: the PAD stage's verdict on one face of a still (``LivenessStage.still``).
+    """
     results = []
     for face in faces:
         match = index.match(face.embedding)
-        decision = decide(track_id=0, frames=1, samples=1, match=match, config=matching)
+        verdict = None if liveness_of is None else liveness_of(image, face.detection.box)
+        decision = decide(
+            track_id=0,
+            frames=1,
+            samples=1,
+            match=match,
+            config=matching,
+            pad=None if verdict is None else verdict.outcome(),
+            liveness=liveness,
+        )
         recognised = decision.type is DecisionType.RECOGNIZED and decision.subject_id is not None
         similarity = None if match.subject_id is None else match.similarity
         margin = None if match.subject_id is None else match.margin
@@ -67,6 +89,7 @@ def identify_faces(
                 quality_issues=tuple(
                     reason.value for reason in assess(image, face.detection, quality).reasons
                 ),
+                liveness=verdict,
             )
         )
     return results

@@ -1,4 +1,4 @@
-"""The gallery's own key and generation, kept in a file apart from the gallery (``gallery.enc.keys``).
+"""The gallery's own key and generation, kept apart from the gallery (``secrets/gallery.keys``).
 
 Why a second file: the gallery file is encrypted under a random *gallery key*, not under a key derived
 from the master key. ``forget`` and ``purge-expired`` replace the gallery key and re-wrap every remaining
@@ -58,10 +58,19 @@ class GallerySlot:
         return f"GallerySlot(generation={self.generation}, digest={self.digest[:12]})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Keyring:
     current: GallerySlot
     pending: GallerySlot | None = None
+    # backup id -> the key its file is sealed under; all destroyed by every forget and purge, so no
+    # backup made before an erasure can be restored (device/identity/backup.py)
+    backups: tuple[tuple[str, bytes], ...] = ()
+
+    def __repr__(self) -> str:
+        return f"Keyring(current={self.current!r}, pending={self.pending!r}, backups={len(self.backups)})"
+
+    def backup_key(self, backup_id: str) -> bytes | None:
+        return next((key for known, key in self.backups if known == backup_id), None)
 
     def slot_for(self, generation: int, digest: str) -> GallerySlot | None:
         """The slot whose record matches a gallery file, if any (current first)."""
@@ -75,8 +84,10 @@ def new_gallery_key() -> bytes:
     return secrets.token_bytes(GALLERY_KEY_BYTES)
 
 
-def keyring_path(gallery_path: Path) -> Path:
-    return gallery_path.with_name(gallery_path.name + ".keys")
+def keyring_path(master_key_path: Path) -> Path:
+    """Beside the master key (the unit's secrets folder), not beside the gallery: putting back a copy of
+    the state folder from the past brings back no keyring, so the old gallery stays refused."""
+    return master_key_path.with_name("gallery.keys")
 
 
 def fresh_keyring() -> Keyring:
@@ -109,8 +120,10 @@ def _slot_from_json(item: object) -> GallerySlot | None:
 
 def seal_keyring(keyring: Keyring, master_key: MasterKey) -> bytes:
     header = _header(master_key)
+    backups = [{"id": backup_id, "key": base64.b64encode(key).decode()} for backup_id, key in keyring.backups]
     body = json.dumps(
-        {"current": _slot_json(keyring.current), "pending": _slot_json(keyring.pending)}, sort_keys=True
+        {"current": _slot_json(keyring.current), "pending": _slot_json(keyring.pending), "backups": backups},
+        sort_keys=True,
     ).encode()
     nonce = os.urandom(NONCE_BYTES)
     return header + nonce + AESGCM(master_key.derive(KEYRING_PURPOSE)).encrypt(nonce, body, header)
@@ -131,6 +144,10 @@ def open_keyring(data: bytes, master_key: MasterKey, source: str) -> Keyring:
         fields = json.loads(plain)
         current = _slot_from_json(fields["current"])
         pending = _slot_from_json(fields["pending"])
+        backups = tuple(
+            (str(item["id"]), base64.b64decode(str(item["key"]), validate=True))
+            for item in fields.get("backups", [])
+        )
     except InvalidTag:
         raise KeyringError(
             f"gallery keyring {source} failed its integrity check: altered or truncated"
@@ -139,7 +156,7 @@ def open_keyring(data: bytes, master_key: MasterKey, source: str) -> Keyring:
         raise KeyringError(f"gallery keyring {source} is malformed ({error})") from None
     if current is None:
         raise KeyringError(f"gallery keyring {source} has no current slot")
-    return Keyring(current, pending)
+    return Keyring(current, pending, backups)
 
 
 def read_keyring(path: Path, master_key: MasterKey) -> Keyring | None:

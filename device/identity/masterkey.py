@@ -78,13 +78,31 @@ def load_master_key(path: Path) -> MasterKey:
             f"master key file {path} has mode {mode:04o}: group/others may read it; "
             f"refusing to use it (chmod 600 {path})"
         )
-    if info.st_uid != os.geteuid() and os.geteuid() != 0:
-        raise MasterKeyError(f"master key file {path} belongs to another user")
+    problem = _ownership_problem(path, info.st_uid)
+    if problem:
+        raise MasterKeyError(f"master key file {path} {problem}; refusing to use it")
     try:
         text = path.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as error:
         raise MasterKeyError(f"cannot read master key file {path}: {error}") from None
     return MasterKey(_parse_key_text(text, path))
+
+
+def _ownership_problem(path: Path, owner: int) -> str | None:
+    """Whose key is it? Our own; or, for root (the operator's sudo), root's or the key folder owner's,
+    the folder writable by nobody else. Root used to accept any owner: any user able to place a file
+    there could have chosen the key the unit would then encrypt everything under."""
+    me = os.geteuid()
+    if owner == me:
+        return None
+    if me != 0:
+        return f"belongs to user {owner}, not to this user ({me})"
+    if owner == 0:
+        return None
+    folder = path.parent.stat()
+    if folder.st_uid == owner and not stat.S_IMODE(folder.st_mode) & 0o022:
+        return None  # the service user's own key in its own 0700 secrets folder
+    return f"belongs to user {owner}, who does not own its folder {path.parent}"
 
 
 def _parse_key_text(text: str, path: Path) -> bytes:

@@ -20,7 +20,9 @@ Measured in one run, on the shipped models and the demo clip (640x480, 15 fps, M
 - ``speedup_vs_dlib_per_face``: dlib's HOG detector + 5-point landmarks + ResNet encoder (what the
   ``face_recognition`` package calls) against ``FaceAnalyzer`` on the same fixture photos, both
   scaled to 640 px on the long side, time per face found, best of ``repeats`` + 1 alternating rounds.
-  dlib comes with the dev extra (``dlib-bin``); null without it.
+  dlib comes with the dev extra (``dlib-bin``); null without it;
+- ``pad_*``: the presentation-attack stage's CPU per visit and the delay it adds to a decision
+  (``device.unit.padbench``).
 
 Targets (from the issue) are listed in the output next to the measured values; a miss is reported, not
 hidden.
@@ -52,9 +54,11 @@ from device.identity.match import EMBEDDING_DIM, InMemoryGallery, TemplateIndex,
 from device.timing import LatencyRecorder
 from device.types import Decision, RgbImage
 from device.unit.democlip import DemoClip, demo_walks, hallway, make_clip
+from device.unit.padbench import pad_benchmark
 from device.unit.pipeline import Pipeline, Runner
 from device.vision.capture import CaptureThread, EndOfStream, FileSource, FrameSource, Pacer
 from device.vision.faces import FaceAnalyzer, Stages
+from device.vision.liveness import open_liveness
 
 log = logging.getLogger(__name__)
 
@@ -419,6 +423,9 @@ def run_benchmark(
         **idle,
     }
     results["peak_rss_mb"] = rss_mb
+    pad_stage = open_liveness(config)  # issue 12: PAD's CPU per visit and the delay it adds
+    if pad_stage is not None:
+        results.update(pad_benchmark(config, stages, decoded_frames(clip.path), gallery, pad_stage, repeats))
     results["bench_process_peak_rss_mb"] = bench_rss_mb
     images = [scaled(fixtures.load_rgb(name)) for name in PEER_PHOTOS]
     # Alternating rounds, best of each: a busy machine slows whichever runs at the wrong moment.

@@ -3,9 +3,10 @@
 Steps: a fresh unit directory (``device init``: config, master key, state); the demo resident enrolled
 from two fixture photos with a demo consent record through the gallery store (audited like any
 enrolment); a clip in which the resident (a third, different photo) and then a visitor who is not
-enrolled walk in, with an empty entrance before, between and after; then the same pipeline ``device run``
-uses, on the CPU fallback, printing each decision as it is made. The demo checks its own outcome: the
-resident must be recognised and the visitor must not, otherwise it exits 1.
+enrolled walk in, then a third visitor holds up a printed photo of the resident (a presentation attack),
+with an empty entrance before, between and after; then the same pipeline ``device run`` uses, on the CPU
+fallback, printing each decision as it is made. The demo checks its own outcome: the resident must be
+recognised, the visitor must not, and the print must be a ``presentation_attack``, otherwise it exits 1.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import logging
 import tomllib
@@ -27,7 +29,16 @@ from device import fixtures
 from device.config import UnitConfig, load_config
 from device.identity.gallery import EnrolRequest, GalleryStore
 from device.types import Decision, DecisionType
-from device.unit.democlip import DemoClip, demo_walks, make_clip
+from device.unit.democlip import (
+    DemoClip,
+    VisitSpan,
+    demo_walks,
+    hallway,
+    iter_script_frames,
+    largest_face,
+    write_mjpeg,
+)
+from device.unit.padattacks import attack_clip_frames, draw_params
 from device.vision.faces import FaceAnalyzer, Stages
 
 log = logging.getLogger(__name__)
@@ -39,6 +50,8 @@ DEMO_OPERATOR = "demo"
 DEMO_CONSENT_REFERENCE = "DEMO-CONSENT-0001 (demo resident, fixture photos)"
 DEMO_NAME = "Demo Resident"
 CONFIG_NAME = "demo.toml"
+PRINT_ATTACK_SEED = 5
+ATTACK_FRAMES = 36  # attack_clip_frames' default length
 
 
 class DemoError(Exception):
@@ -124,8 +137,25 @@ def enrol_demo_resident(config: UnitConfig, analyzer: FaceAnalyzer) -> str:
 
 
 def make_demo_clip(directory: Path, analyzer: FaceAnalyzer) -> DemoClip:
-    walks = demo_walks(fixtures.load_rgb(RESIDENT_CLIP_PHOTO), fixtures.load_rgb(VISITOR_CLIP_PHOTO))
-    return make_clip(directory / "entrance-demo.avi", walks, analyzer.detector.detect)
+    """Resident, visitor, then the print attack (a print of the resident's clip photo, moved closer)."""
+    resident_photo = fixtures.load_rgb(RESIDENT_CLIP_PHOTO)
+    walks = demo_walks(resident_photo, fixtures.load_rgb(VISITOR_CLIP_PHOTO))
+    size, fps, empty = (640, 480), 15.0, 15
+    background = hallway(*size)
+    located = [(walk, largest_face(analyzer.detector.detect, walk.photo, walk.label)) for walk in walks]
+    spans: list[VisitSpan] = []
+    people = iter_script_frames(background, located, spans, empty_frames=empty)
+    face = largest_face(analyzer.detector.detect, resident_photo, "print attack")
+    params = draw_params(np.random.default_rng(PRINT_ATTACK_SEED))
+    attack = attack_clip_frames(resident_photo, face.box, "print_clip", params, size=size, empty_frames=0)
+    attack_frames = ATTACK_FRAMES
+    path = directory / "entrance-demo.avi"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = itertools.chain(people, attack, itertools.repeat(background, empty))
+    written = write_mjpeg(path, frames, fps, size)
+    first = written - empty - attack_frames
+    spans.append(VisitSpan("print attack", first, first + attack_frames - 1))
+    return DemoClip(path, fps, size, written, tuple(spans))
 
 
 def prepare(
@@ -151,6 +181,8 @@ def describe(decision: Decision, resident: str) -> str:
         what = f"RECOGNIZED {who} ({DEMO_NAME})" if who == resident else f"RECOGNIZED {who}"
     elif decision.type is DecisionType.UNKNOWN:
         what = "UNKNOWN visitor"
+    elif decision.type is DecisionType.PRESENTATION_ATTACK:
+        what = "PRESENTATION ATTACK (a photo or screen, not a person)"
     else:
         what = "INSUFFICIENT QUALITY"
     details = []
@@ -162,15 +194,17 @@ def describe(decision: Decision, resident: str) -> str:
 
 
 def outcome_problems(decisions: list[Decision], resident: str) -> list[str]:
-    """What went wrong compared with the script: resident recognised, then the visitor not."""
+    """What went wrong compared with the script: resident recognised, the visitor not, the print an attack."""
     problems = []
-    if len(decisions) != 2:
-        problems.append(f"expected 2 decisions (resident, visitor), got {len(decisions)}")
+    if len(decisions) != 3:
+        problems.append(f"expected 3 decisions (resident, visitor, print attack), got {len(decisions)}")
     first = decisions[0] if decisions else None
     if first is None or first.type is not DecisionType.RECOGNIZED or first.subject_id != resident:
         problems.append("the resident's visit was not recognised as the enrolled resident")
     if len(decisions) < 2 or decisions[1].type is DecisionType.RECOGNIZED:
         problems.append("the visitor's visit was not decided as not recognised")
+    if len(decisions) < 3 or decisions[2].type is not DecisionType.PRESENTATION_ATTACK:
+        problems.append("the printed photo of the resident was not decided presentation_attack")
     return problems
 
 

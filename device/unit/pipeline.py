@@ -37,10 +37,11 @@ from device.identity.claims import ClaimDrop
 from device.identity.decide import ClaimSlot, VisitBook, decide
 from device.identity.match import CachedIndex, GalleryView
 from device.timing import LatencyRecorder
-from device.types import Decision, DecisionType, Frame, RgbImage, Track, TrackState
+from device.types import Decision, DecisionType, Frame, PadOutcome, RgbImage, Track, TrackState
 from device.unit.sysinfo import cpu_temperature_c
 from device.vision.capture import CaptureThread
 from device.vision.faces import Aligner, Detector, Embedder, Stages
+from device.vision.liveness import LivenessStage, PadSample, pad_sample
 from device.vision.motion import MotionGate
 from device.vision.quality import assess
 from device.vision.track import Tracker, TrackUpdate
@@ -55,9 +56,10 @@ HEALTH_TEXT_LIMIT = 160
 
 @dataclass(frozen=True)
 class Chip:
-    """A sample kept for a visit until its decision: the aligned face only."""
+    """A sample kept for a visit until its decision: the aligned face (and, with PAD, its context)."""
 
     image: RgbImage
+    pad: PadSample | None = None
 
 
 class Pipeline:
@@ -76,8 +78,10 @@ class Pipeline:
         latencies: LatencyRecorder | None = None,
         model_health: Callable[[], dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        liveness: LivenessStage | None = None,
     ) -> None:
         self.config = config
+        self._liveness = liveness if config.liveness.mode != "off" else None
         self._detector = detector
         self._embedder = embedder
         self._aligner = aligner
@@ -108,6 +112,7 @@ class Pipeline:
         publisher: Publisher,
         claims: ClaimSlot | None = None,
         latencies: LatencyRecorder | None = None,
+        liveness: LivenessStage | None = None,
     ) -> Pipeline:
         """The pipeline over opened model stages, reporting their accelerator state in its health."""
         return cls(
@@ -120,6 +125,7 @@ class Pipeline:
             claims=claims,
             latencies=latencies,
             model_health=stages.health,
+            liveness=liveness,
         )
 
     # --- per frame ---------------------------------------------------------------------------------
@@ -167,7 +173,13 @@ class Pipeline:
                 continue
             with self.latencies.time("align"):
                 chip = self._aligner(image, detection.keypoints)
-            self._book.observe(track.id, report.score, Chip(chip))
+            pad = None
+            if self._liveness is not None:
+                # the face and its context only: the frame itself is never kept
+                pad = pad_sample(
+                    image, detection.box, detection.keypoints[:2], infrared=self.config.capture.infrared
+                )
+            self._book.observe(track.id, report.score, Chip(chip, pad))
 
     def _conclude(self, update: TrackUpdate) -> list[Decision]:
         due: list[Track] = [
@@ -222,6 +234,7 @@ class Pipeline:
             if samples:
                 with self.latencies.time("match"):
                     match = index.match(own, claim=claim)
+            pad = self._pad(samples)
             decision = decide(
                 track_id=track.id,
                 frames=frames,
@@ -231,6 +244,8 @@ class Pipeline:
                 claim=claim,
                 quality_reasons=reasons,
                 gallery_available=available,
+                pad=pad,
+                liveness=self.config.liveness,
             )
             decisions.append(decision)
         del vectors, chips  # the visit's biometrics end here
@@ -246,6 +261,14 @@ class Pipeline:
             )
             self._publisher.publish_decision(decision)
         return decisions
+
+    def _pad(self, samples: list[Chip]) -> PadOutcome | None:
+        """Presentation-attack detection on the visit's best samples (None: PAD is off or had nothing)."""
+        pad_samples = [chip.pad for chip in samples if chip.pad is not None]
+        if self._liveness is None or not pad_samples:
+            return None
+        with self.latencies.time("pad"):
+            return self._liveness.visit(pad_samples).outcome()
 
     def _embed(self, chips: list[RgbImage]) -> NDArray[np.float32]:
         if not chips:

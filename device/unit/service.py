@@ -28,6 +28,7 @@ from device.unit.pipeline import Pipeline, Runner
 from device.unit.sdnotify import SystemdNotifier
 from device.vision.capture import CameraError, CaptureThread, open_source
 from device.vision.faces import Stages, load_stages
+from device.vision.liveness import LivenessStage, open_liveness
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,16 @@ def open_stages(config: UnitConfig, latencies: LatencyRecorder | None = None) ->
         return load_stages(config, latencies=latencies)
     except (ModelFileError, FileNotFoundError, ValueError) as error:
         raise StartupError(f"cannot load the models: {error}") from None
+
+
+def open_liveness_stage(config: UnitConfig) -> LivenessStage | None:
+    """The presentation-attack stage (None when ``[liveness] mode = "off"``); its models like the others."""
+    from device.models.manifest import ModelFileError
+
+    try:
+        return open_liveness(config)
+    except (ModelFileError, FileNotFoundError, ValueError) as error:
+        raise StartupError(f"cannot load the presentation-attack models: {error}") from None
 
 
 def make_publisher(config: UnitConfig) -> Publisher:
@@ -102,6 +113,7 @@ def build_runner(
     base_dir: Path | None = None,
     on_decision: Callable[[Decision], None] | None = None,
     notifier: Any = None,
+    liveness: LivenessStage | None = None,
 ) -> Runner:
     live_gallery = gallery if gallery is not None else LiveGallery.from_config(config)
     pipeline = Pipeline.from_stages(
@@ -111,6 +123,7 @@ def build_runner(
         publisher=publisher,
         claims=ClaimSlot(config.matching.claim_window_s),
         latencies=latencies,
+        liveness=liveness if liveness is not None else open_liveness_stage(config),
     )
     capture = CaptureThread(
         open_source(config.capture, base_dir=base_dir), config.capture.reconnect_backoff_max_s

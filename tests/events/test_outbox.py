@@ -104,3 +104,44 @@ def test_a_corrupt_outbox_file_gives_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(OutboxError, match="cannot open the outbox"):
         Outbox(path)
+
+
+def test_the_outbox_connection_itself_commits_with_synchronous_full(tmp_path: Path) -> None:
+    """README claim: synchronous=FULL. It is a per-connection setting, so ask the outbox's own connection."""
+    outbox = Outbox(tmp_path / "outbox.db")
+    full = 2
+    assert outbox._db.execute("PRAGMA synchronous").fetchone()[0] == full
+    assert outbox._db.execute("PRAGMA secure_delete").fetchone()[0] == 1
+    outbox.close()
+
+
+def test_an_acknowledged_event_leaves_no_readable_copy_in_any_outbox_file(tmp_path: Path) -> None:
+    """Issue 14, finding 4: acknowledged rows stayed readable in outbox.db-wal."""
+    marker = b"decision-of-visit-7f3a9c-that-was-delivered"
+    outbox = Outbox(tmp_path / "outbox.db")
+    seqs = [
+        outbox.append("entrance/u/events", lambda seq: (f"id-{seq}", marker + bytes([seq]))).seq for _ in "ab"
+    ]
+    files_before = {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    assert any(marker in data for data in files_before.values())  # the search can find it
+
+    for seq in seqs:
+        assert outbox.ack(seq)
+    for path in tmp_path.iterdir():
+        assert marker not in path.read_bytes(), f"{path.name} still holds an acknowledged event"
+    outbox.close()
+
+
+def test_the_db_and_its_wal_and_shm_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        outbox = Outbox(tmp_path / "outbox.db")
+        add(outbox)
+        modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
+        outbox.close()
+    finally:
+        os.umask(previous)
+    assert {"outbox.db", "outbox.db-wal", "outbox.db-shm"} <= set(modes)
+    assert set(modes.values()) == {0o600}, modes

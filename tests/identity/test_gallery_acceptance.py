@@ -168,6 +168,7 @@ def test_calibration_table_recommendation_and_plot(
     )  # fmt: skip
     assert code == 0, err
     subject_id = out.strip().splitlines()[-1]
+    config_before = unit.config_path.read_bytes(), unit.config_path.stat().st_mtime_ns
     plot = tmp_path / "far_frr.png"
     code, out, err = device(unit, "calibrate", "--json", "--target-far", "0", "--plot", str(plot))
     assert code == 0, err
@@ -185,6 +186,8 @@ def test_calibration_table_recommendation_and_plot(
     code, out, err = device(unit, "calibrate", "--json", "--strangers", str(face_images["biden.jpg"]))
     assert code == 0, err
     assert json.loads(out)["stranger_faces"] == 1
+    # README: calibrate recommends, it never changes the config.
+    assert (unit.config_path.read_bytes(), unit.config_path.stat().st_mtime_ns) == config_before
     assert device(unit, "forget", subject_id)[0] == 0
 
 

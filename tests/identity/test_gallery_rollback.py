@@ -33,7 +33,7 @@ def every_key_the_unit_holds(unit: Unit) -> list[bytes]:
     """What an attacker with today's unit files can derive: master-key purposes and the keyring's keys."""
     master = load_master_key(unit.config.gallery.master_key_path)
     keys = [master.derive(INDEX_KEY_PURPOSE), master.derive(WRAP_KEY_PURPOSE)]
-    keyring = read_keyring(keyring_path(unit.config.gallery.path), master)
+    keyring = read_keyring(keyring_path(unit.config.gallery.master_key_path), master)
     assert keyring is not None
     for slot in (keyring.current, keyring.pending):
         if slot is not None:
@@ -85,7 +85,7 @@ def test_a_script_with_the_current_master_key_recovers_nothing_from_an_old_copy(
     stolen = unit.dir / "stolen.enc"
     stolen.write_bytes(old_copy)
     master = load_master_key(unit.config.gallery.master_key_path)
-    keyring = read_keyring(keyring_path(unit.config.gallery.path), master)
+    keyring = read_keyring(keyring_path(unit.config.gallery.master_key_path), master)
     assert keyring is not None
     for key in (master.material, keyring.current.key):
         with pytest.raises(GalleryUnreadableError, match=r"no longer holds|integrity"):
@@ -139,7 +139,7 @@ def test_a_deleted_gallery_is_an_alarm_not_an_empty_unit(unit: Unit) -> None:
 
 def test_a_deleted_keyring_leaves_the_gallery_shut(unit: Unit) -> None:
     enrol_random(unit.store(), "Someone", seed=40)
-    keyring_path(unit.config.gallery.path).unlink()
+    keyring_path(unit.config.gallery.master_key_path).unlink()
     with pytest.raises(GalleryUnreadableError, match="no keyring"):
         unit.store().load()
     assert LiveGallery.from_config(unit.config).state == "no_gallery"

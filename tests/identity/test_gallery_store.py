@@ -35,7 +35,7 @@ def decrypted_index(unit: Unit) -> bytes:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     master_key = load_master_key(unit.config.gallery.master_key_path)
-    keyring = read_keyring(keyring_path(unit.config.gallery.path), master_key)
+    keyring = read_keyring(keyring_path(unit.config.gallery.master_key_path), master_key)
     assert keyring is not None
     index_key = MasterKey(keyring.current.key).derive(INDEX_KEY_PURPOSE)
     data = unit.config.gallery.path.read_bytes()

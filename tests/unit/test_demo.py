@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 
-def test_the_demo_recognises_the_resident_not_the_visitor_and_the_subscriber_gets_both_events(
+def test_the_demo_recognises_the_resident_not_the_visitor_nor_the_print_and_the_subscriber_gets_all(
     tmp_path: Path,
 ) -> None:
     result = subprocess.run(
@@ -20,10 +20,12 @@ def test_the_demo_recognises_the_resident_not_the_visitor_and_the_subscriber_get
     lines = result.stdout.splitlines()
     decided = [line for line in lines if "unit decided" in line]
     received = [line for line in lines if "subscriber received:" in line]
-    assert len(decided) == 2 and "RECOGNIZED" in decided[0] and "UNKNOWN" in decided[1]
-    assert len(received) == 2
+    assert len(decided) == 3 and "RECOGNIZED" in decided[0] and "UNKNOWN" in decided[1]
+    assert "PRESENTATION ATTACK" in decided[2]
+    assert len(received) == 3
     assert " recognized subject=s-" in received[0]
     assert " unknown subject=- " in received[1]
+    assert " presentation_attack subject=- " in received[2]
     assert "demo ok" in lines[-1]
     # The demo's unit is a real one: consent and enrolment are in its audit log.
     audit = (tmp_path / "demo" / "unit" / "state" / "audit.jsonl").read_text()

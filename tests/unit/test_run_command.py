@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from gallery_helpers import init_unit
+from pipeline_support import MODELS as REPO_MODELS
 from pipeline_support import entrance_clip, shipped_stages
 
 from device.cli import main
@@ -192,4 +193,28 @@ def test_mqtt_enabled_without_the_tls_files_is_a_clear_startup_error(
     assert main(["run", "--config", str(unit.config_path)]) == 2
     stderr = capsys.readouterr().err
     assert "error: mqtt:" in stderr and "tls" in stderr.lower()
+    assert "Traceback" not in stderr
+
+
+def test_a_tampered_model_file_stops_the_unit_with_exit_2(
+    clip: DemoClip, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README: the unit refuses a model whose sha256 differs from the manifest (a restart cannot fix it)."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(REPO_MODELS, models)
+    victim = next(models.rglob("*_float*.tflite"))
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    unit = init_unit(tmp_path)
+    text = unit.config_path.read_text().split("[models]")[0]
+    unit.config_path.write_text(
+        text + f'[models]\ndir = "{models}"\n' + CAPTURE.replace("CLIP", str(clip.path))
+    )
+    capsys.readouterr()
+    assert main(["run", "--config", str(unit.config_path)]) == 2
+    stderr = capsys.readouterr().err
+    assert "sha256" in stderr and victim.name in stderr
     assert "Traceback" not in stderr

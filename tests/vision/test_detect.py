@@ -234,7 +234,7 @@ def test_detect_command_refuses_a_file_that_is_not_a_picture(
     bogus = tmp_path / "x.jpg"
     bogus.write_text("not a picture")
     assert main(["detect", str(bogus)]) == 1
-    assert "cannot read" in capsys.readouterr().err
+    assert "not a decodable image" in capsys.readouterr().err
 
 
 class SsdModelStandIn:

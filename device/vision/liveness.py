@@ -1,0 +1,409 @@
+"""Presentation-attack detection (PAD): is the face in front of the camera a person, or a photo/screen?
+
+The stage runs once per visit, on the visit's best samples (never on every frame), between the quality
+gate / alignment and the decision. It fuses independent cues, each a small pure function with its own
+score in 0..1 (1 = looks live) or ``None`` when it cannot tell (it abstains):
+
+- *texture*: the MiniFASNet CNNs (``device.vision.pad_texture``), mean P(real) over the samples;
+- *frame edges*: long straight edges close around the face on several sides (a print's border, a
+  phone's bezel) in the context around the face;
+- *spectrum*: isolated high-frequency peaks in the face's spectrum (halftone dots, a screen's sub-pixel
+  grid, moire);
+- *geometry*: over the visit, a flat picture moves as a plane, a head does not. Landmarks of the samples
+  are fitted with a similarity (2-D rigid + scale) and a homography; when the similarity already explains
+  the motion the head "moved too little to tell" and the cue abstains, otherwise a homography that
+  explains what the similarity could not says the face is flat;
+- *blink*: eye openness from the landmarks over the visit; a blink is evidence for a live face, its
+  absence is never a reason to reject;
+- *infrared* (``capture.infrared``, NoIR camera + IR illuminator): a screen emits no near-infrared, so
+  the face region is nearly flat in the IR image. Not measured on hardware.
+
+A cue that rejects vetoes the visit (reasons name it); blink never does. Nothing of the visit is kept:
+the samples are handed in and dropped by the caller after the verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from device.config import UnitConfig
+from device.types import Box, PadOutcome, RgbImage
+from device.vision.landmarks import LEFT_EYE_CONTOUR, RIGHT_EYE_CONTOUR, FaceLandmarker
+from device.vision.pad_texture import TextureCue, crop_box
+
+log = logging.getLogger(__name__)
+
+CONTEXT_SCALE = 4.0  # context kept per sample: the face box scaled about its centre (the V1SE crop)
+# frame edges: a line counts when it is at least this long relative to the face's side and lies within
+# this many face sides of the face, outside the face box
+EDGE_MIN_LENGTH = 1.2
+EDGE_MAX_DISTANCE = 1.6
+EDGE_SIDES_FOR_FRAME = 3  # left/right/top/bottom: a frame closes around the face on at least this many,
+# or on two opposite sides with edges this long (relative to the face's side): a print or phone larger
+# than the context kept around the face, whose other edges are out of view
+OPPOSITE_SIDES = ({"left", "right"}, {"top", "bottom"})
+OPPOSITE_MIN_LENGTH = 2.0
+# spectrum: peak-to-median ratio of the face's high-frequency band that marks a periodic pattern
+SPECTRUM_PEAK_RATIO = 40.0
+SPECTRUM_MIN_SIDE = 48  # px: a smaller face has too little band to judge (abstain)
+# geometry: RMS residual (fraction of the inter-ocular distance)
+GEOMETRY_MIN_SIMILARITY_RESIDUAL = 0.04  # below: the motion is 2-D rigid, nothing to tell (abstain)
+GEOMETRY_PLANAR_RATIO = 0.35  # homography residual / similarity residual below this: a flat picture
+# blink: eye aspect ratio dips to this fraction of the visit's most open eye
+BLINK_RATIO = 0.6
+# infrared: a face whose IR image has less contrast than this (grey-level std) is a screen
+INFRARED_MIN_STD = 6.0
+GEOMETRY_POINTS = (1, 33, 133, 263, 362, 61, 291, 199, 10, 152, 234, 454, 4, 168)
+
+
+class Cue(StrEnum):
+    TEXTURE = "texture"
+    FRAME_EDGES = "frame_edges"
+    SPECTRUM = "spectrum"
+    GEOMETRY = "geometry"
+    BLINK = "blink"
+    INFRARED = "infrared"
+
+
+@dataclass(frozen=True)
+class CueResult:
+    """One cue's say: ``score`` 0..1 (1 = live) or None (abstained); ``passed`` False when it rejects."""
+
+    score: float | None
+    passed: bool | None
+    detail: dict[str, float] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "score": None if self.score is None else round(self.score, 4),
+            "passed": self.passed,
+            **{key: round(value, 4) for key, value in self.detail.items()},
+        }
+
+
+ABSTAIN = CueResult(None, None)
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """The PAD verdict of one face or visit: passed None when every cue abstained (or PAD is off)."""
+
+    passed: bool | None
+    score: float | None
+    cues: dict[str, CueResult]
+
+    @property
+    def failed_cues(self) -> tuple[str, ...]:
+        return tuple(name for name, cue in self.cues.items() if cue.passed is False and name != Cue.BLINK)
+
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(f"pad_{name}" for name in self.failed_cues)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "passed": self.passed,
+            "score": None if self.score is None else round(self.score, 4),
+            "cues": {name: cue.as_json() for name, cue in self.cues.items()},
+        }
+
+    def outcome(self) -> PadOutcome:
+        """The scores that travel in a decision event (no picture, no landmark)."""
+        return PadOutcome(
+            self.passed,
+            None if self.score is None else round(self.score, 4),
+            {str(name): None if c.score is None else round(c.score, 4) for name, c in self.cues.items()},
+            tuple(str(name) for name in self.failed_cues),
+        )
+
+
+NOT_CHECKED = Liveness(None, None, {})
+
+
+@dataclass(frozen=True)
+class PadSample:
+    """What PAD needs of one good frame until the visit's decision: the face with its context only."""
+
+    context: RgbImage  # the face box scaled by CONTEXT_SCALE, cut from the frame
+    box: Box  # the face box in ``context`` coordinates
+    origin: tuple[int, int]  # where ``context`` sat in the frame (x, y): landmarks back in frame pixels
+    eyes: NDArray[np.float32] | None = None  # BlazeFace's two eye keypoints, ``context`` coordinates
+    infrared: bool = False  # the frame came from a NoIR camera under IR light (grey)
+
+
+def pad_sample(
+    image: RgbImage, box: Box, eyes: NDArray[np.float32] | None = None, *, infrared: bool = False
+) -> PadSample:
+    """Cuts the face and its context from a frame (the frame itself is not kept)."""
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = crop_box(box, width, height, CONTEXT_SCALE)
+    context = np.ascontiguousarray(image[y0:y1, x0:x1])
+    local = Box(box.x0 - x0, box.y0 - y0, box.x1 - x0, box.y1 - y0)
+    local_eyes = None if eyes is None else (np.asarray(eyes, np.float32) - np.array([x0, y0], np.float32))
+    return PadSample(context, local, (x0, y0), local_eyes, infrared)
+
+
+# --- cues on one picture -----------------------------------------------------------------------------
+
+
+def texture_result(p_real: Sequence[float], threshold: float) -> CueResult:
+    if not p_real:
+        return ABSTAIN
+    score = float(np.mean(p_real))
+    return CueResult(score, score >= threshold, {"min": float(min(p_real))})
+
+
+def frame_edge_sides(context: RgbImage, box: Box) -> frozenset[str]:
+    """The sides of the face (left/right/top/bottom) along which a long straight edge runs close to it."""
+    grey = cv2.cvtColor(context, cv2.COLOR_RGB2GRAY)
+    side = max(box.width, box.height, 1.0)
+    edges = cv2.Canny(cv2.GaussianBlur(grey, (5, 5), 0), 40, 120)
+    lines = cv2.HoughLinesP(
+        edges,
+        1,
+        np.pi / 180,
+        threshold=max(20, int(side * 0.5)),
+        minLineLength=int(side * EDGE_MIN_LENGTH),
+        maxLineGap=max(3, int(side * 0.05)),
+    )
+    if lines is None:
+        return frozenset()
+    found: set[str] = set()
+    long_sides: set[str] = set()
+    cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+    reach = side * EDGE_MAX_DISTANCE
+    for x1, y1, x2, y2 in lines.reshape(-1, 4).astype(float):
+        dx, dy = x2 - x1, y2 - y1
+        before = set(found)
+        if abs(dx) >= 3 * abs(dy):  # roughly horizontal: above or below the face
+            y = (y1 + y2) / 2
+            spans = min(x1, x2) <= cx <= max(x1, x2)
+            if spans and box.y0 - reach <= y < box.y0:
+                found.add("top")
+            elif spans and box.y1 < y <= box.y1 + reach:
+                found.add("bottom")
+        elif abs(dy) >= 3 * abs(dx):  # roughly vertical: left or right of the face
+            x = (x1 + x2) / 2
+            spans = min(y1, y2) <= cy <= max(y1, y2)
+            if spans and box.x0 - reach <= x < box.x0:
+                found.add("left")
+            elif spans and box.x1 < x <= box.x1 + reach:
+                found.add("right")
+        if math.hypot(dx, dy) >= side * OPPOSITE_MIN_LENGTH:
+            long_sides |= found - before
+    return frozenset(found | {f"{name}_long" for name in long_sides})
+
+
+def is_framed(sides: frozenset[str]) -> bool:
+    """Edges on three sides or more, or long ones on two opposite sides (``<side>_long`` marks those)."""
+    plain = {side for side in sides if not side.endswith("_long")}
+    long_ = {side.removesuffix("_long") for side in sides if side.endswith("_long")}
+    return len(plain) >= EDGE_SIDES_FOR_FRAME or any(pair <= long_ for pair in OPPOSITE_SIDES)
+
+
+def frame_edge_result(sides: Sequence[frozenset[str]]) -> CueResult:
+    """Framed when more than half of the samples show the face framed by straight edges."""
+    if not sides:
+        return ABSTAIN
+    framed = sum(1 for found in sides if is_framed(found))
+    fraction = framed / len(sides)
+    most = max(len([side for side in found if not side.endswith("_long")]) for found in sides)
+    return CueResult(1.0 - fraction, fraction <= 0.5, {"max_sides": float(most)})
+
+
+def spectrum_peak_ratio(context: RgbImage, box: Box) -> float | None:
+    """Strongest isolated peak of the face's high-frequency band over the band's median (None: too small)."""
+    x0, y0 = max(0, int(box.x0)), max(0, int(box.y0))
+    x1, y1 = min(context.shape[1], int(box.x1)), min(context.shape[0], int(box.y1))
+    if min(x1 - x0, y1 - y0) < SPECTRUM_MIN_SIDE:
+        return None
+    grey = cv2.cvtColor(np.ascontiguousarray(context[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    # the face's own shading is low-frequency: take it out, keep fine periodic structure
+    detail = grey - cv2.GaussianBlur(grey, (0, 0), 2.0)
+    height, width = detail.shape
+    window = np.outer(np.hanning(height), np.hanning(width)).astype(np.float32)
+    magnitude = np.abs(np.fft.fftshift(np.fft.fft2(detail * window)))
+    fy = (np.arange(height) - height // 2) / height
+    fx = (np.arange(width) - width // 2) / width
+    radius = np.hypot(*np.meshgrid(fx, fy, indexing="xy"))
+    band = magnitude[(radius >= 0.15) & (radius <= 0.5)]
+    if band.size < 64:
+        return None
+    return float(band.max() / max(float(np.median(band)), 1e-6))
+
+
+def spectrum_result(ratios: Sequence[float | None]) -> CueResult:
+    seen = [ratio for ratio in ratios if ratio is not None]
+    if not seen:
+        return ABSTAIN
+    ratio = float(np.median(seen))
+    score = 1.0 / (1.0 + (ratio / SPECTRUM_PEAK_RATIO) ** 4)  # 0.5 at the threshold
+    return CueResult(score, ratio < SPECTRUM_PEAK_RATIO, {"peak_ratio": ratio})
+
+
+def infrared_result(samples: Sequence[PadSample]) -> CueResult:
+    """Under IR light a face has skin texture and shading; a screen shows almost nothing (flat grey)."""
+    stds = []
+    for sample in samples:
+        if not sample.infrared:
+            continue
+        b = sample.box
+        face = sample.context[max(0, int(b.y0)) : int(b.y1), max(0, int(b.x0)) : int(b.x1)]
+        if face.size:
+            stds.append(float(cv2.cvtColor(np.ascontiguousarray(face), cv2.COLOR_RGB2GRAY).std()))
+    if not stds:
+        return ABSTAIN
+    std = float(np.median(stds))
+    score = float(min(1.0, std / (2 * INFRARED_MIN_STD)))
+    return CueResult(score, std >= INFRARED_MIN_STD, {"face_std": std})
+
+
+# --- cues over the visit's landmarks ---------------------------------------------------------------
+
+
+def fit_residual(src: NDArray[np.float64], dst: NDArray[np.float64], *, homography: bool) -> float:
+    """RMS distance after the best similarity (or homography) from ``src`` to ``dst`` points."""
+    if homography:
+        matrix, _ = cv2.findHomography(src, dst, 0)
+        if matrix is None:
+            return float("inf")
+        projected = cv2.perspectiveTransform(src.reshape(-1, 1, 2), matrix).reshape(-1, 2)
+    else:
+        affine, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
+        if affine is None:
+            return float("inf")
+        projected = src @ affine[:, :2].T + affine[:, 2]
+    return float(np.sqrt(np.mean(np.sum((projected - dst) ** 2, axis=1))))
+
+
+def geometry_result(meshes: Sequence[NDArray[np.float32]]) -> CueResult:
+    """Planarity of the face's motion over the visit; abstains when a 2-D motion explains it all."""
+    if len(meshes) < 2:
+        return ABSTAIN
+    reference = meshes[0][list(GEOMETRY_POINTS), :2].astype(np.float64)
+    eye_distance = float(np.linalg.norm(meshes[0][33, :2] - meshes[0][263, :2]))
+    if eye_distance < 4.0:
+        return ABSTAIN
+    best: tuple[float, float] | None = None
+    for mesh in meshes[1:]:
+        points = mesh[list(GEOMETRY_POINTS), :2].astype(np.float64)
+        similarity = fit_residual(reference, points, homography=False) / eye_distance
+        if best is None or similarity > best[0]:
+            best = (similarity, fit_residual(reference, points, homography=True) / eye_distance)
+    if best is None or not math.isfinite(best[0]) or best[0] < GEOMETRY_MIN_SIMILARITY_RESIDUAL:
+        return CueResult(None, None, {} if best is None else {"similarity_residual": best[0]})
+    ratio = best[1] / best[0]
+    return CueResult(
+        float(np.clip(ratio, 0.0, 1.0)),
+        ratio >= GEOMETRY_PLANAR_RATIO,
+        {"similarity_residual": best[0], "homography_ratio": ratio},
+    )
+
+
+def eye_aspect_ratio(mesh: NDArray[np.float32]) -> float:
+    """Mean over both eyes of (eye height / eye width) from the mesh's eye contours."""
+    ratios = []
+    for contour in (RIGHT_EYE_CONTOUR, LEFT_EYE_CONTOUR):
+        points = mesh[list(contour), :2]
+        width = float(np.linalg.norm(points[0] - points[8]))
+        # contour: corner, lower lid (1..7), other corner (8), upper lid (9..15) -> pair lids by position
+        height = float(np.mean(np.linalg.norm(points[1:8] - points[15:8:-1], axis=1)))
+        ratios.append(height / width if width > 1e-3 else 0.0)
+    return float(np.mean(ratios))
+
+
+def blink_result(meshes: Sequence[NDArray[np.float32]]) -> CueResult:
+    """Evidence for live only: passed True on a blink, else abstains (no blink proves nothing)."""
+    if len(meshes) < 2:
+        return ABSTAIN
+    ratios = [eye_aspect_ratio(mesh) for mesh in meshes]
+    most_open = max(ratios)
+    if most_open <= 0:
+        return ABSTAIN
+    dip = min(ratios) / most_open
+    if dip <= BLINK_RATIO:
+        return CueResult(1.0, True, {"eye_dip": dip})
+    return CueResult(None, None, {"eye_dip": dip})
+
+
+# --- fusion ------------------------------------------------------------------------------------------
+
+
+def fuse(cues: dict[str, CueResult]) -> Liveness:
+    """Any vetoing cue fails the face; passed None when every cue abstained; score = weakest cue's score.
+
+    Blink is evidence for live only: it raises nothing but the score and is never a reason to reject.
+    """
+    voting = {name: cue for name, cue in cues.items() if cue.passed is not None and name != Cue.BLINK}
+    if not voting:
+        return Liveness(None, None, cues)
+    passed = all(cue.passed for cue in voting.values())
+    scores = [cue.score for cue in voting.values() if cue.score is not None]
+    score = min(scores) if scores else None
+    blink = cues.get(Cue.BLINK)
+    if score is not None and blink is not None and blink.passed:
+        score = min(1.0, score + 0.1)
+    return Liveness(passed, score, cues)
+
+
+class LivenessStage:
+    """The PAD stage of the unit: texture CNNs + landmarks opened once, cues fused per visit."""
+
+    def __init__(
+        self, texture: TextureCue | None, landmarker: FaceLandmarker | None, texture_threshold: float
+    ) -> None:
+        self.texture = texture
+        self.landmarker = landmarker
+        self.texture_threshold = texture_threshold
+
+    def still(self, image: RgbImage, box: Box) -> Liveness:
+        """One picture: texture + frame edges + spectrum (motion and blinks need a visit)."""
+        return self.visit([pad_sample(image, box)])
+
+    def visit(self, samples: Sequence[PadSample]) -> Liveness:
+        if not samples:
+            return NOT_CHECKED
+        cues: dict[str, CueResult] = {}
+        if self.texture is not None:
+            p_real = [self.texture.p_real(sample.context, sample.box) for sample in samples]
+            cues[Cue.TEXTURE] = texture_result(p_real, self.texture_threshold)
+        cues[Cue.FRAME_EDGES] = frame_edge_result([frame_edge_sides(s.context, s.box) for s in samples])
+        cues[Cue.SPECTRUM] = spectrum_result([spectrum_peak_ratio(s.context, s.box) for s in samples])
+        if self.landmarker is not None and len(samples) >= 2:
+            meshes = [self.frame_mesh(sample) for sample in samples]
+            cues[Cue.GEOMETRY] = geometry_result(meshes)
+            cues[Cue.BLINK] = blink_result(meshes)
+        if any(sample.infrared for sample in samples):
+            cues[Cue.INFRARED] = infrared_result(samples)
+        return fuse(cues)
+
+    def frame_mesh(self, sample: PadSample) -> NDArray[np.float32]:
+        assert self.landmarker is not None
+        points = self.landmarker.locate(sample.context, sample.box, sample.eyes).copy()
+        points[:, 0] += sample.origin[0]
+        points[:, 1] += sample.origin[1]
+        return points
+
+
+def open_liveness(config: UnitConfig, *, state_dir: Path | None = None) -> LivenessStage | None:
+    """The PAD stage the config asks for, or None when ``[liveness] mode = "off"``."""
+    if config.liveness.mode == "off":
+        return None
+    from device.vision.landmarks import open_landmarker
+    from device.vision.pad_texture import open_texture_cue
+
+    # the face mesh ships as float only: a unit pinned to int8 still gets it
+    float_ok = config.model_copy(update={"models": config.models.model_copy(update={"cpu_variant": "auto"})})
+    return LivenessStage(
+        open_texture_cue(config, state_dir=state_dir),
+        open_landmarker(float_ok, state_dir=state_dir),
+        config.liveness.texture_threshold,
+    )

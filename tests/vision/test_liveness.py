@@ -1,0 +1,197 @@
+"""The PAD stage: its cues on real and rendered pictures, the fusion rules, and the public samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from device import fixtures
+from device.config import UnitConfig
+from device.types import Box, RgbImage
+from device.unit.padattacks import RenderParams, halftone, still_attack, subpixel_screen
+from device.vision.faces import Detector, load_image_rgb, load_stages
+from device.vision.liveness import (
+    ABSTAIN,
+    Cue,
+    CueResult,
+    LivenessStage,
+    blink_result,
+    frame_edge_sides,
+    fuse,
+    geometry_result,
+    infrared_result,
+    is_framed,
+    open_liveness,
+    pad_sample,
+    spectrum_peak_ratio,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+PAD_SAMPLES = REPO / "tests" / "data" / "pad_samples"
+PARAMS = RenderParams(
+    halftone_period=4, paper_white=240.0, border=0.1, tilt=0.05, gradient=0.2, gamma=1.0, glare=0.1, jpeg=85
+)
+
+
+def shipped_config() -> UnitConfig:
+    """The shipped settings, with the models from the repo on the CPU."""
+    return UnitConfig.model_validate({"models": {"dir": str(REPO / "models"), "accelerator": "cpu"}})
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    return load_stages(shipped_config()).detector
+
+
+@pytest.fixture(scope="module")
+def stage() -> LivenessStage:
+    opened = open_liveness(shipped_config())
+    assert opened is not None
+    return opened
+
+
+def largest_box(detector: Detector, image: RgbImage) -> Box:
+    faces = detector.detect(image)
+    assert faces, "no face found"
+    return max(faces, key=lambda face: face.box.area).box
+
+
+@pytest.mark.parametrize(
+    ("name", "live"), [("image_F1.jpg", False), ("image_F2.jpg", False), ("image_T1.jpg", True)]
+)
+def test_public_samples_at_shipped_settings(
+    name: str, live: bool, detector: Detector, stage: LivenessStage
+) -> None:
+    image = load_image_rgb(PAD_SAMPLES / name)
+    verdict = stage.still(image, largest_box(detector, image))
+    assert verdict.passed is live
+    if not live:
+        assert verdict.reasons(), "a failed face names the cues that failed it"
+
+
+def test_mode_off_opens_no_stage() -> None:
+    config = UnitConfig.model_validate({"liveness": {"mode": "off"}})
+    assert open_liveness(config) is None
+
+
+def test_fixture_photos_pass(detector: Detector, stage: LivenessStage) -> None:
+    for name in ("obama.jpg", "obama2.jpg", "biden.jpg", "sample1.jpg"):
+        image = fixtures.load_rgb(name)
+        assert stage.still(image, largest_box(detector, image)).passed is True, name
+
+
+def test_a_printed_photo_with_its_border_fails(detector: Detector, stage: LivenessStage) -> None:
+    photo = fixtures.load_rgb("obama.jpg")
+    attack = still_attack(photo, largest_box(detector, photo), "print", PARAMS)
+    verdict = stage.still(attack, largest_box(detector, attack))
+    assert verdict.passed is False
+
+
+def test_frame_edges_see_a_border_around_the_face_and_not_a_plain_background() -> None:
+    scene = np.full((400, 400, 3), 120, np.uint8)
+    box = Box(160, 150, 240, 250)
+    plain = frame_edge_sides(scene, box)
+    framed = scene.copy()
+    cv2.rectangle(framed, (110, 90), (290, 320), (250, 250, 250), 3)
+    assert plain == frozenset()
+    assert {"left", "right", "top", "bottom"} <= frame_edge_sides(framed, box)
+    assert is_framed(frame_edge_sides(framed, box))
+    door = scene.copy()
+    cv2.line(door, (120, 20), (120, 380), (40, 30, 20), 3)  # one edge (a door frame) is no frame
+    assert not is_framed(frame_edge_sides(door, box))
+
+
+def test_spectrum_sees_halftone_and_subpixel_grids_but_not_the_photo() -> None:
+    photo = fixtures.load_rgb("obama.jpg")
+    height, width = photo.shape[:2]
+    box = Box(0, 0, width, height)
+    plain = spectrum_peak_ratio(photo, box)
+    printed = spectrum_peak_ratio(halftone(photo, 4, 240.0), box)
+    screen = spectrum_peak_ratio(subpixel_screen(photo, 3, 1.0, 240.0), box)
+    assert plain is not None and printed is not None and screen is not None
+    assert plain < 40.0 < min(printed, screen)
+
+
+def test_spectrum_abstains_on_a_tiny_face() -> None:
+    assert spectrum_peak_ratio(np.zeros((30, 30, 3), np.uint8), Box(0, 0, 30, 30)) is None
+
+
+def mesh_from(points_3d: NDArray[np.float64], yaw: float, shift: float) -> NDArray[np.float32]:
+    """468 points projected after a yaw rotation (orthographic) and a shift."""
+    cos, sin = np.cos(yaw), np.sin(yaw)
+    x = points_3d[:, 0] * cos + points_3d[:, 2] * sin
+    projected = np.column_stack([x + 300 + shift, points_3d[:, 1] + 200, points_3d[:, 2]])
+    return projected.astype(np.float32)
+
+
+def face_points(depth: float) -> NDArray[np.float64]:
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(-60, 60, (468, 2))
+    z = depth * (1.0 - (xy[:, 0] ** 2 + xy[:, 1] ** 2) / 7200.0) * 60
+    points = np.column_stack([xy, z])
+    points[33] = [-30, -10, 0]  # the eye corners used for scale
+    points[263] = [30, -10, 0]
+    return points
+
+
+def test_geometry_calls_a_turning_head_live_and_a_turning_photo_flat() -> None:
+    head = face_points(depth=1.0)
+    photo = face_points(depth=0.0)
+    live = geometry_result([mesh_from(head, 0.0, 0), mesh_from(head, 0.6, 10)])
+    flat = geometry_result([mesh_from(photo, 0.0, 0), mesh_from(photo, 0.6, 10)])
+    assert live.passed is True
+    assert flat.passed is False
+
+
+def test_geometry_abstains_when_the_face_only_slid_sideways() -> None:
+    head = face_points(depth=1.0)
+    assert geometry_result([mesh_from(head, 0.0, 0), mesh_from(head, 0.0, 25)]).passed is None
+
+
+def eyes_mesh(openness: float) -> NDArray[np.float32]:
+    from device.vision.landmarks import LEFT_EYE_CONTOUR, RIGHT_EYE_CONTOUR
+
+    mesh = np.zeros((468, 3), np.float32)
+    for contour, cx in ((RIGHT_EYE_CONTOUR, 100.0), (LEFT_EYE_CONTOUR, 160.0)):
+        for position, index in enumerate(contour):
+            angle = np.pi * position / 8  # 0 at one corner, pi at the other (index 8), back above
+            mesh[index] = [cx - 15 * np.cos(angle), 100 + 15 * openness * np.sin(angle), 0]
+    return mesh
+
+
+def test_a_blink_is_evidence_for_live_and_no_blink_proves_nothing() -> None:
+    blink = blink_result([eyes_mesh(0.4), eyes_mesh(0.05), eyes_mesh(0.4)])
+    steady = blink_result([eyes_mesh(0.4), eyes_mesh(0.4)])
+    assert blink.passed is True
+    assert steady.passed is None
+
+
+def test_fusion_any_veto_fails_and_blink_never_rejects_nor_rescues() -> None:
+    good, bad = CueResult(0.9, True), CueResult(0.1, False)
+    assert fuse({Cue.TEXTURE: good, Cue.SPECTRUM: good}).passed is True
+    failed = fuse({Cue.TEXTURE: good, Cue.FRAME_EDGES: bad, Cue.BLINK: CueResult(1.0, True)})
+    assert failed.passed is False and failed.reasons() == ("pad_frame_edges",)
+    assert fuse({Cue.TEXTURE: ABSTAIN, Cue.BLINK: CueResult(1.0, True)}).passed is None
+    assert fuse({Cue.TEXTURE: good, Cue.BLINK: CueResult(0.0, False)}).passed is True
+
+
+def test_infrared_check_rejects_a_flat_face_and_accepts_a_textured_one() -> None:
+    rng = np.random.default_rng(0)
+    textured = rng.integers(40, 200, (200, 200, 3), dtype=np.uint8)
+    flat = np.full((200, 200, 3), 90, np.uint8)
+    box = Box(50, 50, 150, 150)
+    assert infrared_result([pad_sample(textured, box, infrared=True)]).passed is True
+    assert infrared_result([pad_sample(flat, box, infrared=True)]).passed is False
+    assert infrared_result([pad_sample(flat, box)]).passed is None  # not an IR frame: abstains
+
+
+def test_pad_sample_keeps_the_face_context_only() -> None:
+    image = np.zeros((480, 640, 3), np.uint8)
+    sample = pad_sample(image, Box(300, 200, 340, 240), np.array([[310, 215], [330, 215]], np.float32))
+    assert sample.context.shape[0] < 480 and sample.context.shape[1] < 640
+    assert sample.eyes is not None
+    assert sample.box.x0 + sample.origin[0] == 300
