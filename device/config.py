@@ -185,6 +185,20 @@ class MqttSection(Section):
     outbox_max_rows: int = Field(default=100_000, ge=10, le=10_000_000)
     outbox_max_bytes: int = Field(default=64 * 1024 * 1024, ge=10_000)
     ha_discovery: bool = False
+    unknown_scores: bool = Field(
+        default=False,
+        description=(
+            "also publish similarity and margin for unknown visits (threshold tuning); a privacy "
+            "trade-off: it tells consumers how close a stranger came to a resident"
+        ),
+    )
+    event_key_path: Path | None = Field(
+        default=None,
+        description=(
+            "Ed25519 event signing key, made on first start (0600); "
+            "default <unit.state_dir>/secrets/event-signing.key"
+        ),
+    )
 
 
 class LoggingSection(Section):

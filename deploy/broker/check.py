@@ -3,7 +3,8 @@
 Makes a throw-away PKI, renders the fleet config (only port, bind address, log destination and the
 run-as user differ from production), starts Mosquitto, then checks with a unit and a consumer
 certificate: the unit's event reaches the consumer, a publish on another unit's topic is refused
-(PUBACK 0x87), a client without a certificate is refused. Prints one JSON line; exit 0 when all held.
+(PUBACK 0x87), so is a consumer publishing events, and a client without a certificate is refused.
+Prints one JSON line; exit 0 when all held.
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ def run_check(root: Path, prefix: str) -> dict[str, object]:
         consumer.client.subscribe(f"{prefix}/+/events", qos=1)
         consumer.subscribed.wait(TIMEOUT_S)
         denied = _publish(unit, f"{prefix}/other-unit/events")
+        # A consumer certificate is no unit: not under its own name, not under a unit's (issue 13).
+        consumer_forgery = [
+            _publish(consumer, f"{prefix}/backend/events"),
+            _publish(consumer, f"{prefix}/check-unit/events"),
+        ]
         own = _publish(unit, f"{prefix}/check-unit/events")
         with consumer.changed:
             consumer.changed.wait_for(lambda: bool(consumer.received), TIMEOUT_S)
@@ -124,6 +130,7 @@ def run_check(root: Path, prefix: str) -> dict[str, object]:
             "consumer_connected": consumer_ok,
             "own_event_puback": own,
             "foreign_topic_puback": denied,
+            "consumer_forgery_puback": consumer_forgery,
             "consumer_received": consumer.received,
             "anonymous_refused": not anonymous_connected,
         }
@@ -133,6 +140,7 @@ def run_check(root: Path, prefix: str) -> dict[str, object]:
             and own is not None
             and own < 0x80
             and denied == 0x87
+            and consumer_forgery == [0x87, 0x87]
             and consumer.received == [f"{prefix}/check-unit/events"]
             and not anonymous_connected
         )

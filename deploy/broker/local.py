@@ -138,6 +138,11 @@ class LocalBroker:
             still_valid = any(c.identity == identity and c.revoked_at is None for c in self.pki.issued())
             if not (still_valid and files.cert.exists() and files.key.exists()):
                 files = self.pki.issue_client(identity, role)
+                if role == "unit":
+                    # Units have their own ACL block (render.py): a new unit needs the ACL rendered
+                    # again and, when the broker runs, reloaded.
+                    self.refresh_config()
+                    self.reload()
             self._certs[identity] = (files.cert, files.key)
         return self._certs[identity]
 

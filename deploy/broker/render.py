@@ -6,6 +6,10 @@
 
 Topic layout (see docs/asyncapi.yaml): a unit with identity U (its certificate CN) may
 write `<prefix>/U/events`, `<prefix>/U/status`, `<prefix>/U/health` and read `<prefix>/U/cmd/#`.
+The unit rules are rendered per unit (`user U` blocks, from the PKI's index of unit certificates), not
+as `%u` patterns: Mosquitto applies a pattern to every client, so a pattern would let a consumer
+certificate write `<prefix>/<consumer>/events` as if it were a unit (issue 13). Adding a unit means
+issuing its certificate, rendering again and reloading the broker (SIGHUP); the fleet playbook does that.
 With Home Assistant discovery it may also write `homeassistant/<component>/U/<object>/config`
 (HA's optional node_id level is the unit id). Units do not read HA's birth message: discovery configs
 are retained, so a restarted Home Assistant finds them without a re-announcement.
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from deploy.broker.pki import PkiError, check_identity
+from deploy.broker.pki import Pki, PkiError, check_identity
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "mosquitto.conf.in"
@@ -68,31 +72,43 @@ def _check_prefix(prefix: str) -> str:
     return prefix
 
 
-def render_acl(prefix: str, consumers: tuple[str, ...], ha_discovery: bool) -> str:
-    """The ACL: per-unit patterns (the CN is %u) and one block per consumer identity."""
+def render_acl(
+    prefix: str, consumers: tuple[str, ...], ha_discovery: bool, units: tuple[str, ...] = ()
+) -> str:
+    """The ACL: one block per unit identity (its own topics) and one per consumer identity.
+
+    There are no ``pattern`` lines: a pattern applies to every client, consumers included. An identity
+    that is neither a listed unit nor a listed consumer may connect but can read and write nothing.
+    """
     _check_prefix(prefix)
-    for consumer in consumers:
+    for identity in (*units, *consumers):
         try:
-            check_identity(consumer)
+            check_identity(identity)
         except PkiError as error:
             raise RenderError(str(error)) from error
+    both = sorted(set(units) & set(consumers))
+    if both:
+        raise RenderError(f"identities cannot be both unit and consumer: {', '.join(both)}")
     lines = [
         "# Rendered by deploy/broker/render.py.",
-        "# %u is the client's certificate CN (use_identity_as_username).",
+        "# A user is the client's certificate CN (use_identity_as_username).",
         "# Mosquitto checks these rules when a message is published and when it is delivered;",
         "# a SUBSCRIBE to a forbidden filter is accepted but nothing forbidden is ever delivered.",
-        "",
-        "# Every identity: its own unit topics only.",
-        f"pattern write {prefix}/%u/events",
-        f"pattern write {prefix}/%u/status",
-        f"pattern write {prefix}/%u/health",
-        f"pattern read {prefix}/%u/cmd/#",
+        "# Units: their own topics only. Consumers: read all units, write commands; never events,",
+        "# status, health or discovery (no pattern lines, which would apply to consumers too).",
     ]
-    if ha_discovery:
+    for unit in sorted(set(units)):
         lines += [
-            "# Home Assistant discovery: homeassistant/<component>/<unit>/<object>/config",
-            f"pattern write {HA_PREFIX}/+/%u/#",
+            "",
+            f"user {unit}",
+            f"topic write {prefix}/{unit}/events",
+            f"topic write {prefix}/{unit}/status",
+            f"topic write {prefix}/{unit}/health",
+            f"topic read {prefix}/{unit}/cmd/#",
         ]
+        if ha_discovery:
+            # Home Assistant discovery: homeassistant/<component>/<unit>/<object>/config
+            lines.append(f"topic write {HA_PREFIX}/+/{unit}/#")
     for consumer in consumers:
         lines += [
             "",
@@ -149,6 +165,13 @@ def _copy(source: Path, target: Path, mode: int) -> None:
     tmp.replace(target)
 
 
+def unit_identities(pki_dir: Path) -> tuple[str, ...]:
+    """Every unit with a certificate that is not revoked, from the PKI's index."""
+    issued = Pki(pki_dir).issued()
+    live = {cert.identity for cert in issued if cert.role == "unit" and cert.revoked_at is None}
+    return tuple(sorted(live))
+
+
 def write_broker_config(settings: BrokerSettings) -> Path:
     """Writes <out>/mosquitto.conf, <out>/acl and <out>/certs/ (CA and broker certificate, broker key
     0600, CRL), creates the persistence directory and hands all of it to `owner`; returns the conf.
@@ -159,7 +182,7 @@ def write_broker_config(settings: BrokerSettings) -> Path:
     if missing:
         raise RenderError(f"PKI files missing (run pki.py init and pki.py broker): {', '.join(missing)}")
     conf = render_config(settings)
-    acl = render_acl(settings.prefix, settings.consumers, settings.ha_discovery)
+    acl = render_acl(settings.prefix, settings.consumers, settings.ha_discovery, unit_identities(pki))
     certs = _cert_dir(settings)
     certs.mkdir(parents=True, exist_ok=True, mode=0o750)
     for name, (_source, copy_name) in BROKER_FILES.items():

@@ -56,7 +56,10 @@ fi
 for identity in unit-a unit-b; do
   [ -s "$scratch/pki/units/$identity.crt" ] || { echo "no certificate for $identity"; exit 1; }
 done
-grep -q 'pattern write entrance/%u/events' "$scratch/build/broker/acl" || { echo "ACL lacks the unit pattern"; exit 1; }
+for identity in unit-a unit-b; do
+  grep -qx "topic write entrance/$identity/events" "$scratch/build/broker/acl" || { echo "ACL lacks a block for $identity"; exit 1; }
+done
+if grep -q '^pattern' "$scratch/build/broker/acl"; then echo "ACL has a pattern, which would apply to consumers too"; exit 1; fi
 echo "ok: check mode against localhost; PKI issued unit-a and unit-b, broker config rendered"
 
 # The per-unit config template, rendered for each kind of unit, passes the unit's own validator.

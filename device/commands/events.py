@@ -2,8 +2,10 @@
 
 Connects with a *consumer* certificate (the unit's own certificate may not read events), subscribes to
 ``<prefix>/<unit|+>/events``, validates each payload against the event schema, drops redeliveries by
-``event_id`` and prints one line per event. Invalid payloads are reported on stderr, never printed as
-events.
+``event_id``, verifies each event's Ed25519 signature against the unit key registry (``--keys``), its
+unit, freshness and ``seq`` order, and prints one line per event. Anything else (invalid, unsigned,
+wrongly signed, replayed, other-unit, stale) is one line on stderr, never printed as an event.
+``device events key`` prints this unit's public event key (made on first use) for the registry.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from typing import Any
 
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
 from device.events.consumer import ConsumerSettings, EventConsumer
+from device.events.mqtt_publisher import event_key_path
+from device.events.payloads import PayloadError
+from device.events.signing import DEFAULT_MAX_AGE_S, EventKey, EventVerifier, load_registry
 
 
 def register(commands: CommandRegistry) -> None:
@@ -36,6 +41,24 @@ def register(commands: CommandRegistry) -> None:
         "--client-id", default="", help="fixed client id: a persistent session with --session-expiry"
     )
     parser.add_argument("--session-expiry", type=int, default=0, help="seconds the broker keeps the queue")
+    parser.add_argument(
+        "--keys", type=Path, required=True, help="unit key registry (JSON made by the fleet playbook)"
+    )
+    parser.add_argument(
+        "--max-age", type=float, default=DEFAULT_MAX_AGE_S, help="refuse events older than this (seconds)"
+    )
+    group.add("key", print_event_key, "print this unit's public event key (made on first use)")
+
+
+def print_event_key(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    try:
+        key = EventKey.load_or_create(event_key_path(config))
+    except (PayloadError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps({"unit": config.unit.id, "public_key": key.public_text}))
+    return EXIT_OK
 
 
 def format_event(event: dict[str, Any]) -> str:
@@ -65,22 +88,33 @@ def tail_events(args: argparse.Namespace) -> int:
         client_id=args.client_id,
         session_expiry_s=args.session_expiry,
     )
+    try:
+        verifier = EventVerifier(load_registry(args.keys), max_age_s=args.max_age)
+    except PayloadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     done = threading.Event()
     printed = 0
 
     def show(event: dict[str, Any], topic: str) -> None:
         nonlocal printed
-        line = json.dumps(event, sort_keys=True) if args.json else format_event(event)
+        line = json.dumps(event, sort_keys=True) if args.json else ascii(format_event(event))[1:-1]
         print(line, flush=True)
         printed += 1
         if args.count and printed >= args.count:
             done.set()
 
     def invalid(topic: str, problem: str) -> None:
-        print(f"invalid payload on {topic}: {problem}", file=sys.stderr, flush=True)
+        # ascii(): a payload's text never reaches the terminal raw (escape sequences, lone surrogates).
+        print(f"rejected on {ascii(topic)[1:-1]}: {ascii(problem)[1:-1]}", file=sys.stderr, flush=True)
+
+    def connection(what: str) -> None:
+        print(f"{what}", file=sys.stderr, flush=True)
 
     try:
-        consumer = EventConsumer(settings, show, on_invalid=invalid).start()
+        consumer = EventConsumer(
+            settings, show, on_invalid=invalid, on_connection=connection, verifier=verifier
+        ).start()
     except (OSError, ValueError) as error:
         print(f"error: cannot connect to {settings.host}:{settings.port}: {error}", file=sys.stderr)
         return EXIT_FAILURE

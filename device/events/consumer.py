@@ -23,6 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device.events.payloads import PayloadError, decode
+from device.events.signing import EventVerifier
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class ConsumerCounters:
     received: int = 0
     duplicates: int = 0
     invalid: int = 0
+    callback_errors: int = 0
     problems: list[str] = field(default_factory=list)
 
 
@@ -59,6 +61,9 @@ class Deduper:
     def __init__(self, capacity: int = DEDUP_MEMORY) -> None:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._capacity = capacity
+
+    def seen(self, event_id: str) -> bool:
+        return event_id in self._seen
 
     def first_time(self, event_id: str) -> bool:
         if event_id in self._seen:
@@ -95,12 +100,21 @@ class EventConsumer:
         on_event: Callable[[dict[str, Any], str], None],
         *,
         on_invalid: Callable[[str, str], None] | None = None,
+        on_connection: Callable[[str], None] | None = None,
+        verifier: EventVerifier | None = None,
     ) -> None:
+        """``verifier``: check each new event's signature, unit, freshness and order (issue 13); without
+        one, events are only schema-checked (tests of the transport, not a consumer to act on)."""
         self.settings = settings
         self.counters = ConsumerCounters()
         self.subscribed = threading.Event()
         self._on_event = on_event
         self._on_invalid = on_invalid
+        self._on_connection = on_connection
+        self._verifier = verifier
+        self._was_connected = False
+        self._online = False
+        self._stopping = False
         self._dedup = Deduper()
         self._lock = threading.Lock()
         self._client = mqtt.Client(
@@ -110,9 +124,28 @@ class EventConsumer:
         )
         self._client.tls_set_context(tls_context(settings))
         self._client.reconnect_delay_set(1, 4)
-        self._client.on_connect = self._connected
-        self._client.on_subscribe = self._subscribed
-        self._client.on_message = self._message
+        self._client.on_connect = self._guarded(self._connected)
+        self._client.on_disconnect = self._guarded(self._disconnected)
+        self._client.on_subscribe = self._guarded(self._subscribed)
+        self._client.on_message = self._guarded(self._message)
+
+    def _guarded(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """Any exception in a callback (ours or the caller's handler) is logged and counted: paho would
+        otherwise re-raise it from its network thread and end it, and the consumer would go deaf."""
+
+        def guarded(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception:
+                log.exception("consumer callback %s failed", getattr(callback, "__name__", callback))
+                with self._lock:
+                    self.counters.callback_errors += 1
+
+        return guarded
+
+    def _tell(self, what: str) -> None:
+        if self._on_connection is not None:
+            self._on_connection(what)
 
     @property
     def topic_filter(self) -> str:
@@ -133,6 +166,7 @@ class EventConsumer:
         return self
 
     def stop(self) -> None:
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -146,8 +180,24 @@ class EventConsumer:
     ) -> None:
         if reason_code.is_failure:
             log.error("broker refused the consumer: %s", reason_code)
+            self._tell(f"broker refused the connection: {reason_code}")
             return
+        if self._was_connected:
+            self._tell("reconnected")
+        self._was_connected = self._online = True
         client.subscribe(self.topic_filter, qos=1)
+
+    def _disconnected(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        online, self._online = self._online, False
+        if online and not self._stopping:
+            self._tell(f"connection lost ({reason_code})")
 
     def _subscribed(
         self,
@@ -172,10 +222,29 @@ class EventConsumer:
             if self._on_invalid is not None:
                 self._on_invalid(message.topic, str(error))
             return
+        event_id = str(event["event_id"])
         with self._lock:
-            self.counters.received += 1
-            first = self._dedup.first_time(str(event["event_id"]))
-            if not first:
+            duplicate = self._dedup.seen(event_id)
+            if duplicate:
+                # At-least-once delivery: a redelivery is expected, not an attack; it is checked by id
+                # before the signature so that it is not reported as a replay.
+                self.counters.received += 1
                 self.counters.duplicates += 1
-        if first:
-            self._on_event(event, message.topic)
+                return
+            try:
+                if self._verifier is not None:
+                    self._verifier.verify(event)
+            except PayloadError as error:
+                self.counters.invalid += 1
+                self.counters.problems.append(str(error)[:300])
+                rejected: str | None = str(error)
+            else:
+                # Remembered only once verified: a forged event cannot burn a genuine event's id.
+                self._dedup.first_time(event_id)
+                self.counters.received += 1
+                rejected = None
+        if rejected is not None:
+            if self._on_invalid is not None:
+                self._on_invalid(message.topic, rejected)
+            return
+        self._on_event(event, message.topic)

@@ -27,8 +27,10 @@ import secrets
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,7 @@ from device.events.payloads import (
     encode,
     parse_command,
 )
+from device.events.signing import EventKey
 from device.types import Decision
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,13 @@ BACKOFF_BASE_S = 0.5
 # Refusals (ACL, quota) need an operator, not a quick retry: hold the outbox 1-2 s, then longer, to 60 s.
 REFUSAL_BACKOFF = (2.0, 60.0)
 SHUTDOWN_DRAIN_S = 3.0
+# The I/O loop turns at least every 0.2 s; a TLS connect may block for paho's connect timeout (5 s) and a
+# reload command runs in this thread too. Silence far beyond that means a hung thread: stop the watchdog.
+IO_STALL_S = 60.0
 HA_PREFIX = "homeassistant"
+# Claim request ids remembered so that a claim is used once; a claim lives at most 600 s, far fewer
+# than this many arrive in that time.
+CLAIMS_REMEMBERED = 4096
 
 
 class MqttSetupError(Exception):
@@ -91,6 +100,7 @@ class _Counters:
     commands_accepted: int = 0
     commands_rejected: int = 0
     invalid_events: int = 0
+    callback_errors: int = 0
     alarms: dict[str, str] = field(default_factory=dict)
 
 
@@ -110,6 +120,10 @@ def tls_context(settings: MqttSection) -> ssl.SSLContext:
     except (ssl.SSLError, OSError) as error:
         raise MqttSetupError(f"cannot load the client certificate {tls.cert_file}: {error}") from error
     return context
+
+
+def event_key_path(config: UnitConfig) -> Path:
+    return config.mqtt.event_key_path or config.unit.state_dir / "secrets" / "event-signing.key"
 
 
 def _read_password(path: Path) -> str:
@@ -202,6 +216,10 @@ class MqttPublisher:
             _read_password(self._settings.password_file) if self._settings.password_file is not None else None
         )
         self._session = secrets.token_hex(8)
+        try:
+            self._event_key = EventKey.load_or_create(event_key_path(config))
+        except (PayloadError, OSError) as error:
+            raise MqttSetupError(f"event signing key: {error}") from error
         self._outbox = Outbox(
             self._settings.outbox_path,
             max_rows=self._settings.outbox_max_rows,
@@ -215,6 +233,7 @@ class MqttPublisher:
         self._stop = threading.Event()
         self._health_now = threading.Event()
         self._thread: threading.Thread | None = None
+        self._heartbeat = time.monotonic()  # written by the I/O thread each turn; read by io_alive
         # I/O thread state (touched only there).
         self._client: mqtt.Client | None = None
         self._connected = False
@@ -226,6 +245,7 @@ class MqttPublisher:
         self._hold_until = 0.0
         self._refusal_streak = 0
         self._next_health = 0.0
+        self._claims_used: OrderedDict[str, None] = OrderedDict()
 
     # -- Publisher protocol ---------------------------------------------------------------------------
 
@@ -234,8 +254,15 @@ class MqttPublisher:
         models, gallery = dict(self._models), self._gallery_version()
 
         def build(seq: int) -> tuple[str, bytes]:
-            event = build_event(decision, seq=seq, unit=self._unit, models=models, gallery_version=gallery)
-            return str(event["event_id"]), encode("event", event)
+            event = build_event(
+                decision,
+                seq=seq,
+                unit=self._unit,
+                models=models,
+                gallery_version=gallery,
+                unknown_scores=self._settings.unknown_scores,
+            )
+            return str(event["event_id"]), encode("event", self._event_key.sign(event))
 
         try:
             self._outbox.append(self._topics.events, build)
@@ -329,6 +356,15 @@ class MqttPublisher:
             log.warning("health: %s", problem)
         return health
 
+    def io_alive(self, stall_s: float = IO_STALL_S) -> bool:
+        """True while the I/O thread runs and has turned its loop within ``stall_s``.
+
+        Part of the systemd watchdog ping (``SystemdNotifier.watch``): a dead or hung I/O thread means
+        the outbox only grows and commands go unread, so the unit must be restarted, not stay silent.
+        """
+        thread = self._thread
+        return thread is not None and thread.is_alive() and time.monotonic() - self._heartbeat < stall_s
+
     def _outbox_dropped(self) -> bool:
         return self._outbox.stats().dropped > 0
 
@@ -338,6 +374,7 @@ class MqttPublisher:
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
+                self._heartbeat = now
                 if self._client is None and now >= self._next_attempt:
                     self._connect()
                 if self._client is not None:
@@ -364,11 +401,30 @@ class MqttPublisher:
         client.max_queued_messages_set(0)
         will = encode("status", build_status(self._unit, "offline", "connection_lost", self._session))
         client.will_set(self._topics.status, will, qos=1, retain=True)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
+        client.on_connect = self._guarded(self._on_connect)
+        client.on_disconnect = self._guarded(self._on_disconnect)
+        client.on_publish = self._guarded(self._on_publish)
+        client.on_message = self._guarded(self._on_message)
         return client
+
+    def _guarded(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """The callback, with any exception logged and counted instead of unwinding ``client.loop``.
+
+        paho re-raises a callback's exception out of ``loop()``, which would end the I/O thread; one
+        bad message or one bug in a handler must cost that message, not the unit's connection.
+        """
+
+        @wraps(callback)
+        def guarded(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception as error:
+                log.exception("MQTT callback %s failed", callback.__name__)
+                with self._lock:
+                    self._counters.callback_errors += 1
+                    self._counters.alarms["mqtt_callback_failed"] = f"{callback.__name__}: {error!r}"[:200]
+
+        return guarded
 
     def _connect(self) -> None:
         client = self._new_client()
@@ -545,6 +601,12 @@ class MqttPublisher:
         if command.name == "claim":
             if self._on_claim is None or command.subject_id is None:
                 raise PayloadError("this unit does not take claims")
+            request = str(command.request_id)
+            if request in self._claims_used:
+                raise PayloadError(f"claim {request!r} was already used")
+            self._claims_used[request] = None
+            if len(self._claims_used) > CLAIMS_REMEMBERED:
+                self._claims_used.popitem(last=False)
             try:
                 self._on_claim(command.subject_id)
             except ValueError as error:

@@ -24,13 +24,23 @@ from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
 
-from device.types import Decision
+from device.types import Decision, DecisionType
 
 MAX_PAYLOAD_BYTES = 2048
+# Deeper than any schema needs (health's pipeline report is the deepest, at 4). Checked on the raw
+# bytes before parsing, so that no payload can drive json's recursive parser into RecursionError.
+MAX_NESTING = 16
 EVENT_SCHEMA = "entrance-camera/event/1"
 STATUS_SCHEMA = "entrance-camera/status/1"
 HEALTH_SCHEMA = "entrance-camera/health/1"
 COMMANDS = ("claim", "reload", "health")
+# A claim is for the person at the door now: minutes, not hours (a long-lived claim is a standing order).
+MAX_CLAIM_LIFETIME_S = 600.0
+# Clocks of the sender and the unit (both NTP) may differ a little; a claim from further ahead is refused.
+CLAIM_CLOCK_SKEW_S = 30.0
+
+# decide.Reason.CLAIM_NOT_MATCHED; events may not import identity (layering), so the value is named here.
+CLAIM_NOT_MATCHED = "claim_not_matched"
 
 PayloadKind = Literal["event", "status", "health", "cmd"]
 
@@ -91,7 +101,35 @@ def schema_document(kind: PayloadKind) -> dict[str, Any]:
     return schema
 
 
+def _control_characters(value: Any, path: str = "") -> str | None:
+    """The path of the first string (key or value) holding a control character or a lone surrogate.
+
+    Python's ``$`` in the schemas' patterns also matches before a final newline, so ``"unit-a\n"`` would
+    pass ``^[a-z0-9-]+$``; no field has a use for control characters, and a terminal must not get them.
+    """
+    if isinstance(value, str):
+        if any(ord(char) < 0x20 or ord(char) == 0x7F or 0xD800 <= ord(char) <= 0xDFFF for char in value):
+            return path or "(top)"
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = _control_characters(str(key), f"{path}/{key!r}") or _control_characters(
+                item, f"{path}/{key}"
+            )
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _control_characters(item, f"{path}/{index}")
+            if found:
+                return found
+    return None
+
+
 def validate(kind: PayloadKind, payload: Mapping[str, Any]) -> None:
+    bad = _control_characters(payload)
+    if bad is not None:
+        raise PayloadError(f"{kind} payload has a control character in {bad!a}")
     errors = sorted(_validator(kind).iter_errors(payload), key=lambda error: list(error.absolute_path))
     if errors:
         details = "; ".join(
@@ -110,13 +148,60 @@ def encode(kind: PayloadKind, payload: Mapping[str, Any]) -> bytes:
     return data
 
 
+def nesting_depth(data: bytes) -> int:
+    """The deepest ``[``/``{`` nesting in JSON bytes, ignoring brackets inside strings; a linear scan."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def _reject_constant(name: str) -> Any:
+    raise PayloadError(f"{name} is not JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two parsers may keep different copies of a duplicated key: one payload, two meanings.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise PayloadError("duplicate key in a JSON object")
+    return result
+
+
 def decode(kind: PayloadKind, data: bytes) -> dict[str, Any]:
-    """Parses and validates a received payload (consumers, command handling)."""
+    """Parses and validates a received payload (consumers, command handling).
+
+    Anything a sender can put in ``data`` ends as ``PayloadError`` and nothing else: size and nesting
+    are checked before parsing, NaN/Infinity and duplicate keys are refused while parsing.
+    """
     if len(data) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"{kind} payload is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    depth = nesting_depth(data)
+    if depth > MAX_NESTING:
+        raise PayloadError(f"{kind} payload nests {depth} deep; the limit is {MAX_NESTING}")
     try:
-        payload = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        payload = json.loads(
+            data.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        # JSONDecodeError is a ValueError; RecursionError cannot happen below MAX_NESTING but costs
+        # nothing to name, and it must never reach a paho callback.
+        if isinstance(error, PayloadError):
+            raise
         raise PayloadError(f"{kind} payload is not JSON: {error}") from None
     if not isinstance(payload, dict):
         raise PayloadError(f"{kind} payload is not a JSON object")
@@ -157,8 +242,19 @@ def build_event(
     gallery_version: str | None,
     event_id: str | None = None,
     when: float | None = None,
+    unknown_scores: bool = False,
 ) -> dict[str, Any]:
-    """The event for one decision; raises ``PayloadError`` if it would not match the schema."""
+    """The event for one decision; raises ``PayloadError`` if it would not match the schema.
+
+    Similarity and margin go out for a recognised visitor only: for anyone else they say how close a
+    stranger came to a resident, which no consumer needs. ``unknown_scores`` (``mqtt.unknown_scores``)
+    sends them for unknown visits too, for threshold tuning. A claim that did not match never reports
+    the visitor's similarity to the claimed resident, whatever the setting: that number would let a
+    caller probe how alike a person is to a named resident.
+    """
+    scored = decision.type is DecisionType.RECOGNIZED or (
+        unknown_scores and decision.type is DecisionType.UNKNOWN and CLAIM_NOT_MATCHED not in decision.reasons
+    )
     event = {
         "schema": EVENT_SCHEMA,
         "event_id": event_id or uuid7(),
@@ -167,8 +263,8 @@ def build_event(
         "ts": utc_timestamp(when),
         "type": decision.type.value,
         "subject": decision.subject_id,
-        "similarity": _rounded(decision.similarity),
-        "margin": _rounded(decision.margin),
+        "similarity": _rounded(decision.similarity) if scored else None,
+        "margin": _rounded(decision.margin) if scored else None,
         "frames": decision.frames,
         "reasons": list(decision.reasons),
         "models": dict(models),
@@ -265,10 +361,32 @@ class Command:
     name: str
     subject_id: str | None = None
     request_id: str | None = None
+    expires_at: float | None = None
 
 
-def parse_command(topics: Topics, topic: str, data: bytes) -> Command:
-    """A command for this unit, strictly validated; ``PayloadError`` for anything else."""
+def epoch_seconds(timestamp: str) -> float:
+    """Seconds since the epoch for a schema-checked RFC 3339 UTC time (``...Z``)."""
+    try:
+        return dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise PayloadError(f"{timestamp!r} is not a time") from None
+
+
+def check_claim_times(issued_at: float, expires_at: float, now: float) -> None:
+    """Refuses a claim that has expired, is not yet issued, or lives too long."""
+    if expires_at <= now:
+        raise PayloadError(f"stale claim: expired {now - expires_at:.0f} s ago")
+    if issued_at > now + CLAIM_CLOCK_SKEW_S:
+        raise PayloadError(f"claim issued {issued_at - now:.0f} s in the future")
+    if not 0 < expires_at - issued_at <= MAX_CLAIM_LIFETIME_S:
+        raise PayloadError(f"claim lifetime must be within (0, {MAX_CLAIM_LIFETIME_S:.0f}] s")
+
+
+def parse_command(topics: Topics, topic: str, data: bytes, now: float | None = None) -> Command:
+    """A command for this unit, strictly validated; ``PayloadError`` for anything else.
+
+    A claim must carry issue and expiry times and is refused once expired (``now``: the unit's clock).
+    """
     name = topics.command_name(topic)
     if name is None:
         raise PayloadError(f"not one of this unit's command topics: {topic!r}")
@@ -277,4 +395,10 @@ def parse_command(topics: Topics, topic: str, data: bytes) -> Command:
     payload = decode("cmd", data)
     if payload["command"] != name:
         raise PayloadError(f"payload command {payload['command']!r} does not match topic command {name!r}")
+    if name == "claim":
+        expires_at = epoch_seconds(payload["expires_at"])
+        check_claim_times(
+            epoch_seconds(payload["issued_at"]), expires_at, time.time() if now is None else now
+        )
+        return Command(name, payload["subject_id"], payload["request_id"], expires_at)
     return Command(name, payload.get("subject_id"), payload.get("request_id"))

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from device.events.signing import EventKey, registry_text
+
 TAIL_IDENTITY = "tail"
 
 
@@ -55,7 +57,19 @@ class DevBroker:
             "port": self.port,
             "topic_prefix": self.broker.prefix,
             "tls": {"ca_file": str(self.broker.ca_file), "cert_file": str(cert), "key_file": str(key)},
+            "event_key_path": str(self.event_key_path),
         }
+
+    @property
+    def event_key_path(self) -> Path:
+        return Path(self.broker.root) / "secrets" / f"{self.unit_id}-event-signing.key"
+
+    def key_registry(self) -> Path:
+        """The consumers' key registry for this unit (the fleet playbook's job in production)."""
+        key = EventKey.load_or_create(self.event_key_path)
+        path = Path(self.broker.root) / "unit-keys.json"
+        path.write_text(registry_text({self.unit_id: key.public_text}), encoding="utf-8")
+        return path
 
     def tail_args(self) -> list[str]:
         """Arguments after `device events tail` for a consumer of this unit's events."""
@@ -63,6 +77,7 @@ class DevBroker:
         return [
             "--host", "localhost", "--port", str(self.port), "--ca", str(self.broker.ca_file),
             "--cert", str(cert), "--key", str(key), "--prefix", self.broker.prefix, "--unit", self.unit_id,
+            "--keys", str(self.key_registry()),
         ]  # fmt: skip
 
     def stop(self) -> None:

@@ -1,7 +1,8 @@
 """systemd's notify protocol (``sd_notify``) in plain Python: one datagram to ``$NOTIFY_SOCKET``.
 
 The unit runs as ``Type=notify`` with ``WatchdogSec=``: it reports ``READY=1`` once the pipeline runs,
-``WATCHDOG=1`` from the main loop (so a hung loop, not only a dead process, gets restarted),
+``WATCHDOG=1`` from the main loop (so a hung loop, not only a dead process, gets restarted) and only
+while every watched liveness check holds (the MQTT I/O thread: a dead one means a restart, not silence),
 ``STOPPING=1`` on shutdown and a one-line ``STATUS=`` for ``systemctl status``. Outside systemd (no
 ``NOTIFY_SOCKET``) every call is a no-op, so the same code runs in a terminal and in tests.
 
@@ -74,6 +75,7 @@ class SystemdNotifier:
     watchdog: WatchdogSettings = field(default_factory=lambda: WatchdogSettings(None))
     clock: Callable[[], float] = time.monotonic
     _last_ping: float | None = field(default=None, init=False, repr=False)
+    _checks: dict[str, Callable[[], bool]] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> SystemdNotifier:
@@ -124,6 +126,13 @@ class SystemdNotifier:
             self._last_ping = self.clock()
         return sent
 
+    def watch(self, name: str, alive: Callable[[], bool]) -> None:
+        """Adds a liveness check: while ``alive()`` is False the watchdog is not fed, so systemd restarts."""
+        self._checks[name] = alive
+
+    def failing_checks(self) -> list[str]:
+        return [name for name, alive in self._checks.items() if not alive()]
+
     def __call__(self) -> None:
         """The pipeline's ``watchdog`` hook, called every loop iteration: pings at most every half interval.
 
@@ -137,4 +146,8 @@ class SystemdNotifier:
             # Counted as a ping even when the send failed, so a broken socket logs once per interval
             # instead of once per frame.
             self._last_ping = now
+            failing = self.failing_checks()
+            if failing:
+                logger.error("not feeding the watchdog: %s not alive", ", ".join(failing))
+                return
             self.ping_watchdog()

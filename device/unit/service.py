@@ -81,6 +81,14 @@ def bind_publisher(publisher: Publisher, runner: Runner, stages: Stages, gallery
     bind(on_claim=runner.pipeline.claim, models=models, gallery_version=lambda: gallery.version)
 
 
+def watch_publisher(notifier: Any, publisher: Publisher) -> None:
+    """The publisher's I/O thread (when it has one) becomes part of the watchdog ping."""
+    watch = getattr(notifier, "watch", None)
+    io_alive = getattr(publisher, "io_alive", None)
+    if callable(watch) and callable(io_alive):
+        watch("mqtt_io", io_alive)
+
+
 def check_source(config: UnitConfig, base_dir: Path | None) -> None:
     """A file source that is missing or unreadable is a config problem: say so before starting."""
     if config.capture.backend != "file":
@@ -120,12 +128,15 @@ def build_runner(
     capture = CaptureThread(
         open_source(config.capture, base_dir=base_dir), config.capture.reconnect_backoff_max_s
     )
+    if notifier is None:
+        notifier = SystemdNotifier.from_environment()
+    watch_publisher(notifier, publisher)
     runner = Runner(
         pipeline,
         capture,
         publisher,
         stop_event=stop_event,
-        notifier=notifier if notifier is not None else SystemdNotifier.from_environment(),
+        notifier=notifier,
         claim_drop=ClaimDrop(claims_directory(config), config.matching.claim_window_s),
         health_interval_s=config.mqtt.health_interval_s,
         # the enrolled set's last-seen day (recognised subjects only); not for a gallery handed in (demo)

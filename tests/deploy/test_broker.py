@@ -207,6 +207,47 @@ def test_a_consumer_cannot_speak_for_a_unit(clients: dict[str, Probe]) -> None:
     assert unit_a.topics() == ["entrance/unit-a/cmd/reload"]
 
 
+def test_a_consumer_certificate_cannot_publish_unit_topics_under_its_own_name(
+    mosquitto_broker: MosquittoBroker, clients: dict[str, Probe]
+) -> None:
+    # Issue 13, finding 1: with `pattern write <prefix>/%u/events` a consumer's CN was a unit id too.
+    backend, unit_a = clients["backend"], clients["unit-a"]
+    forger = probe(mosquitto_broker, "tail")
+    try:
+        for topic_filter in (
+            "entrance/tail/#",
+            "entrance/unit-a/#",
+            "homeassistant/+/tail/#",
+            "homeassistant/+/unit-a/#",
+        ):
+            backend.subscribe(topic_filter)
+        forged = [
+            ("entrance/tail/events", False),
+            ("entrance/tail/status", True),
+            ("entrance/tail/health", True),
+            ("homeassistant/sensor/tail/last_decision/config", True),
+            ("entrance/unit-a/events", False),
+            ("homeassistant/sensor/unit-a/last_decision/config", True),
+        ]
+        for topic, retain in forged:
+            assert forger.publish(topic, b'{"type": "recognized"}', retain=retain) == NOT_AUTHORIZED, topic
+        assert unit_a.publish("entrance/unit-a/events", b"barrier") == 0
+        backend.wait_for_message("entrance/unit-a/events")
+    finally:
+        forger.close()
+    assert [m.payload for m in backend.messages] == [b"barrier"]
+    # and nothing forged was retained for a later subscriber either
+    late = probe(mosquitto_broker, "backend")
+    try:
+        late.subscribe("entrance/tail/#")
+        late.subscribe("homeassistant/+/tail/#")
+        assert unit_a.publish("entrance/unit-a/events", b"barrier") == 0
+        time.sleep(0.3)
+        assert late.topics() == []
+    finally:
+        late.close()
+
+
 def test_home_assistant_discovery_is_per_unit(clients: dict[str, Probe]) -> None:
     backend, unit_a = clients["backend"], clients["unit-a"]
     backend.subscribe("homeassistant/#")

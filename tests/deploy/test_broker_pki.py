@@ -137,13 +137,14 @@ def test_pki_files_are_ignored_by_git(tmp_path: Path) -> None:
 
 
 def test_the_acl_confines_each_unit_to_its_own_topics() -> None:
-    acl = render_acl("site/entrance", ("backend",), ha_discovery=False)
+    acl = render_acl("site/entrance", ("backend",), ha_discovery=False, units=("lobby-1",))
     lines = [line for line in acl.splitlines() if line and not line.startswith("#")]
     assert lines == [
-        "pattern write site/entrance/%u/events",
-        "pattern write site/entrance/%u/status",
-        "pattern write site/entrance/%u/health",
-        "pattern read site/entrance/%u/cmd/#",
+        "user lobby-1",
+        "topic write site/entrance/lobby-1/events",
+        "topic write site/entrance/lobby-1/status",
+        "topic write site/entrance/lobby-1/health",
+        "topic read site/entrance/lobby-1/cmd/#",
         "user backend",
         "topic read site/entrance/+/events",
         "topic read site/entrance/+/status",
@@ -151,7 +152,32 @@ def test_the_acl_confines_each_unit_to_its_own_topics() -> None:
         "topic write site/entrance/+/cmd/#",
     ]
     assert "homeassistant" not in acl
-    assert "pattern write homeassistant/+/%u/#" in render_acl("entrance", (), ha_discovery=True)
+    with_ha = render_acl("entrance", ("backend",), ha_discovery=True, units=("lobby-1",))
+    assert "topic write homeassistant/+/lobby-1/#" in with_ha.splitlines()
+
+
+def test_no_acl_rule_applies_to_every_identity() -> None:
+    # A `pattern` line applies to consumers too: that is how a consumer certificate could write
+    # <prefix>/<its own CN>/events (issue 13). Units get their own user blocks instead.
+    acl = render_acl("entrance", ("backend", "home-assistant"), ha_discovery=True, units=("lobby-1",))
+    assert not [line for line in acl.splitlines() if line.startswith("pattern")]
+    consumer_rules = acl.split("user backend", 1)[1]
+    assert "write entrance/+/events" not in consumer_rules and "homeassistant/+/" not in consumer_rules
+
+
+def test_an_identity_cannot_be_both_unit_and_consumer_in_the_acl() -> None:
+    with pytest.raises(RenderError):
+        render_acl("entrance", ("lobby-1",), ha_discovery=False, units=("lobby-1",))
+
+
+def test_units_in_the_acl_come_from_the_pki_index_without_revoked_ones(pki: Pki, tmp_path: Path) -> None:
+    pki.issue_client("lobby-1", "unit")
+    pki.issue_client("lobby-2", "unit")
+    pki.revoke("lobby-2")
+    pki.write_crl()
+    conf = write_broker_config(BrokerSettings(pki_dir=pki.dir, out_dir=tmp_path / "conf"))
+    acl = (conf.parent / "acl").read_text()
+    assert "user lobby-1" in acl and "lobby-2" not in acl
 
 
 @pytest.mark.parametrize("prefix", ["", "a//b", "a/#", "a/+/b", "/lead"])

@@ -175,8 +175,16 @@ def test_an_oversized_pipeline_report_is_trimmed_largest_first_and_flagged() -> 
 
 
 def test_a_claim_command_is_parsed_from_its_own_topic() -> None:
-    data = json.dumps({"command": "claim", "subject_id": "s-7f3a9c", "request_id": "r1"}).encode()
-    command = parse_command(TOPICS, "entrance/lobby-1/cmd/claim", data)
+    data = json.dumps(
+        {
+            "command": "claim",
+            "subject_id": "s-7f3a9c",
+            "request_id": "r1",
+            "issued_at": "2026-01-01T12:00:00.000Z",
+            "expires_at": "2026-01-01T12:00:30.000Z",
+        }
+    ).encode()
+    command = parse_command(TOPICS, "entrance/lobby-1/cmd/claim", data, now=1767268810.0)
     assert (command.name, command.subject_id, command.request_id) == ("claim", "s-7f3a9c", "r1")
 
 

@@ -128,29 +128,41 @@ def test_events_arrive_in_seq_order_with_online_status_and_health(
 
 
 def test_events_made_while_the_broker_is_down_are_delivered_after_it_returns(
-    mosquitto_broker: Any, tmp_path: Path, listen: Callable[[list[str]], Listener]
+    mosquitto_broker: Any, tmp_path: Path
 ) -> None:
+    from device.events.consumer import ConsumerSettings, EventConsumer
+
     config = unit_config(mosquitto_broker, tmp_path, "unit-replay")
-    mosquitto_broker.stop()
+    cert, key = mosquitto_broker.cert_for("backend")
+    received: list[dict[str, Any]] = []
+    # Subscribed before the outage, with a persistent session: the broker keeps its queue across its
+    # own restart, so the outage events must arrive at this consumer, not only be acknowledged.
+    consumer = EventConsumer(
+        ConsumerSettings(
+            host="localhost", port=mosquitto_broker.port, ca_file=mosquitto_broker.ca_file, cert_file=cert,
+            key_file=key, unit="unit-replay", client_id="outage-consumer", session_expiry_s=600,
+        ),
+        lambda event, _topic: received.append(event),
+    ).start()  # fmt: skip
     publisher = MqttPublisher(config).start()
     try:
+        assert consumer.subscribed.wait(10)
+        assert wait_for(lambda: publisher.health_snapshot()["mqtt"]["connected"])
+        mosquitto_broker.stop()
         for track in range(10):
             publisher.publish_decision(decision(track))
         time.sleep(1.0)
         assert publisher.outbox.stats().depth == 10
         assert "broker_disconnected" in publisher.health_snapshot()["alarms"]
         mosquitto_broker.start()
-        listener = listen(["entrance/unit-replay/events"])
-        # The listener subscribed after the unit may have replayed; what matters is the outbox empties
-        # only through acknowledged deliveries, and what arrives is in order.
         assert wait_for(lambda: publisher.outbox.stats().depth == 0, 15)
         for track in range(10, 15):
             publisher.publish_decision(decision(track))
-        assert wait_for(lambda: len(listener.payloads("entrance/unit-replay/events")) >= 5)
+        assert wait_for(lambda: len(received) >= 15, 20), [event["seq"] for event in received]
     finally:
         publisher.close()
-    seqs = [event["seq"] for event in listener.payloads("entrance/unit-replay/events")]
-    assert seqs == sorted(seqs) and seqs[-5:] == list(range(11, 16))
+        consumer.stop()
+    assert [event["seq"] for event in received] == list(range(1, 16))
 
 
 def test_a_refused_publish_keeps_the_event_raises_an_alarm_and_does_not_spin(
@@ -193,9 +205,7 @@ def test_commands_claim_reload_health_are_taken_and_anything_else_is_counted_as_
     try:
         assert wait_for(lambda: publisher.health_snapshot()["mqtt"]["connected"])
         time.sleep(0.3)  # the unit's subscription is in place once it is connected and has looped once
-        commander.publish(
-            f"{base}/cmd/claim", json.dumps({"command": "claim", "subject_id": "s-42"}).encode()
-        )
+        commander.publish(f"{base}/cmd/claim", claim_payload("s-42", "r-1"))
         commander.publish(f"{base}/cmd/reload", json.dumps({"command": "reload"}).encode())
         commander.publish(f"{base}/cmd/export", json.dumps({"command": "export"}).encode())
         commander.publish(
@@ -219,6 +229,23 @@ def test_commands_claim_reload_health_are_taken_and_anything_else_is_counted_as_
     assert counts == {"accepted": 3, "rejected": 4}
 
 
+def claim_payload(
+    subject: str, request_id: str, *, issued: float | None = None, ttl_s: float = 30.0
+) -> bytes:
+    from device.events.payloads import utc_timestamp
+
+    issued_at = time.time() if issued is None else issued
+    return json.dumps(
+        {
+            "command": "claim",
+            "subject_id": subject,
+            "request_id": request_id,
+            "issued_at": utc_timestamp(issued_at),
+            "expires_at": utc_timestamp(issued_at + ttl_s),
+        }
+    ).encode()
+
+
 def test_home_assistant_discovery_announces_availability_decision_and_accelerator(
     mosquitto_broker: Any, tmp_path: Path, listen: Callable[[list[str]], Listener]
 ) -> None:
@@ -233,7 +260,14 @@ def test_home_assistant_discovery_announces_availability_decision_and_accelerato
     assert decision_config["state_topic"] == "entrance/unit-ha/events"
     assert decision_config["availability_topic"] == "entrance/unit-ha/status"
     assert "homeassistant/sensor/unit-ha/accelerator_detector/config" in configs
-    assert all(m.retain is False or m.retain is True for m in listener.messages)
+    # Discovery configs are retained: a Home Assistant that subscribes later still finds every one.
+    late = Listener(mosquitto_broker, ["homeassistant/+/unit-ha/#"])
+    try:
+        assert wait_for(lambda: len(late.messages) >= len(configs))
+        retained = {m.topic: m.retain for m in late.messages}
+    finally:
+        late.close()
+    assert retained == dict.fromkeys(configs, True)
 
 
 def test_tls_is_mandatory(tmp_path: Path) -> None:
@@ -266,17 +300,24 @@ def test_consumers_drop_redeliveries_and_events_on_a_foreign_topic() -> None:
 
 
 def test_events_tail_prints_what_a_consumer_receives(mosquitto_broker: Any, tmp_path: Path) -> None:
+    from device.events.mqtt_publisher import event_key_path
+    from device.events.signing import EventKey, registry_text
+
+    config = unit_config(mosquitto_broker, tmp_path, "unit-tail")
+    public = EventKey.load_or_create(event_key_path(config)).public_text
+    (tmp_path / "keys.json").write_text(registry_text({"unit-tail": public}))
     cert, key = mosquitto_broker.cert_for("tail")
     tail = subprocess.Popen(
         [sys.executable, "-m", "device", "events", "tail", "--json", "--count", "3", "--timeout", "30",
          "--host", "localhost", "--port", str(mosquitto_broker.port), "--ca", str(mosquitto_broker.ca_file),
-         "--cert", str(cert), "--key", str(key), "--unit", "unit-tail"],
+         "--cert", str(cert), "--key", str(key), "--unit", "unit-tail",
+         "--keys", str(tmp_path / "keys.json")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert tail.stderr is not None
     assert "listening on entrance/unit-tail/events" in tail.stderr.readline()  # subscribed: safe to publish
-    publisher = MqttPublisher(unit_config(mosquitto_broker, tmp_path, "unit-tail")).start()
+    publisher = MqttPublisher(config).start()
     try:
         for track in range(3):
             publisher.publish_decision(decision(track, DecisionType.RECOGNIZED))

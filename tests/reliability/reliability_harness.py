@@ -33,7 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from device.events.payloads import PayloadError, decode
+from device.events.payloads import PayloadError, decode, utc_timestamp
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -217,6 +217,14 @@ class UnitProcess:
                 stdin=subprocess.DEVNULL,
                 env=env,
             )
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
 
     def freeze(self) -> None:
         """SIGSTOP: the socket stays open but nothing is sent, like a cut cable; only keepalive notices."""
@@ -467,6 +475,93 @@ def last_will(broker: Any, monitor: Monitor, workdir: Path, *, freeze: bool = Fa
     }
 
 
+POISON_COMMANDS = (
+    b"[" * 1500,
+    b'{"a":' * 1000,
+    b'{"command": "claim", "subject_id": NaN}',
+    b'{"command": "health", "command": "claim", "subject_id": "s-1"}',
+    b"\xff\xfe{}",
+)
+
+
+def _claim(subject: str, request_id: str, ttl_s: float) -> bytes:
+    now = time.time()
+    return json.dumps(
+        {
+            "command": "claim",
+            "subject_id": subject,
+            "request_id": request_id,
+            "issued_at": utc_timestamp(now),
+            "expires_at": utc_timestamp(now + ttl_s),
+        }
+    ).encode()
+
+
+def trust(broker: Any, monitor: Monitor, workdir: Path) -> dict[str, Any]:
+    """Issue 13: a consumer forging events, poison commands, a claim that goes stale in the queue."""
+    unit = UnitProcess(broker, "unit-trust", workdir / "trust")
+    applied = workdir / "trust" / "state" / "claims-applied.log"
+    consumer = _client()
+    cert, key = broker.cert_for("backend")
+    consumer.tls_set_context(_tls(broker.ca_file, cert, key))
+    codes: dict[int, int] = {}
+    consumer.on_publish = lambda _c, _u, mid, rc, _p: codes.__setitem__(mid, rc.value)
+    consumer.connect(broker.host, broker.port, keepalive=10)
+    consumer.loop_start()
+
+    def send(topic: str, payload: bytes) -> int | None:
+        info = consumer.publish(topic, payload, qos=1)
+        wait_for(lambda: info.mid in codes, 5.0)
+        return codes.get(info.mid)
+
+    try:
+        unit.start()
+        wait_for(lambda: len(monitor.delivered_seqs(unit.unit)) >= 3, 20.0)
+        # Forgery with a consumer certificate: as the unit, and as a "unit" named like the consumer.
+        forged = b'{"forged": true}'
+        forgery_codes = [
+            send(f"{broker.prefix}/{unit.unit}/events", forged),
+            send(f"{broker.prefix}/backend/events", forged),
+            send(f"{broker.prefix}/backend/status", forged),
+        ]
+        # Poison commands, then: does the same unit process still deliver new events?
+        cmd = f"{broker.prefix}/{unit.unit}/cmd/claim"
+        for payload in POISON_COMMANDS:
+            send(cmd, payload)
+        after_poison = max(monitor.delivered_seqs(unit.unit), default=0)
+        alive_pid = unit.pid
+        delivers = wait_for(
+            lambda: max(monitor.delivered_seqs(unit.unit), default=0) > after_poison + 10, 20.0
+        )
+        survived = bool(delivers and unit.pid == alive_pid and unit.running)
+        # A fresh claim applies (the control) ...
+        send(cmd, _claim("s-fresh", "r-fresh", 30.0))
+        control_applied = wait_for(lambda: applied.exists() and "s-fresh" in applied.read_text(), 10.0)
+        # ... a claim queued while the unit is away and expired before it returns does not.
+        unit.stop()
+        send(cmd, _claim("s-stale", "r-stale", 1.0))
+        time.sleep(2.0)
+        unit.start()
+        before = max(monitor.delivered_seqs(unit.unit), default=0)
+        wait_for(lambda: max(monitor.delivered_seqs(unit.unit), default=0) > before + 5, 20.0)
+        stale_applied = applied.exists() and "s-stale" in applied.read_text()
+        unit.stop()
+    finally:
+        consumer.disconnect()
+        consumer.loop_stop()
+    forged_delivered = sum(1 for topic in monitor.topics_seen if "/backend/" in topic)
+    forged_delivered += sum(1 for problem in monitor.invalid if "forged" in problem or unit.unit in problem)
+    return {
+        "consumer_forgery_reason_codes": [
+            f"0x{code:02x}" if code is not None else None for code in forgery_codes
+        ],
+        "consumer_forgery_delivered": forged_delivered,
+        "poison_payloads_survived": survived,
+        "fresh_claim_applied": control_applied,
+        "stale_claim_applied": stale_applied,
+    }
+
+
 def run_all(
     broker: Any, workdir: Path, *, outage_s: float, kills: int, freeze: bool = False
 ) -> dict[str, Any]:
@@ -479,6 +574,7 @@ def run_all(
         cross = cross_unit(broker, monitor)
         auth = authentication(broker)
         will = last_will(broker, monitor, workdir, freeze=freeze)
+        trusted = trust(broker, monitor, workdir)
     finally:
         monitor.stop()
     totals = {
@@ -497,6 +593,10 @@ def run_all(
         "cross_unit": cross,
         "auth": auth,
         "lwt": will,
+        "consumer_forgery_delivered": trusted["consumer_forgery_delivered"],
+        "poison_payloads_survived": trusted["poison_payloads_survived"],
+        "stale_claim_applied": trusted["stale_claim_applied"],
+        "trust": trusted,
     }
     summary["targets_met"] = bool(
         summary["lost"] == 0
@@ -511,5 +611,9 @@ def run_all(
         and will["offline_within_1_5x_keepalive"]
         and will["offline_shutdown_after_clean_stop"]
         and not will["will_after_clean_stop"]
+        and trusted["consumer_forgery_delivered"] == 0
+        and trusted["poison_payloads_survived"]
+        and trusted["fresh_claim_applied"]
+        and not trusted["stale_claim_applied"]
     )
     return summary

@@ -26,4 +26,7 @@ def test_no_event_is_lost_duplicated_or_reordered_and_units_stay_in_their_lane(
     assert summary["lwt"]["offline_shutdown_after_clean_stop"] and not summary["lwt"]["will_after_clean_stop"]
     assert summary["all_payloads_schema_valid"], summary["invalid_payloads"]
     assert summary["max_payload_bytes"] < 2048
+    assert summary["consumer_forgery_delivered"] == 0, summary["trust"]
+    assert summary["poison_payloads_survived"], summary["trust"]
+    assert summary["trust"]["fresh_claim_applied"] and not summary["stale_claim_applied"], summary["trust"]
     assert summary["targets_met"]

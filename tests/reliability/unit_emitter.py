@@ -66,9 +66,18 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s emitter %(levelname)s %(message)s")
     config = load_config(args.config)
     claims = ClaimSlot(config.matching.claim_window_s)
+    applied = config.unit.state_dir / "claims-applied.log"
+    applied.parent.mkdir(parents=True, exist_ok=True)
+
+    def take_claim(subject: str) -> None:
+        # What reached the pipeline's claim slot, for the harness's stale-claim check.
+        claims.set(subject)
+        with applied.open("a", encoding="utf-8") as log:
+            log.write(subject + "\n")
+
     publisher = MqttPublisher(
         config,
-        on_claim=claims.set,
+        on_claim=take_claim,
         models={"detector": "blazeface_full_range@int8", "embedder": "dlib_resnet_v1@int8"},
         gallery_version=lambda: "3-a1b2c3",
     ).start()

@@ -1,0 +1,170 @@
+"""Signed events: an Ed25519 key made on the unit, a signature over each event's canonical bytes, and
+the consumer's check of signature, unit, freshness and order.
+
+The broker's ACL decides who may *publish* on a topic; it says nothing to a consumer about who wrote a
+payload, and a compromised broker or consumer certificate can put anything on any topic. A signature
+by a key that never leaves the unit can not be forged by either. The unit's public key reaches
+consumers through a registry file (``{"units": {"<unit id>": "<base64url raw public key>"}}``) that the
+fleet playbook collects from the units; a consumer trusts exactly the keys in it.
+
+Canonical bytes: the event without ``sig``, as compact JSON with sorted keys and ASCII escapes — the
+same form ``payloads.encode`` publishes, so unit and consumer agree byte for byte.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from device.events.payloads import PayloadError
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_FIELD = "sig"
+# An event older than this is refused as stale: long enough for an outbox replay after a short outage,
+# short enough that a recorded event cannot be replayed to a freshly started consumer much later.
+DEFAULT_MAX_AGE_S = 24 * 3600.0
+# A unit clock ahead of the consumer's by more than this is suspect (NTP keeps them within a second).
+MAX_CLOCK_SKEW_S = 120.0
+
+
+class SignatureError(PayloadError):
+    """An event that is not from the unit it names, or not now: unsigned, forged, replayed, stale."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def canonical_bytes(event: Mapping[str, Any]) -> bytes:
+    unsigned = {key: value for key, value in event.items() if key != SIGNATURE_FIELD}
+    return json.dumps(unsigned, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode("ascii")
+
+
+@dataclass(frozen=True)
+class EventKey:
+    """The unit's signing key. ``load_or_create`` makes it once (0600) and reads it after that."""
+
+    private: Ed25519PrivateKey
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> EventKey:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            raw = Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+            )
+            try:
+                # O_EXCL: two processes starting at once cannot each write a key and sign with different ones.
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w", encoding="ascii") as handle:
+                    handle.write(_b64(raw) + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                log.info("made the event signing key %s", path)
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise PayloadError(
+                f"event signing key {path} is readable by others (mode {mode:o}); chmod 600 it"
+            )
+        try:
+            raw = _unb64(path.read_text(encoding="ascii").strip())
+            return cls(Ed25519PrivateKey.from_private_bytes(raw))
+        except (ValueError, binascii.Error) as error:
+            raise PayloadError(f"event signing key {path} is not a key: {error}") from None
+
+    @property
+    def public_text(self) -> str:
+        """The raw public key, base64url: what goes into the consumers' registry."""
+        return _b64(
+            self.private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        )
+
+    def sign(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        return {**event, SIGNATURE_FIELD: _b64(self.private.sign(canonical_bytes(event)))}
+
+
+def load_registry(path: Path) -> dict[str, Ed25519PublicKey]:
+    """The units' public keys by unit id; ``PayloadError`` when the file is unusable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        units = data["units"]
+        return {
+            str(unit): Ed25519PublicKey.from_public_bytes(_unb64(str(key))) for unit, key in units.items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as error:
+        raise PayloadError(f"unit key registry {path}: {error!r}") from None
+
+
+def registry_text(keys: Mapping[str, str]) -> str:
+    return json.dumps({"units": dict(sorted(keys.items()))}, indent=2) + "\n"
+
+
+@dataclass
+class EventVerifier:
+    """Checks each received event: signed by its unit's registered key, fresh, and later than the last.
+
+    ``seq`` order per unit: an event whose ``seq`` is not above the highest accepted one is a replay
+    (the consumer deduplicates redeliveries by ``event_id`` before this check).
+    """
+
+    keys: Mapping[str, Ed25519PublicKey]
+    max_age_s: float = DEFAULT_MAX_AGE_S
+    clock: Callable[[], float] = time.time
+    _last_seq: dict[str, int] = field(default_factory=dict, init=False)
+
+    def remember(self, last_seqs: Mapping[str, int]) -> None:
+        """Seeds the highest accepted ``seq`` per unit (a consumer's own record from before a restart)."""
+        for unit, seq in last_seqs.items():
+            self._last_seq[unit] = max(seq, self._last_seq.get(unit, 0))
+
+    def verify(self, event: Mapping[str, Any]) -> None:
+        unit = str(event.get("unit"))
+        signature = event.get(SIGNATURE_FIELD)
+        if not isinstance(signature, str):
+            raise SignatureError(f"unsigned event from {unit!r}")
+        key = self.keys.get(unit)
+        if key is None:
+            raise SignatureError(f"event from unit {unit!r}, which is not in the key registry")
+        try:
+            key.verify(_unb64(signature), canonical_bytes(event))
+        except (InvalidSignature, ValueError, binascii.Error):
+            raise SignatureError(f"wrongly signed event claiming unit {unit!r}") from None
+        age = self.clock() - _epoch(str(event["ts"]))
+        if age > self.max_age_s:
+            raise SignatureError(f"stale event from {unit!r}: {age:.0f} s old")
+        if age < -MAX_CLOCK_SKEW_S:
+            raise SignatureError(f"event from {unit!r} dated {-age:.0f} s in the future")
+        seq = int(event["seq"])
+        last = self._last_seq.get(unit, 0)
+        if seq <= last:
+            raise SignatureError(f"replayed event from {unit!r}: seq {seq} after seq {last}")
+        self._last_seq[unit] = seq
+
+
+def _epoch(ts: str) -> float:
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise SignatureError(f"event time {ts!r} is not a time") from None
