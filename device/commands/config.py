@@ -16,7 +16,7 @@ def register(commands: CommandRegistry) -> None:
 
 
 def check_config(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = config_from_args(args, required=True)
     print(f"config ok: unit {config.unit.id}, capture {config.capture.backend}")
     return EXIT_OK
 

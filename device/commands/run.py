@@ -33,7 +33,7 @@ def register(commands: CommandRegistry) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = config_from_args(args, required=True)
     if getattr(args, "log_level", None) is None:
         logging.getLogger().setLevel(config.logging.level)
     config_path: Path | None = getattr(args, "config", None)

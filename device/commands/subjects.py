@@ -50,7 +50,7 @@ def subject_summary(info: SubjectInfo, name: str | None, today: date) -> dict[st
 
 @reports_gallery_errors
 def list_subjects(args: argparse.Namespace) -> int:
-    store = GalleryStore.from_config(config_from_args(args))
+    store = GalleryStore.from_config(config_from_args(args, required=True))
     contents = store.load()
     today = utc_now().date()
     rows = [
@@ -84,7 +84,7 @@ def list_subjects(args: argparse.Namespace) -> int:
 
 @reports_gallery_errors
 def forget_subject(args: argparse.Namespace) -> int:
-    store = GalleryStore.from_config(config_from_args(args))
+    store = GalleryStore.from_config(config_from_args(args, required=True))
     store.forget(args.subject_id, args.operator or default_operator(), reason=args.reason)
     print(f"forgot {args.subject_id}: its data key, templates and name are destroyed (crypto-erase)")
     return EXIT_OK
@@ -92,7 +92,7 @@ def forget_subject(args: argparse.Namespace) -> int:
 
 @reports_gallery_errors
 def purge_expired(args: argparse.Namespace) -> int:
-    store = GalleryStore.from_config(config_from_args(args))
+    store = GalleryStore.from_config(config_from_args(args, required=True))
     purged = store.purge_expired(args.operator or default_operator())
     for subject_id in purged:
         print(f"purged {subject_id} (enrolment expired)")
