@@ -39,6 +39,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device.config import MqttSection, UnitConfig
+from device.events.connect_errors import explain_connect_error, explain_refusal
 from device.events.outbox import Outbox
 from device.events.payloads import (
     Command,
@@ -62,6 +63,7 @@ BACKOFF_BASE_S = 0.5
 REFUSAL_BACKOFF = (2.0, 60.0)
 SHUTDOWN_DRAIN_S = 3.0
 HA_PREFIX = "homeassistant"
+NOT_AUTHORIZED = 0x87  # MQTT v5 reason code: the broker's ACL refused this topic for this identity
 
 
 class MqttSetupError(Exception):
@@ -226,6 +228,7 @@ class MqttPublisher:
         self._hold_until = 0.0
         self._refusal_streak = 0
         self._next_health = 0.0
+        self._last_problem: str | None = None  # said once at ERROR with its fix; repeats go to DEBUG
 
     # -- Publisher protocol ---------------------------------------------------------------------------
 
@@ -383,15 +386,27 @@ class MqttPublisher:
                 properties=properties,
             )
         except (OSError, ssl.SSLError, ValueError) as error:
-            self._schedule_reconnect(f"connect failed: {error}")
+            detail, fix = explain_connect_error(error, self._settings)
+            self._report_problem(detail, fix)
+            self._schedule_reconnect(f"connect failed: {detail}")
             return
         self._client = client
+
+    def _report_problem(self, detail: str, fix: str, *, alarm: str | None = "broker_connection") -> None:
+        """One clear ERROR (host, port, file, fix) per distinct problem, not one WARNING per retry."""
+        if alarm is not None:
+            with self._lock:
+                self._counters.alarms[alarm] = detail[:160]
+        if detail != self._last_problem:
+            self._last_problem = detail
+            log.error("MQTT: %s. Fix: %s. (Retrying in the background; events stay queued.)", detail, fix)
 
     def _schedule_reconnect(self, why: str) -> None:
         delay = self._backoff.delay(self._attempt, self._rng)
         self._attempt += 1
         self._next_attempt = time.monotonic() + delay
-        log.warning("MQTT %s; retrying in %.1f s", why, delay)
+        repeated = self._last_problem is not None and self._last_problem in why
+        (log.debug if repeated else log.warning)("MQTT %s; retrying in %.1f s", why, delay)
 
     def _step(self) -> None:
         client = self._client
@@ -459,10 +474,13 @@ class MqttPublisher:
         if reason_code.is_failure:
             with self._lock:
                 self._counters.alarms["broker_refused_connection"] = str(reason_code)
+            self._report_problem(*explain_refusal(str(reason_code), self._settings, self._unit), alarm=None)
             self._drop_connection(f"broker refused the connection: {reason_code}")
             return
         with self._lock:
             self._counters.alarms.pop("broker_refused_connection", None)
+            self._counters.alarms.pop("broker_connection", None)
+        self._last_problem = None
         self._connected = True
         self._attempt = 0
         self._cursor = 0
@@ -514,6 +532,8 @@ class MqttPublisher:
             return
         what = f"seq {seq}" if seq is not None else ("status/health" if control else f"mid {mid}")
         log.error("broker refused publish of %s: %s (0x%02x)", what, reason_code, reason_code.value)
+        if reason_code.value == NOT_AUTHORIZED:
+            self._report_problem(*explain_refusal(str(reason_code), self._settings, self._unit), alarm=None)
         with self._lock:
             self._counters.refused += 1
             self._counters.last_refusal = f"0x{reason_code.value:02x} {reason_code}"[:80]

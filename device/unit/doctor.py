@@ -13,7 +13,6 @@ import datetime as dt
 import grp
 import os
 import pwd
-import socket
 import ssl
 import stat
 import threading
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device.config import ConfigError, UnitConfig
+from device.events.connect_errors import explain_connect_error, explain_refusal
 
 SERVICE_USER = "entrance-camera"
 BROKER_TIMEOUT_S = 10.0
@@ -191,49 +191,6 @@ def certificate_check(config: UnitConfig, now: dt.datetime | None = None) -> Che
 
 
 # --- broker ------------------------------------------------------------------------------------------
-def explain_connect_error(error: BaseException, config: UnitConfig) -> tuple[str, str]:
-    """(what happened, the fix) for a failed TLS connection, naming host, port and the file at fault.
-    Shared by doctor and the publisher's run-time error, so both give the same hint."""
-    settings = config.mqtt
-    where = f"{settings.host}:{settings.port}"
-    tls = settings.tls
-    if isinstance(error, ssl.SSLCertVerificationError):
-        if "hostname" in str(error) or "IP address mismatch" in str(error):
-            return (
-                f"the broker at {where} presents a certificate for another name ({error.verify_message})",
-                "set mqtt.host to the name in the broker's certificate",
-            )
-        return (
-            f"the broker at {where} has a certificate that does not chain to mqtt.tls.ca_file {tls.ca_file} "
-            f"({error.verify_message})",
-            "use the CA file of this broker's PKI (ca.crt), not another one",
-        )
-    if isinstance(error, ssl.SSLError):
-        reason = error.reason or str(error)
-        if "UNKNOWN_CA" in reason.upper() or "CERTIFICATE" in reason.upper():
-            return (
-                f"the broker at {where} refused the unit's certificate {tls.cert_file} ({reason})",
-                "use a certificate issued by the broker's CA (and not revoked)",
-            )
-        return (f"TLS with {where} failed: {reason}", "check that mqtt.port is the broker's TLS port (8883)")
-    if isinstance(error, ConnectionRefusedError):
-        return (f"nothing accepts connections on {where}", "start the broker, or fix mqtt.host / mqtt.port")
-    if isinstance(error, socket.gaierror):
-        return (f"cannot resolve {settings.host}", "fix mqtt.host")
-    if isinstance(error, TimeoutError | socket.timeout):
-        return (f"no answer from {where} in time", "check the network path and firewall to the broker")
-    return (f"cannot connect to {where}: {error}", "check mqtt.host, mqtt.port and the network")
-
-
-def explain_refusal(reason: str, config: UnitConfig) -> tuple[str, str]:
-    where = f"{config.mqtt.host}:{config.mqtt.port}"
-    cert = config.mqtt.tls.cert_file
-    return (
-        f"the broker at {where} refused the unit ({reason}) with certificate {cert}",
-        f"the certificate's name must be the unit id {config.unit.id!r} and the broker's ACL must list it",
-    )
-
-
 def broker_check(config: UnitConfig, timeout_s: float = BROKER_TIMEOUT_S) -> Check:
     """Connects over TLS with the unit's own certificate and disconnects, publishing nothing."""
     import paho.mqtt.client as mqtt
@@ -289,7 +246,7 @@ def broker_check(config: UnitConfig, timeout_s: float = BROKER_TIMEOUT_S) -> Che
         finally:
             timer.cancel()
     except (OSError, ssl.SSLError) as error:
-        detail, fix = explain_connect_error(error, config)
+        detail, fix = explain_connect_error(error, config.mqtt)
         return Check(name, False, detail, fix)
     finally:
         client.disconnect()
@@ -302,7 +259,7 @@ def broker_check(config: UnitConfig, timeout_s: float = BROKER_TIMEOUT_S) -> Che
         return Check(
             name, False, f"no answer from {where} within {timeout_s:.0f} s", "check the broker and network"
         )
-    detail, fix = explain_refusal(outcome["reason"], config)
+    detail, fix = explain_refusal(outcome["reason"], config.mqtt, config.unit.id)
     return Check(name, False, detail, fix)
 
 
