@@ -40,6 +40,7 @@ EVENTS = frozenset(
         "purge",
         "config",
         "gallery_unreadable",
+        "outbox_drop",
     }
 )
 DETAIL_KEYS = frozenset(
