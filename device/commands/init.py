@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 from device.atomicio import PRIVATE_DIR_MODE, create_exclusively, ensure_private_directory
@@ -43,6 +44,13 @@ def register(commands: CommandRegistry) -> None:
         default=None,
         help="folder with the model files and manifest (default: the project's models/ folder)",
     )
+    parser.add_argument(
+        "--mqtt",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a TOML file with the unit's [mqtt] section (e.g. the one `make dev-broker` writes) to use",
+    )
     add_operator_option(parser)
 
 
@@ -51,7 +59,32 @@ def shipped_models_dir() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-def config_text(unit_id: str, models_dir: Path | None) -> str:
+DEFAULT_MQTT_LINES = ["[mqtt]", 'outbox_path = "state/outbox.db"']
+
+
+def mqtt_section_text(path: Path) -> str:
+    """The [mqtt] tables of ``path``, checked to be nothing else and a valid [mqtt] section."""
+    from device.config import ConfigError, MqttSection
+    from device.unit.demo import toml_text
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(str(path), [f"cannot read it as TOML: {error}"]) from None
+    others = sorted(set(data) - {"mqtt"})
+    if others or not isinstance(data.get("mqtt"), dict):
+        raise ConfigError(
+            str(path), [f"must hold only an [mqtt] section (found: {', '.join(others) or 'none'})"]
+        )
+    section = {"outbox_path": "state/outbox.db", **data["mqtt"]}
+    try:
+        MqttSection.model_validate(section)
+    except ValueError as error:
+        raise ConfigError(str(path), [str(error)]) from None
+    return toml_text({"mqtt": section})
+
+
+def config_text(unit_id: str, models_dir: Path | None, mqtt_text: str | None = None) -> str:
     lines = [
         "# Unit config written by `device init`. Every key not set here has its default",
         "# (firmware_config/unit.defaults.toml). Relative paths are relative to this file.",
@@ -64,8 +97,11 @@ def config_text(unit_id: str, models_dir: Path | None) -> str:
         'path = "state/gallery.enc"',
         'master_key_path = "secrets/master.key"',
         "",
-        "[mqtt]",
-        'outbox_path = "state/outbox.db"',
+        *(
+            mqtt_text.rstrip("\n").splitlines()
+            if mqtt_text
+            else ["[mqtt]", 'outbox_path = "state/outbox.db"']
+        ),
     ]
     if models_dir is not None:
         lines += ["", "[models]", f"dir = {_toml_string(str(models_dir.resolve()))}"]
@@ -89,11 +125,12 @@ def initialise_unit(args: argparse.Namespace) -> int:
             print(f"error: {existing} already exists; init never overwrites a unit", file=sys.stderr)
             return EXIT_FAILURE
     models_dir = args.models_dir or shipped_models_dir()
+    mqtt_text = mqtt_section_text(args.mqtt) if getattr(args, "mqtt", None) is not None else None
 
     ensure_private_directory(unit_dir, UNIT_DIR_MODE)
     ensure_private_directory(key_path.parent, PRIVATE_DIR_MODE)
     ensure_private_directory(unit_dir / "state", PRIVATE_DIR_MODE)
-    create_exclusively(config_path, config_text(args.unit_id, models_dir).encode(), CONFIG_MODE)
+    create_exclusively(config_path, config_text(args.unit_id, models_dir, mqtt_text).encode(), CONFIG_MODE)
     master_key = generate_master_key(key_path)
 
     config = load_config(config_path)
