@@ -148,3 +148,32 @@ def test_interactive_commands_log_warnings_only_by_default(
     config.write_text('[unit]\nid = "quiet"\n')
     assert main(["config", "check", "--config", str(config)]) == 0
     assert logging.getLogger().level == logging.WARNING
+
+
+# --- forget asks first ----------------------------------------------------------------------------------
+def test_forget_names_the_person_and_needs_yes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gallery_helpers import enrol_random, init_unit
+
+    unit = init_unit(tmp_path)
+    info, _ = enrol_random(unit.store(), "Ada Resident", seed=5)
+    capsys.readouterr()
+    assert main(["--config", str(unit.config_path), "forget", info.subject_id]) == 2
+    refusal = capsys.readouterr().err
+    assert "Ada Resident" in refusal and "--yes" in refusal and "cannot be undone" in refusal
+    assert [s.subject_id for s in unit.store().subjects()] == [info.subject_id]  # nothing happened
+    assert main(["--config", str(unit.config_path), "forget", info.subject_id, "--yes"]) == 0
+    assert f"forgot Ada Resident ({info.subject_id})" in capsys.readouterr().out
+    assert unit.store().subjects() == []
+
+
+# --- make help ------------------------------------------------------------------------------------------
+def test_make_help_lists_every_target_of_the_makefile() -> None:
+    import re
+
+    repo = MODELS.parent
+    makefile = (repo / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):(?!=)", makefile, flags=re.MULTILINE))
+    assert {"run", "test", "dev-broker", "broker-check", "reliability", "edgetpu-models"} <= targets
+    result = subprocess.run(["make", "-s", "help"], cwd=repo, capture_output=True, text=True, check=True)
+    listed = set(re.findall(r"(?:^make |/ )([a-z][a-z-]*)", result.stdout, flags=re.MULTILINE))
+    assert targets - listed == set()
