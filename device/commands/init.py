@@ -22,7 +22,7 @@ from pathlib import Path
 from device.atomicio import PRIVATE_DIR_MODE, create_exclusively, ensure_private_directory
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
-from device.config import UNIT_ID_PATTERN, load_config
+from device.config import UNIT_ID_PATTERN, UNIT_ID_RULE, load_config
 from device.identity.audit import AuditLog, record_config_change
 from device.identity.gallery import audit_log_path, config_digest
 from device.identity.masterkey import generate_master_key
@@ -116,7 +116,7 @@ def _toml_string(value: str) -> str:
 def initialise_unit(args: argparse.Namespace) -> int:
     unit_dir: Path = args.dir
     if not re.match(UNIT_ID_PATTERN, args.unit_id):
-        print(f"error: unit id {args.unit_id!r} must match {UNIT_ID_PATTERN}", file=sys.stderr)
+        print(f"error: unit id {args.unit_id!r} must be {UNIT_ID_RULE}", file=sys.stderr)
         return EXIT_FAILURE
     config_path = unit_dir / CONFIG_NAME
     key_path = unit_dir / "secrets" / "master.key"

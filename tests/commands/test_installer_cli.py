@@ -13,9 +13,8 @@ from pipeline_support import MODELS
 
 from device.cli import main
 from device.discovery import CONFIG_ENV, ConfigChoice, choose_config, load_chosen_config
-from device.models.accelerator import load_interpreter
 from device.models.manifest import load_manifest
-from device.models.native_stderr import split_banners, without_runtime_banner
+from device.models.native_stderr import split_banners
 
 BANNER = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
 
@@ -112,24 +111,30 @@ def test_identify_works_from_any_directory_without_the_banner(
 
 
 # --- the runtime banner --------------------------------------------------------------------------------
-def test_the_runtime_prints_its_banner_on_fd_2_and_the_wrapper_removes_only_that(
-    capfd: pytest.CaptureFixture[str],
-) -> None:
+def test_the_runtime_prints_its_banner_on_fd_2_and_the_wrapper_removes_only_that(tmp_path: Path) -> None:
+    # The runtime prints the banner once per process, so each variant runs in a fresh interpreter.
     manifest = load_manifest(MODELS)
-    entry = manifest.models["blazeface_full_range"]
-    path = MODELS / entry.files["float"].path
-    from device.models import accelerator
-
-    runtime = accelerator.tflite_runtime()
-    runtime.Interpreter(model_path=str(path), num_threads=1).allocate_tensors()
-    unwrapped = capfd.readouterr().err
-    load_interpreter(path, 1)
-    with without_runtime_banner():
-        os.write(2, b"W runtime: something the installer must see\n")
-    wrapped = capfd.readouterr().err
-    assert BANNER in unwrapped  # the runtime does print it, so the next assert means something
-    assert "XNNPACK" not in wrapped
-    assert "something the installer must see" in wrapped
+    path = MODELS / manifest.models["blazeface_full_range"].files["float"].path
+    raw = (
+        "from device.models.accelerator import tflite_runtime\n"
+        f"tflite_runtime().Interpreter(model_path={str(path)!r}, num_threads=1).allocate_tensors()\n"
+    )
+    wrapped = (
+        "import os\n"
+        "from pathlib import Path\n"
+        "from device.models.accelerator import load_interpreter\n"
+        "from device.models.native_stderr import without_runtime_banner\n"
+        f"load_interpreter(Path({str(path)!r}), 1)\n"
+        "with without_runtime_banner():\n"
+        "    os.write(2, b'W runtime: something the installer must see\\n')\n"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+        for code in (raw, wrapped)
+    ]
+    assert BANNER in runs[0].stderr  # the runtime does print it, so the next assert means something
+    assert "XNNPACK" not in runs[1].stderr
+    assert "something the installer must see" in runs[1].stderr
 
 
 def test_split_banners_matches_exact_lines_only() -> None:
@@ -177,3 +182,33 @@ def test_make_help_lists_every_target_of_the_makefile() -> None:
     result = subprocess.run(["make", "-s", "help"], cwd=repo, capture_output=True, text=True, check=True)
     listed = set(re.findall(r"(?:^make |/ )([a-z][a-z-]*)", result.stdout, flags=re.MULTILINE))
     assert targets - listed == set()
+
+
+# --- plain-language messages ------------------------------------------------------------------------------
+def test_a_typo_in_a_key_gets_did_you_mean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "unit.toml"
+    config.write_text('[capture]\nsoruce = "x.mp4"\n[mqtt.tls]\ncafile = "ca.crt"\n[matching]\nzzz = 1\n')
+    assert main(["config", "check", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "capture.soruce: unknown key (did you mean 'source'?)" in err
+    assert "mqtt.tls.cafile: unknown key (did you mean 'ca_file'?)" in err
+    assert "matching.zzz: unknown key (known here: threshold," in err
+
+
+def test_messages_say_rules_in_words_not_regexes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "unit.toml"
+    config.write_text('[unit]\nid = "Lobby 1"\n[mqtt]\ntopic_prefix = "a b"\n')
+    assert main(["config", "check", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "lowercase letters, digits and '-'" in err and "levels separated by '/'" in err
+    assert "^[" not in err
+    assert main(["init", "--dir", str(tmp_path / "u"), "--unit-id", "Lobby 1"]) == 1
+    err = capsys.readouterr().err
+    assert "lowercase letters" in err and "^[" not in err
+
+
+def test_a_bad_expiry_date_is_explained(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["enroll", "--name", "A", "--images", "a.jpg", "--consent-ref", "F", "--expires", "30/06/2027"])
+    err = capsys.readouterr().err
+    assert "write it as YYYY-MM-DD" in err and "fromisoformat" not in err
