@@ -181,7 +181,10 @@ def test_calibration_table_recommendation_and_plot(
     assert image is not None and image.shape[:2] == (460, 720)
 
     code, out, _ = device(unit, "calibrate")
-    assert code == 0 and "recommended threshold" in out and "<- configured" in out
+    assert code == 0 and "<- configured" in out
+    # A few stranger faces cannot show FAR 0.001 (the default target): no threshold is recommended.
+    assert "not enough comparisons for FAR 0.001; keep the default" in out
+    assert "recommended threshold" not in out and "achievable FAR with this data" in out
     code, out, err = device(unit, "calibrate", "--json", "--strangers", str(face_images["biden.jpg"]))
     assert code == 0, err
     assert json.loads(out)["stranger_faces"] == 1
