@@ -212,3 +212,28 @@ def test_a_bad_expiry_date_is_explained(capsys: pytest.CaptureFixture[str]) -> N
         main(["enroll", "--name", "A", "--images", "a.jpg", "--consent-ref", "F", "--expires", "30/06/2027"])
     err = capsys.readouterr().err
     assert "write it as YYYY-MM-DD" in err and "fromisoformat" not in err
+
+
+# --- examples agree with the installer ----------------------------------------------------------------------
+def test_example_configs_use_the_paths_the_installer_writes() -> None:
+    import tomllib
+
+    repo = MODELS.parent
+    template = tomllib.loads((repo / "deploy/unit/unit.toml.in").read_text().replace("@UNIT_ID@", "x"))
+    installed_paths = {
+        ("unit", "state_dir"): template["unit"]["state_dir"],
+        ("models", "dir"): template["models"]["dir"],
+        ("gallery", "path"): template["gallery"]["path"],
+        ("gallery", "master_key_path"): template["gallery"]["master_key_path"],
+        ("mqtt", "outbox_path"): template["mqtt"]["outbox_path"],
+    }
+    checked = 0
+    for example in sorted((repo / "firmware_config/examples").glob("*.toml")):
+        data = tomllib.loads(example.read_text())
+        if not str(data.get("unit", {}).get("state_dir", "")).startswith("/"):
+            continue  # a development example (relative paths), not an installed unit
+        for (section, key), expected in installed_paths.items():
+            if key in data.get(section, {}):
+                assert data[section][key] == expected, f"{example.name}: [{section}] {key}"
+                checked += 1
+    assert checked >= 6
