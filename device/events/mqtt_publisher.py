@@ -40,6 +40,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from device.config import MqttSection, UnitConfig
 from device.events.connect_errors import explain_connect_error, explain_refusal
+from device.events.ha_discovery import discovery_configs
 from device.events.outbox import Outbox
 from device.events.payloads import (
     Command,
@@ -62,7 +63,6 @@ BACKOFF_BASE_S = 0.5
 # Refusals (ACL, quota) need an operator, not a quick retry: hold the outbox 1-2 s, then longer, to 60 s.
 REFUSAL_BACKOFF = (2.0, 60.0)
 SHUTDOWN_DRAIN_S = 3.0
-HA_PREFIX = "homeassistant"
 NOT_AUTHORIZED = 0x87  # MQTT v5 reason code: the broker's ACL refused this topic for this identity
 
 
@@ -119,60 +119,6 @@ def _read_password(path: Path) -> str:
         return path.read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as error:
         raise MqttSetupError(f"cannot read mqtt.password_file {path}: {error.strerror}") from error
-
-
-def ha_discovery_configs(
-    topics: Topics, unit: str, model_names: Mapping[str, str]
-) -> dict[str, dict[str, Any]]:
-    """Home Assistant MQTT discovery configs (retained), one per entity.
-
-    Every entity takes its availability from the status topic; "last decision" reads the events topic,
-    the accelerator sensors read the retained health topic. Topic names match the broker ACL pattern
-    ``homeassistant/+/<unit>/#``.
-    """
-    device = {
-        "identifiers": [f"entrance-camera-{unit}"],
-        "name": f"Entrance camera {unit}",
-        "model": "entrance-camera",
-    }
-    common = {
-        "availability_topic": topics.status,
-        "availability_template": "{{ value_json.state }}",
-        "payload_available": "online",
-        "payload_not_available": "offline",
-        "device": device,
-    }
-    configs: dict[str, dict[str, Any]] = {
-        f"{HA_PREFIX}/sensor/{unit}/last_decision/config": {
-            **common,
-            "name": "Last decision",
-            "unique_id": f"{unit}_last_decision",
-            "state_topic": topics.events,
-            "value_template": "{{ value_json.type }}",
-            "json_attributes_topic": topics.events,
-            "json_attributes_template": (
-                "{{ {'subject': value_json.subject, 'similarity': value_json.similarity,"
-                " 'reasons': value_json.reasons, 'ts': value_json.ts} | tojson }}"
-            ),
-            "icon": "mdi:door",
-        }
-    }
-    for role, model in model_names.items():
-        configs[f"{HA_PREFIX}/sensor/{unit}/accelerator_{role}/config"] = {
-            **common,
-            "name": f"Accelerator ({role})",
-            "unique_id": f"{unit}_accelerator_{role}",
-            "state_topic": topics.health,
-            # The pipeline reports either a state string or the model's health object per role.
-            "value_template": (
-                "{% set acc = (value_json.pipeline | default({})).accelerator | default({}) %}"
-                "{% set m = acc['" + role + "'] | default(acc['" + model + "'] | default('unknown')) %}"
-                "{{ m.state if m is mapping else m }}"
-            ),
-            "entity_category": "diagnostic",
-            "icon": "mdi:chip",
-        }
-    return configs
 
 
 class MqttPublisher:
@@ -497,8 +443,9 @@ class MqttPublisher:
         )
         client.subscribe(self._topics.cmd_filter, qos=1)
         if self._settings.ha_discovery:
-            for topic, config in ha_discovery_configs(self._topics, self._unit, self._model_names).items():
-                self._publish_control(topic, json.dumps(config, sort_keys=True).encode())
+            for topic, config in discovery_configs(self._topics, self._unit, self._model_names).items():
+                payload = b"" if config is None else json.dumps(config, sort_keys=True).encode()
+                self._publish_control(topic, payload)
         self._next_health = 0.0
 
     def _on_disconnect(
