@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -47,20 +47,25 @@ class Background:
             text=True,
             start_new_session=True,
         )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        # A thread, not select(): readline() buffers past the line it returns, so select() on the pipe
+        # can block while whole lines wait in Python's buffer.
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
 
     def wait_for(self, text: str, timeout_s: float) -> bool:
-        assert self.process.stdout is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if any(text in line for line in self.lines):
+            if any(text in line for line in list(self.lines)):
                 return True
-            ready, _, _ = select.select([self.process.stdout], [], [], 0.5)
-            if ready:
-                line = self.process.stdout.readline()
-                if not line and self.process.poll() is not None:
-                    return False
-                self.lines.append(line)
-        return any(text in line for line in self.lines)
+            if self.process.poll() is not None and not self._reader.is_alive():
+                return False
+            time.sleep(0.1)
+        return any(text in line for line in list(self.lines))
 
     def stop(self) -> None:
         if self.process.poll() is None:
