@@ -237,3 +237,29 @@ def test_example_configs_use_the_paths_the_installer_writes() -> None:
                 assert data[section][key] == expected, f"{example.name}: [{section}] {key}"
                 checked += 1
     assert checked >= 6
+
+
+# --- every config key described --------------------------------------------------------------------------
+def test_every_config_key_is_described_in_the_defaults_file_and_the_schema() -> None:
+    import json
+
+    from device.config import UnitConfig
+    from device.config_docs import _fields, defaults_toml, description, undocumented_keys
+
+    assert undocumented_keys() == [], "describe these keys in device/config_docs.py (KEY_DOCS)"
+    repo = MODELS.parent
+    defaults = (repo / "firmware_config/unit.defaults.toml").read_text()
+    assert defaults == defaults_toml(), "regenerate: python -m device.config_docs defaults > ..."
+    schema = json.loads((repo / "firmware_config/unit-config.schema.json").read_text())
+    for key, _, _ in _fields(UnitConfig):
+        text = description(key)
+        assert (text and f"# {text}" in defaults) or f"{key.split('.')[-1]}: {text}" in defaults, key
+        node = schema
+        for part in key.split("."):
+            prop = node["properties"][part]
+            assert "description" in prop, f"{key} has no description in the schema"
+            ref = prop.get("$ref") or next(
+                (a.get("$ref") for a in prop.get("anyOf", []) if "$ref" in a), None
+            )
+            if ref:
+                node = schema["$defs"][ref.split("/")[-1]]
