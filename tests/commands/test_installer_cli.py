@@ -263,3 +263,17 @@ def test_every_config_key_is_described_in_the_defaults_file_and_the_schema() -> 
             )
             if ref:
                 node = schema["$defs"][ref.split("/")[-1]]
+
+
+# --- the demo: quiet, and it says what it does with its folder ---------------------------------------
+def test_the_demo_prints_no_banner_and_says_its_temporary_folder_is_removed(tmp_path: Path) -> None:
+    import re
+
+    result = device_cli("demo", "--fast", "--no-broker", cwd=tmp_path, env={"TMPDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "XNNPACK" not in result.stdout + result.stderr
+    assert " INFO " not in result.stderr
+    named = re.search(r"^demo folder (\S+)$", result.stdout, flags=re.MULTILINE)
+    assert named is not None
+    assert f"demo folder {named.group(1)} removed (--keep or --dir DIR keeps it)" in result.stdout
+    assert not Path(named.group(1)).exists()
