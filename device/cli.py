@@ -17,7 +17,7 @@ from typing import Protocol
 
 from device import __version__
 from device.config import ConfigError, UnitConfig
-from device.discovery import ConfigChoice, choose_config, load_chosen_config
+from device.discovery import NO_CONFIG_SOURCE, ConfigChoice, choose_config, load_chosen_config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -131,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except ConfigError as error:
-        print(str(error), file=sys.stderr)
+        no_config = error.source == NO_CONFIG_SOURCE
+        print(f"error: {error.problems[0]}" if no_config else str(error), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

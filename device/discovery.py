@@ -20,6 +20,7 @@ from device.config import ConfigError, UnitConfig, load_config
 
 CONFIG_ENV = "ENTRANCE_CAMERA_CONFIG"
 SYSTEM_CONFIG = Path("/etc/entrance-camera/unit.toml")
+NO_CONFIG_SOURCE = "(no config given)"
 NO_CONFIG_HINT = (
     f"no config given: pass --config PATH, set {CONFIG_ENV}=PATH, or install the unit "
     f"(which writes {SYSTEM_CONFIG})"
@@ -69,7 +70,7 @@ def load_chosen_config(choice: ConfigChoice, *, required: bool = False) -> UnitC
     """The config of ``choice``; models.dir falls back to the installed models when the file (or the
     lack of one) leaves it unset. ``required``: refuse with "no config given" instead of defaults."""
     if choice.path is None and required:
-        raise ConfigError("(none)", [NO_CONFIG_HINT])
+        raise ConfigError(NO_CONFIG_SOURCE, [NO_CONFIG_HINT])
     if choice.path is not None and choice.origin != "--config" and not choice.path.exists():
         raise ConfigError(str(choice.path), [f"{choice.origin} names a file that does not exist"])
     config = load_config(choice.path)

@@ -54,7 +54,7 @@ def verify_with_gallery(config: UnitConfig) -> VerifyResult:
 
 @reports_gallery_errors
 def verify_audit(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = config_from_args(args, required=True)
     result = verify_with_gallery(config)
     if not result.ok:
         print(f"audit log FAILED verification ({result.entries} entries):", file=sys.stderr)
@@ -68,7 +68,7 @@ def verify_audit(args: argparse.Namespace) -> int:
 
 @reports_gallery_errors
 def export_audit(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = config_from_args(args, required=True)
     result = verify_with_gallery(config)
     log = AuditLog(audit_log_path(config), load_master_key(config.gallery.master_key_path))
     text = "".join(line + "\n" for line in log.raw_lines())

@@ -104,7 +104,7 @@ def stranger_embeddings(
 
 @reports_gallery_errors
 def run_calibration(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = config_from_args(args, required=True)
     store = GalleryStore.from_config(config)
     templates, subject_ids = store.active_templates()
     by_subject = {

@@ -97,7 +97,7 @@ def enroll(args: argparse.Namespace) -> int:
     if args.from_camera is not None and args.from_camera < 1:
         print("error: --from-camera needs a number of frames of at least 1", file=sys.stderr)
         return EXIT_FAILURE
-    config = config_from_args(args)
+    config = config_from_args(args, required=True)
     if args.expires is not None:
         check_expiry(args.expires, utc_now().date())  # before any picture is read
     store = GalleryStore.from_config(config)
