@@ -21,6 +21,16 @@ help:
 	@echo "make models   - rebuild the shipped models from pinned packages (x86-64, TensorFlow in .venv-build)"
 	@echo "make fuzz     - MQTT payload decoders and file parsers fuzzed, 100,000 cases each"
 	@echo "make deploy-check - installer, systemd units, fleet playbook, locks, bandit, secret scan"
+	@echo "make test-fast - the test suite without the tests marked slow"
+	@echo "make lock     - re-resolve requirements/*.lock from pyproject.toml (uv)"
+	@echo "make models-detector / models-embedder - rebuild one of the shipped models"
+	@echo "make edgetpu-models - compile the int8 models for the Coral (needs edgetpu_compiler)"
+	@echo "make models-verify - sha256 and Edge TPU compatibility of the shipped model files"
+	@echo "make dev-broker - a local TLS Mosquitto; prints the unit's [mqtt] block and the tail command"
+	@echo "make broker-check - the broker config loaded by a real Mosquitto, lint of deploy/broker"
+	@echo "make reliability - fault tests against a real broker (JSON summary in reliability.json)"
+	@echo "make clean    - remove .venv, caches and bench.json"
+	@echo "make help     - this list"
 
 setup: $(STAMP)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Protocol
 
 from device import __version__
-from device.config import ConfigError, UnitConfig, load_config
+from device.config import ConfigError, UnitConfig
+from device.discovery import NO_CONFIG_SOURCE, ConfigChoice, choose_config, load_chosen_config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -73,7 +74,7 @@ def _common_options(*, suppress_defaults: bool) -> argparse.ArgumentParser:
         # None at the top level: commands can tell "not given" (use the config's logging.level) apart
         default=argparse.SUPPRESS if suppress_defaults else None,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging level (default INFO)",
+        help="logging level (default WARNING; `run`: the config's logging.level, INFO)",
     )
     return common
 
@@ -102,10 +103,12 @@ def _command_modules() -> list[CommandModule]:
     return modules
 
 
-def config_from_args(args: argparse.Namespace) -> UnitConfig:
-    """The unit config named by ``--config``, or the built-in defaults when none was given."""
+def config_from_args(args: argparse.Namespace, *, required: bool = False) -> UnitConfig:
+    """The unit config (``--config`` > $ENTRANCE_CAMERA_CONFIG > /etc/entrance-camera/unit.toml), or the
+    built-in defaults when none applies; ``required``: refuse with "no config given" instead."""
     path: Path | None = getattr(args, "config", None)
-    return load_config(path)
+    origin = getattr(args, "config_origin", None) or ("--config" if path is not None else "none")
+    return load_chosen_config(ConfigChoice(path, origin), required=required)
 
 
 PR_SET_DUMPABLE = 4
@@ -131,8 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     refuse_core_dumps()
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Commands read args.config: the discovered file stands in for --config when it was not given.
+    choice = choose_config(getattr(args, "config", None))
+    args.config, args.config_origin = choice.path, choice.origin
+    # Interactive commands print their results; log lines are for problems. `run` raises this to the
+    # config's logging.level (INFO) itself.
     logging.basicConfig(
-        level=getattr(logging, getattr(args, "log_level", None) or "INFO"),
+        level=getattr(logging, getattr(args, "log_level", None) or "WARNING"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -143,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except ConfigError as error:
-        print(str(error), file=sys.stderr)
+        no_config = error.source == NO_CONFIG_SOURCE
+        print(f"error: {error.problems[0]}" if no_config else str(error), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

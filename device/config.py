@@ -13,6 +13,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 UNIT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+UNIT_ID_RULE = "1 to 63 characters: lowercase letters, digits and '-', starting with a letter or digit"
+# What a pattern means, in words, for the messages a person reads (the regex stays in the schema).
+PATTERN_RULES = {
+    UNIT_ID_PATTERN: UNIT_ID_RULE,
+    r"^[A-Za-z0-9._-]{1,32}$": "1 to 32 letters, digits, '.', '_' or '-'",
+    r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$": "letters, digits, '_' or '-', levels separated by '/'",
+}
 MAX_ENROLMENT_DAYS = 3 * 365
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -259,11 +266,32 @@ def describe_validation_error(error: ValidationError) -> list[str]:
     for item in error.errors():
         path = ".".join(str(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
-            problems.append(f"{path}: unknown key (not part of the config schema)")
+            problems.append(f"{path}: unknown key{did_you_mean(item['loc'])}")
             continue
         given = item.get("input")
-        problems.append(f"{path} = {given!r}: {item['msg']}")
+        message = item["msg"]
+        if item["type"] == "string_pattern_mismatch":
+            pattern = str((item.get("ctx") or {}).get("pattern", ""))
+            message = f"must be {PATTERN_RULES[pattern]}" if pattern in PATTERN_RULES else message
+        problems.append(f"{path} = {given!r}: {message}")
     return problems
+
+
+def did_you_mean(location: tuple[int | str, ...]) -> str:
+    """' (did you mean X?)' for an unknown key close to a known one of its section, else a pointer."""
+    import difflib
+
+    model: type[BaseModel] = UnitConfig
+    for part in location[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return " (not part of the config schema)"
+        model = annotation
+    close = difflib.get_close_matches(str(location[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (known here: {', '.join(model.model_fields)})"
 
 
 def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> UnitConfig:

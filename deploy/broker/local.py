@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -259,6 +261,46 @@ class LocalBroker:
         self.stop()
 
 
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def mqtt_block(broker: LocalBroker, unit: str) -> str:
+    """The unit config's [mqtt] section (with [mqtt.tls]) for this broker, as TOML."""
+    section = broker.mqtt_config(unit)
+    tls = section.pop("tls")
+    assert isinstance(tls, dict)
+    lines = ["[mqtt]", *(f"{key} = {_toml_value(value)}" for key, value in section.items())]
+    lines += ['outbox_path = "state/outbox.db"', "", "[mqtt.tls]"]
+    # Absolute: the unit's config lives elsewhere, and its relative paths are relative to itself.
+    lines += [f"{key} = {_toml_value(Path(str(value)).resolve())}" for key, value in tls.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_unit_block(broker: LocalBroker, unit: str) -> Path:
+    path = broker.root / f"{unit}.mqtt.toml"
+    path.write_text(mqtt_block(broker, unit))
+    return path
+
+
+def write_tail_script(broker: LocalBroker, unit: str) -> Path:
+    """A one-line script running `device events tail` with the `tail` consumer's certificate."""
+    cert, key = broker.cert_for("tail")
+    device = Path(sys.executable).with_name("device")
+    command = [
+        str(device) if device.exists() else "device", "events", "tail",
+        "--host", broker.host, "--port", str(broker.port), "--ca", str(broker.ca_file.resolve()),
+        "--cert", str(cert.resolve()), "--key", str(key.resolve()), "--prefix", broker.prefix, "--unit", unit,
+    ]  # fmt: skip
+    path = broker.root / "tail.sh"
+    path.write_text(" ".join(shlex.quote(part) for part in command) + ' "$@"\n')
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="run a local Mosquitto with the fleet config (foreground)")
     parser.add_argument("--dir", type=Path, required=True, help="PKI, config and data (made once, reused)")
@@ -272,9 +314,14 @@ def main(argv: list[str] | None = None) -> int:
         cert, key = broker.cert_for(identity)
         print(f"{broker.role_of(identity):9} {identity}: cert {cert} key {key}")
     broker.start()
-    print(
-        f"mosquitto on {broker.host}:{broker.port} (CA {broker.ca_file}, log {broker.log_file}); Ctrl-C stops"
-    )
+    for unit in args.unit:
+        block = write_unit_block(broker, unit)
+        print(f"\n[mqtt] block for unit {unit} (also in {block}; `device init --mqtt {block}` uses it):")
+        print(block.read_text(), end="")
+    tail = write_tail_script(broker, args.unit[0] if len(args.unit) == 1 else "+")
+    print(f"\nevents as a consumer sees them: sh {tail}\n  ({tail.read_text().strip()})")
+    where = f"{broker.host}:{broker.port} (CA {broker.ca_file}, log {broker.log_file})"
+    print(f"mosquitto on {where}; Ctrl-C stops", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda _s, _f: stop.set())

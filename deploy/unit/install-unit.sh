@@ -44,7 +44,35 @@ OS_RELEASE=/etc/os-release
 MACHINE=$(uname -m)
 
 usage() {
-  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  cat <<'HELP'
+Installs (or updates) the entrance camera on a Raspberry Pi (Raspberry Pi OS Bookworm or Trixie, 64-bit).
+Idempotent: run it again after updating the source tree. Run as root from a checkout:
+
+  sudo deploy/unit/install-unit.sh [OPTIONS]
+
+Options:
+  --unit-id ID            the unit's name and MQTT identity (default: the host name); 1 to 63
+                          lowercase letters, digits and '-'; written to /etc/entrance-camera/unit.toml
+                          only when that file does not exist yet
+  --coral usb|pci|none    which Coral the unit has (default: none); usb/pci need --coral-pair
+  --coral-pair DIR        folder with the libedgetpu .deb and tflite_runtime wheel named for this OS in
+                          deploy/unit/coral-pairs.txt (checked against the sha256 pinned there)
+  --trust-coral-files     accept Coral pair files whose sha256 is not pinned yet (prints it; record it
+                          in deploy/unit/coral-pairs.txt afterwards)
+  --boot-fragments LIST   comma-separated firmware_config/boot/*.txt fragments to add to
+                          /boot/firmware/config.txt (e.g. camera,pi5-m2-coral); reboot afterwards
+  --no-start              install and enable the services but do not (re)start them
+  --dry-run               print every change instead of making it; needs no root and works on any
+                          machine (an x86 laptop too: it shows the plan a Pi would run)
+  --os-release FILE       plan for another OS (read VERSION_CODENAME from FILE); checks only
+  --machine ARCH          plan for another machine (default: uname -m); checks only
+  --only-boot-config FILE only the boot config step, on FILE
+  -h, --help              this help
+
+Without compiled Edge TPU model files (models/manifest.json lists none until `make edgetpu-models` has
+run on a build host) the unit runs on the CPU, Coral or not: `device doctor` says which and why.
+After installing: edit /etc/entrance-camera/unit.toml, then `device doctor` (deploy/README.md).
+HELP
   exit "${1:-0}"
 }
 
@@ -81,7 +109,7 @@ done
 
 case "$CORAL" in usb|pci|none) ;; *) die "--coral must be usb, pci or none" ;; esac
 if [ -n "$UNIT_ID" ] && ! [[ "$UNIT_ID" =~ ^[a-z0-9][a-z0-9-]{0,62}$ ]]; then
-  die "unit id '$UNIT_ID' must match ^[a-z0-9][a-z0-9-]{0,62}\$"
+  die "unit id '$UNIT_ID': use 1 to 63 lowercase letters, digits and '-', starting with a letter or digit"
 fi
 if [ -n "$ONLY_BOOT_CONFIG" ]; then
   BOOT_CONFIG=$ONLY_BOOT_CONFIG
@@ -96,11 +124,17 @@ CODENAME=$(. "$OS_RELEASE" && printf '%s' "${VERSION_CODENAME:-}")
 case "$CODENAME" in
   bookworm) PYTHON_VERSION=3.11 ;;
   trixie) PYTHON_VERSION=3.13 ;;
-  *) die "unsupported OS '$CODENAME': Raspberry Pi OS Bookworm or Trixie expected" ;;
+  *)
+    [ "$DRY_RUN" = yes ] || die "unsupported OS '$CODENAME': Raspberry Pi OS Bookworm or Trixie expected"
+    # A plan on another machine: show what Bookworm would get.
+    log "note: this is '${CODENAME:-unknown}', not Raspberry Pi OS; showing the plan for bookworm"
+    CODENAME=bookworm PYTHON_VERSION=3.11 ;;
 esac
 case "$MACHINE" in
   aarch64) ;;
-  *) die "unsupported machine '$MACHINE': the unit locks are for aarch64 (64-bit Raspberry Pi OS)" ;;
+  *)
+    [ "$DRY_RUN" = yes ] || die "unsupported machine '$MACHINE': the unit locks are for aarch64 (64-bit Raspberry Pi OS)"
+    log "note: this machine is $MACHINE; showing the plan for an aarch64 Raspberry Pi" ;;
 esac
 LOCK=$SOURCE_DIR/requirements/unit-$CODENAME.lock
 [ -r "$LOCK" ] || die "missing $LOCK (make lock)"
@@ -185,6 +219,11 @@ if [ "$CORAL" != none ] || [ -n "$CORAL_PAIR_DIR" ]; then
   run udevadm control --reload-rules
   run udevadm trigger --subsystem-match=usb --subsystem-match=apex
 fi
+if ! grep -q '"edgetpu"' "$SOURCE_DIR/models/manifest.json" 2>/dev/null \
+  || grep -A3 '"edgetpu"' "$SOURCE_DIR/models/manifest.json" | grep -q '"sha256": null'; then
+  log "note: models/manifest.json has no compiled Edge TPU files: the unit runs on the CPU (Coral unused)" \
+    "until they are built (make edgetpu-models on a build host; models/README.md)"
+fi
 if [ "$CORAL" = pci ] && [ ! -e /dev/apex_0 ]; then
   log "note: no /dev/apex_0 yet: the gasket/apex driver must be built for this kernel (deploy/README.md)"
 fi
@@ -249,3 +288,4 @@ if [ "$START" = yes ]; then
   run systemctl restart entrance-camera-selftest.service entrance-camera.service
 fi
 log "done: systemctl status entrance-camera; journalctl -u entrance-camera-selftest"
+log "check the unit before relying on it: sudo -u $SERVICE_USER $VENV/bin/device --config $CONFIG doctor"

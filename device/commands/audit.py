@@ -56,7 +56,7 @@ def verify_with_gallery(config: UnitConfig) -> VerifyResult:
 
 @reports_gallery_errors
 def verify_audit(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = config_from_args(args, required=True)
     result = verify_with_gallery(config)
     if not result.ok:
         print(f"audit log FAILED verification ({result.entries} entries):", file=sys.stderr)
@@ -70,7 +70,7 @@ def verify_audit(args: argparse.Namespace) -> int:
 
 @reports_gallery_errors
 def export_audit(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = config_from_args(args, required=True)
     result = verify_with_gallery(config)
     master_key = load_master_key(config.gallery.master_key_path, config.gallery.key_source)
     log = AuditLog(audit_log_path(config), master_key, head_path=audit_head_path(config))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,14 @@ from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import reports_gallery_errors
 from device.config import UnitConfig
 from device.fixtures import FixtureError
-from device.identity.calibrate import CalibrationError, calibrate, collect_scores, draw_plot, format_table
+from device.identity.calibrate import (
+    Calibration,
+    CalibrationError,
+    calibrate,
+    collect_scores,
+    draw_plot,
+    format_table,
+)
 from device.identity.enrol import Analyze, FaceLike
 from device.identity.gallery import GalleryStore
 from device.types import RgbImage
@@ -96,7 +104,7 @@ def stranger_embeddings(
 
 @reports_gallery_errors
 def run_calibration(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = config_from_args(args, required=True)
     store = GalleryStore.from_config(config)
     templates, subject_ids = store.active_templates()
     by_subject = {
@@ -141,8 +149,28 @@ def run_calibration(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if args.plot is not None:
         print(f"plot written to {args.plot}")
-    print(
-        f"recommended threshold {calibration.recommended:.3f} for FAR <= {calibration.target_far:g} "
-        f"(configured: {configured:.3f}; set [matching] threshold to change it)"
-    )
+    for line in recommendation_lines(calibration, configured):
+        print(line)
     return EXIT_OK
+
+
+def recommendation_lines(calibration: Calibration, configured: float) -> list[str]:
+    """A threshold only when the data can support the target FAR; otherwise what it can support."""
+    impostors = len(calibration.scores.impostor)
+    achievable = (
+        f"achievable FAR with this data: {calibration.achievable_far:.2g} "
+        f"({impostors} impostor comparisons, 95% confidence)"
+    )
+    if not calibration.supports_target:
+        needed = math.ceil(3.0 / calibration.target_far) if calibration.target_far > 0 else None
+        more = f"about {needed} impostor comparisons" if needed else "a FAR of exactly 0 cannot be shown"
+        return [
+            achievable,
+            f"not enough comparisons for FAR {calibration.target_far:g}; keep the default "
+            f"(configured: {configured:.3f}). For that target: {more} (add --strangers pictures)",
+        ]
+    return [
+        achievable,
+        f"recommended threshold {calibration.recommended:.3f} for FAR <= {calibration.target_far:g} "
+        f"(configured: {configured:.3f}; set [matching] threshold to change it)",
+    ]

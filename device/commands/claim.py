@@ -24,7 +24,7 @@ def register(commands: CommandRegistry) -> None:
 
 @reports_gallery_errors
 def claim_subject(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = config_from_args(args, required=True)
     store = GalleryStore.from_config(config)
     info = store.load().find(args.subject_id).info
     if info.is_expired(utc_now().date()):

@@ -63,6 +63,8 @@ def demo_command(args: argparse.Namespace) -> int:
     finally:
         if args.dir is None and not args.keep:
             shutil.rmtree(directory, ignore_errors=True)
+            # The folder was named at the start; say that it is gone, and how to keep one.
+            print(f"demo folder {directory} removed (--keep or --dir DIR keeps it)")
 
 
 class Subscriber:

@@ -41,6 +41,16 @@ FRAMES_PER_WANTED = 60  # --from-camera gives up after this many frames per good
 DEFAULT_FRAME_GAP_S = 0.4  # kept camera frames are at least this far apart (different pose/expression)
 
 
+def expiry_date(text: str) -> date:
+    """argparse type: a calendar date, with a message a person understands when it is not one."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date: write it as YYYY-MM-DD, e.g. 2027-06-30"
+        ) from None
+
+
 def register(commands: CommandRegistry) -> None:
     parser = commands.add(
         "enroll", enroll, "enrol a consenting person from pictures or camera frames (templates only)"
@@ -60,7 +70,7 @@ def register(commands: CommandRegistry) -> None:
         metavar="REF",
         help="reference of the signed consent form (required; recorded with the enrolment)",
     )
-    parser.add_argument("--expires", type=date.fromisoformat, default=None, metavar="DATE", help="YYYY-MM-DD")
+    parser.add_argument("--expires", type=expiry_date, default=None, metavar="DATE", help="YYYY-MM-DD")
     parser.add_argument(
         "--force", action="store_true", help="enrol even if the person matches another subject"
     )
@@ -87,7 +97,7 @@ def enroll(args: argparse.Namespace) -> int:
     if args.from_camera is not None and args.from_camera < 1:
         print("error: --from-camera needs a number of frames of at least 1", file=sys.stderr)
         return EXIT_FAILURE
-    config = config_from_args(args)
+    config = config_from_args(args, required=True)
     if args.expires is not None:
         check_expiry(args.expires, utc_now().date())  # before any picture is read
     store = GalleryStore.from_config(config)

@@ -28,7 +28,7 @@ def register(commands: CommandRegistry) -> None:
 
 @reports_gallery_errors
 def identify(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = config_from_args(args, required=True)
     store = GalleryStore.from_config(config)
     contents = store.load()
     templates, subject_ids = store.active_templates()

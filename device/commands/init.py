@@ -18,12 +18,13 @@ import os
 import re
 import stat
 import sys
+import tomllib
 from pathlib import Path
 
 from device.atomicio import PRIVATE_DIR_MODE, create_exclusively, ensure_private_directory
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
-from device.config import UNIT_ID_PATTERN, load_config
+from device.config import UNIT_ID_PATTERN, UNIT_ID_RULE, load_config
 from device.identity.audit import AuditLog, record_config_change
 from device.identity.gallery import audit_head_path, audit_log_path, config_digest, initialise_keyring
 from device.identity.keyring import keyring_path
@@ -53,6 +54,13 @@ def register(commands: CommandRegistry) -> None:
         help="protect the master key as a plain 0600 file, or sealed with systemd-creds to the host key "
         "or the unit's TPM (README: what each protects against)",
     )
+    parser.add_argument(
+        "--mqtt",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a TOML file with the unit's [mqtt] section (e.g. the one `make dev-broker` writes) to use",
+    )
     add_operator_option(parser)
 
 
@@ -61,7 +69,34 @@ def shipped_models_dir() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-def config_text(unit_id: str, models_dir: Path | None, key_source: str = "file") -> str:
+DEFAULT_MQTT_LINES = ["[mqtt]", 'outbox_path = "state/outbox.db"']
+
+
+def mqtt_section_text(path: Path) -> str:
+    """The [mqtt] tables of ``path``, checked to be nothing else and a valid [mqtt] section."""
+    from device.config import ConfigError, MqttSection
+    from device.unit.demo import toml_text
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(str(path), [f"cannot read it as TOML: {error}"]) from None
+    others = sorted(set(data) - {"mqtt"})
+    if others or not isinstance(data.get("mqtt"), dict):
+        raise ConfigError(
+            str(path), [f"must hold only an [mqtt] section (found: {', '.join(others) or 'none'})"]
+        )
+    section = {"outbox_path": "state/outbox.db", **data["mqtt"]}
+    try:
+        MqttSection.model_validate(section)
+    except ValueError as error:
+        raise ConfigError(str(path), [str(error)]) from None
+    return toml_text({"mqtt": section})
+
+
+def config_text(
+    unit_id: str, models_dir: Path | None, mqtt_text: str | None = None, key_source: str = "file"
+) -> str:
     lines = [
         "# Unit config written by `device init`. Every key not set here has its default",
         "# (firmware_config/unit.defaults.toml). Relative paths are relative to this file.",
@@ -75,8 +110,11 @@ def config_text(unit_id: str, models_dir: Path | None, key_source: str = "file")
         'master_key_path = "secrets/master.key"',
         f'key_source = "{key_source}"',
         "",
-        "[mqtt]",
-        'outbox_path = "state/outbox.db"',
+        *(
+            mqtt_text.rstrip("\n").splitlines()
+            if mqtt_text
+            else ["[mqtt]", 'outbox_path = "state/outbox.db"']
+        ),
     ]
     if models_dir is not None:
         lines += ["", "[models]", f"dir = {_toml_string(str(models_dir.resolve()))}"]
@@ -110,7 +148,7 @@ def _toml_string(value: str) -> str:
 def initialise_unit(args: argparse.Namespace) -> int:
     unit_dir: Path = args.dir
     if not re.match(UNIT_ID_PATTERN, args.unit_id):
-        print(f"error: unit id {args.unit_id!r} must match {UNIT_ID_PATTERN}", file=sys.stderr)
+        print(f"error: unit id {args.unit_id!r} must be {UNIT_ID_RULE}", file=sys.stderr)
         return EXIT_FAILURE
     config_path = unit_dir / CONFIG_NAME
     key_path = unit_dir / "secrets" / "master.key"
@@ -119,6 +157,7 @@ def initialise_unit(args: argparse.Namespace) -> int:
             print(f"error: {existing} already exists; init never overwrites a unit", file=sys.stderr)
             return EXIT_FAILURE
     models_dir = args.models_dir or shipped_models_dir()
+    mqtt_text = mqtt_section_text(args.mqtt) if getattr(args, "mqtt", None) is not None else None
 
     for directory, mode in (
         (unit_dir, UNIT_DIR_MODE),
@@ -131,7 +170,7 @@ def initialise_unit(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
         ensure_private_directory(directory, mode)
     create_exclusively(
-        config_path, config_text(args.unit_id, models_dir, args.key_source).encode(), CONFIG_MODE
+        config_path, config_text(args.unit_id, models_dir, mqtt_text, args.key_source).encode(), CONFIG_MODE
     )
     try:
         master_key = generate_master_key(key_path, args.key_source)

@@ -17,7 +17,9 @@ import threading
 from pathlib import Path
 
 from device.cli import EXIT_USAGE, CommandRegistry, config_from_args
+from device.config import UnitConfig
 from device.timing import LatencyRecorder
+from device.types import Decision
 from device.unit.service import (
     StartupError,
     build_runner,
@@ -33,13 +35,14 @@ def register(commands: CommandRegistry) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = config_from_args(args, required=True)
     if getattr(args, "log_level", None) is None:
         logging.getLogger().setLevel(config.logging.level)
     config_path: Path | None = getattr(args, "config", None)
     base_dir = config_path.resolve().parent if config_path is not None else None
     stop_event = threading.Event()
     latencies = LatencyRecorder()
+    decided: list[Decision] = []
     try:
         check_source(config, base_dir)
         stages = open_stages(config, latencies)
@@ -51,12 +54,37 @@ def run_command(args: argparse.Namespace) -> int:
             stop_event=stop_event,
             latencies=latencies,
             base_dir=base_dir,
+            on_decision=decided.append,
         )
     except StartupError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     stop_on_signals(stop_event)
     try:
-        return runner.run()
+        code = runner.run()
     finally:
         publisher.close()
+    if config.capture.backend == "file" and not stop_event.is_set():
+        print(run_summary(config, len(decided)), file=sys.stderr)
+    return code
+
+
+def run_summary(config: UnitConfig, decisions: int) -> str:
+    """What a run over a file did: decisions made, and events the broker has not acknowledged yet."""
+    line = f"end of the file source: {decisions} decision{'s' if decisions != 1 else ''}"
+    if not config.mqtt.enabled:
+        return line + " (printed above; mqtt is disabled)"
+    from device.events.outbox import Outbox, OutboxError
+
+    try:
+        outbox = Outbox(config.mqtt.outbox_path)
+        queued = outbox.stats().depth
+        outbox.close()
+    except OutboxError as error:
+        return f"{line}; outbox unreadable: {error}"
+    if queued == 0:
+        return f"{line}; every event was delivered to the broker"
+    return (
+        f"{line}; {queued} event{'s' if queued != 1 else ''} still queued for the broker "
+        "(sent on the next start; `device outbox show` lists them)"
+    )

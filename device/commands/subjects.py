@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import date
 from typing import Any
 
-from device.cli import EXIT_OK, CommandRegistry, config_from_args
+from device.cli import EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
 from device.identity.gallery import GalleryStore, SubjectInfo, utc_now
 
@@ -24,6 +25,9 @@ def register(commands: CommandRegistry) -> None:
     forget = commands.add("forget", forget_subject, "destroy a subject's templates and name for good")
     forget.add_argument("subject_id", metavar="SUBJECT_ID")
     forget.add_argument("--reason", default="request", help="recorded in the audit log (default: request)")
+    forget.add_argument(
+        "--yes", action="store_true", help="confirm: forgetting cannot be undone (else asked, on a terminal)"
+    )
     add_operator_option(forget)
 
     purge = commands.add("purge-expired", purge_expired, "forget every subject whose enrolment expired")
@@ -50,7 +54,7 @@ def subject_summary(info: SubjectInfo, name: str | None, today: date) -> dict[st
 
 @reports_gallery_errors
 def list_subjects(args: argparse.Namespace) -> int:
-    store = GalleryStore.from_config(config_from_args(args))
+    store = GalleryStore.from_config(config_from_args(args, required=True))
     contents = store.load()
     today = utc_now().date()
     rows = [
@@ -84,15 +88,34 @@ def list_subjects(args: argparse.Namespace) -> int:
 
 @reports_gallery_errors
 def forget_subject(args: argparse.Namespace) -> int:
-    store = GalleryStore.from_config(config_from_args(args))
+    store = GalleryStore.from_config(config_from_args(args, required=True))
+    name = store.open_subject(args.subject_id).name
+    who = f"{name} ({args.subject_id})" if name else args.subject_id
+    if not getattr(args, "yes", False) and not confirmed_on_terminal(f"Forget {who}? This cannot be undone."):
+        print(
+            f"not forgotten: forgetting {who} cannot be undone; re-run with --yes to confirm",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     store.forget(args.subject_id, args.operator or default_operator(), reason=args.reason)
-    print(f"forgot {args.subject_id}: its data key, templates and name are destroyed (crypto-erase)")
+    print(f"forgot {who}: its data key, templates and name are destroyed (crypto-erase)")
     return EXIT_OK
+
+
+def confirmed_on_terminal(question: str) -> bool:
+    """Asks on an interactive terminal only; a script must say --yes."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        answer = input(f"{question} Type yes to confirm: ")
+    except EOFError:
+        return False
+    return answer.strip().lower() == "yes"
 
 
 @reports_gallery_errors
 def purge_expired(args: argparse.Namespace) -> int:
-    store = GalleryStore.from_config(config_from_args(args))
+    store = GalleryStore.from_config(config_from_args(args, required=True))
     purged = store.purge_expired(args.operator or default_operator())
     for subject_id in purged:
         print(f"purged {subject_id} (enrolment expired)")

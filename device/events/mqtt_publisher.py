@@ -41,6 +41,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device.config import MqttSection, UnitConfig
+from device.events.connect_errors import explain_connect_error, explain_refusal
+from device.events.ha_discovery import discovery_configs
 from device.events.outbox import Outbox
 from device.events.payloads import (
     Command,
@@ -71,6 +73,7 @@ HA_PREFIX = "homeassistant"
 # Claim request ids remembered so that a claim is used once; a claim lives at most 600 s, far fewer
 # than this many arrive in that time.
 CLAIMS_REMEMBERED = 4096
+NOT_AUTHORIZED = 0x87  # MQTT v5 reason code: the broker's ACL refused this topic for this identity
 
 
 class MqttSetupError(Exception):
@@ -133,60 +136,6 @@ def _read_password(path: Path) -> str:
         raise MqttSetupError(f"cannot read mqtt.password_file {path}: {error.strerror}") from error
 
 
-def ha_discovery_configs(
-    topics: Topics, unit: str, model_names: Mapping[str, str]
-) -> dict[str, dict[str, Any]]:
-    """Home Assistant MQTT discovery configs (retained), one per entity.
-
-    Every entity takes its availability from the status topic; "last decision" reads the events topic,
-    the accelerator sensors read the retained health topic. Topic names match the broker ACL pattern
-    ``homeassistant/+/<unit>/#``.
-    """
-    device = {
-        "identifiers": [f"entrance-camera-{unit}"],
-        "name": f"Entrance camera {unit}",
-        "model": "entrance-camera",
-    }
-    common = {
-        "availability_topic": topics.status,
-        "availability_template": "{{ value_json.state }}",
-        "payload_available": "online",
-        "payload_not_available": "offline",
-        "device": device,
-    }
-    configs: dict[str, dict[str, Any]] = {
-        f"{HA_PREFIX}/sensor/{unit}/last_decision/config": {
-            **common,
-            "name": "Last decision",
-            "unique_id": f"{unit}_last_decision",
-            "state_topic": topics.events,
-            "value_template": "{{ value_json.type }}",
-            "json_attributes_topic": topics.events,
-            "json_attributes_template": (
-                "{{ {'subject': value_json.subject, 'similarity': value_json.similarity,"
-                " 'reasons': value_json.reasons, 'ts': value_json.ts} | tojson }}"
-            ),
-            "icon": "mdi:door",
-        }
-    }
-    for role, model in model_names.items():
-        configs[f"{HA_PREFIX}/sensor/{unit}/accelerator_{role}/config"] = {
-            **common,
-            "name": f"Accelerator ({role})",
-            "unique_id": f"{unit}_accelerator_{role}",
-            "state_topic": topics.health,
-            # The pipeline reports either a state string or the model's health object per role.
-            "value_template": (
-                "{% set acc = (value_json.pipeline | default({})).accelerator | default({}) %}"
-                "{% set m = acc['" + role + "'] | default(acc['" + model + "'] | default('unknown')) %}"
-                "{{ m.state if m is mapping else m }}"
-            ),
-            "entity_category": "diagnostic",
-            "icon": "mdi:chip",
-        }
-    return configs
-
-
 class MqttPublisher:
     """``Publisher`` for the unit: ``start()`` runs the I/O thread; ``close()`` ends cleanly."""
 
@@ -246,6 +195,7 @@ class MqttPublisher:
         self._refusal_streak = 0
         self._next_health = 0.0
         self._claims_used: OrderedDict[str, None] = OrderedDict()
+        self._last_problem: str | None = None  # said once at ERROR with its fix; repeats go to DEBUG
 
     # -- Publisher protocol ---------------------------------------------------------------------------
 
@@ -439,15 +389,27 @@ class MqttPublisher:
                 properties=properties,
             )
         except (OSError, ssl.SSLError, ValueError) as error:
-            self._schedule_reconnect(f"connect failed: {error}")
+            detail, fix = explain_connect_error(error, self._settings)
+            self._report_problem(detail, fix)
+            self._schedule_reconnect(f"connect failed: {detail}")
             return
         self._client = client
+
+    def _report_problem(self, detail: str, fix: str, *, alarm: str | None = "broker_connection") -> None:
+        """One clear ERROR (host, port, file, fix) per distinct problem, not one WARNING per retry."""
+        if alarm is not None:
+            with self._lock:
+                self._counters.alarms[alarm] = detail[:160]
+        if detail != self._last_problem:
+            self._last_problem = detail
+            log.error("MQTT: %s. Fix: %s. (Retrying in the background; events stay queued.)", detail, fix)
 
     def _schedule_reconnect(self, why: str) -> None:
         delay = self._backoff.delay(self._attempt, self._rng)
         self._attempt += 1
         self._next_attempt = time.monotonic() + delay
-        log.warning("MQTT %s; retrying in %.1f s", why, delay)
+        repeated = self._last_problem is not None and self._last_problem in why
+        (log.debug if repeated else log.warning)("MQTT %s; retrying in %.1f s", why, delay)
 
     def _step(self) -> None:
         client = self._client
@@ -515,10 +477,13 @@ class MqttPublisher:
         if reason_code.is_failure:
             with self._lock:
                 self._counters.alarms["broker_refused_connection"] = str(reason_code)
+            self._report_problem(*explain_refusal(str(reason_code), self._settings, self._unit), alarm=None)
             self._drop_connection(f"broker refused the connection: {reason_code}")
             return
         with self._lock:
             self._counters.alarms.pop("broker_refused_connection", None)
+            self._counters.alarms.pop("broker_connection", None)
+        self._last_problem = None
         self._connected = True
         self._attempt = 0
         self._cursor = 0
@@ -535,8 +500,9 @@ class MqttPublisher:
         )
         client.subscribe(self._topics.cmd_filter, qos=1)
         if self._settings.ha_discovery:
-            for topic, config in ha_discovery_configs(self._topics, self._unit, self._model_names).items():
-                self._publish_control(topic, json.dumps(config, sort_keys=True).encode())
+            for topic, config in discovery_configs(self._topics, self._unit, self._model_names).items():
+                payload = b"" if config is None else json.dumps(config, sort_keys=True).encode()
+                self._publish_control(topic, payload)
         self._next_health = 0.0
 
     def _on_disconnect(
@@ -570,6 +536,8 @@ class MqttPublisher:
             return
         what = f"seq {seq}" if seq is not None else ("status/health" if control else f"mid {mid}")
         log.error("broker refused publish of %s: %s (0x%02x)", what, reason_code, reason_code.value)
+        if reason_code.value == NOT_AUTHORIZED:
+            self._report_problem(*explain_refusal(str(reason_code), self._settings, self._unit), alarm=None)
         with self._lock:
             self._counters.refused += 1
             self._counters.last_refusal = f"0x{reason_code.value:02x} {reason_code}"[:80]

@@ -46,6 +46,7 @@ EVENTS = frozenset(
         "gallery_unreadable",
         "backup",
         "restore",
+        "outbox_drop",
     }
 )
 DETAIL_KEYS = frozenset(

@@ -116,6 +116,16 @@ class Calibration:
     far_upper_bound_95: float  # for the recommended threshold when no false accept was seen: 3/n
     notes: list[str]
 
+    @property
+    def achievable_far(self) -> float:
+        """The lowest FAR this data can vouch for (95% confidence, zero false accepts seen): 3/n."""
+        return self.far_upper_bound_95
+
+    @property
+    def supports_target(self) -> bool:
+        """Whether the data can show the target FAR at all; if not, nothing should be recommended."""
+        return self.far_upper_bound_95 <= self.target_far
+
     def row_at(self, threshold: float) -> ThresholdRow:
         return ThresholdRow(
             threshold,
@@ -135,6 +145,8 @@ class Calibration:
             "stranger_faces": self.scores.strangers,
             "target_far": self.target_far,
             "recommended_threshold": self.recommended,
+            "supports_target": self.supports_target,
+            "achievable_far": rate(self.achievable_far),
             "recommended": _row_json(self.row_at(self.recommended), rate),
             "configured_threshold": configured,
             "configured": _row_json(self.row_at(configured), rate),
@@ -186,9 +198,9 @@ def calibrate(scores: ComparisonScores, target_far: float) -> Calibration:
     upper = min(1.0, 3.0 / impostors)
     if target_far < resolution:
         notes.append(
-            f"{impostors} impostor comparisons cannot show a FAR below {resolution:.2g}; the recommended "
-            f"threshold had no false accept, whose 95% upper bound is {upper:.2g}. Add stranger pictures "
-            "for a tighter estimate"
+            f"{impostors} impostor comparisons cannot show a FAR below {resolution:.2g}; a threshold with no "
+            f"false accept among them is only known to have FAR <= {upper:.2g} (95%). Add stranger "
+            "pictures for a tighter estimate"
         )
     if len(scores.genuine) == 0:
         notes.append("no subject has two templates: FRR cannot be measured (enrol with several pictures)")
@@ -204,7 +216,11 @@ def format_table(calibration: Calibration, configured: float, start: float = 0.8
         return "    -" if value is None else f"{value:7.2%}"
 
     lines = ["threshold      FAR      FRR"]
-    marks = {round(calibration.recommended, 3): "  <- recommended", round(configured, 3): "  <- configured"}
+    # Marked "recommended" only when the data can show the target FAR at all.
+    label = (
+        "  <- recommended" if calibration.supports_target else "  <- meets the target here (too little data)"
+    )
+    marks = {round(calibration.recommended, 3): label, round(configured, 3): "  <- configured"}
     wanted = {round(t, 3) for t in np.arange(start, GRID_STOP + 1e-9, 0.01)} | set(marks)
     for row in calibration.rows:
         if round(row.threshold, 3) not in wanted:

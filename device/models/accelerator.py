@@ -41,6 +41,7 @@ from device.models.manifest import (
     model_entry,
     verify_file,
 )
+from device.models.native_stderr import without_runtime_banner
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,13 @@ def load_interpreter(path: Path, threads: int, delegates: Sequence[object] = ())
     """A ready (allocated) interpreter for ``path``; ModelFileError when the file is not a usable model."""
     runtime = tflite_runtime()
     try:
-        interpreter: Interpreter = runtime.Interpreter(
-            model_path=str(path),
-            num_threads=threads,
-            experimental_delegates=list(delegates) or None,
-        )
-        interpreter.allocate_tensors()
+        with without_runtime_banner():
+            interpreter: Interpreter = runtime.Interpreter(
+                model_path=str(path),
+                num_threads=threads,
+                experimental_delegates=list(delegates) or None,
+            )
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
         raise ModelFileError(f"cannot load model {path}: {error}") from None
     return interpreter

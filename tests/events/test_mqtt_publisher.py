@@ -246,28 +246,38 @@ def claim_payload(
     ).encode()
 
 
-def test_home_assistant_discovery_announces_availability_decision_and_accelerator(
+def test_home_assistant_discovery_announces_the_visit_event_triggers_and_accelerator(
     mosquitto_broker: Any, tmp_path: Path, listen: Callable[[list[str]], Listener]
 ) -> None:
     listener = listen(["homeassistant/+/unit-ha/#"])
     publisher = MqttPublisher(unit_config(mosquitto_broker, tmp_path, "unit-ha", ha_discovery=True)).start()
     try:
-        assert wait_for(lambda: len(listener.messages) >= 3)
+        assert wait_for(lambda: len(listener.messages) >= 7)
+        publisher.publish_decision(decision(1, DecisionType.RECOGNIZED))
     finally:
         publisher.close()
-    configs = {m.topic: json.loads(m.payload) for m in listener.messages}
-    decision_config = configs["homeassistant/sensor/unit-ha/last_decision/config"]
-    assert decision_config["state_topic"] == "entrance/unit-ha/events"
-    assert decision_config["availability_topic"] == "entrance/unit-ha/status"
+    configs = {m.topic: m.payload for m in listener.messages}
+    visit = json.loads(configs["homeassistant/event/unit-ha/visit/config"])
+    assert visit["state_topic"] == "entrance/unit-ha/events"
+    assert visit["availability_topic"] == "entrance/unit-ha/status"
+    assert visit["event_types"] == ["recognized", "unknown", "insufficient_quality"]
+    for kind in visit["event_types"]:
+        trigger = json.loads(configs[f"homeassistant/device_automation/unit-ha/{kind}/config"])
+        assert trigger["automation_type"] == "trigger" and trigger["payload"] == kind
+        assert trigger["topic"] == "entrance/unit-ha/events"
+        assert trigger["device"]["identifiers"] == visit["device"]["identifiers"]
     assert "homeassistant/sensor/unit-ha/accelerator_detector/config" in configs
+    # The "last decision" sensor of earlier releases is removed (an empty retained config).
+    assert configs["homeassistant/sensor/unit-ha/last_decision/config"] == b""
     # Discovery configs are retained: a Home Assistant that subscribes later still finds every one.
+    announced = {topic for topic, payload in configs.items() if payload}
     late = Listener(mosquitto_broker, ["homeassistant/+/unit-ha/#"])
     try:
-        assert wait_for(lambda: len(late.messages) >= len(configs))
+        assert wait_for(lambda: len(late.messages) >= len(announced))
         retained = {m.topic: m.retain for m in late.messages}
     finally:
         late.close()
-    assert retained == dict.fromkeys(configs, True)
+    assert retained == dict.fromkeys(announced, True)
 
 
 def test_tls_is_mandatory(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def test_enrol_identify_forget_on_the_fixture_faces(unit: Unit, face_images: dic
     assert code == 1 and f"already matches enrolled subject {subject_id}" in err
     assert len(unit.store().subjects()) == 1
 
-    code, out, _ = device(unit, "forget", subject_id, "--operator", "dpo")
+    code, out, _ = device(unit, "forget", subject_id, "--yes", "--operator", "dpo")
     assert code == 0
     (after,) = identify(unit, obama3)
     assert after["faces"][0]["subject_id"] == "unknown"
@@ -156,7 +156,7 @@ def test_enrolment_from_the_camera_seam(unit: Unit, face_images: dict[str, Path]
     subject_id = out.strip().splitlines()[-1]
     (joe,) = [s for s in unit.store().subjects() if s.subject_id == subject_id]
     assert joe.template_count == 2
-    assert device(unit, "forget", subject_id)[0] == 0
+    assert device(unit, "forget", subject_id, "--yes")[0] == 0
 
 
 def test_calibration_table_recommendation_and_plot(
@@ -182,13 +182,16 @@ def test_calibration_table_recommendation_and_plot(
     assert image is not None and image.shape[:2] == (460, 720)
 
     code, out, _ = device(unit, "calibrate")
-    assert code == 0 and "recommended threshold" in out and "<- configured" in out
+    assert code == 0 and "<- configured" in out
+    # A few stranger faces cannot show FAR 0.001 (the default target): no threshold is recommended.
+    assert "not enough comparisons for FAR 0.001; keep the default" in out
+    assert "recommended threshold" not in out and "achievable FAR with this data" in out
     code, out, err = device(unit, "calibrate", "--json", "--strangers", str(face_images["biden.jpg"]))
     assert code == 0, err
     assert json.loads(out)["stranger_faces"] == 1
     # README: calibrate recommends, it never changes the config.
     assert (unit.config_path.read_bytes(), unit.config_path.stat().st_mtime_ns) == config_before
-    assert device(unit, "forget", subject_id)[0] == 0
+    assert device(unit, "forget", subject_id, "--yes")[0] == 0
 
 
 def test_unit_files_keep_private_modes(unit: Unit) -> None:

@@ -74,10 +74,13 @@ def test_subjects_list_shows_consent_and_expiry_but_never_templates(
 
 def test_forget_from_the_cli(unit: Unit, capsys: pytest.CaptureFixture[str]) -> None:
     info, _ = enrol_random(unit.store(), "To Forget", seed=2)
-    assert main(["--config", str(unit.config_path), "forget", info.subject_id, "--operator", "dpo"]) == 0
+    assert (
+        main(["--config", str(unit.config_path), "forget", info.subject_id, "--yes", "--operator", "dpo"])
+        == 0
+    )
     assert "crypto-erase" in capsys.readouterr().out
     assert unit.store().subjects() == []
-    assert main(["--config", str(unit.config_path), "forget", info.subject_id]) == 1
+    assert main(["--config", str(unit.config_path), "forget", info.subject_id, "--yes"]) == 1
     assert "no enrolled subject" in capsys.readouterr().err
     forget = unit.store().audit.entries()[-1]
     assert (forget.event, forget.actor, forget.details["subject_id"]) == ("forget", "dpo", info.subject_id)

@@ -1,0 +1,126 @@
+"""README "First unit on a broker", run verbatim: the fenced blocks of that section, in order, in a
+scratch copy of the repository's entry points (Makefile, .venv, deploy/ by symlink), against the real
+Mosquitto that `make dev-broker` starts. Terminal 1 and 2 run in the background, terminal 3 to its end;
+the consumer in terminal 2 must then print the unit's event."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SECTION = "## First unit on a broker"
+LINKED = ("Makefile", ".venv", "deploy", "pyproject.toml", "requirements", "models")
+TIMEOUT_S = 120.0
+
+
+def walkthrough_blocks(readme: str) -> list[str]:
+    start = readme.index(SECTION)
+    end = readme.find("\n## ", start + len(SECTION))
+    section = readme[start : end if end != -1 else len(readme)]
+    return re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+
+
+def test_the_section_has_the_three_terminals() -> None:
+    blocks = walkthrough_blocks((REPO / "README.md").read_text())
+    assert [block.split()[0] for block in blocks] == ["make", "sh", ".venv/bin/device"]
+
+
+class Background:
+    """A README block running in its own process group, its output collected line by line."""
+
+    def __init__(self, script: str, cwd: Path, env: dict[str, str]) -> None:
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            ["bash", "-c", script],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        # A thread, not select(): readline() buffers past the line it returns, so select() on the pipe
+        # can block while whole lines wait in Python's buffer.
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(text in line for line in list(self.lines)):
+                return True
+            if self.process.poll() is not None and not self._reader.is_alive():
+                return False
+            time.sleep(0.1)
+        return any(text in line for line in list(self.lines))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def test_readme_walkthrough_puts_an_event_on_screen(tmp_path: Path) -> None:
+    from broker import free_port
+
+    blocks = walkthrough_blocks((REPO / "README.md").read_text())
+    for name in LINKED:
+        (tmp_path / name).symlink_to(REPO / name)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "ENTRANCE_CAMERA_CONFIG"},
+        "DEV_BROKER_PORT": str(free_port()),  # make's `?=` default (8883) may be taken on a shared host
+    }
+    broker = Background(blocks[0], tmp_path, env)
+    tail: Background | None = None
+    try:
+        assert broker.wait_for("Ctrl-C stops", TIMEOUT_S), "".join(broker.lines)
+        printed = "".join(broker.lines)
+        assert "[mqtt]" in printed and "[mqtt.tls]" in printed and "tail.sh" in printed
+        tail = Background(blocks[1], tmp_path, env)
+        assert tail.wait_for("listening on", 30), "".join(tail.lines)
+        unit = subprocess.run(
+            ["bash", "-e", "-c", blocks[2]],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert unit.returncode == 0, unit.stdout + unit.stderr
+        assert "✗" not in unit.stdout and "all " in unit.stdout  # doctor passed
+        assert "end of the file source: 1 decision; every event was delivered" in unit.stderr
+        assert tail.wait_for(" demo-unit #1 unknown ", 30), "".join(tail.lines)
+        assert "XNNPACK" not in unit.stderr
+    finally:
+        if tail is not None:
+            tail.stop()
+        broker.stop()
+
+
+@pytest.mark.parametrize("identity", ["tail"])
+def test_the_status_line_names_files_dev_broker_makes(identity: str) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index(SECTION) :]
+    assert f"state/dev-broker/pki/consumers/{identity}.crt" in section
+    from deploy.broker.pki import Pki
+
+    assert Pki(Path("state/dev-broker/pki")).client_files(identity, "consumer").cert == Path(
+        f"state/dev-broker/pki/consumers/{identity}.crt"
+    )
