@@ -23,7 +23,7 @@ help:
 	@echo "make deploy-check - installer, systemd units, fleet playbook, locks, bandit, secret scan"
 	@echo "make test-fast - the test suite without the tests marked slow"
 	@echo "make lock     - re-resolve requirements/*.lock from pyproject.toml (uv)"
-	@echo "make models-detector / models-embedder - rebuild one of the shipped models"
+	@echo "make models-detector / models-embedder / models-landmarks / models-pad - rebuild one of the shipped models"
 	@echo "make edgetpu-models - compile the int8 models for the Coral (needs edgetpu_compiler)"
 	@echo "make models-verify - sha256 and Edge TPU compatibility of the shipped model files"
 	@echo "make dev-broker - a local TLS Mosquitto; prints the unit's [mqtt] block and the tail command"

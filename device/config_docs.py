@@ -82,6 +82,8 @@ KEY_DOCS: dict[str, str] = {
     "gallery": "enrolled residents (encrypted)",
     "mqtt": "events to the broker",
     "logging": "logging",
+    "liveness": "presentation-attack detection (a photo or a screen is not a person)",
+    "limits": "bounds on what the unit's commands accept from files",
 }
 
 

@@ -288,13 +288,15 @@ def write_unit_block(broker: LocalBroker, unit: str) -> Path:
 
 
 def write_tail_script(broker: LocalBroker, unit: str) -> Path:
-    """A one-line script running `device events tail` with the `tail` consumer's certificate."""
+    """A one-line script running `device events tail` with the `tail` consumer's certificate; it checks
+    signatures against ``unit-keys.json`` beside it (`device events key --register` adds a unit)."""
     cert, key = broker.cert_for("tail")
     device = Path(sys.executable).with_name("device")
     command = [
         str(device) if device.exists() else "device", "events", "tail",
         "--host", broker.host, "--port", str(broker.port), "--ca", str(broker.ca_file.resolve()),
         "--cert", str(cert.resolve()), "--key", str(key.resolve()), "--prefix", broker.prefix, "--unit", unit,
+        "--keys", str((broker.root / "unit-keys.json").resolve()),
     ]  # fmt: skip
     path = broker.root / "tail.sh"
     path.write_text(" ".join(shlex.quote(part) for part in command) + ' "$@"\n')

@@ -21,7 +21,13 @@ from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, confi
 from device.events.consumer import ConsumerSettings, EventConsumer
 from device.events.mqtt_publisher import event_key_path
 from device.events.payloads import PayloadError
-from device.events.signing import DEFAULT_MAX_AGE_S, EventKey, EventVerifier, load_registry
+from device.events.signing import (
+    DEFAULT_MAX_AGE_S,
+    EventKey,
+    EventVerifier,
+    load_registry,
+    register_unit_key,
+)
 
 
 def register(commands: CommandRegistry) -> None:
@@ -47,7 +53,14 @@ def register(commands: CommandRegistry) -> None:
     parser.add_argument(
         "--max-age", type=float, default=DEFAULT_MAX_AGE_S, help="refuse events older than this (seconds)"
     )
-    group.add("key", print_event_key, "print this unit's public event key (made on first use)")
+    key = group.add("key", print_event_key, "print this unit's public event key (made on first use)")
+    key.add_argument(
+        "--register",
+        type=Path,
+        default=None,
+        metavar="REGISTRY",
+        help="also add it to this key registry file",
+    )
 
 
 def print_event_key(args: argparse.Namespace) -> int:
@@ -57,6 +70,12 @@ def print_event_key(args: argparse.Namespace) -> int:
     except (PayloadError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    if args.register is not None:
+        try:
+            register_unit_key(args.register, config.unit.id, key.public_text)
+        except (PayloadError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_FAILURE
     print(json.dumps({"unit": config.unit.id, "public_key": key.public_text}))
     return EXIT_OK
 
@@ -89,7 +108,9 @@ def tail_events(args: argparse.Namespace) -> int:
         session_expiry_s=args.session_expiry,
     )
     try:
-        verifier = EventVerifier(load_registry(args.keys), max_age_s=args.max_age)
+        # A registry that does not exist yet is empty: units are checked once they are registered in it.
+        keys = load_registry(args.keys) if args.keys.exists() else {}
+        verifier = EventVerifier(keys, max_age_s=args.max_age, registry_path=args.keys)
     except PayloadError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

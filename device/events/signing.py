@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from device.atomicio import write_atomically
 from device.events.payloads import PayloadError
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,20 @@ def registry_text(keys: Mapping[str, str]) -> str:
     return json.dumps({"units": dict(sorted(keys.items()))}, indent=2) + "\n"
 
 
+def register_unit_key(path: Path, unit: str, public_text: str) -> None:
+    """Adds one unit's public key to a registry file (made if missing); another key for it is refused."""
+    keys: dict[str, str] = {}
+    if path.exists():
+        try:
+            keys = {str(k): str(v) for k, v in json.loads(path.read_text(encoding="utf-8"))["units"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise PayloadError(f"unit key registry {path}: {error!r}") from None
+    if keys.get(unit, public_text) != public_text:
+        raise PayloadError(f"unit key registry {path} already holds another key for {unit!r}")
+    keys[unit] = public_text
+    write_atomically(path, registry_text(keys).encode(), mode=0o644)
+
+
 @dataclass
 class EventVerifier:
     """Checks each received event: signed by its unit's registered key, fresh, and later than the last.
@@ -130,7 +145,21 @@ class EventVerifier:
     keys: Mapping[str, Ed25519PublicKey]
     max_age_s: float = DEFAULT_MAX_AGE_S
     clock: Callable[[], float] = time.time
+    # The registry file the keys came from: read again when an event names a unit not in it yet (a unit
+    # registered after the consumer started), never to replace a key that is already known.
+    registry_path: Path | None = None
     _last_seq: dict[str, int] = field(default_factory=dict, init=False)
+
+    def _key_for(self, unit: str) -> Ed25519PublicKey | None:
+        key = self.keys.get(unit)
+        if key is None and self.registry_path is not None and self.registry_path.exists():
+            try:
+                fresh = load_registry(self.registry_path)
+            except PayloadError:
+                return None
+            self.keys = {**fresh, **self.keys}  # known units keep the key they were first trusted with
+            key = self.keys.get(unit)
+        return key
 
     def remember(self, last_seqs: Mapping[str, int]) -> None:
         """Seeds the highest accepted ``seq`` per unit (a consumer's own record from before a restart)."""
@@ -142,7 +171,7 @@ class EventVerifier:
         signature = event.get(SIGNATURE_FIELD)
         if not isinstance(signature, str):
             raise SignatureError(f"unsigned event from {unit!r}")
-        key = self.keys.get(unit)
+        key = self._key_for(unit)
         if key is None:
             raise SignatureError(f"event from unit {unit!r}, which is not in the key registry")
         try:

@@ -260,7 +260,7 @@ def test_home_assistant_discovery_announces_the_visit_event_triggers_and_acceler
     visit = json.loads(configs["homeassistant/event/unit-ha/visit/config"])
     assert visit["state_topic"] == "entrance/unit-ha/events"
     assert visit["availability_topic"] == "entrance/unit-ha/status"
-    assert visit["event_types"] == ["recognized", "unknown", "insufficient_quality"]
+    assert visit["event_types"] == ["recognized", "unknown", "insufficient_quality", "presentation_attack"]
     for kind in visit["event_types"]:
         trigger = json.loads(configs[f"homeassistant/device_automation/unit-ha/{kind}/config"])
         assert trigger["automation_type"] == "trigger" and trigger["payload"] == kind

@@ -173,3 +173,28 @@ def test_events_key_prints_the_units_public_key(tmp_path: Path) -> None:
     printed = json.loads(done.stdout)
     key = EventKey.load_or_create(tmp_path / "state" / "secrets" / "event-signing.key")
     assert printed == {"unit": "lobby-1", "public_key": key.public_text}
+
+
+def test_a_unit_registered_after_the_consumer_started_is_picked_up_but_a_known_key_is_never_replaced(
+    tmp_path: Path,
+) -> None:
+    from device.events.signing import register_unit_key
+
+    now = time.time()
+    first = EventKey.load_or_create(tmp_path / "first.key")
+    later = EventKey.load_or_create(tmp_path / "later.key")
+    registry = registry_for(tmp_path / "keys.json", {"unit-a": first})
+    verifier = EventVerifier(load_registry(registry), max_age_s=60, clock=lambda: now, registry_path=registry)
+    with pytest.raises(SignatureError, match="not in the key registry"):
+        verifier.verify(signed(later, "unit-b", 1, when=now))
+
+    register_unit_key(registry, "unit-b", later.public_text)  # `device events key --register`
+    verifier.verify(signed(later, "unit-b", 2, when=now))
+
+    # An attacker who can write the registry file swaps unit-a's key: the running consumer keeps the
+    # key it first trusted, and `--register` refuses another key for a registered unit.
+    registry_for(registry, {"unit-a": later, "unit-b": later})
+    with pytest.raises(SignatureError, match="wrongly signed"):
+        verifier.verify(signed(later, "unit-a", 3, when=now))
+    with pytest.raises(PayloadError, match="another key"):
+        register_unit_key(registry, "unit-b", first.public_text)
