@@ -23,7 +23,7 @@ from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
 from device.config import UNIT_ID_PATTERN, load_config
 from device.identity.audit import AuditLog, record_config_change
-from device.identity.gallery import audit_log_path, config_digest
+from device.identity.gallery import audit_log_path, config_digest, initialise_keyring
 from device.identity.masterkey import generate_master_key
 
 UNIT_DIR_MODE = 0o750
@@ -102,6 +102,8 @@ def initialise_unit(args: argparse.Namespace) -> int:
     audit.append("init", operator, {"unit": config.unit.id})
     audit.append("key_generated", operator, {"key_id": master_key.key_id})
     record_config_change(audit, config_digest(config), operator)
+    # Generation 0 on record: from now on a missing keyring or gallery is an alarm, not a fresh unit.
+    initialise_keyring(config.gallery.path, master_key)
 
     print(f"unit directory {unit_dir} (mode {UNIT_DIR_MODE:04o})")
     print(f"master key {key_path} (mode 0600, key id {master_key.key_id}); keep it on the unit only")

@@ -4,8 +4,11 @@ One JSON object per line. Each entry carries the MAC of the entry before it (``p
 ``mac`` = HMAC-SHA256(audit key, canonical JSON of every other field). The audit key is derived from the
 unit master key, so someone who edits the file cannot recompute the chain: editing an entry breaks its
 own MAC (verify names it), deleting one breaks the sequence and the next entry's ``prev``, and cutting
-entries off the end is caught against the anchor (seq and MAC of the latest entry) that the gallery file
-records under its own encryption.
+entries off the end is caught against two anchors (seq and MAC of the latest entry): the one the gallery
+file records under its own encryption, and ``audit.jsonl.head``, rewritten (MACed, atomically) after
+every append, so a cut tail or an older log put back fails ``audit verify`` even when no gallery write
+came after the lost entries. (Putting back an old log *and* its old head file together needs a hardware
+monotonic counter to detect; see the README's threat model.)
 
 No biometrics and no names ever go in: detail keys come from a fixed allow-list and values are short
 scalars, so a template, an image or a display name cannot be logged by mistake.
@@ -23,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from device.atomicio import PRIVATE_FILE_MODE, exclusive_lock, fsync_directory
+from device.atomicio import PRIVATE_FILE_MODE, exclusive_lock, fsync_directory, write_atomically
 from device.identity.masterkey import MasterKey
 
 GENESIS_MAC = "0" * 64
@@ -139,6 +142,30 @@ class AuditLog:
     def lock_path(self) -> Path:
         return self.path.with_name(self.path.name + ".lock")
 
+    @property
+    def head_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".head")
+
+    def _write_head(self, entry: AuditEntry) -> None:
+        fields = {"seq": entry.seq, "mac": entry.mac}
+        record = fields | {"head_mac": self._mac({"head": fields})}
+        write_atomically(self.head_path, json.dumps(record, sort_keys=True).encode())
+
+    def recorded_head(self) -> AuditAnchor | None:
+        """The head written after the last append; None when there is none (a log from before heads)."""
+        try:
+            record = json.loads(self.head_path.read_bytes())
+            seq, mac = int(record["seq"]), str(record["mac"])
+            if not hmac.compare_digest(
+                self._mac({"head": {"seq": seq, "mac": mac}}), str(record["head_mac"])
+            ):
+                raise AuditError(f"audit head {self.head_path} failed its MAC check: it was altered")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise AuditError(f"audit head {self.head_path} is unreadable ({error})") from None
+        return AuditAnchor(seq, mac)
+
     def _mac(self, fields: Mapping[str, Any]) -> str:
         return hmac.new(self._key, _canonical(fields), hashlib.sha256).hexdigest()
 
@@ -155,6 +182,7 @@ class AuditLog:
             unsigned = AuditEntry(seq, utc_now_text(), event, actor[:MAX_DETAIL_CHARS], details, prev, "")
             entry = AuditEntry(**(_entry_fields(unsigned) | {"mac": self._mac(_entry_fields(unsigned))}))
             self._append_line(entry.as_json())
+            self._write_head(entry)
         return entry
 
     def _append_line(self, line: str) -> None:
@@ -222,22 +250,35 @@ class AuditLog:
             expected_prev, expected_seq = entry.mac, entry.seq + 1
             result.head = AuditAnchor(entry.seq, entry.mac)
         if anchor is not None:
-            result.problems.extend(_anchor_problems(self, anchor))
+            result.problems.extend(_anchor_problems(self, anchor, "the gallery"))
+        try:
+            head = self.recorded_head()
+        except AuditError as error:
+            result.problems.append(str(error))
+        else:
+            if head is not None:
+                result.problems.extend(
+                    _anchor_problems(self, head, f"the head record ({self.head_path.name})")
+                )
+            elif result.entries:
+                result.problems.append(
+                    f"the head record {self.head_path.name} is missing: a cut tail cannot be ruled out"
+                )
         return result
 
     def entry_at(self, seq: int) -> AuditEntry | None:
         return next((entry for entry in self.entries() if entry.seq == seq), None)
 
 
-def _anchor_problems(log: AuditLog, anchor: AuditAnchor) -> list[str]:
+def _anchor_problems(log: AuditLog, anchor: AuditAnchor, recorder: str) -> list[str]:
     entry = log.entry_at(anchor.seq)
     if entry is None:
         return [
-            f"the gallery records audit entry seq {anchor.seq}, which is not in the log: "
-            "entries were removed from the end"
+            f"{recorder} records audit entry seq {anchor.seq}, which is not in the log: "
+            "entries were removed from the end (or an older log was put back)"
         ]
     if entry.mac != anchor.mac:
-        return [f"entry seq {anchor.seq} differs from the one the gallery recorded: the log was rewritten"]
+        return [f"entry seq {anchor.seq} differs from the one {recorder} recorded: the log was rewritten"]
     return []
 
 

@@ -8,13 +8,16 @@ directory. The file is:
     nonce (12 bytes) | AES-256-GCM(index key, index JSON, AAD = the header line)
 
 The index lists each subject's metadata (pseudonymous id, consent record, expiry, created/last seen)
-with two opaque blobs: the subject's own 256-bit data key wrapped under the unit's wrap key, and the
+with two opaque blobs: the subject's own 256-bit data key wrapped under the gallery's wrap key, and the
 subject's secrets (display name and templates) sealed under that data key. Index and wrap keys are
-derived from the unit master key (``device.identity.masterkey``), which lives in a separate 0600 file.
+derived from a random *gallery key* kept in the keyring file beside the gallery
+(``device.identity.keyring``), itself sealed under the unit master key.
 
-Forget removes the subject's wrapped key and sealed blob and rewrites the file, so no copy of either is
-left in the state files (crypto-erase). What this cannot promise: the flash translation layer of an SD
-card may keep the old physical blocks of a replaced file; those blocks only hold ciphertext.
+Forget (and purge) removes the subject's wrapped key and sealed blob, replaces the gallery key and
+re-wraps every remaining subject key under the new one (crypto-erase): an earlier copy of the gallery
+file opens with no key the unit still holds. The keyring records the generation and sha256 of the last
+gallery file written, so an older file put back is refused at every load (rollback). What this cannot
+promise: the flash translation layer of an SD card may keep old physical blocks of replaced files.
 
 Nothing here raises on bad content without saying what is wrong: a wrong key, a failed GCM tag or a
 truncated file all give a ``GalleryUnreadableError`` with a clear message, and ``LiveGallery`` (the running
@@ -45,6 +48,16 @@ from numpy.typing import NDArray
 from device.atomicio import ensure_private_directory, exclusive_lock, write_atomically
 from device.config import MAX_ENROLMENT_DAYS, UnitConfig
 from device.identity.audit import AuditAnchor, AuditLog, Scalar, record_config_change
+from device.identity.keyring import (
+    GallerySlot,
+    Keyring,
+    KeyringError,
+    fresh_keyring,
+    keyring_path,
+    new_gallery_key,
+    read_keyring,
+    write_keyring,
+)
 from device.identity.masterkey import MasterKey, MasterKeyError, load_master_key
 from device.types import Decision, DecisionType
 
@@ -52,7 +65,7 @@ log = logging.getLogger(__name__)
 
 TEMPLATE_DIM = 128
 FILE_FORMAT = "entrance-camera-gallery"
-FILE_VERSION = 1
+FILE_VERSION = 2  # 2: keys from the keyring's gallery key (1: keys derived from the master key)
 NONCE_BYTES = 12
 TAG_BYTES = 16
 DATA_KEY_BYTES = 32
@@ -180,12 +193,24 @@ def normalise_templates(templates: NDArray[Any]) -> Templates:
 
 
 class GallerySealer:
-    """Encrypts and decrypts gallery files and subject blobs with keys derived from the master key."""
+    """Encrypts and decrypts gallery files and subject blobs with keys derived from one gallery key."""
 
-    def __init__(self, master_key: MasterKey) -> None:
-        self.key_id = master_key.key_id
-        self._index = AESGCM(master_key.derive(INDEX_KEY_PURPOSE))
-        self._wrap = AESGCM(master_key.derive(WRAP_KEY_PURPOSE))
+    def __init__(self, gallery_key: bytes) -> None:
+        key = MasterKey(gallery_key)  # same HKDF derivation, under the gallery key's own material
+        self.key_id = key.key_id
+        self._index = AESGCM(key.derive(INDEX_KEY_PURPOSE))
+        self._wrap = AESGCM(key.derive(WRAP_KEY_PURPOSE))
+
+    def rewrap(self, subject: SealedSubject, target: GallerySealer) -> SealedSubject:
+        """The subject's data key unwrapped here and wrapped under ``target``; the sealed blob is kept."""
+        aad = _subject_aad(subject.info.subject_id)
+        try:
+            data_key = _decrypt(self._wrap, subject.wrapped_key, aad)
+        except InvalidTag:
+            raise GalleryUnreadableError(
+                f"subject {subject.info.subject_id}: wrapped key failed its integrity check"
+            ) from None
+        return replace(subject, wrapped_key=_encrypt(target._wrap, data_key, aad))
 
     def seal_subject(self, subject_id: str, secrets_: SubjectSecrets) -> tuple[bytes, bytes]:
         data_key = AESGCM.generate_key(bit_length=256)
@@ -245,8 +270,8 @@ class GallerySealer:
             )
         if key_id != self.key_id:
             raise GalleryUnreadableError(
-                f"gallery {source} was written under another master key (file key id {key_id}, "
-                f"key file id {self.key_id}): wrong key file?"
+                f"gallery {source} was written under a gallery key this unit no longer holds (file key id "
+                f"{key_id}): an old copy from before a forget or purge is refused"
             )
         body = data[newline + 1 :]
         if len(body) < NONCE_BYTES + TAG_BYTES:
@@ -365,7 +390,8 @@ class GalleryStore:
     ) -> None:
         self.path = path
         self.config_digest = config_digest
-        self.sealer = GallerySealer(master_key)
+        self._master_key = master_key
+        self.sealer = GallerySealer(new_gallery_key())  # replaced by the keyring's key at every load
         self.audit = audit
         self.default_expiry_days = default_expiry_days
         self.max_templates = max_templates
@@ -392,21 +418,43 @@ class GalleryStore:
     def lock_path(self) -> Path:
         return self.path.with_name(self.path.name + ".lock")
 
-    def load(self) -> GalleryContents:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return GalleryContents()
-        except OSError as error:
-            raise GalleryUnreadableError(f"cannot read gallery {self.path}: {error.strerror}") from None
-        return self.sealer.open_file(data, str(self.path))
+    @property
+    def keyring_path(self) -> Path:
+        return keyring_path(self.path)
 
-    def _save(self, contents: GalleryContents, anchor: AuditAnchor | None) -> GalleryContents:
+    def load(self) -> GalleryContents:
+        """The gallery the keyring vouches for; raises GalleryUnreadableError for anything else."""
+        contents, self.sealer = open_gallery(self.path, self._master_key)
+        return contents
+
+    def _save(
+        self, contents: GalleryContents, anchor: AuditAnchor | None, *, rotate_key: bool = False
+    ) -> GalleryContents:
+        """Writes the next generation: keyring (pending), gallery, keyring (current); see keyring.py.
+
+        ``rotate_key``: a new gallery key, every remaining subject key re-wrapped under it, the old key
+        destroyed with the last keyring write (forget and purge).
+        """
         ensure_private_directory(self.path.parent)
-        updated = replace(contents, generation=contents.generation + 1, audit_anchor=anchor)
-        data = self.sealer.seal_file(updated)
+        keyring = _read_keyring(self.path, self._master_key) or fresh_keyring()
+        current = keyring.current
+        new_key = new_gallery_key() if rotate_key else current.key
+        target = GallerySealer(new_key)
+        subjects = contents.subjects
+        if rotate_key:
+            old = GallerySealer(current.key)
+            subjects = tuple(old.rewrap(subject, target) for subject in subjects)
+        updated = replace(
+            contents, subjects=subjects, generation=contents.generation + 1, audit_anchor=anchor
+        )
+        data = target.seal_file(updated)
+        digest = hashlib.sha256(data).hexdigest()
+        pending = GallerySlot(new_key, updated.generation, digest)
+        write_keyring(self.keyring_path, Keyring(current, pending), self._master_key)
         write_atomically(self.path, data)
-        return replace(updated, digest=hashlib.sha256(data).hexdigest())
+        write_keyring(self.keyring_path, Keyring(pending), self._master_key)
+        self.sealer = target
+        return replace(updated, digest=digest)
 
     def _record(self, event: str, actor: str, details: dict[str, Scalar]) -> AuditAnchor:
         if self.config_digest is not None:
@@ -418,10 +466,12 @@ class GalleryStore:
         return [subject.info for subject in self.load().subjects]
 
     def open_subject(self, subject_id: str) -> SubjectSecrets:
-        return self.sealer.open_subject(self.load().find(subject_id))
+        subject = self.load().find(subject_id)  # load first: it sets the sealer of the file it read
+        return self.sealer.open_subject(subject)
 
     def active_templates(self, today: date | None = None) -> tuple[Templates, list[str]]:
-        return active_templates(self.sealer, self.load(), today or self._today())
+        contents = self.load()
+        return active_templates(self.sealer, contents, today or self._today())
 
     def enrol(self, request: EnrolRequest) -> SubjectInfo:
         if not request.consent_reference.strip():
@@ -482,8 +532,8 @@ class GalleryStore:
                 {"subject_id": subject_id, "reason": reason, "gallery_generation": contents.generation + 1},
             )
             remaining = tuple(s for s in contents.subjects if s.info.subject_id != subject_id)
-            self._save(replace(contents, subjects=remaining), anchor)
-        log.info("forgot subject %s", subject_id)
+            self._save(replace(contents, subjects=remaining), anchor, rotate_key=True)
+        log.info("forgot subject %s (gallery key replaced)", subject_id)
 
     def purge_expired(self, actor: str, today: date | None = None) -> list[str]:
         today = today or self._today()
@@ -504,7 +554,7 @@ class GalleryStore:
                     },
                 )
             remaining = tuple(s for s in contents.subjects if s.info.subject_id not in expired)
-            self._save(replace(contents, subjects=remaining), anchor)
+            self._save(replace(contents, subjects=remaining), anchor, rotate_key=True)
         log.info("purged %d expired subjects", len(expired))
         return expired
 
@@ -523,6 +573,68 @@ class GalleryStore:
             if changed:
                 self._save(replace(contents, subjects=tuple(subjects)), contents.audit_anchor)
         return changed
+
+
+def _read_keyring(gallery_path: Path, master_key: MasterKey) -> Keyring | None:
+    try:
+        return read_keyring(keyring_path(gallery_path), master_key)
+    except KeyringError as error:
+        raise GalleryUnreadableError(str(error)) from None
+
+
+def initialise_keyring(gallery_path: Path, master_key: MasterKey) -> None:
+    """``device init``: generation 0 recorded, so a later missing keyring is an alarm, not a fresh unit."""
+    if _read_keyring(gallery_path, master_key) is None:
+        ensure_private_directory(gallery_path.parent)
+        write_keyring(keyring_path(gallery_path), fresh_keyring(), master_key)
+
+
+def open_gallery(path: Path, master_key: MasterKey) -> tuple[GalleryContents, GallerySealer]:
+    """The gallery file checked against the keyring: its generation and sha256 must be the ones the unit
+    wrote last. A missing, older or different file is refused with one clear line, never read as empty.
+    """
+    keyring = _read_keyring(path, master_key)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if keyring is not None and keyring.current.generation > 0:
+            raise GalleryUnreadableError(
+                f"gallery {path} is missing, but this unit wrote generation {keyring.current.generation}: "
+                "deleted or lost (restore it with `device restore`, or re-enrol)"
+            ) from None
+        return GalleryContents(), GallerySealer((keyring or fresh_keyring()).current.key)
+    except OSError as error:
+        raise GalleryUnreadableError(f"cannot read gallery {path}: {error.strerror}") from None
+    if keyring is None:
+        raise GalleryUnreadableError(
+            f"gallery {path} has no keyring ({keyring_path(path).name}) beside it: the key that opens it is "
+            "gone (a copied or restored file is refused)"
+        )
+    generation = _header_generation(data)
+    slot = keyring.slot_for(-1 if generation is None else generation, hashlib.sha256(data).hexdigest())
+    if slot is None:
+        expected = keyring.current.generation
+        if generation is not None and generation < expected:
+            raise GalleryUnreadableError(
+                f"gallery {path} refused: an older gallery (generation {generation}; this unit is at "
+                f"{expected}): a restored copy"
+            )
+        # Damaged rather than old: the sealer names what is wrong (header, truncation, GCM tag).
+        GallerySealer(keyring.current.key).open_file(data, str(path))
+        raise GalleryUnreadableError(
+            f"gallery {path} refused: not the gallery this unit wrote last (generation {generation}; "
+            f"expected {expected})"
+        )
+    sealer = GallerySealer(slot.key)
+    return sealer.open_file(data, str(path)), sealer
+
+
+def _header_generation(data: bytes) -> int | None:
+    newline = data.find(b"\n")
+    try:
+        return int(json.loads(data[:newline])["generation"]) if newline > 0 else None
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def active_templates(
@@ -596,7 +708,7 @@ def claims_directory(config: UnitConfig) -> Path:
 
 
 FileStat = tuple[int, int, int, int]
-StatKey = tuple[FileStat | None, FileStat | None]
+StatKey = tuple[FileStat | None, FileStat | None, FileStat | None]
 
 
 @dataclass
@@ -648,7 +760,8 @@ class LiveGallery:
         return cls(config.gallery.path, config.gallery.master_key_path)
 
     def _stat_key(self) -> StatKey:
-        return (_file_stat(self._path), _file_stat(self._master_key_path))
+        keys = keyring_path(self._path)
+        return (_file_stat(self._path), _file_stat(self._master_key_path), _file_stat(keys))
 
     def _empty(self, stat_key: StatKey, day: date, error: str | None) -> _Loaded:
         version = "none" if error else "0-empty"
@@ -657,14 +770,14 @@ class LiveGallery:
     def _load(self, stat_key: StatKey) -> _Loaded:
         day = self._today()
         try:
-            sealer = GallerySealer(load_master_key(self._master_key_path))
+            master_key = load_master_key(self._master_key_path)
         except MasterKeyError as error:
             log.error("no gallery: %s", error)
             return self._empty(stat_key, day, str(error))
-        if stat_key[0] is None:
-            return self._empty(stat_key, day, None)
         try:
-            contents = sealer.open_file(self._path.read_bytes(), str(self._path))
+            contents, sealer = open_gallery(self._path, master_key)
+            if not contents.digest:
+                return self._empty(stat_key, day, None)
             templates, ids = active_templates(sealer, contents, day)
         except GalleryUnreadableError as error:
             log.error("no gallery: %s", error)

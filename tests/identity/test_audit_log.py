@@ -114,7 +114,7 @@ def test_an_old_gallery_file_put_back_is_detected(unit: Unit) -> None:
     unit.config.gallery.path.write_bytes(before)  # brings the forgotten subject back
     code, _, err = verify(unit)
     assert code == 1
-    assert "older gallery file was put back" in err
+    assert "older gallery" in err and "restored copy" in err
 
 
 def test_no_names_or_templates_in_the_log(unit: Unit) -> None:
@@ -167,3 +167,42 @@ def test_a_changed_config_is_recorded_once_before_the_next_change(unit: Unit) ->
     digests = [entry["details"]["config_digest"] for entry in entries if entry["event"] == "config"]
     assert len(digests) == 2 and digests[0] != digests[1]
     assert verify(unit)[0] == 0
+
+
+def test_a_cut_tail_fails_verification_even_with_the_gallery_put_back_too(unit: Unit) -> None:
+    """Finding 2 of issue 14: cut the log to 4 lines and restore the matching old gallery."""
+    gallery = unit.config.gallery.path
+    early_gallery = gallery.read_bytes()
+    early_lines = lines(unit)[:4]
+    enrol_random(unit.store(), "Later Person", seed=61)
+    assert verify(unit)[0] == 0
+
+    write_lines(unit, early_lines)
+    gallery.write_bytes(early_gallery)
+    code, _, err = verify(unit)
+    assert code == 1
+    assert "removed from the end" in err
+
+
+def test_an_older_log_put_back_fails_verification(unit: Unit) -> None:
+    older = lines(unit)
+    enrol_random(unit.store(), "Someone", seed=62)
+    unit.store().forget(unit.store().subjects()[0].subject_id, "tester")
+    write_lines(unit, older)
+    code, _, err = verify(unit)
+    assert code == 1
+    assert "head record" in err
+
+
+def test_an_edited_or_missing_head_record_fails_verification(unit: Unit) -> None:
+    enrol_random(unit.store(), "Someone", seed=63)
+    log = unit.store().audit
+    record = json.loads(log.head_path.read_text())
+    record["seq"] -= 1  # point the head at an earlier entry, to hide the last one
+    log.head_path.write_text(json.dumps(record))
+    code, _, err = verify(unit)
+    assert code == 1 and "altered" in err
+
+    log.head_path.unlink()
+    code, _, err = verify(unit)
+    assert code == 1 and "missing" in err

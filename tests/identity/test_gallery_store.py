@@ -21,7 +21,8 @@ from device.identity.gallery import (
     SubjectNotFoundError,
     utc_now,
 )
-from device.identity.masterkey import load_master_key
+from device.identity.keyring import keyring_path, read_keyring
+from device.identity.masterkey import MasterKey, load_master_key
 
 
 @pytest.fixture
@@ -33,11 +34,14 @@ def decrypted_index(unit: Unit) -> bytes:
     """The gallery's index layer in the clear, to check what the outer encryption hides."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    key = load_master_key(unit.config.gallery.master_key_path)
+    master_key = load_master_key(unit.config.gallery.master_key_path)
+    keyring = read_keyring(keyring_path(unit.config.gallery.path), master_key)
+    assert keyring is not None
+    index_key = MasterKey(keyring.current.key).derive(INDEX_KEY_PURPOSE)
     data = unit.config.gallery.path.read_bytes()
     newline = data.index(b"\n")
     body = data[newline + 1 :]
-    return AESGCM(key.derive(INDEX_KEY_PURPOSE)).decrypt(body[:12], body[12:], data[: newline + 1])
+    return AESGCM(index_key).decrypt(body[:12], body[12:], data[: newline + 1])
 
 
 def test_enrolled_subjects_round_trip_through_the_encrypted_file(unit: Unit) -> None:

@@ -80,7 +80,7 @@ def test_a_different_master_key_is_named_as_the_problem(unit: Unit, tmp_path: Pa
     key_path = unit.config.gallery.master_key_path
     key_path.unlink()
     generate_master_key(key_path)
-    with pytest.raises(GalleryUnreadableError, match="another master key"):
+    with pytest.raises(GalleryUnreadableError, match="this unit's master key"):
         unit.store().load()
     assert LiveGallery.from_config(unit.config).state == "no_gallery"
 
