@@ -27,7 +27,10 @@ def pad_fixtures(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     out: Path = args.out or fixtures.cache_root() / "pad"
     try:
-        detector = load_stages(config).detector
+        # the set is a fixture: the same files on every machine, so the faces that place the attack
+        # instruments come from the float detector on the CPU whatever this unit's accelerator picks
+        cpu_float = config.models.model_copy(update={"accelerator": "cpu", "cpu_variant": "float"})
+        detector = load_stages(config.model_copy(update={"models": cpu_float})).detector
         for split, names in (("tune", TUNE_PHOTOS), ("holdout", HOLDOUT_PHOTOS)):
             target = out / split
             if target.exists():

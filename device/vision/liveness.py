@@ -52,6 +52,13 @@ EDGE_SIDES_FOR_FRAME = 3  # left/right/top/bottom: a frame closes around the fac
 # than the context kept around the face, whose other edges are out of view
 OPPOSITE_SIDES = ({"left", "right"}, {"top", "bottom"})
 OPPOSITE_MIN_LENGTH = 2.0
+# Hough accumulator: a card held a little tilted has edges a few degrees off the axes, which 1-px/1-degree
+# bins split into pieces shorter than EDGE_MIN_LENGTH (measured on the tune split: 9 of 15 prints framed);
+# coarser distance bins, finer angle bins and gaps of this fraction of the face's side keep one line whole
+# (15 of 15, no bona fide framed). Chosen on the tune split only.
+EDGE_RHO_PX = 2.0
+EDGE_THETA_DEGREES = 0.5
+EDGE_MAX_GAP = 0.15
 # spectrum: peak-to-median ratio of the face's high-frequency band that marks a periodic pattern
 SPECTRUM_PEAK_RATIO = 40.0
 SPECTRUM_MIN_SIDE = 48  # px: a smaller face has too little band to judge (abstain)
@@ -168,11 +175,11 @@ def frame_edge_sides(context: RgbImage, box: Box) -> frozenset[str]:
     edges = cv2.Canny(cv2.GaussianBlur(grey, (5, 5), 0), 40, 120)
     lines = cv2.HoughLinesP(
         edges,
-        1,
-        np.pi / 180,
+        EDGE_RHO_PX,
+        np.deg2rad(EDGE_THETA_DEGREES),
         threshold=max(20, int(side * 0.5)),
         minLineLength=int(side * EDGE_MIN_LENGTH),
-        maxLineGap=max(3, int(side * 0.05)),
+        maxLineGap=max(3, int(side * EDGE_MAX_GAP)),
     )
     if lines is None:
         return frozenset()

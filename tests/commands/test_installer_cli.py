@@ -104,8 +104,13 @@ def test_identify_works_from_any_directory_without_the_banner(
     from gallery_helpers import init_unit
 
     config = init_unit(tmp_path).config_path
+    # init writes the models folder it found; without it the unit must still find the installed project's
+    lines = config.read_text(encoding="utf-8").splitlines()
+    assert any(line.startswith("dir = ") for line in lines)
+    config.write_text("\n".join(line for line in lines if not line.startswith("dir = ")) + "\n", "utf-8")
     elsewhere = tmp_path / "somewhere-else"
     elsewhere.mkdir()
+    assert not (elsewhere / "models").exists()
     result = device_cli("identify", str(face_images["obama.jpg"]), "--config", str(config), cwd=elsewhere)
     assert result.returncode == 0, result.stderr
     assert f"{face_images['obama.jpg']} face 1: unknown" in result.stdout  # nobody enrolled yet

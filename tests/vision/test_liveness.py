@@ -105,6 +105,22 @@ def test_frame_edges_see_a_border_around_the_face_and_not_a_plain_background() -
     assert not is_framed(frame_edge_sides(door, box))
 
 
+@pytest.mark.parametrize("name", ["biden.jpg", "obama.jpg"])
+@pytest.mark.parametrize("tilt", [0.08, 0.12])
+def test_frame_edges_see_the_border_of_a_card_held_at_an_angle(
+    name: str, tilt: float, detector: Detector
+) -> None:
+    # a card turned away a little: its top and bottom edges run a few degrees off level and must still
+    # count as whole lines (1-px/1-degree Hough bins split them into pieces too short to count)
+    photo = fixtures.load_rgb(name)
+    params = RenderParams(
+        halftone_period=4, paper_white=235.0, border=0.1, tilt=tilt, gradient=0.0, gamma=1.0, glare=0.0, jpeg=90
+    )
+    attack = still_attack(photo, largest_box(detector, photo), "print", params)
+    sample = pad_sample(attack, largest_box(detector, attack))
+    assert is_framed(frame_edge_sides(sample.context, sample.box))
+
+
 def test_spectrum_sees_halftone_and_subpixel_grids_but_not_the_photo() -> None:
     photo = fixtures.load_rgb("obama.jpg")
     height, width = photo.shape[:2]
