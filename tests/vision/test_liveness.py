@@ -114,7 +114,14 @@ def test_frame_edges_see_the_border_of_a_card_held_at_an_angle(
     # count as whole lines (1-px/1-degree Hough bins split them into pieces too short to count)
     photo = fixtures.load_rgb(name)
     params = RenderParams(
-        halftone_period=4, paper_white=235.0, border=0.1, tilt=tilt, gradient=0.0, gamma=1.0, glare=0.0, jpeg=90
+        halftone_period=4,
+        paper_white=235.0,
+        border=0.1,
+        tilt=tilt,
+        gradient=0.0,
+        gamma=1.0,
+        glare=0.0,
+        jpeg=90,
     )
     attack = still_attack(photo, largest_box(detector, photo), "print", params)
     sample = pad_sample(attack, largest_box(detector, attack))
