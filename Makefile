@@ -161,7 +161,7 @@ dev-broker: setup
 # no pipeline) SIGKILLed 25 times, cross-unit
 # ACL, refused certificates, Last Will. Prints one JSON summary (also in reliability.json); exit 1 on a miss.
 reliability: setup
-	$(BIN)/python tests/reliability/run.py --outage 45 --kills 25 --out reliability.json
+	$(BIN)/python tests/reliability/run.py --outage 45 --kills 25 --real-kills 5 --out reliability.json
 
 .PHONY: fuzz
 # Hypothesis fuzz targets at 100,000 cases each (make test runs a few hundred each): the MQTT payload

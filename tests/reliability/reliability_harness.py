@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,14 +181,23 @@ class UnitProcess:
         workdir.mkdir(parents=True, exist_ok=True)
         self.outbox = workdir / "outbox.db"
         self.log = workdir / "emitter.log"
+        self.config = self.write_config(broker, unit, workdir)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def write_config(self, broker: Any, unit: str, workdir: Path) -> Path:
+        config = workdir / "unit.toml"
+        config.write_text(self.config_text(broker, unit, workdir, [f'state_dir = "{workdir / "state"}"']))
+        return config
+
+    def config_text(self, broker: Any, unit: str, workdir: Path, unit_lines: list[str]) -> str:
+        """The [unit] and [mqtt] blocks every process under test gets: this unit's certificate, the outbox."""
         cert, key = broker.cert_for(unit)
-        self.config = workdir / "unit.toml"
-        self.config.write_text(
+        return (
             "\n".join(
                 [
                     "[unit]",
                     f'id = "{unit}"',
-                    f'state_dir = "{workdir / "state"}"',
+                    *unit_lines,
                     "[mqtt]",
                     "enabled = true",
                     'host = "localhost"',
@@ -205,13 +215,15 @@ class UnitProcess:
             )
             + "\n"
         )
-        self._process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(EMITTER), str(self.config), "--rate", str(self.rate)]
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, str(EMITTER), str(self.config), "--rate", str(self.rate)],
+                self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -253,6 +265,71 @@ class UnitProcess:
             return committed_seq(self.outbox) if self.outbox.exists() else (0, 0, 0)
         except (sqlite3.OperationalError, KeyError):
             return (0, 0, 0)  # the unit is still creating its outbox
+
+
+class RealUnitProcess(UnitProcess):
+    """The real ``device run``: a unit made by ``device init``, its camera a looped clip of people walking
+    in (file source, not paced), the whole pipeline on the CPU, events through its real outbox."""
+
+    def __init__(self, broker: Any, unit: str, workdir: Path, clip: Path) -> None:
+        self.clip = clip
+        super().__init__(broker, unit, workdir)
+        self.log = workdir / "device-run.log"
+
+    def write_config(self, broker: Any, unit: str, workdir: Path) -> Path:
+        from device.cli import main as device_main
+
+        unit_dir = workdir / "unit"
+        if device_main(["init", "--dir", str(unit_dir), "--operator", "reliability"]) != 0:
+            raise RuntimeError(f"device init failed in {unit_dir}")
+        made = tomllib.loads((unit_dir / "unit.toml").read_text(encoding="utf-8"))
+        unit_lines = [f'{key} = "{made["unit"][key]}"' for key in ("state_dir",) if key in made["unit"]]
+        blocks = [
+            self.config_text(broker, unit, workdir, unit_lines),
+            *(
+                f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in made[name].items())
+                for name in ("gallery", "models")
+                if name in made
+            ),
+            "[capture]",
+            'backend = "file"',
+            f'source = "{self.clip}"',
+            "loop = true",
+            "realtime = false",
+            "",
+        ]
+        config = unit_dir / "unit.toml"
+        config.write_text("\n".join(blocks))
+        return config
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "device", "run", "--config", str(self.config)]
+
+
+def real_unit_kills(
+    broker: Any, monitor: Monitor, workdir: Path, kills: int, clip: Path, *, rng_seed: int = 11
+) -> dict[str, Any]:
+    """``device run`` itself is SIGKILLed ``kills`` times, each time after it committed a new decision."""
+    import random
+
+    rng = random.Random(rng_seed)
+    unit = RealUnitProcess(broker, "unit-real", workdir / "real", clip)
+    stalled = 0
+    for _ in range(kills):
+        unit.start()
+        before = unit.committed()[0]
+        if not wait_for(lambda before=before: unit.committed()[0] > before, 60.0, 0.1):
+            stalled += 1  # counted: a kill that found nothing new committed proves less
+        time.sleep(rng.uniform(0.1, 1.0))
+        unit.kill()
+    unit.start()
+    wait_for(lambda: unit.committed()[1] == 0, 30.0, 0.2)
+    unit.stop()
+    result: dict[str, Any] = _drain(monitor, unit, 60.0)
+    result["kills"] = kills
+    result["kills_without_a_new_decision"] = stalled
+    result["process"] = "python -m device run (file source: a looped walk-in clip, MQTT on, real outbox)"
+    return result
 
 
 def _drain(monitor: Monitor, unit: UnitProcess, timeout: float) -> dict[str, int]:
@@ -562,15 +639,31 @@ def trust(broker: Any, monitor: Monitor, workdir: Path) -> dict[str, Any]:
     }
 
 
+def walk_in_clip(path: Path) -> Path:
+    """Two people (fixture photos) walking into the generated entrance: what the real unit's camera sees."""
+    from device import fixtures
+    from device.config import UnitConfig
+    from device.unit.democlip import demo_walks, make_clip
+    from device.vision.faces import load_stages
+
+    config = UnitConfig.model_validate({"models": {"dir": str(REPO / "models"), "accelerator": "cpu"}})
+    detect = load_stages(config).detector.detect
+    walks = demo_walks(fixtures.load_rgb("obama.jpg"), fixtures.load_rgb("biden.jpg"))
+    return make_clip(path, walks, detect).path
+
+
 def run_all(
-    broker: Any, workdir: Path, *, outage_s: float, kills: int, freeze: bool = False
+    broker: Any, workdir: Path, *, outage_s: float, kills: int, real_kills: int, freeze: bool = False
 ) -> dict[str, Any]:
+    """Every scenario; ``kills`` SIGKILLs of the stand-in emitter and ``real_kills`` of ``device run``."""
+    clip = walk_in_clip(workdir / "walk-in.avi")
     monitor = Monitor(broker).start()
     # The monitor's session must be on disk before the broker is killed, or its queue dies with it.
     broker.wait_saved(time.time_ns() - 10**9)
     try:
         outage = broker_outage(broker, monitor, workdir, outage_s)
         crashes = unit_kills(broker, monitor, workdir, kills)
+        real_crashes = real_unit_kills(broker, monitor, workdir, real_kills, clip)
         cross = cross_unit(broker, monitor)
         auth = authentication(broker)
         will = last_will(broker, monitor, workdir, freeze=freeze)
@@ -578,7 +671,7 @@ def run_all(
     finally:
         monitor.stop()
     totals = {
-        key: outage[key] + crashes[key]
+        key: outage[key] + crashes[key] + real_crashes[key]
         for key in ("sent", "delivered", "lost", "duplicates_after_dedup", "out_of_order")
     }
     summary: dict[str, Any] = {
@@ -590,6 +683,7 @@ def run_all(
         "invalid_payloads": monitor.invalid[:5],
         "broker_outage": outage,
         "unit_kills": crashes,
+        "real_unit_kills": real_crashes,
         "cross_unit": cross,
         "auth": auth,
         "lwt": will,
@@ -603,6 +697,7 @@ def run_all(
         and summary["duplicates_after_dedup"] == 0
         and summary["out_of_order"] == 0
         and summary["cross_unit_deliveries"] == 0
+        and real_crashes["kills_without_a_new_decision"] == 0
         and summary["max_payload_bytes"] < 2048
         and summary["all_payloads_schema_valid"]
         and auth["all_refused"]

@@ -1,7 +1,7 @@
 """`make reliability`: the fault scenarios with long faults; prints one JSON summary, exit 1 if a target
 is missed.
 
-    python tests/reliability/run.py [--outage 45] [--kills 25] [--out reliability.json]
+    python tests/reliability/run.py [--outage 45] [--kills 25] [--real-kills 5] [--out reliability.json]
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--outage", type=float, default=45.0, help="seconds the broker stays killed (30-60)")
     parser.add_argument("--kills", type=int, default=25, help="how often the unit is SIGKILLed (20+)")
+    parser.add_argument(
+        "--real-kills", type=int, default=5, help="how often the real `device run` is SIGKILLed"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="reliability-") as tmp:
@@ -30,7 +33,12 @@ def main() -> int:
         broker.start()
         try:
             summary = run_all(
-                broker, Path(tmp) / "units", outage_s=args.outage, kills=args.kills, freeze=True
+                broker,
+                Path(tmp) / "units",
+                outage_s=args.outage,
+                kills=args.kills,
+                real_kills=args.real_kills,
+                freeze=True,
             )
         finally:
             broker.stop()

@@ -14,8 +14,11 @@ from reliability_harness import run_all
 def test_no_event_is_lost_duplicated_or_reordered_and_units_stay_in_their_lane(
     mosquitto_broker: Any, tmp_path: Path
 ) -> None:
-    summary = run_all(mosquitto_broker, tmp_path, outage_s=2.0, kills=3)
+    summary = run_all(mosquitto_broker, tmp_path, outage_s=2.0, kills=3, real_kills=2)
     assert summary["sent"] > 20
+    real = summary["real_unit_kills"]
+    assert real["kills"] == 2 and real["kills_without_a_new_decision"] == 0, real
+    assert real["sent"] >= 2 and real["lost"] == 0 and real["duplicates_after_dedup"] == 0, real
     assert summary["lost"] == 0, summary
     assert summary["duplicates_after_dedup"] == 0, summary
     assert summary["out_of_order"] == 0, summary
