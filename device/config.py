@@ -199,6 +199,13 @@ class MqttSection(Section):
             "trade-off: it tells consumers how close a stranger came to a resident"
         ),
     )
+    command_keys: Path | None = Field(
+        default=None,
+        description=(
+            'trusted commanders file ({"commanders": {name: Ed25519 public key}}, `device command key '
+            "--register`); a command counts only when one of them signed it. Unset: every command is refused"
+        ),
+    )
     event_key_path: Path | None = Field(
         default=None,
         description=(

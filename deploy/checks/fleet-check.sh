@@ -77,7 +77,9 @@ environment.filters.update(FilterModule().filters())
 template = environment.from_string(Path("deploy/fleet/templates/unit.toml.j2").read_text())
 print(template.render(ansible_managed="check", unit_id="unit-a", capture_rotation=180, coral=sys.argv[1],
                       broker_host="mqtt.building.example", broker_port=8883, topic_prefix="entrance",
-                      ha_discovery=False))
+                      ha_discovery=False,
+                      # one kind of unit with trusted commanders, the others with none
+                      commanders_file="commanders.json" if sys.argv[1] == "none" else ""))
 RENDER
   .venv/bin/device --config "$scratch/unit-$coral.toml" config check >/dev/null
 done

@@ -55,7 +55,7 @@ from device.events.payloads import (
     encode,
     parse_command,
 )
-from device.events.signing import EventKey
+from device.events.signing import CommandVerifier, EventKey
 from device.types import Decision
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,9 @@ SHUTDOWN_DRAIN_S = 3.0
 # reload command runs in this thread too. Silence far beyond that means a hung thread: stop the watchdog.
 IO_STALL_S = 60.0
 HA_PREFIX = "homeassistant"
-# Claim request ids remembered so that a claim is used once; a claim lives at most 600 s, far fewer
-# than this many arrive in that time.
-CLAIMS_REMEMBERED = 4096
+# Command request ids remembered so that each command acts once; a command lives at most 600 s, far
+# fewer than this many arrive in that time.
+REQUESTS_REMEMBERED = 4096
 NOT_AUTHORIZED = 0x87  # MQTT v5 reason code: the broker's ACL refused this topic for this identity
 
 
@@ -169,6 +169,12 @@ class MqttPublisher:
             self._event_key = EventKey.load_or_create(event_key_path(config))
         except (PayloadError, OSError) as error:
             raise MqttSetupError(f"event signing key: {error}") from error
+        try:
+            self._commands = CommandVerifier.from_config(self._settings.command_keys)
+        except PayloadError as error:
+            raise MqttSetupError(f"mqtt.command_keys: {error}") from error
+        if not self._commands.commanders:
+            log.info("no trusted commanders (mqtt.command_keys): this unit refuses every command")
         self._outbox = Outbox(
             self._settings.outbox_path,
             max_rows=self._settings.outbox_max_rows,
@@ -194,7 +200,7 @@ class MqttPublisher:
         self._hold_until = 0.0
         self._refusal_streak = 0
         self._next_health = 0.0
-        self._claims_used: OrderedDict[str, None] = OrderedDict()
+        self._requests_used: OrderedDict[str, None] = OrderedDict()
         self._last_problem: str | None = None  # said once at ERROR with its fix; repeats go to DEBUG
 
     # -- Publisher protocol ---------------------------------------------------------------------------
@@ -556,6 +562,8 @@ class MqttPublisher:
             if message.retain:
                 raise PayloadError("retained commands are not accepted (they would replay on every connect)")
             command = parse_command(self._topics, message.topic, bytes(message.payload))
+            self._commands.verify(command.payload)
+            self._use_once(command)
             self._execute(command)
         except PayloadError as error:
             with self._lock:
@@ -565,21 +573,26 @@ class MqttPublisher:
         with self._lock:
             self._counters.commands_accepted += 1
 
+    def _use_once(self, command: Command) -> None:
+        """A signed command replayed by whoever recorded it is refused: each request id acts once."""
+        request = f"{command.commander}/{command.request_id}"
+        if request in self._requests_used:
+            raise PayloadError(
+                f"{command.name} {command.request_id!r} from {command.commander!r} was already used"
+            )
+        self._requests_used[request] = None
+        if len(self._requests_used) > REQUESTS_REMEMBERED:
+            self._requests_used.popitem(last=False)
+
     def _execute(self, command: Command) -> None:
         if command.name == "claim":
             if self._on_claim is None or command.subject_id is None:
                 raise PayloadError("this unit does not take claims")
-            request = str(command.request_id)
-            if request in self._claims_used:
-                raise PayloadError(f"claim {request!r} was already used")
-            self._claims_used[request] = None
-            if len(self._claims_used) > CLAIMS_REMEMBERED:
-                self._claims_used.popitem(last=False)
             try:
                 self._on_claim(command.subject_id)
             except ValueError as error:
                 raise PayloadError(f"claim refused: {error}") from error
-            log.info("claim received for subject %s", command.subject_id)
+            log.info("claim from %s received for subject %s", command.commander, command.subject_id)
         elif command.name == "reload":
             if self._on_reload is None:
                 raise PayloadError("this unit has nothing to reload")

@@ -34,10 +34,11 @@ EVENT_SCHEMA = "entrance-camera/event/1"
 STATUS_SCHEMA = "entrance-camera/status/1"
 HEALTH_SCHEMA = "entrance-camera/health/1"
 COMMANDS = ("claim", "reload", "health")
-# A claim is for the person at the door now: minutes, not hours (a long-lived claim is a standing order).
-MAX_CLAIM_LIFETIME_S = 600.0
-# Clocks of the sender and the unit (both NTP) may differ a little; a claim from further ahead is refused.
-CLAIM_CLOCK_SKEW_S = 30.0
+# A command is for now: a claim is for the person at the door, minutes not hours (a long-lived claim
+# would be a standing order).
+MAX_COMMAND_LIFETIME_S = 600.0
+# Clocks of the sender and the unit (both NTP) may differ a little; a command from further ahead is refused.
+COMMAND_CLOCK_SKEW_S = 30.0
 
 # decide.Reason.CLAIM_NOT_MATCHED; events may not import identity (layering), so the value is named here.
 CLAIM_NOT_MATCHED = "claim_not_matched"
@@ -358,10 +359,14 @@ def _trimmed(health: dict[str, Any], problems: list[str]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Command:
+    """A schema-checked, in-time command; ``payload`` is what the commander signed (checked by the caller)."""
+
     name: str
-    subject_id: str | None = None
-    request_id: str | None = None
-    expires_at: float | None = None
+    subject_id: str | None
+    request_id: str
+    expires_at: float
+    commander: str
+    payload: Mapping[str, Any]
 
 
 def epoch_seconds(timestamp: str) -> float:
@@ -372,20 +377,21 @@ def epoch_seconds(timestamp: str) -> float:
         raise PayloadError(f"{timestamp!r} is not a time") from None
 
 
-def check_claim_times(issued_at: float, expires_at: float, now: float) -> None:
-    """Refuses a claim that has expired, is not yet issued, or lives too long."""
+def check_command_times(name: str, issued_at: float, expires_at: float, now: float) -> None:
+    """Refuses a command that has expired, is not yet issued, or lives too long."""
     if expires_at <= now:
-        raise PayloadError(f"stale claim: expired {now - expires_at:.0f} s ago")
-    if issued_at > now + CLAIM_CLOCK_SKEW_S:
-        raise PayloadError(f"claim issued {issued_at - now:.0f} s in the future")
-    if not 0 < expires_at - issued_at <= MAX_CLAIM_LIFETIME_S:
-        raise PayloadError(f"claim lifetime must be within (0, {MAX_CLAIM_LIFETIME_S:.0f}] s")
+        raise PayloadError(f"stale {name}: expired {now - expires_at:.0f} s ago")
+    if issued_at > now + COMMAND_CLOCK_SKEW_S:
+        raise PayloadError(f"{name} issued {issued_at - now:.0f} s in the future")
+    if not 0 < expires_at - issued_at <= MAX_COMMAND_LIFETIME_S:
+        raise PayloadError(f"{name} lifetime must be within (0, {MAX_COMMAND_LIFETIME_S:.0f}] s")
 
 
 def parse_command(topics: Topics, topic: str, data: bytes, now: float | None = None) -> Command:
     """A command for this unit, strictly validated; ``PayloadError`` for anything else.
 
-    A claim must carry issue and expiry times and is refused once expired (``now``: the unit's clock).
+    Every command carries issue and expiry times and is refused once expired (``now``: the unit's clock);
+    whether its signer is trusted is ``device.events.signing.CommandVerifier``'s to say.
     """
     name = topics.command_name(topic)
     if name is None:
@@ -395,10 +401,10 @@ def parse_command(topics: Topics, topic: str, data: bytes, now: float | None = N
     payload = decode("cmd", data)
     if payload["command"] != name:
         raise PayloadError(f"payload command {payload['command']!r} does not match topic command {name!r}")
-    if name == "claim":
-        expires_at = epoch_seconds(payload["expires_at"])
-        check_claim_times(
-            epoch_seconds(payload["issued_at"]), expires_at, time.time() if now is None else now
-        )
-        return Command(name, payload["subject_id"], payload["request_id"], expires_at)
-    return Command(name, payload.get("subject_id"), payload.get("request_id"))
+    expires_at = epoch_seconds(payload["expires_at"])
+    check_command_times(
+        name, epoch_seconds(payload["issued_at"]), expires_at, time.time() if now is None else now
+    )
+    return Command(
+        name, payload.get("subject_id"), payload["request_id"], expires_at, payload["commander"], payload
+    )

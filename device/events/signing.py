@@ -9,6 +9,13 @@ fleet playbook collects from the units; a consumer trusts exactly the keys in it
 
 Canonical bytes: the event without ``sig``, as compact JSON with sorted keys and ASCII escapes — the
 same form ``payloads.encode`` publishes, so unit and consumer agree byte for byte.
+
+Signed commands, the other way round: whoever may command a unit (its door controller, a keypad, an
+operator) has its own Ed25519 key; the unit's ``mqtt.command_keys`` file
+(``{"commanders": {"<name>": "<base64url raw public key>"}}``) lists the commanders it trusts, and a
+command counts only when its ``commander`` is listed there and ``sig`` verifies over the same canonical
+bytes. The broker ACL alone cannot give this: any certificate allowed to write a unit's ``cmd`` topics
+(and the broker itself) could otherwise command it.
 """
 
 from __future__ import annotations
@@ -60,12 +67,13 @@ def canonical_bytes(event: Mapping[str, Any]) -> bytes:
 
 @dataclass(frozen=True)
 class EventKey:
-    """The unit's signing key. ``load_or_create`` makes it once (0600) and reads it after that."""
+    """An Ed25519 signing key (the unit's event key, or a commander's key). ``load_or_create`` makes it
+    once (0600) and reads it after that; ``label`` names it in errors."""
 
     private: Ed25519PrivateKey
 
     @classmethod
-    def load_or_create(cls, path: Path) -> EventKey:
+    def load_or_create(cls, path: Path, label: str = "event signing key") -> EventKey:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             raw = Ed25519PrivateKey.generate().private_bytes(
@@ -81,17 +89,15 @@ class EventKey:
                     handle.write(_b64(raw) + "\n")
                     handle.flush()
                     os.fsync(handle.fileno())
-                log.info("made the event signing key %s", path)
+                log.info("made the %s %s", label, path)
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
-            raise PayloadError(
-                f"event signing key {path} is readable by others (mode {mode:o}); chmod 600 it"
-            )
+            raise PayloadError(f"{label} {path} is readable by others (mode {mode:o}); chmod 600 it")
         try:
             raw = _unb64(path.read_text(encoding="ascii").strip())
             return cls(Ed25519PrivateKey.from_private_bytes(raw))
         except (ValueError, binascii.Error) as error:
-            raise PayloadError(f"event signing key {path} is not a key: {error}") from None
+            raise PayloadError(f"{label} {path} is not a key: {error}") from None
 
     @property
     def public_text(self) -> str:
@@ -104,34 +110,40 @@ class EventKey:
         return {**event, SIGNATURE_FIELD: _b64(self.private.sign(canonical_bytes(event)))}
 
 
-def load_registry(path: Path) -> dict[str, Ed25519PublicKey]:
-    """The units' public keys by unit id; ``PayloadError`` when the file is unusable."""
+UNITS = "units"  # the consumers' registry of unit event keys
+COMMANDERS = "commanders"  # a unit's trusted commanders (mqtt.command_keys)
+KEY_FILE_NAMES = {UNITS: "unit key registry", COMMANDERS: "trusted commanders file"}
+
+
+def load_registry(path: Path, section: str = UNITS) -> dict[str, Ed25519PublicKey]:
+    """The public keys by name (unit id or commander); ``PayloadError`` when the file is unusable."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        units = data["units"]
+        entries = data[section]
         return {
-            str(unit): Ed25519PublicKey.from_public_bytes(_unb64(str(key))) for unit, key in units.items()
+            str(name): Ed25519PublicKey.from_public_bytes(_unb64(str(key))) for name, key in entries.items()
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as error:
-        raise PayloadError(f"unit key registry {path}: {error!r}") from None
+        raise PayloadError(f"{KEY_FILE_NAMES[section]} {path}: {error!r}") from None
 
 
-def registry_text(keys: Mapping[str, str]) -> str:
-    return json.dumps({"units": dict(sorted(keys.items()))}, indent=2) + "\n"
+def registry_text(keys: Mapping[str, str], section: str = UNITS) -> str:
+    return json.dumps({section: dict(sorted(keys.items()))}, indent=2) + "\n"
 
 
-def register_unit_key(path: Path, unit: str, public_text: str) -> None:
-    """Adds one unit's public key to a registry file (made if missing); another key for it is refused."""
+def register_unit_key(path: Path, unit: str, public_text: str, section: str = UNITS) -> None:
+    """Adds one public key to a key file (made if missing); another key under the same name is refused."""
+    what = KEY_FILE_NAMES[section]
     keys: dict[str, str] = {}
     if path.exists():
         try:
-            keys = {str(k): str(v) for k, v in json.loads(path.read_text(encoding="utf-8"))["units"].items()}
+            keys = {str(k): str(v) for k, v in json.loads(path.read_text(encoding="utf-8"))[section].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise PayloadError(f"unit key registry {path}: {error!r}") from None
+            raise PayloadError(f"{what} {path}: {error!r}") from None
     if keys.get(unit, public_text) != public_text:
-        raise PayloadError(f"unit key registry {path} already holds another key for {unit!r}")
+        raise PayloadError(f"{what} {path} already holds another key for {unit!r}")
     keys[unit] = public_text
-    write_atomically(path, registry_text(keys).encode(), mode=0o644)
+    write_atomically(path, registry_text(keys, section).encode(), mode=0o644)
 
 
 @dataclass
@@ -197,3 +209,63 @@ def _epoch(ts: str) -> float:
         return dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
     except ValueError:
         raise SignatureError(f"event time {ts!r} is not a time") from None
+
+
+# --- signed commands ---------------------------------------------------------------------------------
+
+
+def signed_command(
+    key: EventKey,
+    commander: str,
+    name: str,
+    *,
+    subject_id: str | None = None,
+    ttl_s: float = 30.0,
+    now: float | None = None,
+    request_id: str | None = None,
+) -> bytes:
+    """A command payload signed by ``commander``'s key, valid for ``ttl_s`` from ``now``."""
+    from device.events.payloads import utc_timestamp
+
+    issued = time.time() if now is None else now
+    payload: dict[str, Any] = {
+        "command": name,
+        "commander": commander,
+        "request_id": request_id or f"{commander}-{os.urandom(8).hex()}",
+        "issued_at": utc_timestamp(issued),
+        "expires_at": utc_timestamp(issued + ttl_s),
+    }
+    if subject_id is not None:
+        payload["subject_id"] = subject_id
+    return _compact(key.sign(payload))
+
+
+def _compact(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode("ascii")
+
+
+@dataclass(frozen=True)
+class CommandVerifier:
+    """The unit's check of who sent a command: a trusted commander's valid signature, or a refusal."""
+
+    commanders: Mapping[str, Ed25519PublicKey]
+
+    @classmethod
+    def from_config(cls, path: Path | None) -> CommandVerifier:
+        """No file configured: no commander is trusted and every command is refused."""
+        return cls({} if path is None else load_registry(path, COMMANDERS))
+
+    def verify(self, payload: Mapping[str, Any]) -> None:
+        commander = str(payload.get("commander"))
+        signature = payload.get(SIGNATURE_FIELD)
+        if not self.commanders:
+            raise SignatureError("this unit trusts no commander (mqtt.command_keys): commands are refused")
+        if not isinstance(signature, str):
+            raise SignatureError(f"unsigned command claiming commander {commander!r}")
+        key = self.commanders.get(commander)
+        if key is None:
+            raise SignatureError(f"command from {commander!r}, whom this unit does not trust")
+        try:
+            key.verify(_unb64(signature), canonical_bytes(payload))
+        except (InvalidSignature, ValueError, binascii.Error):
+            raise SignatureError(f"wrongly signed command claiming commander {commander!r}") from None

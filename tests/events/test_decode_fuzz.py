@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from command_support import signed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -61,13 +62,7 @@ def valid_samples() -> dict[str, dict[str, Any]]:
         ),
         "status": build_status("unit-fuzz", "online", "connected", "abcd1234"),
         "health": health,
-        "cmd": {
-            "command": "claim",
-            "subject_id": "s-1",
-            "request_id": "r1",
-            "issued_at": "2026-01-01T00:00:00.000Z",
-            "expires_at": "2026-01-01T00:01:00.000Z",
-        },
+        "cmd": json.loads(signed("claim", "s-1", request_id="r1", issued=1767225600.0, ttl_s=60.0)),
     }
 
 

@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from command_support import signed
 from jsonschema import Draft202012Validator
 
 from device.events.payloads import (
@@ -175,17 +176,10 @@ def test_an_oversized_pipeline_report_is_trimmed_largest_first_and_flagged() -> 
 
 
 def test_a_claim_command_is_parsed_from_its_own_topic() -> None:
-    data = json.dumps(
-        {
-            "command": "claim",
-            "subject_id": "s-7f3a9c",
-            "request_id": "r1",
-            "issued_at": "2026-01-01T12:00:00.000Z",
-            "expires_at": "2026-01-01T12:00:30.000Z",
-        }
-    ).encode()
+    data = signed("claim", "s-7f3a9c", request_id="r1", issued=1767268800.0, ttl_s=30.0)
     command = parse_command(TOPICS, "entrance/lobby-1/cmd/claim", data, now=1767268810.0)
     assert (command.name, command.subject_id, command.request_id) == ("claim", "s-7f3a9c", "r1")
+    assert command.commander == "test-door" and command.payload["sig"]
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from command_support import signed, trust_file
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from device.config import UnitConfig, parse_config
@@ -38,6 +39,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
 def unit_config(broker: Any, tmp_path: Path, unit: str, *, cert_identity: str | None = None,
                 **mqtt_extra: Any) -> UnitConfig:  # fmt: skip
     cert, key = broker.cert_for(cert_identity or unit)
+    mqtt_extra.setdefault("command_keys", str(trust_file(tmp_path / f"{unit}-trust")))
     return parse_config(
         {
             "unit": {"id": unit, "state_dir": str(tmp_path / "state")},
@@ -196,7 +198,7 @@ def test_commands_claim_reload_health_are_taken_and_anything_else_is_counted_as_
     reloads: list[bool] = []
     commander = listen([f"{base}/health"])
     # A retained command would act again on every reconnect: it arrives flagged retained and is refused.
-    commander.publish(f"{base}/cmd/reload", json.dumps({"command": "reload"}).encode(), retain=True)
+    commander.publish(f"{base}/cmd/reload", signed("reload"), retain=True)
     publisher = MqttPublisher(
         unit_config(mosquitto_broker, tmp_path, "unit-cmd"),
         on_claim=claims.set,
@@ -206,7 +208,7 @@ def test_commands_claim_reload_health_are_taken_and_anything_else_is_counted_as_
         assert wait_for(lambda: publisher.health_snapshot()["mqtt"]["connected"])
         time.sleep(0.3)  # the unit's subscription is in place once it is connected and has looped once
         commander.publish(f"{base}/cmd/claim", claim_payload("s-42", "r-1"))
-        commander.publish(f"{base}/cmd/reload", json.dumps({"command": "reload"}).encode())
+        commander.publish(f"{base}/cmd/reload", signed("reload"))
         commander.publish(f"{base}/cmd/export", json.dumps({"command": "export"}).encode())
         commander.publish(
             f"{base}/cmd/claim", b'{"command": "claim", "subject_id": "s-1", "templates": true}'
@@ -217,7 +219,7 @@ def test_commands_claim_reload_health_are_taken_and_anything_else_is_counted_as_
             "entrance/unit-other/cmd/claim", json.dumps({"command": "claim", "subject_id": "s-9"}).encode()
         )
         before = len(commander.payloads(f"{base}/health"))
-        commander.publish(f"{base}/cmd/health", json.dumps({"command": "health"}).encode())
+        commander.publish(f"{base}/cmd/health", signed("health"))
         assert wait_for(lambda: publisher.health_snapshot()["commands"]["rejected"] >= 4)
         assert wait_for(lambda: len(commander.payloads(f"{base}/health")) > before, 3)
         counts = publisher.health_snapshot()["commands"]
@@ -232,18 +234,8 @@ def test_commands_claim_reload_health_are_taken_and_anything_else_is_counted_as_
 def claim_payload(
     subject: str, request_id: str, *, issued: float | None = None, ttl_s: float = 30.0
 ) -> bytes:
-    from device.events.payloads import utc_timestamp
-
-    issued_at = time.time() if issued is None else issued
-    return json.dumps(
-        {
-            "command": "claim",
-            "subject_id": subject,
-            "request_id": request_id,
-            "issued_at": utc_timestamp(issued_at),
-            "expires_at": utc_timestamp(issued_at + ttl_s),
-        }
-    ).encode()
+    """A claim signed by the test commander, whom ``unit_config`` makes the unit trust."""
+    return signed("claim", subject, request_id=request_id, issued=issued, ttl_s=ttl_s)
 
 
 def test_home_assistant_discovery_announces_the_visit_event_triggers_and_accelerator(

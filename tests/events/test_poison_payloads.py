@@ -6,7 +6,6 @@ NaN and duplicate keys, a handler that raises, against the real Mosquitto with t
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 import pytest
+from command_support import signed
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from device.events.consumer import ConsumerSettings, EventConsumer, check_event
@@ -91,7 +91,7 @@ def test_poison_commands_leave_the_unit_delivering_events(mosquitto_broker: Any,
         time.sleep(0.3)
         for payload in POISON:
             attacker.publish(f"entrance/{unit}/cmd/claim", payload)
-        attacker.publish(f"entrance/{unit}/cmd/reload", json.dumps({"command": "reload"}).encode())
+        attacker.publish(f"entrance/{unit}/cmd/reload", signed("reload"))
         assert wait_for(lambda: publisher.health_snapshot()["commands"]["rejected"] >= len(POISON))
         assert wait_for(lambda: reloads == [1])
         publisher.publish_decision(decision(1))

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from command_support import commander_key, signed, trust_file
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from device.events.payloads import PayloadError, decode, utc_timestamp
+from device.events.payloads import PayloadError, decode
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -190,8 +191,10 @@ class UnitProcess:
         return config
 
     def config_text(self, broker: Any, unit: str, workdir: Path, unit_lines: list[str]) -> str:
-        """The [unit] and [mqtt] blocks every process under test gets: this unit's certificate, the outbox."""
+        """The [unit] and [mqtt] blocks every process under test gets: this unit's certificate, the outbox,
+        the harness's commander as the one it trusts."""
         cert, key = broker.cert_for(unit)
+        commanders = trust_file(workdir / "trust")
         return (
             "\n".join(
                 [
@@ -204,6 +207,7 @@ class UnitProcess:
                     f"port = {broker.port}",
                     f'topic_prefix = "{broker.prefix}"',
                     f"keepalive_s = {KEEPALIVE_S}",
+                    f'command_keys = "{commanders}"',
                     "health_interval_s = 1.0",
                     "reconnect_backoff_max_s = 1.0",
                     f'outbox_path = "{self.outbox}"',
@@ -561,17 +565,11 @@ POISON_COMMANDS = (
 )
 
 
-def _claim(subject: str, request_id: str, ttl_s: float) -> bytes:
-    now = time.time()
-    return json.dumps(
-        {
-            "command": "claim",
-            "subject_id": subject,
-            "request_id": request_id,
-            "issued_at": utc_timestamp(now),
-            "expires_at": utc_timestamp(now + ttl_s),
-        }
-    ).encode()
+def _claim(subject: str, request_id: str, ttl_s: float, *, trusted: bool = True) -> bytes:
+    """A claim signed by the commander the units trust, or (``trusted=False``) by an intruder's key."""
+    if trusted:
+        return signed("claim", subject, request_id=request_id, ttl_s=ttl_s)
+    return signed("claim", subject, request_id=request_id, ttl_s=ttl_s, key=commander_key(seed=99))
 
 
 def trust(broker: Any, monitor: Monitor, workdir: Path) -> dict[str, Any]:
@@ -612,8 +610,15 @@ def trust(broker: Any, monitor: Monitor, workdir: Path) -> dict[str, Any]:
         )
         survived = bool(delivers and unit.pid == alive_pid and unit.running)
         # A fresh claim applies (the control) ...
-        send(cmd, _claim("s-fresh", "r-fresh", 30.0))
+        fresh = _claim("s-fresh", "r-fresh", 30.0)
+        send(cmd, fresh)
         control_applied = wait_for(lambda: applied.exists() and "s-fresh" in applied.read_text(), 10.0)
+        # ... the same claim recorded and sent again, and one signed by a key the unit does not trust, do not.
+        send(cmd, fresh)
+        send(cmd, _claim("s-forged", "r-forged", 30.0, trusted=False))
+        time.sleep(1.0)
+        replayed_applied = applied.read_text().count("s-fresh") > 1 if applied.exists() else False
+        untrusted_applied = applied.exists() and "s-forged" in applied.read_text()
         # ... a claim queued while the unit is away and expired before it returns does not.
         unit.stop()
         send(cmd, _claim("s-stale", "r-stale", 1.0))
@@ -636,6 +641,8 @@ def trust(broker: Any, monitor: Monitor, workdir: Path) -> dict[str, Any]:
         "poison_payloads_survived": survived,
         "fresh_claim_applied": control_applied,
         "stale_claim_applied": stale_applied,
+        "replayed_claim_applied": replayed_applied,
+        "untrusted_claim_applied": untrusted_applied,
     }
 
 
@@ -690,6 +697,7 @@ def run_all(
         "consumer_forgery_delivered": trusted["consumer_forgery_delivered"],
         "poison_payloads_survived": trusted["poison_payloads_survived"],
         "stale_claim_applied": trusted["stale_claim_applied"],
+        "untrusted_claim_applied": trusted["untrusted_claim_applied"],
         "trust": trusted,
     }
     summary["targets_met"] = bool(
@@ -710,5 +718,7 @@ def run_all(
         and trusted["poison_payloads_survived"]
         and trusted["fresh_claim_applied"]
         and not trusted["stale_claim_applied"]
+        and not trusted["replayed_claim_applied"]
+        and not trusted["untrusted_claim_applied"]
     )
     return summary

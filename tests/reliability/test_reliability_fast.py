@@ -32,4 +32,6 @@ def test_no_event_is_lost_duplicated_or_reordered_and_units_stay_in_their_lane(
     assert summary["consumer_forgery_delivered"] == 0, summary["trust"]
     assert summary["poison_payloads_survived"], summary["trust"]
     assert summary["trust"]["fresh_claim_applied"] and not summary["stale_claim_applied"], summary["trust"]
+    assert not summary["trust"]["replayed_claim_applied"], summary["trust"]
+    assert not summary["untrusted_claim_applied"], summary["trust"]
     assert summary["targets_met"]
