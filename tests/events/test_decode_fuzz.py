@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from command_support import signed
+from command_support import TEST_COMMANDER, commander_key, signed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,6 +31,7 @@ from device.events.payloads import (
     parse_command,
     validate,
 )
+from device.events.signing import CommandVerifier
 from device.types import Decision, DecisionType
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
@@ -124,6 +125,9 @@ def test_decode_refuses_cleanly_or_returns_a_valid_payload(kind: str) -> None:
     run()
 
 
+TRUSTED_COMMANDERS = CommandVerifier({TEST_COMMANDER: commander_key().private.public_key()})
+
+
 def test_parse_command_refuses_cleanly_on_any_topic_and_payload() -> None:
     topic = st.sampled_from([TOPICS.cmd(name) for name in ("claim", "reload", "health", "x")]) | st.text(
         max_size=60
@@ -134,6 +138,8 @@ def test_parse_command_refuses_cleanly_on_any_topic_and_payload() -> None:
     def run(name: str, data: bytes) -> None:
         try:
             command = parse_command(TOPICS, name, data)
+            # what the unit does next: the signer must be a trusted commander (refusal = PayloadError)
+            TRUSTED_COMMANDERS.verify(command.payload)
         except PayloadError:
             return
         assert TOPICS.command_name(name) == command.name
