@@ -16,6 +16,7 @@ from device.unit.padattacks import RenderParams, halftone, still_attack, subpixe
 from device.vision.faces import Detector, load_image_rgb, load_stages
 from device.vision.liveness import (
     ABSTAIN,
+    LATTICE_RATIO,
     Cue,
     CueResult,
     LivenessStage,
@@ -25,9 +26,11 @@ from device.vision.liveness import (
     geometry_result,
     infrared_result,
     is_framed,
+    lattice_ratio,
     open_liveness,
     pad_sample,
     spectrum_peak_ratio,
+    spectrum_result,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,6 +140,50 @@ def test_spectrum_sees_halftone_and_subpixel_grids_but_not_the_photo() -> None:
     screen = spectrum_peak_ratio(subpixel_screen(photo, 3, 1.0, 240.0), box)
     assert plain is not None and printed is not None and screen is not None
     assert plain < 40.0 < min(printed, screen)
+
+
+def test_lattice_sees_a_square_grid_but_not_stripes_running_one_way() -> None:
+    rng = np.random.default_rng(5)
+    texture = rng.normal(128, 12, (121, 121))  # skin-like noise: no structure at all
+    yy, xx = np.mgrid[0:121, 0:121]
+    square = texture + 10 * (np.cos(2 * np.pi * xx / 2.6) + np.cos(2 * np.pi * yy / 2.6))
+    stripes = texture + 20 * np.cos(2 * np.pi * yy / 2.6)  # blinds or a striped shirt: one direction only
+    box = Box(0, 0, 121, 121)
+
+    def ratio(grey: NDArray[np.float64]) -> float:
+        value = lattice_ratio(np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=2), box)
+        assert value is not None
+        return value
+
+    assert ratio(square) > LATTICE_RATIO > max(ratio(stripes), ratio(texture))
+
+
+def test_the_spectrum_cue_fails_a_cut_out_print_the_peak_ratio_alone_lets_through(detector: Detector) -> None:
+    # a printed head cut out along its outline (no border): the halftone, aliased by the camera, is a
+    # lattice too weak for the isolated-peak test but present in both directions
+    photo = fixtures.load_rgb("obama3.jpg")
+    params = RenderParams(
+        halftone_period=4,
+        paper_white=235.0,
+        border=0.1,
+        tilt=0.0,
+        gradient=0.0,
+        gamma=1.0,
+        glare=0.0,
+        jpeg=85,
+    )
+    attack = still_attack(photo, largest_box(detector, photo), "cutout", params)
+    sample = pad_sample(attack, largest_box(detector, attack))
+    peak = spectrum_peak_ratio(sample.context, sample.box)
+    assert peak is not None and peak < 40.0
+    verdict = spectrum_result([peak], [lattice_ratio(sample.context, sample.box)])
+    assert verdict.passed is False and verdict.detail["lattice_ratio"] > LATTICE_RATIO
+    photo_sample = pad_sample(photo, largest_box(detector, photo))
+    live = spectrum_result(
+        [spectrum_peak_ratio(photo_sample.context, photo_sample.box)],
+        [lattice_ratio(photo_sample.context, photo_sample.box)],
+    )
+    assert live.passed is True
 
 
 def test_spectrum_abstains_on_a_tiny_face() -> None:
