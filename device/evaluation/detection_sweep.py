@@ -8,6 +8,10 @@ made harder the way an entrance camera sees them: grey (a NoIR camera at night),
 configured size gate; the sweep reports it apart (``below_min_face_px``) so that the threshold is chosen
 on what the model sees.
 
+Grey frames take the detector's grey path (a skin tint on its input, ``grey_score_threshold``); the
+sweep keeps the two paths apart: false detections on colour and on grey face-free frames, and at the
+shipped settings each face and each face-free frame is judged by the threshold of the path it took.
+
 Face-free images: scikit-image's data set pictures without a human face (a cat, coins, textures, a rocket,
 text, ...; shipped inside the package) and empty entrance frames (``device.unit.democlip.hallway``, handed
 in by the caller, as this layer does not import the unit), each also grey and under-exposed. Every
@@ -29,7 +33,7 @@ from device.config import DetectionSection, ModelsSection
 from device.evaluation.detector import DETECTOR, eval_images
 from device.models.accelerator import open_model
 from device.types import Detection, RgbImage
-from device.vision.detect import FaceDetector, iou_one_to_many
+from device.vision.detect import FaceDetector, iou_one_to_many, is_grey
 
 REFERENCE_SCORE = 0.5
 SWEEP_FLOOR = 0.05  # the detector runs at this threshold; higher ones are applied afterwards
@@ -108,9 +112,12 @@ class SweepResult:
     missed: dict[str, list[int]]  # condition -> missed faces per threshold
     below_min_face_px: dict[str, int]  # condition -> reference faces narrower than min_face_px there
     face_free_images: int
-    false_detections: list[int]  # per threshold, over every face-free image and its variants
+    false_detections: list[int]  # per threshold, colour face-free frames (and their variants)
+    false_detections_grey: list[int]  # per threshold, grey face-free frames (grey path)
     weakest_face_score: dict[str, float]  # condition -> lowest best score of a reference face
-    strongest_false_score: float
+    strongest_false_score: float  # colour frames
+    strongest_false_score_grey: float  # grey frames, after the grey path's tint
+    shipped: dict[str, Any]  # missed faces and false detections at the configured thresholds
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -120,8 +127,11 @@ class SweepResult:
             "below_min_face_px": self.below_min_face_px,
             "face_free_images": self.face_free_images,
             "false_detections": self.false_detections,
+            "false_detections_grey": self.false_detections_grey,
             "weakest_face_score": {k: round(v, 4) for k, v in self.weakest_face_score.items()},
             "strongest_false_score": round(self.strongest_false_score, 4),
+            "strongest_false_score_grey": round(self.strongest_false_score_grey, 4),
+            "at_shipped_settings": self.shipped,
         }
 
 
@@ -145,36 +155,60 @@ def sweep(
     face_free: Mapping[str, RgbImage],
     min_face_px: int,
     thresholds: tuple[float, ...] = THRESHOLDS,
+    shipped: DetectionSection | None = None,
 ) -> SweepResult:
+    """``detector_for(t)``: the detector with both its colour and grey thresholds at ``t``."""
+    settings = shipped or DetectionSection()
+
+    def shipped_threshold(image: RgbImage) -> float:
+        return settings.grey_score_threshold if is_grey(image) else settings.score_threshold
+
     reference_detector = detector_for(REFERENCE_SCORE)
     floor_detector = detector_for(SWEEP_FLOOR)
     references = {name: reference_detector.detect(image) for name, image in faces.items()}
     missed: dict[str, list[int]] = {}
+    missed_shipped: dict[str, int] = {}
     small: dict[str, int] = {}
     weakest: dict[str, float] = {}
     for condition, (transform, scale) in CONDITIONS.items():
         scores: list[float] = []
         small[condition] = 0
+        missed_shipped[condition] = 0
         for name, image in faces.items():
-            scores += best_scores(references[name], floor_detector.detect(transform(image)), scale)
+            seen = transform(image)
+            found = best_scores(references[name], floor_detector.detect(seen), scale)
+            scores += found
+            missed_shipped[condition] += sum(1 for score in found if score < shipped_threshold(seen))
             small[condition] += sum(1 for f in references[name] if f.box.width * scale < min_face_px)
         missed[condition] = [sum(1 for s in scores if s < t) for t in thresholds]
         weakest[condition] = min(scores) if scores else 0.0
-    false_scores: list[float] = []
+    colour_scores: list[float] = []
+    grey_scores: list[float] = []
+    false_shipped = 0
     variants = (lambda image: image, grey, under_exposed)
     for image in face_free.values():
         for variant in variants:
-            found = floor_detector.detect(variant(image))
-            false_scores += [d.score for d in found if d.box.width >= min_face_px]
+            seen = variant(image)
+            found = [d.score for d in floor_detector.detect(seen) if d.box.width >= min_face_px]
+            (grey_scores if is_grey(seen) else colour_scores).extend(found)
+            false_shipped += sum(1 for score in found if score >= shipped_threshold(seen))
     return SweepResult(
         thresholds=thresholds,
         faces=sum(len(r) for r in references.values()),
         missed=missed,
         below_min_face_px=small,
         face_free_images=len(face_free) * len(variants),
-        false_detections=[sum(1 for s in false_scores if s >= t) for t in thresholds],
+        false_detections=[sum(1 for s in colour_scores if s >= t) for t in thresholds],
+        false_detections_grey=[sum(1 for s in grey_scores if s >= t) for t in thresholds],
         weakest_face_score=weakest,
-        strongest_false_score=max(false_scores, default=0.0),
+        strongest_false_score=max(colour_scores, default=0.0),
+        strongest_false_score_grey=max(grey_scores, default=0.0),
+        shipped={
+            "score_threshold": settings.score_threshold,
+            "grey_score_threshold": settings.grey_score_threshold,
+            "missed": missed_shipped,
+            "false_detections": false_shipped,
+        },
     )
 
 
@@ -191,8 +225,15 @@ def detection_sweep(
 
     def detector_for(threshold: float) -> FaceDetector:
         # No size gate here: the sweep sees every face the model finds and reports size separately.
-        config = settings.model_copy(update={"score_threshold": threshold, "min_face_px": 8, "zone": []})
+        config = settings.model_copy(
+            update={
+                "score_threshold": threshold,
+                "grey_score_threshold": threshold,
+                "min_face_px": 8,
+                "zone": [],
+            }
+        )
         return FaceDetector(model, config)
 
     face_free = {**skimage_face_free(), **extra_face_free}
-    return sweep(detector_for, eval_images(), face_free, settings.min_face_px)
+    return sweep(detector_for, eval_images(), face_free, settings.min_face_px, shipped=settings)

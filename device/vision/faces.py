@@ -169,7 +169,7 @@ def load_stages(
         embedder_model = TimedModel(embedder_model, "embedder", latencies)
     log.info("detector on %s, embedder on %s", detector_model.state, embedder_model.state)
     return Stages(
-        detector=FaceDetector(detector_model, config.detection),
+        detector=FaceDetector(detector_model, config.detection, infrared=config.capture.infrared),
         embedder=FaceEmbedder(embedder_model),
         # dlib's 5-point alignment (issue 15): the chip lands where dlib's embedder expects it.
         aligner=load_landmark_aligner(config.models.dir),

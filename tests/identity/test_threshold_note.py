@@ -33,7 +33,7 @@ def test_default_threshold_separates_the_documented_figures(
         float(o @ v) for o in obama for name in faces if not name.startswith("obama") for v in faces[name]
     ]
     assert len(impostor) >= 60
-    # README: same person 0.948-0.972, others at most 0.845 (rounded; int8 within a few thousandths).
+    # README: same person 0.948-0.972, others at most 0.846 (int8 0.852; rounded).
     assert min(genuine) >= 0.944 and max(genuine) <= 0.976
-    assert max(impostor) <= 0.849
+    assert max(impostor) <= {"float": 0.849, "int8": 0.855}[variant]
     assert min(genuine) > config.matching.threshold > max(impostor)

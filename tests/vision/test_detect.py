@@ -17,6 +17,7 @@ from device.vision.detect import (
     blazeface_anchors,
     decode_blazeface,
     decode_ssd_postprocess,
+    is_grey,
     letterbox,
     weighted_nms,
 )
@@ -258,3 +259,36 @@ def test_detector_picks_the_ssd_decoder_by_the_outputs_and_maps_to_the_frame() -
     box = faces[0].box
     assert (box.x0, box.y0, box.x1, box.y1) == pytest.approx((128.0, 0.0, 384.0, 240.0), abs=0.01)
     assert faces[0].keypoints.shape == (6, 2)
+
+
+def test_grey_frames_take_the_grey_path_and_colour_frames_do_not(
+    detector_model: InferenceModel, load_face
+) -> None:  # type: ignore[no-untyped-def]
+    colour = load_face("sample4.jpg")
+    grey = np.repeat(colour.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
+    shipped = FaceDetector(detector_model, DetectionSection())
+    assert not is_grey(colour) and is_grey(grey)
+    shipped.detect(colour)
+    assert shipped.last_frame_grey is False
+    assert len(shipped.detect(grey)) == FACES_IN_PHOTO["sample4.jpg"] and shipped.last_frame_grey
+    # a NoIR picture with a colour cast is not grey by the test, so `capture.infrared` forces the path
+    cast = np.clip(grey.astype(np.int16) + np.array([12, 0, 10]), 0, 255).astype(np.uint8)
+    assert not is_grey(cast)
+    infrared = FaceDetector(detector_model, DetectionSection(), infrared=True)
+    infrared.detect(cast)
+    assert infrared.last_frame_grey
+
+
+def test_without_the_skin_tint_grey_faces_score_below_the_colour_threshold(
+    detector_model: InferenceModel, load_face
+) -> None:  # type: ignore[no-untyped-def]
+    # the reason for the grey path: on grey sample4 the untinted detector loses faces a tinted one finds
+    colour = load_face("sample4.jpg")
+    grey = np.repeat(colour.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
+    floor = DetectionSection(score_threshold=0.05, grey_score_threshold=0.05)
+    tinted = sorted(face.score for face in FaceDetector(detector_model, floor).detect(grey))[-4:]
+    plain = FaceDetector(detector_model, floor)
+    plain_scores = sorted(face.score for face in plain.decode(
+        plain.model.run_pixels(letterbox(grey, plain.input_size).tensor[None], 127.5, 127.5), 0.05
+    ))[-4:]  # fmt: skip
+    assert min(tinted) > min(plain_scores)
