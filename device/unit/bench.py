@@ -322,14 +322,22 @@ def ours_per_face_ms(analyzer: FaceAnalyzer, images: list[RgbImage]) -> tuple[fl
 
 def dlib_per_face_ms(images: list[RgbImage]) -> tuple[float | None, int, str | None]:
     """HOG detection (one upsampling, face_recognition's default) + 5-point landmarks + encoding."""
+    from device.evaluation.embedder import OracleUnavailableError, dlib_model_file
+
     try:
         import dlib
-        import face_recognition_models
+
+        # the files, not the package: face_recognition_models imports pkg_resources, which the locked
+        # setuptools no longer has (importing it made this peer silently "not installed")
+        predictor_file = dlib_model_file("shape_predictor_5_face_landmarks.dat")
+        encoder_file = dlib_model_file("dlib_face_recognition_resnet_model_v1.dat")
     except ImportError as error:
         return None, 0, f"dlib peer not installed ({error.name}); install the 'oracle' extra"
+    except OracleUnavailableError as error:
+        return None, 0, f"dlib peer not installed ({error}); install the 'oracle' extra"
     detector = dlib.get_frontal_face_detector()
-    landmarks = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
-    encoder = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
+    landmarks = dlib.shape_predictor(str(predictor_file))
+    encoder = dlib.face_recognition_model_v1(str(encoder_file))
     faces = 0
     start = time.perf_counter()
     for image in images:
