@@ -131,6 +131,18 @@ def test_frame_edges_see_the_border_of_a_card_held_at_an_angle(
     assert is_framed(frame_edge_sides(sample.context, sample.box))
 
 
+def test_frame_edges_count_a_card_edge_that_runs_through_the_face_box_side() -> None:
+    # a face at the photo's edge: the card's left edge lies a little inside the face box
+    scene = np.full((400, 400, 3), 120, np.uint8)
+    box = Box(160, 150, 240, 250)
+    cv2.rectangle(scene, (168, 20), (330, 380), (250, 250, 250), 3)  # 8 px = 8 % of the side inside
+    sides = frame_edge_sides(scene, box)
+    assert {"left", "right"} <= sides and is_framed(sides)
+    deep = np.full((400, 400, 3), 120, np.uint8)
+    cv2.line(deep, (200, 20), (200, 380), (250, 250, 250), 3)  # through the middle of the face: no side
+    assert not {"left", "right"} & frame_edge_sides(deep, box)
+
+
 def test_spectrum_sees_halftone_and_subpixel_grids_but_not_the_photo() -> None:
     photo = fixtures.load_rgb("obama.jpg")
     height, width = photo.shape[:2]
