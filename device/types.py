@@ -17,10 +17,39 @@ Vector = NDArray[np.float32]
 
 
 @dataclass(frozen=True)
+class Letterbox:
+    """Where the frame sits inside the detector's square input: input = frame * scale + pad."""
+
+    tensor: NDArray[np.uint8]  # (size, size, 3) RGB
+    scale_x: float
+    scale_y: float
+    pad_x: int
+    pad_y: int
+
+    def to_frame(self, points: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Input-pixel (x, y) pairs in the last axis back to frame pixels."""
+        out = np.empty_like(points)
+        out[..., 0] = (points[..., 0] - self.pad_x) / self.scale_x
+        out[..., 1] = (points[..., 1] - self.pad_y) / self.scale_y
+        return out
+
+
+@dataclass(frozen=True)
+class FrameViews:
+    """What the stages need of a frame besides the frame itself, prepared off the pipeline thread (by the
+    capture thread, or by the camera's ISP on the Pi); None where a view was not prepared."""
+
+    motion_grey: NDArray[np.uint8] | None = None  # the motion gate's small grey picture
+    detector_input: Letterbox | None = None  # the frame fitted into the detector's square input
+    colourless: bool | None = None  # no colour worth the name: the detector's grey path
+
+
+@dataclass(frozen=True)
 class Frame:
     image: RgbImage
     ts: float  # time.monotonic() at capture
     seq: int  # per-source frame counter, gaps mean dropped frames
+    views: FrameViews | None = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from device.unit.sdnotify import SystemdNotifier
 from device.vision.capture import CameraError, CaptureThread, open_source
 from device.vision.faces import Stages, load_stages
 from device.vision.liveness import LivenessStage, open_liveness
+from device.vision.views import ViewSpec
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,11 @@ def build_runner(
         latencies=latencies,
         liveness=liveness if liveness is not None else open_liveness_stage(config),
     )
+    views = ViewSpec.for_unit(config, stages.detector.input_size)  # prepared by the camera side
     capture = CaptureThread(
-        open_source(config.capture, base_dir=base_dir), config.capture.reconnect_backoff_max_s
+        open_source(config.capture, base_dir=base_dir, views=views),
+        config.capture.reconnect_backoff_max_s,
+        views=views,
     )
     if notifier is None:
         notifier = SystemdNotifier.from_environment()

@@ -10,6 +10,11 @@ Every frame carries ``time.monotonic()`` at capture and a per-source sequence nu
 is a dropped frame. Live sources are wrapped in ``ReconnectingSource`` (camera loss -> reopen with capped
 exponential backoff, visible in health) and run in a ``CaptureThread`` that keeps only the newest frame in
 a ``LatestFrameBuffer``: the processing loop never works on a frame more than one frame old.
+
+Given a ``ViewSpec``, the capture side also prepares each frame's views (``device.vision.views``): the
+motion gate's grey picture, the detector's letterbox and its grey test. picamera2 gets them from the
+ISP's low-resolution stream; every other source has the capture thread compute them, off the pipeline
+thread.
 """
 
 from __future__ import annotations
@@ -22,16 +27,19 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import cv2
 import numpy as np
 
 from device.config import CaptureSection, ConfigError
-from device.types import Frame, RgbImage
+from device.timing import LatencyRecorder
+from device.types import Frame, FrameViews, RgbImage
+from device.vision.views import ViewSpec, prepare_views, views_from_lores
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 INITIAL_BACKOFF_S = 0.5
 
@@ -220,27 +228,50 @@ class Picamera2Source:
 
     live = True
 
-    def __init__(self, width: int, height: int, fps: float, hflip: bool, vflip: bool) -> None:
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        fps: float,
+        hflip: bool,
+        vflip: bool,
+        *,
+        views: ViewSpec | None = None,
+        camera_factory: Callable[[], Any] | None = None,
+        transform: Callable[..., Any] | None = None,
+    ) -> None:
         self._size = (width, height)
         self._fps = fps
         self._hflip = hflip
         self._vflip = vflip
+        self._views = views
+        # The low-resolution stream: the letterbox's inner size, YUV420 (what every Pi's ISP can give).
+        self.lores_size = views.lores_size(width, height) if views is not None else None
+        self._camera_factory = camera_factory
+        self._transform = transform
         self._camera: Any = None
+        self._lores_refused: str | None = None
 
     def open(self) -> None:
+        camera_factory, transform = self._camera_factory, self._transform
+        if camera_factory is None or transform is None:
+            try:
+                from libcamera import Transform  # type: ignore[import-not-found]
+                from picamera2 import Picamera2
+            except ImportError as error:
+                raise CameraError(
+                    f"picamera2 is not available ({error}); on the Pi: `apt install python3-picamera2`"
+                ) from None
+            camera_factory, transform = Picamera2, Transform
+        streams: dict[str, Any] = {"main": {"size": self._size, "format": "RGB888"}}
+        if self.lores_size is not None:
+            streams["lores"] = {"size": self.lores_size, "format": "YUV420"}
         try:
-            from libcamera import Transform  # type: ignore[import-not-found]
-            from picamera2 import Picamera2
-        except ImportError as error:
-            raise CameraError(
-                f"picamera2 is not available ({error}); on the Pi: `apt install python3-picamera2`"
-            ) from None
-        try:
-            camera = Picamera2()
+            camera = camera_factory()
             configuration = camera.create_video_configuration(
-                main={"size": self._size, "format": "RGB888"},
+                **streams,
                 controls={"FrameRate": self._fps},
-                transform=Transform(hflip=int(self._hflip), vflip=int(self._vflip)),
+                transform=transform(hflip=int(self._hflip), vflip=int(self._vflip)),
                 buffer_count=2,
             )
             camera.configure(configuration)
@@ -256,8 +287,33 @@ class Picamera2Source:
             array = self._camera.capture_array("main")
         except Exception as error:
             raise CameraError(f"picamera2 capture failed: {error}") from None
-        # picamera2's "RGB888" is libcamera's naming: the bytes in memory are B, G, R.
-        return bgr_to_rgb(np.asarray(array)[:, :, :3])
+        return picamera2_rgb(array)
+
+    def read_with_views(self, spec: ViewSpec) -> tuple[RgbImage, FrameViews]:
+        """The main picture and the views from the low-resolution stream of the same request."""
+        if self._camera is None:
+            raise CameraError("camera is not open")
+        if self.lores_size is None or self._lores_refused is not None:
+            image = self.read()
+            return image, prepare_views(image, spec)
+        try:
+            request = self._camera.capture_request()
+            try:
+                main, lores = request.make_array("main"), request.make_array("lores")
+            finally:
+                request.release()
+        except Exception as error:
+            raise CameraError(f"picamera2 capture failed: {error}") from None
+        image = picamera2_rgb(main)
+        try:
+            return image, views_from_lores(image, np.asarray(lores, dtype=np.uint8), spec)
+        except ValueError as error:
+            # e.g. a lores stride wider than the picture: the capture thread prepares the views instead
+            self._lores_refused = str(error)
+            log.warning(
+                "the camera's low-resolution stream is not usable (%s); views made in software", error
+            )
+            return image, prepare_views(image, spec)
 
     def close(self) -> None:
         if self._camera is not None:
@@ -267,6 +323,11 @@ class Picamera2Source:
             except Exception as error:
                 log.warning("closing picamera2 failed: %s", error)
             self._camera = None
+
+
+def picamera2_rgb(array: Any) -> RgbImage:
+    # picamera2's "RGB888" is libcamera's naming: the bytes in memory are B, G, R.
+    return bgr_to_rgb(np.asarray(array)[:, :, :3])
 
 
 class OrientedSource:
@@ -341,10 +402,23 @@ class ReconnectingSource:
         self._ensure_open()
 
     def read(self) -> RgbImage:
+        return self._read(self._inner.read)
+
+    def read_with_views(self, spec: ViewSpec) -> tuple[RgbImage, FrameViews | None]:
+        """The next frame and, when the source makes them itself (the Pi camera's ISP), its views."""
+        native: Callable[[ViewSpec], tuple[RgbImage, FrameViews]] | None = getattr(
+            self._inner, "read_with_views", None
+        )
+        if native is None:
+            return self._read(self._inner.read), None
+        made = native
+        return self._read(lambda: made(spec))
+
+    def _read(self, read: Callable[[], T]) -> T:
         while True:
             self._ensure_open()
             try:
-                return self._inner.read()
+                return read()
             except EndOfStream:
                 self._set_state("ended")
                 raise
@@ -407,8 +481,13 @@ class ReconnectingSource:
         self._set_state("stopped")
 
 
-def open_source(config: CaptureSection, *, base_dir: Path | None = None) -> FrameSource:
-    """The configured camera or file, oriented; not opened yet (``CaptureThread`` opens it)."""
+def open_source(
+    config: CaptureSection, *, base_dir: Path | None = None, views: ViewSpec | None = None
+) -> FrameSource:
+    """The configured camera or file, oriented; not opened yet (``CaptureThread`` opens it).
+
+    ``views``: what the capture thread will prepare; the Pi camera is then asked for a low-resolution
+    stream of the right size (unless the picture is rotated, which the ISP cannot do for it)."""
     source: FrameSource
     software_flips = True
     if config.backend == "file":
@@ -425,7 +504,14 @@ def open_source(config: CaptureSection, *, base_dir: Path | None = None) -> Fram
             parse_opencv_source(config.source or "0"), config.width, config.height, config.fps
         )
     else:
-        source = Picamera2Source(config.width, config.height, config.fps, config.hflip, config.vflip)
+        source = Picamera2Source(
+            config.width,
+            config.height,
+            config.fps,
+            config.hflip,
+            config.vflip,
+            views=None if config.rotation else views,
+        )
         software_flips = False  # libcamera flips in the ISP for free
     if config.rotation or (software_flips and (config.hflip or config.vflip)):
         source = OrientedSource(
@@ -502,8 +588,12 @@ class CaptureThread:
         buffer_capacity: int = 1,
         clock: Callable[[], float] = time.monotonic,
         initial_backoff_s: float = INITIAL_BACKOFF_S,
+        views: ViewSpec | None = None,
+        latencies: LatencyRecorder | None = None,
     ) -> None:
         self._stop = threading.Event()
+        self._views = views
+        self._latencies = latencies  # "views": what preparing them costs the capture thread
         self.source = ReconnectingSource(
             source, max_backoff_s, stop_event=self._stop, initial_backoff_s=initial_backoff_s
         )
@@ -521,10 +611,13 @@ class CaptureThread:
         try:
             while not self._stop.is_set():
                 try:
-                    image = self.source.read()
+                    image, views = self._read()
                 except EndOfStream:
                     break
-                self.buffer.put(Frame(image=image, ts=self._clock(), seq=self._seq))
+                stamp = self._clock()
+                if views is None and self._views is not None:
+                    views = self._prepare(image, self._views)  # here, not on the pipeline thread
+                self.buffer.put(Frame(image=image, ts=stamp, seq=self._seq, views=views))
                 self._seq += 1
         except BaseException as error:  # never die silently: the loop sees it via .error
             log.exception("capture thread failed")
@@ -532,6 +625,18 @@ class CaptureThread:
         finally:
             self.source.close()
             self.buffer.close()
+
+    def _prepare(self, image: RgbImage, spec: ViewSpec) -> FrameViews:
+        if self._latencies is None:
+            return prepare_views(image, spec)
+        with self._latencies.time("views"):
+            return prepare_views(image, spec)
+
+    def _read(self) -> tuple[RgbImage, FrameViews | None]:
+        """A frame, with its views when the source made them."""
+        if self._views is None:
+            return self.source.read(), None
+        return self.source.read_with_views(self._views)
 
     def get(self, timeout_s: float | None = None) -> Frame | None:
         return self.buffer.get(timeout_s)

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from device.config import DetectionSection
 from device.models.accelerator import InferenceModel
-from device.types import Box, Detection, RgbImage
+from device.types import Box, Detection, FrameViews, Letterbox, RgbImage
 
 log = logging.getLogger(__name__)
 
@@ -40,22 +40,23 @@ SSD_KEYPOINT_LAYOUT = np.array(
 )
 
 
-@dataclass(frozen=True)
-class Letterbox:
-    """Where the frame sits inside the square model input: input = frame * scale + pad."""
+def letterbox_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """Where a ``width`` x ``height`` frame lands in a ``size`` square: (inner width, inner height, pad x,
+    pad y). The camera's ISP can scale to the inner size directly (``device.vision.views``)."""
+    scale = size / max(height, width)
+    new_w = min(size, max(1, round(width * scale)))
+    new_h = min(size, max(1, round(height * scale)))
+    return new_w, new_h, (size - new_w) // 2, (size - new_h) // 2
 
-    tensor: NDArray[np.uint8]  # (size, size, 3) RGB
-    scale_x: float
-    scale_y: float
-    pad_x: int
-    pad_y: int
 
-    def to_frame(self, points: NDArray[np.float32]) -> NDArray[np.float32]:
-        """Input-pixel (x, y) pairs in the last axis back to frame pixels."""
-        out = np.empty_like(points)
-        out[..., 0] = (points[..., 0] - self.pad_x) / self.scale_x
-        out[..., 1] = (points[..., 1] - self.pad_y) / self.scale_y
-        return out
+def padded(inner: RgbImage, width: int, height: int, size: int) -> Letterbox:
+    """``inner`` (already scaled to the letterbox's inner size) placed on the black ``size`` square."""
+    new_w, new_h, pad_x, pad_y = letterbox_geometry(width, height, size)
+    if inner.shape[:2] != (new_h, new_w):
+        raise ValueError(f"letterbox inner picture is {inner.shape[1]}x{inner.shape[0]}, not {new_w}x{new_h}")
+    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = inner
+    return Letterbox(canvas, new_w / width, new_h / height, pad_x, pad_y)
 
 
 def letterbox(image: RgbImage, size: int) -> Letterbox:
@@ -68,15 +69,9 @@ def letterbox(image: RgbImage, size: int) -> Letterbox:
     small: NDArray[np.uint8] = image
     while max(small.shape[:2]) >= 2 * size:
         small = np.asarray(cv2.pyrDown(small), dtype=np.uint8)
-    scale = size / max(height, width)
-    new_w = min(size, max(1, round(width * scale)))
-    new_h = min(size, max(1, round(height * scale)))
+    new_w, new_h, _, _ = letterbox_geometry(width, height, size)
     resized = np.asarray(cv2.resize(small, (new_w, new_h), interpolation=cv2.INTER_LINEAR), dtype=np.uint8)
-    pad_x = (size - new_w) // 2
-    pad_y = (size - new_h) // 2
-    canvas = np.zeros((size, size, 3), dtype=np.uint8)
-    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
-    return Letterbox(canvas, new_w / width, new_h / height, pad_x, pad_y)
+    return padded(resized, width, height, size)
 
 
 def blazeface_anchors(grid: int = BLAZEFACE_GRID) -> NDArray[np.float32]:
@@ -254,13 +249,18 @@ class FaceDetector:
         self.infrared = infrared
         self.last_frame_grey = False  # what the last ``detect`` saw (health, bench)
 
-    def detect(self, image_rgb: RgbImage) -> list[Detection]:
+    def detect(self, image_rgb: RgbImage, views: FrameViews | None = None) -> list[Detection]:
+        """Faces in ``image_rgb``; ``views`` may bring its letterbox and grey test, prepared off the
+        pipeline thread (the capture thread or the camera's ISP), so that only inference is left here."""
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
             raise ValueError(
                 f"expected an RGB uint8 image (H, W, 3), got {image_rgb.dtype} {image_rgb.shape}"
             )
-        boxed = letterbox(image_rgb, self.input_size)
-        grey = self.infrared or is_grey(image_rgb)
+        prepared = views.detector_input if views is not None else None
+        fits = prepared is not None and prepared.tensor.shape == (self.input_size, self.input_size, 3)
+        boxed = prepared if prepared is not None and fits else letterbox(image_rgb, self.input_size)
+        colourless = views.colourless if views is not None else None
+        grey = self.infrared or (is_grey(image_rgb) if colourless is None else colourless)
         self.last_frame_grey = grey
         tensor = skin_tinted(boxed.tensor) if grey else boxed.tensor
         outputs = self.model.run_pixels(tensor[None], PIXEL_MEAN, PIXEL_STD)

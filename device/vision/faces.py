@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from device.config import DEFAULT_MAX_IMAGE_PIXELS, UnitConfig
 from device.timing import LatencyRecorder, TimedModel
-from device.types import Detection, RgbImage, Vector
+from device.types import Detection, FrameViews, RgbImage, Vector
 from device.vision.picture_header import picture_dimensions
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,9 @@ class ImageError(Exception):
 
 
 class Detector(Protocol):
-    def detect(self, image_rgb: RgbImage) -> list[Detection]: ...
+    input_size: int  # the side of the square model input (the letterbox the capture thread prepares)
+
+    def detect(self, image_rgb: RgbImage, views: FrameViews | None = None) -> list[Detection]: ...
 
 
 class Embedder(Protocol):

@@ -46,10 +46,12 @@ class MotionGate:
         self._config = config
         self._previous: GreyImage | None = None
 
-    def update(self, image: RgbImage) -> MotionResult:
+    def update(self, image: RgbImage, grey: GreyImage | None = None) -> MotionResult:
+        """``grey``: the frame's small grey picture when the capture side prepared it (the Y plane of the
+        Pi camera's low-resolution stream, or the capture thread's ``downscaled_grey``)."""
         if not self._config.enabled:
             return MotionResult(moved=True, changed_fraction=1.0)
-        current = downscaled_grey(image, self._config.downscale_width)
+        current = grey if grey is not None else downscaled_grey(image, self._config.downscale_width)
         previous, self._previous = self._previous, current
         if previous is None or previous.shape != current.shape:
             return MotionResult(moved=True, changed_fraction=1.0)
