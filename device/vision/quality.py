@@ -25,6 +25,7 @@ from typing import Generic, TypeVar
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
 from device.config import QualitySection
 from device.types import Detection, Keypoint, RgbImage
@@ -92,10 +93,13 @@ def estimate_roll_deg(keypoints: np.ndarray) -> float:
     return math.degrees(math.atan2(float(left_eye[1] - right_eye[1]), float(left_eye[0] - right_eye[0])))
 
 
-def clipped_crop(image: RgbImage, detection: Detection, trim: float = 0.0) -> tuple[RgbImage, float]:
-    """The box's pixels inside the frame (trimmed by ``trim`` per side) and the fraction outside it."""
+def crop_bounds(
+    shape: tuple[int, ...], detection: Detection, trim: float = 0.0
+) -> tuple[int, int, int, int, float]:
+    """The box (trimmed by ``trim`` per side) clipped to the frame: x0, y0, x1, y1 (x1 >= x0, y1 >= y0)
+    and the fraction of the box outside the frame."""
     box = detection.box
-    height, width = image.shape[:2]
+    height, width = shape[:2]
     dx, dy = box.width * trim, box.height * trim
     x0, y0, x1, y1 = box.x0 + dx, box.y0 + dy, box.x1 - dx, box.y1 - dy
     cx0, cy0 = max(0, math.floor(x0)), max(0, math.floor(y0))
@@ -103,31 +107,34 @@ def clipped_crop(image: RgbImage, detection: Detection, trim: float = 0.0) -> tu
     area = max(1e-6, (x1 - x0) * (y1 - y0))
     inside = max(0, cx1 - cx0) * max(0, cy1 - cy0)
     outside = max(0.0, 1.0 - inside / area)
-    return image[cy0 : max(cy0, cy1), cx0 : max(cx0, cx1)], outside
+    return cx0, cy0, max(cx0, cx1), max(cy0, cy1), outside
 
 
-def sharpness(crop: RgbImage) -> float:
-    if crop.size == 0:
+def grey_sharpness(grey: NDArray[np.uint8]) -> float:
+    if grey.size == 0:
         return 0.0
-    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
     square = cv2.resize(grey, (SHARPNESS_SIDE_PX, SHARPNESS_SIDE_PX), interpolation=cv2.INTER_AREA)
     return float(cv2.Laplacian(square, cv2.CV_32F).var())
 
 
-def brightness(crop: RgbImage) -> float:
+def grey_of(crop: RgbImage) -> NDArray[np.uint8]:
     if crop.size == 0:
-        return 0.0
-    return float(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).mean())
+        return np.zeros(crop.shape[:2], dtype=np.uint8)
+    return np.asarray(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
 
 
 def assess(image: RgbImage, detection: Detection, config: QualitySection) -> QualityReport:
-    face, outside = clipped_crop(image, detection)
-    inner, _ = clipped_crop(image, detection, trim=INNER_FACE)
+    """Measured on the face's crop only: one grey conversion of the box, the inner face a view of it."""
+    x0, y0, x1, y1, outside = crop_bounds(image.shape, detection)
+    grey = grey_of(image[y0:y1, x0:x1])
+    ix0, iy0, ix1, iy1, _ = crop_bounds(image.shape, detection, trim=INNER_FACE)
+    # the trimmed box lies inside the box, so the inner face's grey is a part of the face's grey
+    inner = grey[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
     size = min(detection.box.width, detection.box.height)
-    sharp = sharpness(face)
+    sharp = grey_sharpness(grey)
     yaw = estimate_yaw_deg(detection.keypoints)
     roll = estimate_roll_deg(detection.keypoints)
-    light = brightness(inner)
+    light = float(inner.mean()) if inner.size else 0.0
     reasons: list[QualityReason] = []
     if size < config.min_face_px:
         reasons.append(QualityReason.TOO_SMALL)
