@@ -1,9 +1,16 @@
 """The unit's main loop: capture -> motion gate -> detect -> track -> quality -> align -> embed -> match ->
 decide -> publish.
 
-``Pipeline`` is the per-frame chain, synchronous and free of threads so that tests and the benchmark can
-drive it frame by frame. ``Runner`` adds the service around it: the capture thread with its latest-frame
-buffer, claims dropped by ``device claim``, periodic health, the systemd watchdog and a clean stop.
+``Pipeline`` is the per-frame chain, synchronous so that tests and the benchmark can drive it frame by
+frame. ``Runner`` adds the service around it: the capture thread with its latest-frame buffer, claims
+dropped by ``device claim``, periodic health, the systemd watchdog and a clean stop.
+
+Work off the pipeline thread (issue 16): the capture side prepares each frame's views (the motion gate's
+grey picture, the detector's letterbox: ``device.vision.views``), and the ``Runner`` hands the pipeline the
+next frame before the current one (``Pipeline.prefetch``), so that its detection runs on a worker thread
+while this frame's faces are assessed, aligned, embedded and decided. With an accelerator the frame then
+costs about max(inference, CPU work) instead of their sum. Detection is a pure function of the frame, so
+the results are the same either way; a detection made ahead and not needed is dropped (and counted).
 
 Order of work per frame, cheapest first, so that an empty entrance costs almost nothing:
 1. the motion gate on a downscaled grey frame; the detector runs only when something moved or a track is
@@ -25,6 +32,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +45,7 @@ from device.identity.claims import ClaimDrop
 from device.identity.decide import ClaimSlot, VisitBook, decide
 from device.identity.match import CachedIndex, GalleryView
 from device.timing import LatencyRecorder
-from device.types import Decision, DecisionType, Frame, PadOutcome, RgbImage, Track, TrackState
+from device.types import Decision, DecisionType, Detection, Frame, PadOutcome, RgbImage, Track, TrackState
 from device.unit.sysinfo import cpu_temperature_c
 from device.vision.capture import CaptureThread
 from device.vision.faces import Aligner, Detector, Embedder, Stages
@@ -60,6 +68,50 @@ class Chip:
 
     image: RgbImage
     pad: PadSample | None = None
+
+
+class DetectAhead:
+    """Detections of frames handed over in advance, made on one worker thread (started on first use).
+
+    ``take(seq)`` gives the pending detection of frame ``seq``; any older one still pending belongs to a
+    frame that will not be processed and is dropped.
+    """
+
+    def __init__(self, detect: Callable[[Frame], list[Detection]]) -> None:
+        self._detect = detect
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: dict[int, Future[list[Detection]]] = {}
+        self.submitted = 0
+        self.discarded = 0
+
+    def submit(self, frame: Frame) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect-ahead")
+        self._drop(self._pending.pop(frame.seq, None))
+        self._pending[frame.seq] = self._executor.submit(self._detect, frame)
+        self.submitted += 1
+
+    def take(self, seq: int) -> Future[list[Detection]] | None:
+        for older in [pending for pending in self._pending if pending < seq]:
+            self._drop(self._pending.pop(older))
+        return self._pending.pop(seq, None)
+
+    def drop(self, seq: int) -> None:
+        """Frame ``seq`` needs no detection after all."""
+        self._drop(self.take(seq))
+
+    def _drop(self, future: Future[list[Detection]] | None) -> None:
+        if future is not None:
+            future.cancel()
+            self.discarded += 1
+
+    def close(self) -> None:
+        for future in self._pending.values():
+            self._drop(future)
+        self._pending.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
 
 
 class Pipeline:
@@ -93,6 +145,8 @@ class Pipeline:
         self._model_health = model_health
         self._clock = clock
         self._motion = MotionGate(config.motion)
+        self._ahead = DetectAhead(lambda frame: self._detect_now(frame, "detect_ahead"))
+        self._detected_last = False
         self._tracker = Tracker(config.tracking)
         self._book: VisitBook[Chip] = VisitBook(config.quality, config.matching)
         self._started = clock()
@@ -140,18 +194,47 @@ class Pipeline:
 
     def _process(self, frame: Frame) -> list[Decision]:
         image = frame.image
+        grey = frame.views.motion_grey if frame.views is not None else None
         with self.latencies.time("motion"):
-            moved = self._motion.update(image).moved
-        if not self._should_detect(moved):
+            moved = self._motion.update(image, grey).moved
+        self._detected_last = self._should_detect(moved)
+        if not self._detected_last:
             self.motion_skips += 1
+            self._ahead.drop(frame.seq)
             return []
-        with self.latencies.time("detect"):
-            detections = self._detector.detect(image)
+        ahead = self._ahead.take(frame.seq)
+        if ahead is None:
+            detections = self._detect_now(frame)
+        else:
+            with self.latencies.time("detect_wait"):  # what the worker had not finished yet
+                detections = ahead.result()
         self.detector_runs += 1
         with self.latencies.time("track"):
             update = self._tracker.update(detections, frame.ts)
         self._observe(image, update)
         return self._conclude(update)
+
+    def _detect_now(self, frame: Frame, stage: str = "detect") -> list[Detection]:
+        with self.latencies.time(stage):  # "detect_ahead" on the worker thread
+            return self._detector.detect(frame.image, frame.views)
+
+    def prefetch(self, frame: Frame) -> bool:
+        """Starts detecting ``frame``, the one after the frame about to be processed, on the worker thread
+        if the detector will probably run on it (a visit in progress, or the detector ran on the last
+        frame, or the motion gate is off); ``process(frame)`` then takes that result. True when started.
+
+        Only a guess: whether the detector runs is still decided in ``process``, exactly as without it.
+        """
+        if self.config.matching.require_claim and self.claims.peek() is None and not self._tracker.has_active:
+            return False
+        if self.config.motion.enabled and not (self._tracker.has_active or self._detected_last):
+            return False
+        self._ahead.submit(frame)
+        return True
+
+    def close(self) -> None:
+        """Stops the detect-ahead worker (if it was started); pending detections are dropped."""
+        self._ahead.close()
 
     def _should_detect(self, moved: bool) -> bool:
         if self._tracker.has_active:
@@ -315,6 +398,8 @@ class Pipeline:
             "frames_processed": self.frames,
             "detector_runs": self.detector_runs,
             "motion_skipped": self.motion_skips,
+            "detected_ahead": self._ahead.submitted,
+            "detected_ahead_unused": self._ahead.discarded,
             "active_tracks": self.active_tracks,
             "decisions": dict(self.decision_counts),
             "armed": self.config.matching.require_claim,
@@ -350,8 +435,10 @@ class Runner:
         on_decision: Callable[[Decision], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         cpu_temperature: Callable[[], float | None] = cpu_temperature_c,
+        detect_ahead: bool = True,
     ) -> None:
         self.pipeline = pipeline
+        self._detect_ahead = detect_ahead
         self.capture = capture
         self.publisher = publisher
         self.stop_event = stop_event
@@ -381,6 +468,7 @@ class Runner:
         self._notify("ready", f"running, gallery {self.pipeline.gallery_state()}")
         next_health = self._clock()  # a first report right away, then every interval
         next_claims = 0.0
+        upcoming: Frame | None = None  # taken from the capture buffer early, its detection under way
         try:
             while not self.stop_event.is_set():
                 self._notify_watchdog()
@@ -393,15 +481,23 @@ class Runner:
                     self.publisher.publish_health(health)
                     self._notify("status", summary_line(health))
                     next_health = now + self._health_interval_s
-                frame = self.capture.get(timeout_s=FRAME_WAIT_S)
+                frame = upcoming if upcoming is not None else self.capture.get(timeout_s=FRAME_WAIT_S)
+                upcoming = None
                 if frame is None:
                     if self.capture.finished:
                         break
                     continue
+                if self._detect_ahead:
+                    # Only a frame that is already waiting: a camera faster than the pipeline has one,
+                    # an idle entrance does not (and then there is nothing to overlap anyway).
+                    upcoming = self.capture.get(timeout_s=0.0)
+                    if upcoming is not None:
+                        self.pipeline.prefetch(upcoming)
                 self._handle(self.pipeline.process(frame))
         finally:
             self._notify("stopping", "stopping")
             self.capture.stop()
+            self.pipeline.close()
             self._handle(self.pipeline.finish())
             self.publisher.publish_health(self.health())
         if self.capture.error is not None:
