@@ -11,6 +11,8 @@ next frame before the current one (``Pipeline.prefetch``), so that its detection
 while this frame's faces are assessed, aligned, embedded and decided. With an accelerator the frame then
 costs about max(inference, CPU work) instead of their sum. Detection is a pure function of the frame, so
 the results are the same either way; a detection made ahead and not needed is dropped (and counted).
+The service detects ahead only where that pays (``detect_ahead_pays``): on a CPU whose every core runs
+the models' threads, a worker thread only slows inference down (``make bench`` measures both ways).
 
 Order of work per frame, cheapest first, so that an empty entrance costs almost nothing:
 1. the motion gate on a downscaled grey frame; the detector runs only when something moved or a track is
@@ -28,6 +30,7 @@ embeddings are local to ``_decide``, and a visit that ends before it was confirm
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter, deque
@@ -68,6 +71,18 @@ class Chip:
 
     image: RgbImage
     pad: PadSample | None = None
+
+
+def detect_ahead_pays(detector_state: str, cpus: int | None, cpu_threads: int) -> tuple[bool, str]:
+    """Whether detecting the next frame on a worker thread shortens the frame, and why: yes when the
+    detector runs on an accelerator (its inference leaves the CPU to the pipeline thread) or when the CPU
+    has a core the models' threads leave free; no when every core runs inference, where the parallel
+    parts only slow the models down (measured: ``inference_slowdown_when_overlapped`` in ``make bench``)."""
+    if not detector_state.startswith("cpu"):
+        return True, f"the detector runs on {detector_state.split(' ')[0]}, the CPU is free meanwhile"
+    if cpus is not None and cpus > cpu_threads:
+        return True, f"{cpus} CPU cores, the models use {cpu_threads}: one is left for the pipeline thread"
+    return False, f"{cpus} CPU cores all run the models' {cpu_threads} threads: a worker would slow them"
 
 
 class DetectAhead:
@@ -235,6 +250,12 @@ class Pipeline:
     def close(self) -> None:
         """Stops the detect-ahead worker (if it was started); pending detections are dropped."""
         self._ahead.close()
+
+    def detect_ahead_pays(self) -> tuple[bool, str]:
+        """``detect_ahead_pays`` for this pipeline's detector, now (an Edge TPU may have fallen back)."""
+        models = self._model_health() if self._model_health is not None else {}
+        state = str(models.get("detector", {}).get("state", "cpu"))
+        return detect_ahead_pays(state, os.cpu_count(), self.config.models.cpu_threads)
 
     def _should_detect(self, moved: bool) -> bool:
         if self._tracker.has_active:
@@ -435,10 +456,12 @@ class Runner:
         on_decision: Callable[[Decision], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         cpu_temperature: Callable[[], float | None] = cpu_temperature_c,
-        detect_ahead: bool = True,
+        detect_ahead: bool | None = None,
     ) -> None:
         self.pipeline = pipeline
-        self._detect_ahead = detect_ahead
+        self._detect_ahead_forced = detect_ahead  # None: where it pays (checked with every health report)
+        self._detect_ahead = bool(detect_ahead)
+        self.detect_ahead_reason = "set by the caller"
         self.capture = capture
         self.publisher = publisher
         self.stop_event = stop_event
@@ -458,6 +481,8 @@ class Runner:
         health["dropped_frames"] = capture["dropped_frames"]
         health["camera_reconnects"] = capture["reconnects"]
         health["cpu_temp_c"] = self._cpu_temperature()
+        health["detect_ahead"] = self._detect_ahead
+        health["detect_ahead_reason"] = short(self.detect_ahead_reason)
         if capture["state"] == "reconnecting":
             health["alarms"] = [*health["alarms"], "camera_lost"]
         return health
@@ -477,6 +502,7 @@ class Runner:
                     self._take_claims()
                     next_claims = now + CLAIM_POLL_S
                 if now >= next_health:
+                    self._choose_detect_ahead()
                     health = self.health()
                     self.publisher.publish_health(health)
                     self._notify("status", summary_line(health))
@@ -504,6 +530,16 @@ class Runner:
             log.error("capture failed: %s", self.capture.error)
             return 1
         return 0
+
+    def _choose_detect_ahead(self) -> None:
+        if self._detect_ahead_forced is not None:
+            return
+        chosen, self.detect_ahead_reason = self.pipeline.detect_ahead_pays()
+        if chosen != self._detect_ahead:
+            log.info(
+                "detecting the next frame ahead: %s (%s)", "on" if chosen else "off", self.detect_ahead_reason
+            )
+        self._detect_ahead = chosen
 
     def _handle(self, decisions: list[Decision]) -> None:
         if self._on_decision is not None:

@@ -178,14 +178,17 @@ def test_frame_by_frame_the_demo_clip_is_decided_as_before(demo: DemoSetting) ->
     assert pipeline.detector_runs == PINNED_DETECTOR_RUNS
 
 
-def test_the_service_loop_decides_the_demo_clip_as_before(demo: DemoSetting) -> None:
-    """With the views prepared on the capture thread and detection made ahead on the worker thread."""
+@pytest.mark.parametrize("detect_ahead", [True, False], ids=["detect-ahead", "one-thread"])
+def test_the_service_loop_decides_the_demo_clip_as_before(demo: DemoSetting, detect_ahead: bool) -> None:
+    """With the views prepared on the capture thread, and detection made ahead on the worker thread or
+    on the pipeline thread."""
     publisher = RecordingPublisher()
     pipeline = pipeline_for(demo, publisher)
     views = ViewSpec.for_unit(demo.config, demo.stages.detector.input_size)
     capture = CaptureThread(FileSource(demo.clip), buffer_capacity=2, views=views)
-    assert Runner(pipeline, capture, publisher, stop_event=threading.Event()).run() == 0
+    runner = Runner(pipeline, capture, publisher, stop_event=threading.Event(), detect_ahead=detect_ahead)
+    assert runner.run() == 0
     assert_as_pinned(publisher.decisions, PINNED[variant_of(demo)])
     assert pipeline.detector_runs == PINNED_DETECTOR_RUNS
-    health = pipeline.health()
-    assert health["detected_ahead"] > 0  # the overlap did happen (how often depends on the decoder)
+    # the overlap did happen (how often depends on the decoder's pace), or not at all
+    assert (pipeline.health()["detected_ahead"] > 0) is detect_ahead

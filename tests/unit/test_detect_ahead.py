@@ -25,7 +25,7 @@ from device.identity.match import InMemoryGallery
 from device.types import Decision, Detection, Frame, FrameViews, RgbImage
 from device.unit.bench import MemorySource
 from device.unit.democlip import hallway
-from device.unit.pipeline import Pipeline, Runner
+from device.unit.pipeline import Pipeline, Runner, detect_ahead_pays
 from device.vision.capture import CaptureThread
 from device.vision.faces import FaceAnalyzer, Stages
 from device.vision.views import ViewSpec
@@ -113,7 +113,8 @@ def recording_pipeline(
 def run_service_loop(pipeline: Pipeline, frames: list[RgbImage], config: UnitConfig) -> None:
     views = ViewSpec.for_unit(config, pipeline._detector.input_size)
     capture = CaptureThread(MemorySource(frames), buffer_capacity=2, views=views)
-    assert Runner(pipeline, capture, RecordingPublisher(), stop_event=threading.Event()).run() == 0
+    runner = Runner(pipeline, capture, RecordingPublisher(), stop_event=threading.Event(), detect_ahead=True)
+    assert runner.run() == 0
 
 
 def outcome(decisions: list[Decision]) -> list[tuple[int, str, float | None, int]]:
@@ -190,3 +191,25 @@ def test_the_service_loop_leaves_no_worker_thread_behind(
     run_service_loop(pipeline, [frame.image for frame in clip[:20]], config)
     assert any(call.thread.startswith(WORKER) for call in detector.calls)
     assert not [thread for thread in threading.enumerate() if thread.name.startswith(WORKER)]
+
+
+def test_the_service_detects_ahead_only_where_it_pays() -> None:
+    """An accelerator leaves the CPU free; a spare core does too; two cores both running the models'
+    two threads do not (``make bench`` measured inference 1.6 times slower there with a worker)."""
+    assert detect_ahead_pays("edgetpu:usb", 2, 2)[0]
+    assert detect_ahead_pays("cpu", 4, 2)[0]
+    chosen, why = detect_ahead_pays("cpu:fallback (no Edge TPU found)", 2, 2)
+    assert not chosen and "2 CPU cores" in why
+    assert not detect_ahead_pays("cpu", 1, 1)[0]
+
+
+def test_the_runner_reports_its_choice_in_health(stages: Stages, gallery: InMemoryGallery) -> None:
+    config = unit_config()
+    publisher = RecordingPublisher()
+    pipeline = Pipeline.from_stages(config, stages, gallery=gallery, publisher=publisher)
+    capture = CaptureThread(MemorySource([hallway(640, 480)] * 3), buffer_capacity=2)
+    runner = Runner(pipeline, capture, publisher, stop_event=threading.Event())
+    assert runner.run() == 0
+    expected, why = pipeline.detect_ahead_pays()
+    assert publisher.health[-1]["detect_ahead"] is expected
+    assert publisher.health[-1]["detect_ahead_reason"] == why
