@@ -288,16 +288,7 @@ EFFICIENCY_KEYS = (
 # detect worker, "detect_wait" is the pipeline thread waiting for the worker, the rest on the pipeline
 # thread ("detect" there only for a frame that was not detected ahead).
 SHARE_STAGES = (
-    "views",
-    "motion",
-    "detect",
-    "detect_ahead",
-    "detect_wait",
-    "track",
-    "quality",
-    "align",
-    "embed",
-    "match",
+    *(stage for stage in STAGES_REPORTED if stage != "frame"),
     "pad",
     "detector_inference",
     "embedder_inference",
