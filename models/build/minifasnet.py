@@ -48,15 +48,6 @@ SCALE_JITTER = (0.85, 1.2)  # of the crop scale: BlazeFace boxes vary by detecto
 CENTRE_JITTER = 0.08  # of the face box side
 GAIN = (0.6, 1.35)
 MAX_OFFSET = 25.0
-CALIBRATION_IMAGES = [
-    "obama.jpg",
-    "obama2.jpg",
-    "obama3.jpg",
-    "biden.jpg",
-    "obama_partial_face.jpg",
-    "obama_partial_face2.jpg",
-    *(f"sample{i}.jpg" for i in range(1, 7)),
-]
 
 
 @dataclass(frozen=True)
@@ -294,7 +285,7 @@ def calibration_crops(scale: float) -> list[np.ndarray]:
                                                    "cpu_variant": "float"}})  # fmt: skip
     detector = load_stages(config).detector
     rng = np.random.default_rng(SEED)
-    images = [fixtures.load_rgb(name) for name in CALIBRATION_IMAGES]
+    images = [fixtures.load_rgb(name) for name in fixtures.FACE_IMAGES]
     images.append(fixtures.astronaut_rgb())
     samples = []
     for image in images:
