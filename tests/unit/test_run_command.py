@@ -16,6 +16,7 @@ import pytest
 from gallery_helpers import init_unit
 from pipeline_support import MODELS as REPO_MODELS
 from pipeline_support import entrance_clip, shipped_stages
+from tamper_support import flip_one_bit
 
 from device.cli import main
 from device.unit.democlip import DemoClip
@@ -205,9 +206,7 @@ def test_a_tampered_model_file_stops_the_unit_with_exit_2(
     models = tmp_path / "models"
     shutil.copytree(REPO_MODELS, models)
     victim = next(models.rglob("*_float*.tflite"))
-    data = bytearray(victim.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    victim.write_bytes(bytes(data))
+    flip_one_bit(victim)
     unit = init_unit(tmp_path)
     text = unit.config_path.read_text().split("[models]")[0]
     unit.config_path.write_text(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tamper_support import flip_one_bit
 
 from device import fixtures
 from device.config import UnitConfig
@@ -163,9 +164,7 @@ def copy_models(tmp_path: Path) -> Path:
 def test_a_tampered_texture_model_is_refused(tmp_path: Path, variant: str) -> None:
     models_dir = copy_models(tmp_path)
     path = models_dir / "minifasnet" / f"minifasnet_v1se_{variant}.tflite"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01  # one bit flipped in the weights
-    path.write_bytes(bytes(data))
+    flip_one_bit(path)
     with pytest.raises(ModelFileError, match="does not match the manifest"):
         open_texture_cue(config_for(variant, models_dir))
 
