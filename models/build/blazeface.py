@@ -17,13 +17,11 @@ Steps, each needed by the next:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,8 +31,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from device import fixtures  # noqa: E402  (the repo is put on the path just above)
+from buildkit import build_arguments, log_progress  # noqa: E402  (the paths are set just above)
+
+from device import fixtures  # noqa: E402
 from device.vision.detect import blazeface_anchors, decode_blazeface, letterbox, weighted_nms  # noqa: E402
 
 log = logging.getLogger("models.build.blazeface")
@@ -351,12 +352,10 @@ def manifest_entry(float_model: bytes, int8_model: bytes, metrics: dict[str, obj
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=REPO / "models")
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "entrance-camera-build")
+    parser = build_arguments(__doc__.splitlines()[0])
     parser.add_argument("--no-metrics", action="store_true", help="skip measuring (faster rebuild check)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_progress()
     args.cache.mkdir(parents=True, exist_ok=True)
 
     source = fetch_source(args.cache)

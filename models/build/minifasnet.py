@@ -22,12 +22,10 @@ node types these two graphs use), then converted:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from buildkit import build_arguments, log_progress, quantise_full_int8  # noqa: E402  (path set just above)
 
 log = logging.getLogger("models.build.minifasnet")
 
@@ -256,11 +257,7 @@ def convert(onnx_bytes: bytes, samples: list[np.ndarray] | None) -> bytes:
             for sample in samples:
                 yield [sample]
 
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = dataset
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.uint8
+        quantise_full_int8(converter, dataset)
     return bytes(converter.convert())
 
 
@@ -420,13 +417,11 @@ def update_manifest(models_dir: Path, name: str, entry: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=REPO / "models")
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "entrance-camera-build")
+    parser = build_arguments(__doc__.splitlines()[0])
     parser.add_argument("--float-only", action="store_true", help="skip int8 and metrics")
     parser.add_argument("--no-metrics", action="store_true", help="skip measuring (faster rebuild check)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_progress()
 
     target = args.models_dir / "minifasnet"
     target.mkdir(parents=True, exist_ok=True)
