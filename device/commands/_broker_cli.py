@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from device.config import UnitConfig
-from device.events.consumer import ConsumerSettings
+from device.events.consumer import ConsumerSettings, EventConsumer
 
 
 def add_broker_options(
@@ -54,6 +55,21 @@ def consumer_settings(
         prefix=args.prefix or config.mqtt.topic_prefix,
         **session,
     )
+
+
+def listen(
+    consumer: EventConsumer, until: threading.Event, timeout_s: float, *, subscribe_wait_s: float, label: str
+) -> None:
+    """Says ``<label> <topic filter>`` on stderr once subscribed (within ``subscribe_wait_s``), then runs
+    until ``until`` is set, ``timeout_s`` has passed (0: no limit) or Ctrl-C; stops the consumer after."""
+    if consumer.subscribed.wait(subscribe_wait_s):
+        print(f"{label} {consumer.topic_filter}", file=sys.stderr, flush=True)
+    try:
+        until.wait(timeout_s or None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.stop()
 
 
 def print_cannot_connect(settings: ConsumerSettings, error: BaseException) -> None:

@@ -19,6 +19,7 @@ from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, confi
 from device.commands._broker_cli import (
     add_broker_options,
     consumer_settings,
+    listen,
     print_cannot_connect,
     required_ca_file,
 )
@@ -68,13 +69,8 @@ def run_door(args: argparse.Namespace, *, pin_factory: object = None) -> int:
         door.close()
         print_cannot_connect(settings, error)
         return EXIT_FAILURE
-    if consumer.subscribed.wait(30.0):
-        print(f"door listening on {consumer.topic_filter}", file=sys.stderr, flush=True)
     try:
-        stop.wait(args.timeout or None)
-    except KeyboardInterrupt:
-        pass
+        listen(consumer, stop, args.timeout, subscribe_wait_s=30.0, label="door listening on")
     finally:
-        consumer.stop()
         door.close()
     return EXIT_OK

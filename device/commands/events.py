@@ -21,6 +21,7 @@ from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, confi
 from device.commands._broker_cli import (
     add_broker_options,
     consumer_settings,
+    listen,
     print_cannot_connect,
     required_ca_file,
 )
@@ -131,12 +132,5 @@ def tail_events(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print_cannot_connect(settings, error)
         return EXIT_FAILURE
-    if consumer.subscribed.wait(args.timeout or 30.0):
-        print(f"listening on {consumer.topic_filter}", file=sys.stderr, flush=True)
-    try:
-        done.wait(args.timeout or None)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        consumer.stop()
+    listen(consumer, done, args.timeout, subscribe_wait_s=args.timeout or 30.0, label="listening on")
     return EXIT_OK if not args.count or printed >= args.count else EXIT_FAILURE
