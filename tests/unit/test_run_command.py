@@ -52,6 +52,19 @@ def start_unit(config: Path, env: dict[str, str] | None = None) -> subprocess.Po
     )
 
 
+def stop_with_sigterm(process: subprocess.Popen[str]) -> int:
+    """What systemd does to stop the unit; the exit code it ends with."""
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=30)
+
+
+def kill_if_running(process: subprocess.Popen[str]) -> None:
+    """After a failed assertion: never leave a unit running behind the test."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 def notifications(sock: socket.socket) -> list[str]:
     """Every sd_notify datagram received so far, one ``KEY=value`` line each."""
     lines = []
@@ -98,12 +111,9 @@ def test_run_decides_listens_on_no_port_and_stops_cleanly_on_sigterm(clip: DemoC
         assert decision["type"] == "unknown" and decision["subject"] is None
         assert decision["reasons"] == ["gallery_empty"]
         assert listening_sockets_of(process.pid) == []
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
+        code = stop_with_sigterm(process)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_if_running(process)
     assert process.stderr is not None
     stderr = process.stderr.read()
     assert code == 0, stderr
@@ -131,12 +141,9 @@ def test_without_a_camera_the_unit_keeps_retrying_and_stops_on_sigterm(tmp_path:
             retries += "camera unavailable" in line
         assert retries == 2
         assert process.poll() is None
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
+        code = stop_with_sigterm(process)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_if_running(process)
     assert code == 0
 
 
