@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from device import fixtures
 from device.config import UnitConfig, parse_config
+from device.events.payloads import HealthParts
 from device.types import Decision, Frame
 from device.unit.bench import decoded_frames
 from device.unit.democlip import DemoClip, Walk, make_clip
@@ -53,6 +54,19 @@ def entrance_clip(path: Path, analyzer: FaceAnalyzer, people: list[tuple[str, st
 def clip_frames(path: Path) -> list[Frame]:
     """The clip's frames stamped as a 15 fps camera would stamp them."""
     return [Frame(image=image, ts=seq / 15.0, seq=seq) for seq, image in enumerate(decoded_frames(path))]
+
+
+def idle_transport() -> HealthParts:
+    """The publisher's part of a health report (nothing queued, broker connected, no command yet), for
+    tests that check the pipeline's part against the published health schema."""
+    return HealthParts(
+        unit="lobby-1",
+        uptime_s=1.0,
+        outbox={"depth": 0, "bytes": 0, "dropped": 0, "last_seq": 0},
+        mqtt={"connected": True, "reconnects": 0, "refused": 0},
+        commands={"accepted": 0, "rejected": 0},
+        alarms=[],
+    )
 
 
 @dataclass

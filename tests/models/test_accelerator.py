@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tamper_support import flip_one_bit
 
 from device.config import ModelsSection
 from device.models.accelerator import Interpreter, load_interpreter, open_model
@@ -223,9 +224,7 @@ def test_tampered_model_file_is_refused(tmp_path: Path) -> None:
     shutil.copytree(REPO_MODELS, target)
     entry = load_manifest(target).models[DETECTOR]
     path = target / entry.files["float"].path
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
+    flip_one_bit(path)
     with pytest.raises(ModelFileError, match="does not match the manifest"):
         open_model(ModelsSection(dir=target, accelerator="cpu", cpu_variant="float"), DETECTOR)
 
