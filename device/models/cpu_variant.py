@@ -9,8 +9,10 @@ So the choice has hysteresis:
   both alike, after a warm-up, in ``BLOCKS`` consecutive blocks of as many pairs as fit in
   ``models.cpu_variant_probe_s`` (at least ``MIN_PAIRS_PER_BLOCK`` each);
 - a file is chosen for speed only when it is faster by ``models.cpu_variant_margin`` or more in every
-  block (median against median): a burst of load that favours one file for part of the probe (on a
-  shared 2-core host the detector's ratio moved between 0.83x and 1.6x that way) is not a reason;
+  block but one (median against median): a burst of load that favours one file for part of the probe
+  (on a shared 2-core host the detector's ratio moved between 0.83x and 1.6x that way) is not a reason,
+  and one disturbed block does not hide a clear winner (the embedder's int8, 2-4x faster, had single
+  blocks down to 1.36x while other jobs ran);
 - otherwise the previous choice for that model stays (kept in ``<state_dir>/cpu_variant.json``);
 - with no previous choice, float: it is the reference the int8 file approximates, and the project's
   thresholds (matching, PAD) were measured on it, so without a clear speed gain it is the safer file.
@@ -37,10 +39,9 @@ CPU_VARIANTS: tuple[CpuVariant, ...] = ("float", "int8")
 DEFAULT_CPU_VARIANT: CpuVariant = "float"
 CPU_VARIANT_CACHE = "cpu_variant.json"
 CPU_VARIANT_LOCK = ".cpu_variant.lock"
-CACHE_FILE_MODE = 0o644  # a timing and a file name: nothing secret
 
 WARMUP_PAIRS = 3  # the first runs pay for allocation and XNNPACK weight packing
-BLOCKS = 5  # the probe in consecutive parts: a file must win in each, not just on the whole
+BLOCKS = 5  # the probe in consecutive parts: a file must win in all of them but one
 MIN_PAIRS_PER_BLOCK = 3  # a median of fewer samples is one sample's luck
 MAX_PAIRS_PER_BLOCK = 40  # fast models: more pairs add nothing once the medians have settled
 
@@ -138,16 +139,19 @@ def time_interleaved(
 
 
 def decide(timing: VariantTiming, *, previous: CpuVariant | None, margin: float) -> CpuChoice:
-    """The file faster by ``margin`` or more in every block; else the previous choice, else float."""
-    slowest, fastest = min(timing.block_speedups), max(timing.block_speedups)
+    """The file faster by ``margin`` or more in all blocks but one; else the previous choice, else float."""
+    ranked = sorted(timing.block_speedups)
+    slowest, fastest = ranked[0], ranked[-1]
+    # the blocks that count: all but the one most favourable to the file that would win
+    int8_at_least, int8_at_most = ranked[min(1, len(ranked) - 1)], ranked[max(0, len(ranked) - 2)]
     margin_text = f"margin {margin:.0%}"
-    if slowest >= 1.0 + margin:
+    if int8_at_least >= 1.0 + margin:
         ratio = timing.int8_speedup
         return CpuChoice("int8", f"int8 {ratio:.2f}x faster than float ({margin_text})", timing)
-    if fastest <= 1.0 / (1.0 + margin):
+    if int8_at_most <= 1.0 / (1.0 + margin):
         ratio = 1.0 / timing.int8_speedup
         return CpuChoice("float", f"float {ratio:.2f}x faster than int8 ({margin_text})", timing)
-    within = f"int8 {slowest:.2f}-{fastest:.2f}x float, not beyond the {margin_text} throughout"
+    within = f"int8 {slowest:.2f}-{fastest:.2f}x float, not beyond the {margin_text} in all blocks but one"
     if previous is not None:
         return CpuChoice(previous, f"{within}: kept previous {previous}", timing)
     default = DEFAULT_CPU_VARIANT
@@ -213,6 +217,6 @@ class ChoiceStore:
                 choices = self._read()
                 choices[name] = remembered.as_dict()
                 text = json.dumps(choices, indent=2, sort_keys=True) + "\n"
-                write_atomically(self.path, text.encode(), mode=CACHE_FILE_MODE)
+                write_atomically(self.path, text.encode())  # private, like every file of the unit
         except OSError as error:
             log.warning("cannot keep the CPU variant choice in %s: %s", self.path, error)
