@@ -1,4 +1,5 @@
-"""`make bench` says which CPU file each model runs from and why; the unit keeps every model's choice."""
+"""Issue 16's acceptance: five consecutive starts of a unit run every model from the same CPU file; and
+`make bench` says which file each model runs from and why."""
 
 from __future__ import annotations
 
@@ -51,3 +52,23 @@ def test_the_presentation_attack_models_keep_their_choice_in_the_units_state_dir
     assert kept["minifasnet_v2"]["variant"] == report["minifasnet_v2"]["variant"]
     again = pad_models(open_liveness(unit_with_state))
     assert again["minifasnet_v2"].health()["cpu_variant_reason"].startswith("kept from first start")
+
+
+def opened_at_start(config: UnitConfig) -> dict[str, Any]:
+    """What a unit start opens (``device run``: the stages, then the PAD stage), by model."""
+    return {**load_stages(config).models, **pad_models(open_liveness(config))}
+
+
+def test_five_consecutive_unit_starts_run_every_model_from_the_same_cpu_file(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    config = unit_config(models={"cpu_variant": "auto"}, unit={"state_dir": str(state_dir)})
+    starts = [opened_at_start(config) for _ in range(5)]
+    first, *later = starts
+    for models in later:
+        assert {name: model.variant for name, model in models.items()} == {
+            name: model.variant for name, model in first.items()
+        }
+        for name, model in models.items():
+            reason = model.health()["cpu_variant_reason"]
+            assert reason == "only CPU file" or reason.startswith("kept from first start"), (name, reason)
