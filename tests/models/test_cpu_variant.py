@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_support import RecordingPublisher, unit_config
+from interpreter_support import ForwardingInterpreter, ManualClock
+from pipeline_support import RecordingPublisher, published_health, unit_config
 
 from device.config import ModelsSection
-from device.events.payloads import HealthParts, build_health
 from device.identity.match import InMemoryGallery
 from device.models.accelerator import Interpreter, load_interpreter, open_model
 from device.models.cpu_variant import (
@@ -45,52 +45,26 @@ MARGIN = ModelsSection().cpu_variant_margin
 Duration = Callable[[str, int, random.Random], float]
 
 
-class ScriptedClock:
-    """A perf_counter that moves only when a model runs, by the duration the script gives that run."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class ScriptedInterpreter:
+class ScriptedInterpreter(ForwardingInterpreter):
     """A real interpreter of a shipped file whose every invoke takes the scripted time on the clock."""
 
-    def __init__(self, inner: Interpreter, variant: str, clock: ScriptedClock, script: Callable[[], float]):
-        self._inner = inner
-        self.variant = variant
+    def __init__(self, inner: Interpreter, clock: ManualClock, script: Callable[[], float]) -> None:
+        super().__init__(inner)
         self._clock = clock
         self._script = script
         self.invocations = 0
 
-    def allocate_tensors(self) -> None:
-        self._inner.allocate_tensors()
-
-    def get_input_details(self) -> list[dict[str, Any]]:
-        return self._inner.get_input_details()
-
-    def get_output_details(self) -> list[dict[str, Any]]:
-        return self._inner.get_output_details()
-
-    def set_tensor(self, tensor_index: int, value: Any) -> None:
-        self._inner.set_tensor(tensor_index, value)
-
     def invoke(self) -> None:
-        self._inner.invoke()
+        super().invoke()
         self.invocations += 1
         self._clock.now += self._script() / 1000.0
-
-    def get_tensor(self, tensor_index: int) -> Any:
-        return self._inner.get_tensor(tensor_index)
 
 
 class ScriptedStart:
     """One process start: fresh interpreters whose timing follows ``duration`` with noise from ``seed``."""
 
     def __init__(self, duration: Duration, seed: int) -> None:
-        self.clock = ScriptedClock()
+        self.clock = ManualClock(start=0.0)
         self.made: list[ScriptedInterpreter] = []
         self._duration = duration
         self._random = random.Random(seed)
@@ -103,7 +77,7 @@ class ScriptedStart:
             self._runs[variant] += 1
             return self._duration(variant, self._runs[variant], self._random)
 
-        made = ScriptedInterpreter(load_interpreter(path, threads, delegates), variant, self.clock, script)
+        made = ScriptedInterpreter(load_interpreter(path, threads, delegates), self.clock, script)
         self.made.append(made)
         return made
 
@@ -255,15 +229,7 @@ def test_the_choice_and_its_reason_are_in_the_published_health(tmp_path: Path) -
     config = unit_config(models={"cpu_variant": "auto"})
     stages = load_stages(config, state_dir=tmp_path)
     pipeline = Pipeline.from_stages(config, stages, gallery=InMemoryGallery(), publisher=RecordingPublisher())
-    parts = HealthParts(
-        unit="lobby-1",
-        uptime_s=1.0,
-        outbox={"depth": 0, "bytes": 0, "dropped": 0, "last_seq": 0},
-        mqtt={"connected": True, "reconnects": 0, "refused": 0},
-        commands={"accepted": 0, "rejected": 0},
-        alarms=[],
-    )
-    health, problems = build_health(parts, pipeline.health())
+    health, problems = published_health(pipeline.health())
     assert problems == []
     for role in ("detector", "embedder"):
         reported = health["pipeline"]["models"][role]

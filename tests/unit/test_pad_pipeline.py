@@ -10,6 +10,7 @@ from pipeline_support import (
     clip_frames,
     embeddings_of,
     entrance_clip,
+    published_health,
     shipped_stages,
     unit_config,
 )
@@ -174,8 +175,6 @@ def test_health_after_pad_visits_still_fits_the_published_schema(
     liveness: LivenessStage,
 ) -> None:
     """PAD adds a stage latency and a decision type to health: the report must still validate."""
-    from device.events.payloads import HealthParts, build_health
-
     pipeline = Pipeline.from_stages(
         unit_config(), stages, gallery=gallery, publisher=RecordingPublisher(), liveness=liveness
     )
@@ -183,15 +182,7 @@ def test_health_after_pad_visits_still_fits_the_published_schema(
     for seq, frame in enumerate(both):  # one stream: stamped as a 15 fps camera would
         pipeline.process(Frame(image=frame.image, ts=seq / 15.0, seq=seq))
     pipeline.finish()
-    parts = HealthParts(
-        unit="lobby-1",
-        uptime_s=1.0,
-        outbox={"depth": 0, "bytes": 0, "dropped": 0, "last_seq": 0},
-        mqtt={"connected": True, "reconnects": 0, "refused": 0},
-        commands={"accepted": 0, "rejected": 0},
-        alarms=[],
-    )
-    health, problems = build_health(parts, pipeline.health())
+    health, problems = published_health(pipeline.health())
     assert problems == []
     assert "pad" in health["pipeline"]["stage_ms"]
     assert health["pipeline"]["decisions"].get("presentation_attack") == 1
