@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from device import fixtures
 from device.config import UnitConfig, parse_config
-from device.events.payloads import HealthParts
+from device.events.payloads import HealthParts, build_health
 from device.types import Decision, Frame
 from device.unit.bench import decoded_frames
 from device.unit.democlip import DemoClip, Walk, make_clip
@@ -31,6 +31,12 @@ def unit_config(**sections: Mapping[str, Any]) -> UnitConfig:
 
 def shipped_stages(config: UnitConfig | None = None) -> Stages:
     return load_stages(config or unit_config())
+
+
+def published_health(pipeline_health: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The health payload of a connected, idle unit around ``pipeline_health``, and the schema problems
+    found in it (``device.events.payloads.build_health``)."""
+    return build_health(idle_transport(), pipeline_health)
 
 
 def embeddings_of(analyzer: FaceAnalyzer, *names: str) -> NDArray[np.float32]:

@@ -10,7 +10,7 @@ from pipeline_support import (
     clip_frames,
     embeddings_of,
     entrance_clip,
-    idle_transport,
+    published_health,
     unit_config,
 )
 
@@ -164,8 +164,6 @@ def test_health_after_pad_visits_still_fits_the_published_schema(
     liveness: LivenessStage,
 ) -> None:
     """PAD adds a stage latency and a decision type to health: the report must still validate."""
-    from device.events.payloads import build_health
-
     pipeline = Pipeline.from_stages(
         unit_config(), stages, gallery=gallery, publisher=RecordingPublisher(), liveness=liveness
     )
@@ -173,7 +171,7 @@ def test_health_after_pad_visits_still_fits_the_published_schema(
     for seq, frame in enumerate(both):  # one stream: stamped as a 15 fps camera would
         pipeline.process(Frame(image=frame.image, ts=seq / 15.0, seq=seq))
     pipeline.finish()
-    health, problems = build_health(idle_transport(), pipeline.health())
+    health, problems = published_health(pipeline.health())
     assert problems == []
     assert "pad" in health["pipeline"]["stage_ms"]
     assert health["pipeline"]["decisions"].get("presentation_attack") == 1

@@ -13,13 +13,12 @@ from pipeline_support import (
     clip_frames,
     embeddings_of,
     entrance_clip,
-    idle_transport,
+    published_health,
     unit_config,
 )
 
 from device.cli import main
 from device.config import UnitConfig
-from device.events.payloads import build_health
 from device.identity.decide import Reason
 from device.identity.gallery import EnrolRequest, LiveGallery, claims_directory
 from device.identity.match import GalleryView, InMemoryGallery
@@ -168,7 +167,7 @@ def test_the_health_report_fits_the_published_health_schema(
     _, frames = clip
     gallery = LiveGallery(tmp_path / "gallery.enc", tmp_path / "missing-master.key")
     pipeline, _, _ = run_clip(frames[:40], stages, gallery)
-    health, problems = build_health(idle_transport(), pipeline.health())
+    health, problems = published_health(pipeline.health())
     assert problems == []
     assert health["pipeline"]["frames_processed"] == 40
     assert "gallery_unavailable" in health["alarms"]  # no key: the unit says so instead of failing
@@ -182,7 +181,7 @@ def test_the_service_health_carries_the_cpu_temperature_within_the_published_sch
     pipeline = Pipeline.from_stages(config, stages, gallery=InMemoryGallery(), publisher=publisher)
     capture = CaptureThread(FileSource(tmp_path / "no-clip.avi"), config.capture.reconnect_backoff_max_s)
     runner = Runner(pipeline, capture, publisher, stop_event=threading.Event(), cpu_temperature=lambda: 61.5)
-    health, problems = build_health(idle_transport(), runner.health())
+    health, problems = published_health(runner.health())
     assert problems == []
     assert health["pipeline"]["cpu_temp_c"] == 61.5
 
