@@ -76,6 +76,24 @@ class ModelsSection(Section):
     reprobe_interval_s: float = Field(default=300.0, ge=10.0, le=86_400.0)
     cpu_threads: int = Field(default=2, ge=1, le=8)
     cpu_variant: Literal["auto", "float", "int8"] = "auto"
+    # 30 %: on the shared 2-core build host the detector's int8/float ratio is ~1.05-1.3 from start to
+    # start (models/README.md, "CPU variant"), so 10-25 % sat on it; a real kernel advantage (the
+    # embedder: 2-4x, the PAD CNNs' float: 3-7x) is far above. int8 also shifts decisions a little,
+    # which a small gain does not pay for.
+    cpu_variant_margin: float = Field(
+        default=0.30,
+        ge=0.0,
+        le=1.0,
+        description="auto: a CPU file replaces the previous choice (or the default, float) only when "
+        "it is faster by at least this fraction in all parts of the timing but one",
+    )
+    cpu_variant_probe_s: float = Field(
+        default=1.5,
+        ge=0.1,
+        le=30.0,
+        description="auto: seconds spent per model timing float and int8 at first start (at least "
+        "15 runs of each, so a slow model may take longer)",
+    )
     pad_texture: list[str] = Field(
         default_factory=lambda: ["minifasnet_v2", "minifasnet_v1se"],
         min_length=1,

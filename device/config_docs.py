@@ -33,7 +33,8 @@ KEY_DOCS: dict[str, str] = {
     "models.edgetpu_device": "which Coral to use: usb, pci, or any (usb first)",
     "models.reprobe_interval_s": "while on the CPU fallback, look for the Edge TPU again this often, seconds",
     "models.cpu_threads": "interpreter threads on the CPU",
-    "models.cpu_variant": "CPU file: float, int8, or auto (time both once, keep the faster)",
+    "models.cpu_variant": "CPU file: float, int8, or auto (time both at first start; switch only "
+    "for a clear margin, else keep the previous choice or float)",
     "motion.enabled": "run the detector only while something moves (or a visit is in progress)",
     "motion.downscale_width": "frames are shrunk to this width, pixels, before comparing",
     "motion.pixel_delta": "grey-level difference from the previous frame that counts a pixel as changed",

@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from device import fixtures
 from device.config import UnitConfig, parse_config
+from device.events.payloads import HealthParts, build_health
 from device.types import Decision, Frame
 from device.unit.bench import decoded_frames
 from device.unit.democlip import DemoClip, Walk, make_clip
@@ -30,6 +31,12 @@ def unit_config(**sections: Mapping[str, Any]) -> UnitConfig:
 
 def shipped_stages(config: UnitConfig | None = None) -> Stages:
     return load_stages(config or unit_config())
+
+
+def published_health(pipeline_health: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The health payload of a connected, idle unit around ``pipeline_health``, and the schema problems
+    found in it (``device.events.payloads.build_health``)."""
+    return build_health(idle_transport(), pipeline_health)
 
 
 def embeddings_of(analyzer: FaceAnalyzer, *names: str) -> NDArray[np.float32]:
@@ -53,6 +60,19 @@ def entrance_clip(path: Path, analyzer: FaceAnalyzer, people: list[tuple[str, st
 def clip_frames(path: Path) -> list[Frame]:
     """The clip's frames stamped as a 15 fps camera would stamp them."""
     return [Frame(image=image, ts=seq / 15.0, seq=seq) for seq, image in enumerate(decoded_frames(path))]
+
+
+def idle_transport() -> HealthParts:
+    """The publisher's part of a health report (nothing queued, broker connected, no command yet), for
+    tests that check the pipeline's part against the published health schema."""
+    return HealthParts(
+        unit="lobby-1",
+        uptime_s=1.0,
+        outbox={"depth": 0, "bytes": 0, "dropped": 0, "last_seq": 0},
+        mqtt={"connected": True, "reconnects": 0, "refused": 0},
+        commands={"accepted": 0, "rejected": 0},
+        alarms=[],
+    )
 
 
 @dataclass

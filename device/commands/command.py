@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
+from device.commands._broker_cli import add_broker_options, consumer_settings, required_ca_file
 from device.events.commander import CommandSendError, send_command
-from device.events.consumer import ConsumerSettings
 from device.events.payloads import COMMANDS, MAX_COMMAND_LIFETIME_S, PayloadError
 from device.events.signing import COMMANDERS, EventKey, register_unit_key, signed_command
 
@@ -40,12 +40,9 @@ def register(commands: CommandRegistry) -> None:
     send.add_argument("--signing-key", type=Path, required=True, help="the commander's private key file")
     send.add_argument("--name", required=True, help="the commander's name (as registered)")
     send.add_argument("--ttl", type=float, default=30.0, help="seconds the command stays valid (<= 600)")
-    send.add_argument("--host", help="broker host (default: mqtt.host of the config)")
-    send.add_argument("--port", type=int, help="broker port (default: mqtt.port)")
-    send.add_argument("--ca", type=Path, help="CA certificate (default: mqtt.tls.ca_file)")
-    send.add_argument("--cert", type=Path, required=True, help="the commander's broker certificate")
-    send.add_argument("--key", type=Path, required=True, help="the commander's broker private key")
-    send.add_argument("--prefix", help="topic prefix (default: mqtt.topic_prefix)")
+    add_broker_options(
+        send, cert_help="the commander's broker certificate", key_help="the commander's broker private key"
+    )
 
 
 def commander_key(args: argparse.Namespace) -> int:
@@ -68,18 +65,10 @@ def send_signed(args: argparse.Namespace) -> int:
         print(f"error: --ttl must be within (0, {MAX_COMMAND_LIFETIME_S:.0f}] s", file=sys.stderr)
         return EXIT_USAGE
     config = config_from_args(args)
-    ca_file = args.ca or config.mqtt.tls.ca_file
+    ca_file = required_ca_file(args, config)
     if ca_file is None:
-        print("error: no CA certificate: pass --ca or set mqtt.tls.ca_file", file=sys.stderr)
         return EXIT_USAGE
-    settings = ConsumerSettings(
-        host=args.host or config.mqtt.host,
-        port=args.port or config.mqtt.port,
-        ca_file=ca_file,
-        cert_file=args.cert,
-        key_file=args.key,
-        prefix=args.prefix or config.mqtt.topic_prefix,
-    )
+    settings = consumer_settings(args, config, ca_file)
     try:
         if not args.signing_key.exists():
             raise PayloadError(f"no {COMMANDER_KEY} at {args.signing_key}: make it with `device command key`")

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
-from device.events.consumer import ConsumerSettings, EventConsumer
+from device.commands._broker_cli import (
+    add_broker_options,
+    consumer_settings,
+    listen,
+    print_cannot_connect,
+    required_ca_file,
+)
+from device.events.consumer import EventConsumer
 from device.events.mqtt_publisher import event_key_path
 from device.events.payloads import PayloadError
 from device.events.signing import (
@@ -34,12 +41,7 @@ def register(commands: CommandRegistry) -> None:
     group = commands.add_group("events", "consume the events units publish")
     parser = group.add("tail", tail_events, "print validated, deduplicated events as they arrive")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument("--host", help="broker host (default: mqtt.host of the config)")
-    parser.add_argument("--port", type=int, help="broker port (default: mqtt.port)")
-    parser.add_argument("--ca", type=Path, help="CA certificate (default: mqtt.tls.ca_file)")
-    parser.add_argument("--cert", type=Path, required=True, help="consumer certificate")
-    parser.add_argument("--key", type=Path, required=True, help="consumer private key")
-    parser.add_argument("--prefix", help="topic prefix (default: mqtt.topic_prefix)")
+    add_broker_options(parser, cert_help="consumer certificate", key_help="consumer private key")
     parser.add_argument("--unit", default="+", help="one unit id, or + for all units (default)")
     parser.add_argument("--count", type=int, default=0, help="exit after this many events (0: never)")
     parser.add_argument("--timeout", type=float, default=0.0, help="exit after this many seconds (0: never)")
@@ -92,20 +94,11 @@ def format_event(event: dict[str, Any]) -> str:
 
 def tail_events(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    ca_file = args.ca or config.mqtt.tls.ca_file
+    ca_file = required_ca_file(args, config)
     if ca_file is None:
-        print("error: no CA certificate: pass --ca or set mqtt.tls.ca_file", file=sys.stderr)
         return EXIT_USAGE
-    settings = ConsumerSettings(
-        host=args.host or config.mqtt.host,
-        port=args.port or config.mqtt.port,
-        ca_file=ca_file,
-        cert_file=args.cert,
-        key_file=args.key,
-        prefix=args.prefix or config.mqtt.topic_prefix,
-        unit=args.unit,
-        client_id=args.client_id,
-        session_expiry_s=args.session_expiry,
+    settings = consumer_settings(
+        args, config, ca_file, unit=args.unit, client_id=args.client_id, session_expiry_s=args.session_expiry
     )
     try:
         # A registry that does not exist yet is empty: units are checked once they are registered in it.
@@ -137,14 +130,7 @@ def tail_events(args: argparse.Namespace) -> int:
             settings, show, on_invalid=invalid, on_connection=connection, verifier=verifier
         ).start()
     except (OSError, ValueError) as error:
-        print(f"error: cannot connect to {settings.host}:{settings.port}: {error}", file=sys.stderr)
+        print_cannot_connect(settings, error)
         return EXIT_FAILURE
-    if consumer.subscribed.wait(args.timeout or 30.0):
-        print(f"listening on {consumer.topic_filter}", file=sys.stderr, flush=True)
-    try:
-        done.wait(args.timeout or None)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        consumer.stop()
+    listen(consumer, done, args.timeout, subscribe_wait_s=args.timeout or 30.0, label="listening on")
     return EXIT_OK if not args.count or printed >= args.count else EXIT_FAILURE

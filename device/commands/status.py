@@ -15,26 +15,33 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
+from device.commands._broker_cli import (
+    add_broker_options,
+    broker_ca_file,
+    consumer_settings,
+    print_cannot_connect,
+)
 from device.config import UnitConfig
-from device.events.consumer import ConsumerSettings
 from device.events.outbox import Outbox, OutboxEntry, OutboxError
 from device.events.status_reader import read_retained
+
+T = TypeVar("T")
 
 
 def register(commands: CommandRegistry) -> None:
     status = commands.add(
         "status", show_status, "a unit's retained status and health from the broker, or its local state"
     )
-    status.add_argument("--cert", type=Path, help="consumer certificate (without it: the local state)")
-    status.add_argument("--key", type=Path, help="consumer private key")
-    status.add_argument("--host", help="broker host (default: mqtt.host of the config)")
-    status.add_argument("--port", type=int, help="broker port (default: mqtt.port)")
-    status.add_argument("--ca", type=Path, help="CA certificate (default: mqtt.tls.ca_file)")
-    status.add_argument("--prefix", help="topic prefix (default: mqtt.topic_prefix)")
+    add_broker_options(
+        status,
+        cert_help="consumer certificate (without it: the local state)",
+        key_help="consumer private key",
+        required=False,
+    )
     status.add_argument("--unit", help="unit id (default: unit.id of the config)")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker")
     status.add_argument("--json", action="store_true", help="print the payloads as JSON")
@@ -75,24 +82,16 @@ def show_status(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.cert is None:
         return _local_status(config)
-    ca_file = args.ca or config.mqtt.tls.ca_file
+    ca_file = broker_ca_file(args, config)
     if ca_file is None or args.key is None:
         print("error: --cert needs --key, and a CA (--ca or mqtt.tls.ca_file)", file=sys.stderr)
         return EXIT_USAGE
     unit = args.unit or config.unit.id
-    settings = ConsumerSettings(
-        host=args.host or config.mqtt.host,
-        port=args.port or config.mqtt.port,
-        ca_file=ca_file,
-        cert_file=args.cert,
-        key_file=args.key,
-        prefix=args.prefix or config.mqtt.topic_prefix,
-        unit=unit,
-    )
+    settings = consumer_settings(args, config, ca_file, unit=unit)
     try:
         state = read_retained(settings, unit, args.timeout)
     except (OSError, ValueError) as error:
-        print(f"error: cannot connect to {settings.host}:{settings.port}: {error}", file=sys.stderr)
+        print_cannot_connect(settings, error)
         return EXIT_FAILURE
     for problem in state.problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -117,18 +116,31 @@ def _open_outbox(config: UnitConfig) -> Outbox | None:
     return Outbox(path, max_rows=config.mqtt.outbox_max_rows, max_bytes=config.mqtt.outbox_max_bytes)
 
 
+def _read_outbox(config: UnitConfig, read: Callable[[Outbox], T]) -> T | None:
+    """What ``read`` finds in the unit's outbox (closed again right after); None when it has none yet."""
+    outbox = _open_outbox(config)
+    if outbox is None:
+        return None
+    try:
+        return read(outbox)
+    finally:
+        outbox.close()
+
+
+def _outbox_unreadable(config: UnitConfig, error: OutboxError) -> int:
+    print(f"error: outbox {config.mqtt.outbox_path}: {error}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
 def _local_status(config: UnitConfig) -> int:
     print(f"unit {config.unit.id} (local state; pass --cert/--key of a consumer for the broker's view)")
     try:
-        outbox = _open_outbox(config)
+        stats = _read_outbox(config, Outbox.stats)
     except OutboxError as error:
-        print(f"error: outbox {config.mqtt.outbox_path}: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    if outbox is None:
+        return _outbox_unreadable(config, error)
+    if stats is None:
         print(f"  outbox: none yet ({config.mqtt.outbox_path})")
         return EXIT_OK
-    stats = outbox.stats()
-    outbox.close()
     print(
         f"  outbox: {stats.depth} queued (oldest {_age(stats.oldest_age_s)}), last seq {stats.last_seq}, "
         f"dropped {stats.dropped}"
@@ -154,16 +166,13 @@ def all_pending(outbox: Outbox) -> list[OutboxEntry]:
 def show_outbox(args: argparse.Namespace) -> int:
     config = config_from_args(args, required=True)
     try:
-        outbox = _open_outbox(config)
+        entries = _read_outbox(config, all_pending)
     except OutboxError as error:
-        print(f"error: outbox {config.mqtt.outbox_path}: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    if outbox is None:
+        return _outbox_unreadable(config, error)
+    if entries is None:
         print(f"no outbox yet ({config.mqtt.outbox_path}): nothing queued")
         return EXIT_OK
-    now = time.time()
-    entries = all_pending(outbox)
-    outbox.close()
+    now = time.time()  # after the read: no queued event can look younger than zero
     for entry in entries:
         print(f"#{entry.seq}  {_age(now - entry.created)} old  {entry.topic}  {_event_type(entry.payload)}")
     print(f"{len(entries)} queued")

@@ -29,15 +29,6 @@ from device.vision.pad_texture import REFERENCE_CROP_SCALE, TextureCue, crop_sca
 
 DETECTOR = "blazeface_full_range"
 TEXTURE_MODELS = ("minifasnet_v2", "minifasnet_v1se")
-FIXTURE_PHOTOS = (
-    "obama.jpg",
-    "obama2.jpg",
-    "obama3.jpg",
-    "biden.jpg",
-    "obama_partial_face.jpg",
-    "obama_partial_face2.jpg",
-    *(f"sample{i}.jpg" for i in range(1, 7)),
-)
 SAMPLE_LABELS = {"image_F1": False, "image_F2": False, "image_T1": True}  # True = bona fide
 DEFAULT_SAMPLES_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "pad_samples"
 TEXTURE_INPUT_RANGE = (0.0, 255.0)
@@ -66,7 +57,7 @@ def labelled_faces(models_dir: Path, samples_dir: Path = DEFAULT_SAMPLES_DIR) ->
         found = sorted(detector.detect(image), key=lambda d: d.box.area, reverse=True)
         if found:
             faces.append(LabelledFace(name, image, found[0].box, bona_fide))
-    images = {name: fixtures.load_rgb(name) for name in FIXTURE_PHOTOS}
+    images = {name: fixtures.load_rgb(name) for name in fixtures.FACE_IMAGES}
     images["astronaut"] = fixtures.astronaut_rgb()
     for name, image in images.items():
         found = sorted(detector.detect(image), key=lambda d: d.box.area, reverse=True)
@@ -223,7 +214,7 @@ def landmark_metrics(models_dir: Path) -> dict[str, Any]:
     detector = FaceDetector(open_model(models, DETECTOR), DetectionSection())
     model = open_model(models, LANDMARK_MODEL)
     landmarker = FaceLandmarker(model)
-    images = {name: fixtures.load_rgb(name) for name in FIXTURE_PHOTOS}
+    images = {name: fixtures.load_rgb(name) for name in fixtures.FACE_IMAGES}
     errors: dict[str, list[float]] = {"portraits": [], "all": []}
     presences = []
     for name, image in images.items():

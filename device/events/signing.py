@@ -65,6 +65,16 @@ def canonical_bytes(event: Mapping[str, Any]) -> bytes:
     return json.dumps(unsigned, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode("ascii")
 
 
+def signed_by(key: Ed25519PublicKey, signature: str, payload: Mapping[str, Any]) -> bool:
+    """Whether ``signature`` (base64) is ``key``'s over the payload's canonical bytes; a signature that is
+    not even base64 or of the wrong length is simply not a valid one."""
+    try:
+        key.verify(_unb64(signature), canonical_bytes(payload))
+    except (InvalidSignature, ValueError, binascii.Error):
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class EventKey:
     """An Ed25519 signing key (the unit's event key, or a commander's key). ``load_or_create`` makes it
@@ -186,10 +196,8 @@ class EventVerifier:
         key = self._key_for(unit)
         if key is None:
             raise SignatureError(f"event from unit {unit!r}, which is not in the key registry")
-        try:
-            key.verify(_unb64(signature), canonical_bytes(event))
-        except (InvalidSignature, ValueError, binascii.Error):
-            raise SignatureError(f"wrongly signed event claiming unit {unit!r}") from None
+        if not signed_by(key, signature, event):
+            raise SignatureError(f"wrongly signed event claiming unit {unit!r}")
         age = self.clock() - _epoch(str(event["ts"]))
         if age > self.max_age_s:
             raise SignatureError(f"stale event from {unit!r}: {age:.0f} s old")
@@ -265,7 +273,5 @@ class CommandVerifier:
         key = self.commanders.get(commander)
         if key is None:
             raise SignatureError(f"command from {commander!r}, whom this unit does not trust")
-        try:
-            key.verify(_unb64(signature), canonical_bytes(payload))
-        except (InvalidSignature, ValueError, binascii.Error):
-            raise SignatureError(f"wrongly signed command claiming commander {commander!r}") from None
+        if not signed_by(key, signature, payload):
+            raise SignatureError(f"wrongly signed command claiming commander {commander!r}")

@@ -9,15 +9,15 @@ States, logged once per change and reported by :meth:`InferenceModel.health`:
 ``cpu:fallback (<reason>)`` (a TPU was allowed but could not be used, and why).
 
 The CPU variant (float or full-integer int8) is a per-machine choice: which one is faster depends on the
-CPU and the runtime's kernels, so with ``models.cpu_variant = "auto"`` both are timed at first start and
-the result is cached in the state folder, keyed by the files' sha256, the machine and the runtime.
+CPU and the runtime's kernels, so with ``models.cpu_variant = "auto"`` both are timed at first start
+(the margin rule in :mod:`device.models.cpu_variant` keeps it from flipping) and the result is kept in
+the state folder, keyed by the files' sha256, the thread count, the machine and the runtime.
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib
-import json
 import logging
 import platform
 import threading
@@ -31,8 +31,15 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from device.atomicio import write_atomically
 from device.config import ModelsSection
+from device.models.cpu_variant import (
+    CPU_VARIANTS,
+    ChoiceStore,
+    CpuChoice,
+    RememberedChoice,
+    decide,
+    time_interleaved,
+)
 from device.models.manifest import (
     ModelEntry,
     ModelFileError,
@@ -47,9 +54,6 @@ log = logging.getLogger(__name__)
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 RUNTIME_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
-CPU_VARIANT_CACHE = "cpu_variant.json"
-TIMING_WARMUP = 3
-TIMING_RUNS = 15
 
 
 class AcceleratorError(Exception):
@@ -254,7 +258,7 @@ class InferenceModel:
         probe: Callable[[], Backend] | None,
         reprobe_interval_s: float,
         clock: Clock = time.monotonic,
-        cpu_variant_reason: str = "",
+        cpu_choice: CpuChoice | None = None,
     ) -> None:
         self.name = name
         self._cpu = cpu
@@ -268,7 +272,7 @@ class InferenceModel:
         self._last_probe = clock()
         self._inferences = 0
         self._edgetpu_failures = 0
-        self._cpu_variant_reason = cpu_variant_reason
+        self._cpu_choice = cpu_choice
         self._logged_state: str | None = None
         if probe is not None:
             self._try_edgetpu()
@@ -336,10 +340,16 @@ class InferenceModel:
             "file": backend.path.name,
             "accelerator": self._accelerator,
             "cpu_variant": self._cpu.variant,
-            "cpu_variant_reason": self._cpu_variant_reason,
+            "cpu_variant_reason": self._cpu_choice.reason if self._cpu_choice else "",
+            "cpu_variant_int8_speedup": self.cpu_variant_timing().get("int8_speedup"),
             "inferences": self._inferences,
             "edgetpu_failures": self._edgetpu_failures,
         }
+
+    def cpu_variant_timing(self) -> dict[str, float | int]:
+        """The float/int8 timing behind the CPU choice (empty when it was not measured)."""
+        timing = self._cpu_choice.timing if self._cpu_choice else None
+        return timing.as_dict() if timing is not None else {}
 
     def _try_edgetpu(self) -> None:
         assert self._probe is not None
@@ -366,12 +376,6 @@ def _short(error: BaseException) -> str:
     return text[:160]
 
 
-@dataclass(frozen=True)
-class CpuChoice:
-    variant: Variant
-    reason: str
-
-
 def open_model(
     models: ModelsSection,
     name: str,
@@ -380,12 +384,16 @@ def open_model(
     state_dir: Path | None = None,
     interpreter_factory: InterpreterFactory = load_interpreter,
     clock: Clock = time.monotonic,
+    timer: Clock = time.perf_counter,
 ) -> InferenceModel:
-    """The model ``name`` from ``models.dir``, sha256-checked, on the best backend allowed by config."""
+    """The model ``name`` from ``models.dir``, sha256-checked, on the best backend allowed by config.
+
+    ``timer`` times the float and int8 files when ``models.cpu_variant = "auto"`` has to choose.
+    """
     manifest = load_manifest(models.dir)
     entry = model_entry(manifest, name, models.dir)
     choice = choose_cpu_variant(
-        models, name, entry, state_dir=state_dir, interpreter_factory=interpreter_factory
+        models, name, entry, state_dir=state_dir, interpreter_factory=interpreter_factory, timer=timer
     )
     cpu_file = entry.files[choice.variant]
     cpu_path = verify_file(models.dir, name, choice.variant, cpu_file)
@@ -407,7 +415,7 @@ def open_model(
         probe=probe,
         reprobe_interval_s=models.reprobe_interval_s,
         clock=clock,
-        cpu_variant_reason=choice.reason,
+        cpu_choice=choice,
     )
 
 
@@ -450,8 +458,11 @@ def choose_cpu_variant(
     *,
     state_dir: Path | None,
     interpreter_factory: InterpreterFactory = load_interpreter,
+    timer: Clock = time.perf_counter,
 ) -> CpuChoice:
-    available = [v for v in ("float", "int8") if v in entry.files and entry.files[v].sha256]
+    """The CPU file for ``name``: from the config, the one measured earlier for the same files, machine
+    and runtime, or timed now and chosen by the margin rule (:func:`device.models.cpu_variant.decide`)."""
+    available = [v for v in CPU_VARIANTS if v in entry.files and entry.files[v].sha256]
     if not available:
         raise ModelFileError(f"model {name!r} has no CPU file (float or int8) in the manifest")
     if models.cpu_variant != "auto":
@@ -463,38 +474,50 @@ def choose_cpu_variant(
 
     key = "|".join(
         [
-            *(f"{v}:{entry.files[v].sha256}" for v in ("float", "int8")),
+            *(f"{v}:{entry.files[v].sha256}" for v in CPU_VARIANTS),
             f"threads:{models.cpu_threads}",
             f"machine:{platform.machine()}",
             f"cpu:{cpu_model()}",
             runtime_version(),
         ]
     )
-    cache_path = state_dir / CPU_VARIANT_CACHE if state_dir is not None else None
-    cache = _read_cache(cache_path)
-    cached = cache.get(name)
-    if isinstance(cached, dict) and cached.get("key") == key and cached.get("variant") in available:
-        return CpuChoice(cached["variant"], f"measured at first start: {cached.get('timings_ms')}")
+    store = ChoiceStore(state_dir)
+    remembered = store.get(name)
+    if remembered is not None and remembered.key == key:
+        return CpuChoice(remembered.variant, f"kept from first start: {remembered.reason}", remembered.timing)
 
-    timings = {
-        variant: time_variant(
-            verify_file(models.dir, name, variant, entry.files[variant]),
-            models.cpu_threads,
-            interpreter_factory,
-        )
-        for variant in ("float", "int8")
+    backends = {
+        variant: cpu_backend(models.dir, name, entry, variant, models.cpu_threads, interpreter_factory)
+        for variant in CPU_VARIANTS
     }
-    best: Variant = "int8" if timings["int8"] < timings["float"] else "float"
-    rounded = {variant: round(ms, 3) for variant, ms in timings.items()}
-    log.info("model %s: CPU variant %s is faster on this machine (median ms %s)", name, best, rounded)
-    if cache_path is not None:
-        cache[name] = {"key": key, "variant": best, "timings_ms": rounded}
-        try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(cache_path, json.dumps(cache, indent=2, sort_keys=True).encode())
-        except OSError as error:
-            log.warning("cannot cache the CPU variant choice in %s: %s", cache_path, error)
-    return CpuChoice(best, f"measured now: {rounded}")
+    timing = time_interleaved(
+        *(run_once_on_zeros(backends[variant]) for variant in CPU_VARIANTS),
+        timer=timer,
+        budget_s=models.cpu_variant_probe_s,
+    )
+    previous = remembered.variant if remembered is not None else None
+    choice = decide(timing, previous=previous, margin=models.cpu_variant_margin)
+    log.info("model %s: CPU file %s: %s; %s", name, choice.variant, choice.reason, timing.as_dict())
+    store.put(name, RememberedChoice(key, choice.variant, choice.reason, timing))
+    return choice
+
+
+def cpu_backend(
+    models_dir: Path,
+    name: str,
+    entry: ModelEntry,
+    variant: Variant,
+    threads: int,
+    interpreter_factory: InterpreterFactory,
+) -> Backend:
+    path = verify_file(models_dir, name, variant, entry.files[variant])
+    return Backend.create(interpreter_factory(path, threads, ()), "cpu", variant, path)
+
+
+def run_once_on_zeros(backend: Backend) -> Callable[[], object]:
+    """One inference on a fixed input (the graph's cost does not depend on the pixels)."""
+    batch = np.zeros(backend.inputs[0].shape, dtype=np.float32)
+    return lambda: invoke(backend, batch)
 
 
 def cpu_model() -> str:
@@ -508,32 +531,3 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def time_variant(path: Path, threads: int, interpreter_factory: InterpreterFactory) -> float:
-    """Fastest ms of one inference on a fixed input (the graph's cost does not depend on the pixels).
-
-    The minimum, not the median: it is the figure least disturbed by other processes on a busy unit,
-    and the choice is about which file is intrinsically faster on this CPU.
-    """
-    backend = Backend.create(interpreter_factory(path, threads, ()), "cpu", "float", path)
-    spec = backend.inputs[0]
-    batch = np.zeros(spec.shape, dtype=np.float32)
-    for _ in range(TIMING_WARMUP):
-        invoke(backend, batch)
-    samples = []
-    for _ in range(TIMING_RUNS):
-        start = time.perf_counter()
-        invoke(backend, batch)
-        samples.append((time.perf_counter() - start) * 1000.0)
-    return min(samples)
-
-
-def _read_cache(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}  # no cache yet, or a damaged one: measure again
-    return data if isinstance(data, dict) else {}

@@ -35,7 +35,10 @@ Measured in one run, on the shipped models and the demo clip (640x480, 15 fps, M
   scaled to 640 px on the long side, time per face found, best of ``repeats`` + 1 alternating rounds.
   dlib comes with the dev extra (``dlib-bin``); null without it;
 - ``pad_*``: the presentation-attack stage's CPU per visit and the delay it adds to a decision
-  (``device.unit.padbench``).
+  (``device.unit.padbench``);
+- ``cpu_variant``: per model, the CPU file (float or int8) it runs from, why (``reason``: the margin rule
+  of ``device.models.cpu_variant``, or the config), and the float/int8 timing behind an ``auto`` choice.
+  Without a unit config the bench keeps no state, so each run shows a first start's choice.
 
 Targets (from the issue) are listed in the output next to the measured values; a miss is reported, not
 hidden.
@@ -71,7 +74,7 @@ from device.unit.padbench import pad_benchmark
 from device.unit.pipeline import Pipeline, Runner, detect_ahead_pays
 from device.vision.capture import CaptureThread, EndOfStream, FileSource, FrameSource, Pacer
 from device.vision.faces import FaceAnalyzer, Stages
-from device.vision.liveness import open_liveness
+from device.vision.liveness import LivenessStage, open_liveness
 from device.vision.views import ViewSpec
 
 log = logging.getLogger(__name__)
@@ -479,6 +482,29 @@ def dlib_per_face_ms(images: list[RgbImage]) -> tuple[float | None, int, str | N
     return elapsed / max(1, faces), faces, None
 
 
+def pad_models(pad_stage: LivenessStage | None) -> dict[str, Any]:
+    """The PAD stage's models by name (texture CNNs and the face mesh), none when PAD is off."""
+    if pad_stage is None:
+        return {}
+    models: list[Any] = list(pad_stage.texture.models) if pad_stage.texture is not None else []
+    if pad_stage.landmarker is not None:
+        models.append(pad_stage.landmarker.model)
+    return {model.name: model for model in models}
+
+
+def cpu_variant_report(models: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per model: the CPU file it runs from, why, and the float/int8 timing behind the choice."""
+    report = {}
+    for role, model in models.items():
+        health = model.health()
+        report[role] = {
+            "variant": health["cpu_variant"],
+            "reason": health["cpu_variant_reason"],
+            **model.cpu_variant_timing(),
+        }
+    return report
+
+
 def stage_table(latencies: LatencyRecorder) -> dict[str, dict[str, float]]:
     summary = latencies.summary()
     return {
@@ -562,6 +588,7 @@ def run_benchmark(
     if pad_stage is not None:
         results.update(pad_benchmark(config, stages, decoded_frames(clip.path), gallery, pad_stage, repeats))
     results["bench_process_peak_rss_mb"] = bench_rss_mb
+    results["cpu_variant"] = cpu_variant_report({**stages.models, **pad_models(pad_stage)})
     images = [scaled(fixtures.load_rgb(name)) for name in PEER_PHOTOS]
     # Alternating rounds, best of each: a busy machine slows whichever runs at the wrong moment.
     ours, our_faces = ours_per_face_ms(analyzer, images)

@@ -151,19 +151,19 @@ def load_stages(
     """Opens the detector and embedder models named by the config (accelerator seam decides the device).
 
     ``latencies``: every model ``run`` is timed into it (``detector_inference``, ``embedder_inference``).
-    ``state_dir``: where the measured float/int8 CPU choice is cached; by default the unit's state dir
-    when the config file named one that exists (so a restart does not time both CPU files again).
+    ``state_dir``: where the float/int8 CPU choice is kept; by default the unit's state dir when the
+    config file named one that exists (so a restart neither times both CPU files again nor flips).
     """
-    if state_dir is None:
-        configured = config.unit.state_dir
-        state_dir = configured if configured.is_absolute() and configured.is_dir() else None
     # Imported here: these modules pull in the TFLite runtime, which commands that never run a model
     # (config, subjects, audit, ...) should not pay for.
     from device.models.accelerator import open_model
+    from device.models.cpu_variant import choice_state_dir
     from device.vision.detect import FaceDetector
     from device.vision.embed import FaceEmbedder
     from device.vision.landmarks5 import load_landmark_aligner
 
+    if state_dir is None:
+        state_dir = choice_state_dir(config.unit.state_dir)
     detector_model: Any = open_model(config.models, config.models.detector, state_dir=state_dir)
     embedder_model: Any = open_model(config.models, config.models.embedder, state_dir=state_dir)
     if latencies is not None:

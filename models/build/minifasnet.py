@@ -22,12 +22,10 @@ node types these two graphs use), then converted:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from buildkit import build_arguments, log_progress, quantise_full_int8  # noqa: E402  (path set just above)
 
 log = logging.getLogger("models.build.minifasnet")
 
@@ -48,15 +49,6 @@ SCALE_JITTER = (0.85, 1.2)  # of the crop scale: BlazeFace boxes vary by detecto
 CENTRE_JITTER = 0.08  # of the face box side
 GAIN = (0.6, 1.35)
 MAX_OFFSET = 25.0
-CALIBRATION_IMAGES = [
-    "obama.jpg",
-    "obama2.jpg",
-    "obama3.jpg",
-    "biden.jpg",
-    "obama_partial_face.jpg",
-    "obama_partial_face2.jpg",
-    *(f"sample{i}.jpg" for i in range(1, 7)),
-]
 
 
 @dataclass(frozen=True)
@@ -265,11 +257,7 @@ def convert(onnx_bytes: bytes, samples: list[np.ndarray] | None) -> bytes:
             for sample in samples:
                 yield [sample]
 
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = dataset
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.uint8
+        quantise_full_int8(converter, dataset)
     return bytes(converter.convert())
 
 
@@ -294,7 +282,7 @@ def calibration_crops(scale: float) -> list[np.ndarray]:
                                                    "cpu_variant": "float"}})  # fmt: skip
     detector = load_stages(config).detector
     rng = np.random.default_rng(SEED)
-    images = [fixtures.load_rgb(name) for name in CALIBRATION_IMAGES]
+    images = [fixtures.load_rgb(name) for name in fixtures.FACE_IMAGES]
     images.append(fixtures.astronaut_rgb())
     samples = []
     for image in images:
@@ -429,13 +417,11 @@ def update_manifest(models_dir: Path, name: str, entry: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=REPO / "models")
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "entrance-camera-build")
+    parser = build_arguments(__doc__.splitlines()[0])
     parser.add_argument("--float-only", action="store_true", help="skip int8 and metrics")
     parser.add_argument("--no-metrics", action="store_true", help="skip measuring (faster rebuild check)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_progress()
 
     target = args.models_dir / "minifasnet"
     target.mkdir(parents=True, exist_ok=True)

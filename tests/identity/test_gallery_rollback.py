@@ -74,13 +74,19 @@ def test_a_gallery_copied_before_an_erasure_opens_with_no_key_the_unit_still_hol
         assert try_to_open_index(old_copy, key) is None
 
 
-def test_a_script_with_the_current_master_key_recovers_nothing_from_an_old_copy(unit: Unit) -> None:
-    """Exactly the attacker's script: old gallery.enc + today's key files, through the project's own API."""
+def copy_from_before_an_erasure(unit: Unit, seed: int) -> bytes:
+    """The attacker's copy of gallery.enc, taken while a subject who has since been erased was in it."""
     store = unit.store()
-    gone, _ = enrol_random(store, "Erased Person", seed=33)
-    enrol_random(store, "Keeper Person", seed=34)
+    gone, _ = enrol_random(store, "Erased Person", seed=seed)
+    enrol_random(store, "Keeper Person", seed=seed + 1)
     old_copy = unit.config.gallery.path.read_bytes()
     store.forget(gone.subject_id, "tester")
+    return old_copy
+
+
+def test_a_script_with_the_current_master_key_recovers_nothing_from_an_old_copy(unit: Unit) -> None:
+    """Exactly the attacker's script: old gallery.enc + today's key files, through the project's own API."""
+    old_copy = copy_from_before_an_erasure(unit, seed=33)
 
     stolen = unit.dir / "stolen.enc"
     stolen.write_bytes(old_copy)
@@ -93,11 +99,7 @@ def test_a_script_with_the_current_master_key_recovers_nothing_from_an_old_copy(
 
 
 def test_an_old_gallery_put_back_is_refused_by_the_store_the_running_unit_and_the_cli(unit: Unit) -> None:
-    store = unit.store()
-    gone, _ = enrol_random(store, "Erased Person", seed=35)
-    enrol_random(store, "Keeper Person", seed=36)
-    old_copy = unit.config.gallery.path.read_bytes()
-    store.forget(gone.subject_id, "tester")
+    old_copy = copy_from_before_an_erasure(unit, seed=35)
 
     unit.config.gallery.path.write_bytes(old_copy)  # the restore
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from interpreter_support import ForwardingInterpreter, ManualClock
+from tamper_support import flip_one_bit
 
 from device.config import ModelsSection
 from device.models.accelerator import Interpreter, load_interpreter, open_model
@@ -25,40 +27,17 @@ def no_tpu(library: str, options: dict[str, str]) -> object:
     raise ValueError(f"Failed to load delegate from {library}")
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class BrokenOnInvoke:
+class BrokenOnInvoke(ForwardingInterpreter):
     """A real interpreter whose device goes away: invoke raises, like a USB TPU that was unplugged."""
 
     def __init__(self, inner: Interpreter) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.fail = False
-
-    def allocate_tensors(self) -> None:
-        self._inner.allocate_tensors()
-
-    def get_input_details(self) -> list[dict[str, Any]]:
-        return self._inner.get_input_details()
-
-    def get_output_details(self) -> list[dict[str, Any]]:
-        return self._inner.get_output_details()
-
-    def set_tensor(self, tensor_index: int, value: Any) -> None:
-        self._inner.set_tensor(tensor_index, value)
 
     def invoke(self) -> None:
         if self.fail:
             raise RuntimeError("Failed to invoke: USB transfer error 2")
-        self._inner.invoke()
-
-    def get_tensor(self, tensor_index: int) -> Any:
-        return self._inner.get_tensor(tensor_index)
+        super().invoke()
 
 
 @pytest.fixture
@@ -184,7 +163,7 @@ def test_tpu_is_probed_again_after_the_interval(models_with_edgetpu: Path) -> No
             raise ValueError("no device")
         return object()
 
-    clock = FakeClock()
+    clock = ManualClock()
     made: list[BrokenOnInvoke] = []
     models = ModelsSection(dir=models_with_edgetpu, cpu_variant="float", reprobe_interval_s=60)
     model = open_model(
@@ -223,9 +202,7 @@ def test_tampered_model_file_is_refused(tmp_path: Path) -> None:
     shutil.copytree(REPO_MODELS, target)
     entry = load_manifest(target).models[DETECTOR]
     path = target / entry.files["float"].path
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
+    flip_one_bit(path)
     with pytest.raises(ModelFileError, match="does not match the manifest"):
         open_model(ModelsSection(dir=target, accelerator="cpu", cpu_variant="float"), DETECTOR)
 

@@ -35,6 +35,7 @@ from device.fixtures import astronaut_rgb, load_rgb
 from device.identity.gallery import EnrolRequest
 from device.unit.democlip import ClipError, Walk, make_clip
 from device.vision.faces import FaceAnalyzer, load_stages
+from device.vision.liveness import open_liveness
 
 FRAMES = 1000
 WALK_FRAMES = 45
@@ -117,6 +118,7 @@ def test_a_thousand_frames_of_strangers_write_nothing_but_outbox_events(
     unit: Unit = init_unit(tmp_path)
     config = unit.config
     stages = load_stages(config, state_dir=config.unit.state_dir)  # warms the CPU variant cache
+    open_liveness(config, state_dir=config.unit.state_dir)  # and the PAD models' (done at first start)
     analyzer = FaceAnalyzer(stages.detector, stages.embedder, stages.aligner)
     resident = [analyzer.analyze(load_rgb(name))[0].embedding for name in ("obama.jpg", "obama2.jpg")]
     unit.store().enrol(

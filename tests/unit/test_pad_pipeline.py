@@ -10,7 +10,7 @@ from pipeline_support import (
     clip_frames,
     embeddings_of,
     entrance_clip,
-    shipped_stages,
+    published_health,
     unit_config,
 )
 
@@ -26,16 +26,6 @@ from device.vision.faces import FaceAnalyzer, Stages
 from device.vision.liveness import LivenessStage, open_liveness
 
 MODELS = {"detector": "blazeface_full_range@float", "embedder": "dlib_resnet_v1@float"}
-
-
-@pytest.fixture(scope="module")
-def stages() -> Stages:
-    return shipped_stages()
-
-
-@pytest.fixture(scope="module")
-def analyzer(stages: Stages) -> FaceAnalyzer:
-    return FaceAnalyzer.from_stages(stages)
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +164,6 @@ def test_health_after_pad_visits_still_fits_the_published_schema(
     liveness: LivenessStage,
 ) -> None:
     """PAD adds a stage latency and a decision type to health: the report must still validate."""
-    from device.events.payloads import HealthParts, build_health
-
     pipeline = Pipeline.from_stages(
         unit_config(), stages, gallery=gallery, publisher=RecordingPublisher(), liveness=liveness
     )
@@ -183,15 +171,7 @@ def test_health_after_pad_visits_still_fits_the_published_schema(
     for seq, frame in enumerate(both):  # one stream: stamped as a 15 fps camera would
         pipeline.process(Frame(image=frame.image, ts=seq / 15.0, seq=seq))
     pipeline.finish()
-    parts = HealthParts(
-        unit="lobby-1",
-        uptime_s=1.0,
-        outbox={"depth": 0, "bytes": 0, "dropped": 0, "last_seq": 0},
-        mqtt={"connected": True, "reconnects": 0, "refused": 0},
-        commands={"accepted": 0, "rejected": 0},
-        alarms=[],
-    )
-    health, problems = build_health(parts, pipeline.health())
+    health, problems = published_health(pipeline.health())
     assert problems == []
     assert "pad" in health["pipeline"]["stage_ms"]
     assert health["pipeline"]["decisions"].get("presentation_attack") == 1

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
-from pipeline_support import embeddings_of, shipped_stages, unit_config
+from pipeline_support import embeddings_of, unit_config
 
 from device import fixtures
 from device.evaluation.pad_eval import presentations_in
@@ -24,11 +23,6 @@ from device.unit.padattacks import (
 from device.unit.padbench import pad_benchmark
 from device.vision.faces import FaceAnalyzer, Stages
 from device.vision.liveness import open_liveness
-
-
-@pytest.fixture(scope="module")
-def stages() -> Stages:
-    return shipped_stages()
 
 
 def test_the_tune_and_holdout_splits_share_no_subject() -> None:

@@ -13,13 +13,12 @@ from pipeline_support import (
     clip_frames,
     embeddings_of,
     entrance_clip,
-    shipped_stages,
+    published_health,
     unit_config,
 )
 
 from device.cli import main
 from device.config import UnitConfig
-from device.events.payloads import HealthParts, build_health
 from device.identity.decide import Reason
 from device.identity.gallery import EnrolRequest, LiveGallery, claims_directory
 from device.identity.match import GalleryView, InMemoryGallery
@@ -29,16 +28,6 @@ from device.unit.pipeline import Pipeline, Runner
 from device.unit.service import build_runner
 from device.vision.capture import CaptureThread, FileSource
 from device.vision.faces import FaceAnalyzer, Stages
-
-
-@pytest.fixture(scope="module")
-def stages() -> Stages:
-    return shipped_stages()
-
-
-@pytest.fixture(scope="module")
-def analyzer(stages: Stages) -> FaceAnalyzer:
-    return FaceAnalyzer.from_stages(stages)
 
 
 @pytest.fixture(scope="module")
@@ -178,15 +167,7 @@ def test_the_health_report_fits_the_published_health_schema(
     _, frames = clip
     gallery = LiveGallery(tmp_path / "gallery.enc", tmp_path / "missing-master.key")
     pipeline, _, _ = run_clip(frames[:40], stages, gallery)
-    parts = HealthParts(
-        unit="lobby-1",
-        uptime_s=1.0,
-        outbox={"depth": 0, "bytes": 0, "dropped": 0, "last_seq": 0},
-        mqtt={"connected": True, "reconnects": 0, "refused": 0},
-        commands={"accepted": 0, "rejected": 0},
-        alarms=[],
-    )
-    health, problems = build_health(parts, pipeline.health())
+    health, problems = published_health(pipeline.health())
     assert problems == []
     assert health["pipeline"]["frames_processed"] == 40
     assert "gallery_unavailable" in health["alarms"]  # no key: the unit says so instead of failing
@@ -200,15 +181,7 @@ def test_the_service_health_carries_the_cpu_temperature_within_the_published_sch
     pipeline = Pipeline.from_stages(config, stages, gallery=InMemoryGallery(), publisher=publisher)
     capture = CaptureThread(FileSource(tmp_path / "no-clip.avi"), config.capture.reconnect_backoff_max_s)
     runner = Runner(pipeline, capture, publisher, stop_event=threading.Event(), cpu_temperature=lambda: 61.5)
-    parts = HealthParts(
-        unit="lobby-1",
-        uptime_s=1.0,
-        outbox={"depth": 0, "bytes": 0, "dropped": 0, "last_seq": 0},
-        mqtt={"connected": True, "reconnects": 0, "refused": 0},
-        commands={"accepted": 0, "rejected": 0},
-        alarms=[],
-    )
-    health, problems = build_health(parts, runner.health())
+    health, problems = published_health(runner.health())
     assert problems == []
     assert health["pipeline"]["cpu_temp_c"] == 61.5
 

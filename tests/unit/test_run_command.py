@@ -16,6 +16,7 @@ import pytest
 from gallery_helpers import init_unit
 from pipeline_support import MODELS as REPO_MODELS
 from pipeline_support import entrance_clip, shipped_stages
+from tamper_support import flip_one_bit
 
 from device.cli import main
 from device.unit.democlip import DemoClip
@@ -49,6 +50,19 @@ def start_unit(config: Path, env: dict[str, str] | None = None) -> subprocess.Po
         text=True,
         env={**os.environ, **(env or {})},
     )
+
+
+def stop_with_sigterm(process: subprocess.Popen[str]) -> int:
+    """What systemd does to stop the unit; the exit code it ends with."""
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=30)
+
+
+def kill_if_running(process: subprocess.Popen[str]) -> None:
+    """After a failed assertion: never leave a unit running behind the test."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 def notifications(sock: socket.socket) -> list[str]:
@@ -97,12 +111,9 @@ def test_run_decides_listens_on_no_port_and_stops_cleanly_on_sigterm(clip: DemoC
         assert decision["type"] == "unknown" and decision["subject"] is None
         assert decision["reasons"] == ["gallery_empty"]
         assert listening_sockets_of(process.pid) == []
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
+        code = stop_with_sigterm(process)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_if_running(process)
     assert process.stderr is not None
     stderr = process.stderr.read()
     assert code == 0, stderr
@@ -130,12 +141,9 @@ def test_without_a_camera_the_unit_keeps_retrying_and_stops_on_sigterm(tmp_path:
             retries += "camera unavailable" in line
         assert retries == 2
         assert process.poll() is None
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
+        code = stop_with_sigterm(process)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_if_running(process)
     assert code == 0
 
 
@@ -205,9 +213,7 @@ def test_a_tampered_model_file_stops_the_unit_with_exit_2(
     models = tmp_path / "models"
     shutil.copytree(REPO_MODELS, models)
     victim = next(models.rglob("*_float*.tflite"))
-    data = bytearray(victim.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    victim.write_bytes(bytes(data))
+    flip_one_bit(victim)
     unit = init_unit(tmp_path)
     text = unit.config_path.read_text().split("[models]")[0]
     unit.config_path.write_text(

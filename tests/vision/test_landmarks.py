@@ -34,9 +34,13 @@ def config_for(models_dir: Path = MODELS_DIR) -> UnitConfig:
     return UnitConfig.model_validate({"models": {"dir": str(models_dir), "accelerator": "cpu"}})
 
 
-@pytest.fixture(scope="module")
-def detector() -> Detector:
-    return load_stages(config_for()).detector
+@pytest.fixture(scope="module", params=["float", "int8"])
+def detector(request: pytest.FixtureRequest) -> Detector:
+    # Both detector files, named: under "auto" this test's figures followed whichever file the timing
+    # picked on the day (issue 16), and the two files' keypoints differ slightly on small faces.
+    config = config_for()
+    models = config.models.model_copy(update={"cpu_variant": request.param})
+    return load_stages(config.model_copy(update={"models": models})).detector
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +89,11 @@ def test_mesh_agrees_with_keypoints_on_group_photos(
             points = landmarker.locate(image, detection.box, detection.keypoints[:2])
             errors.extend(mesh_vs_keypoints(points, detection).values())
     # Looser than the portraits: BlazeFace's own keypoints wander on these smaller, turned faces
-    # (measured: median about 0.05, max 0.15 of the box side over 15-16 faces x 4 points).
+    # (measured: median about 0.06, max 0.21 of the box side with the float detector over 16 faces x 4
+    # points, 0.18 with int8 over 15 faces).
     assert len(errors) >= 40
     assert float(np.median(errors)) < 0.08
-    assert max(errors) < 0.2
+    assert max(errors) < 0.25
 
 
 def test_points_follow_the_face_when_the_image_is_shifted(

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from embedder_support import MODELS_DIR, build_module
+from tamper_support import flip_one_bit
 
 from device.config import DetectionSection
 from device.evaluation.embedder import (
@@ -111,9 +112,7 @@ def test_a_changed_predictor_file_is_refused(tmp_path: Path) -> None:
     shutil.copytree(MODELS_DIR, models, ignore=shutil.ignore_patterns("*.tflite"))
     entry = load_manifest(models).models[MODEL_NAME]
     path = models / entry.files["float"].path
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
+    flip_one_bit(path)
     with pytest.raises(ModelFileError, match="sha256"):
         load_landmark_aligner(models)
 

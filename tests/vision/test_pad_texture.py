@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tamper_support import flip_one_bit
 
+from device import fixtures
 from device.config import UnitConfig
 from device.evaluation.pad_models import crop_scale_sweep
 from device.models.manifest import ModelFileError
@@ -27,15 +29,6 @@ from device.vision.pad_texture import (
 REPO = Path(__file__).resolve().parents[2]
 MODELS_DIR = REPO / "models"
 PAD_SAMPLES = REPO / "tests" / "data" / "pad_samples"
-FIXTURE_PHOTOS = (
-    "obama.jpg",
-    "obama2.jpg",
-    "obama3.jpg",
-    "biden.jpg",
-    "obama_partial_face.jpg",
-    "obama_partial_face2.jpg",
-    *(f"sample{i}.jpg" for i in range(1, 7)),
-)
 # Real faces the texture CNNs score below the shipped threshold (issue 12: the CNN alone misfires on
 # some real photos). At the reference crop scales (2.7 / 4.0) two fixture faces did: sample6.jpg #0
 # (P(real) 0.484) and #3 (0.035). With the crop scales re-fitted to BlazeFace's boxes none does; the
@@ -85,9 +78,7 @@ def test_every_fixture_face_passes_except_the_known_misfires(
 ) -> None:  # type: ignore[no-untyped-def]
     threshold = UnitConfig().liveness.texture_threshold
     failing: dict[tuple[str, int], float] = {}
-    images = {name: load_face(name) for name in FIXTURE_PHOTOS}
-    from device import fixtures
-
+    images = {name: load_face(name) for name in fixtures.FACE_IMAGES}
     images["astronaut"] = fixtures.astronaut_rgb()
     faces = 0
     for name, image in images.items():
@@ -173,9 +164,7 @@ def copy_models(tmp_path: Path) -> Path:
 def test_a_tampered_texture_model_is_refused(tmp_path: Path, variant: str) -> None:
     models_dir = copy_models(tmp_path)
     path = models_dir / "minifasnet" / f"minifasnet_v1se_{variant}.tflite"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01  # one bit flipped in the weights
-    path.write_bytes(bytes(data))
+    flip_one_bit(path)
     with pytest.raises(ModelFileError, match="does not match the manifest"):
         open_texture_cue(config_for(variant, models_dir))
 
