@@ -144,7 +144,9 @@ class ShapePredictor5:
         origin = np.array([left, top], dtype=np.float64)
         extent = np.array([right - left, bottom - top], dtype=np.float64)
         height, width = image_rgb.shape[:2]
-        pixels_rgb = np.ascontiguousarray(image_rgb).reshape(-1, 3)
+        # One flat array of bytes: np.take on it is several times cheaper than fancy indexing rows of
+        # (N, 3), and a pixel's three channels are at 3 * index + 0, 1, 2.
+        channels = np.ascontiguousarray(image_rgb).reshape(-1)
         tables = self._tables
         shape = self.initial_shape.astype(np.float64)
         for level in range(self.split_pixels.shape[0]):
@@ -157,14 +159,23 @@ class ShapePredictor5:
             xs, ys = points[:, 0].astype(np.intp), points[:, 1].astype(np.intp)
             inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
             flat = np.where(inside, ys * width + xs, 0)
-            values = (pixels_rgb[flat].sum(axis=1, dtype=np.int32) // 3).astype(np.float32)
+            first_channel = 3 * flat
+            summed = np.take(channels, first_channel).astype(np.int32)
+            summed += np.take(channels, first_channel + 1)
+            summed += np.take(channels, first_channel + 2)
+            values = (summed // 3).astype(np.float32)
             values[~inside] = 0.0
             # Every split of every tree at once, packed into one outcome pattern per tree -> its leaf.
-            go_left = values[tables.first[level]] - values[tables.second[level]] > tables.thresholds[level]
+            go_left = (
+                np.take(values, tables.first[level]) - np.take(values, tables.second[level])
+                > tables.thresholds[level]
+            )
             pattern = (go_left.reshape(tables.trees, -1).astype(np.float32) @ tables.bit_values).astype(
                 np.intp
             )
-            increments = tables.leaves[level][tables.leaf_rows + tables.leaf_of_pattern[pattern]]
+            increments = np.take(
+                tables.leaves[level], tables.leaf_rows + tables.leaf_of_pattern[pattern], axis=0
+            )
             shape = shape + increments.sum(axis=0).reshape(LANDMARKS, 2)  # float32 sums, as dlib's
         landmarks: NDArray[np.float64] = origin + shape * extent
         return landmarks
