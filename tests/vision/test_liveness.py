@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -20,6 +21,7 @@ from device.vision.liveness import (
     Cue,
     CueResult,
     LivenessStage,
+    PadSample,
     blink_result,
     frame_edge_sides,
     fuse,
@@ -38,6 +40,10 @@ PAD_SAMPLES = REPO / "tests" / "data" / "pad_samples"
 PARAMS = RenderParams(
     halftone_period=4, paper_white=240.0, border=0.1, tilt=0.05, gradient=0.2, gamma=1.0, glare=0.1, jpeg=85
 )
+# A card held level in even light: the one trait a test varies is the only one that moves.
+PLAIN_CARD = RenderParams(
+    halftone_period=4, paper_white=235.0, border=0.1, tilt=0.0, gradient=0.0, gamma=1.0, glare=0.0, jpeg=90
+)
 
 
 def shipped_config() -> UnitConfig:
@@ -55,6 +61,13 @@ def stage() -> LivenessStage:
     opened = open_liveness(shipped_config())
     assert opened is not None
     return opened
+
+
+def attack_sample(detector: Detector, photo_name: str, species: str, params: RenderParams) -> PadSample:
+    """A fixture photo rendered as an attack instrument held up in the entrance, cut as PAD keeps it."""
+    photo = fixtures.load_rgb(photo_name)
+    attack = still_attack(photo, largest_box(detector, photo), species, params)
+    return pad_sample(attack, largest_box(detector, attack))
 
 
 def largest_box(detector: Detector, image: RgbImage) -> Box:
@@ -115,19 +128,7 @@ def test_frame_edges_see_the_border_of_a_card_held_at_an_angle(
 ) -> None:
     # a card turned away a little: its top and bottom edges run a few degrees off level and must still
     # count as whole lines (1-px/1-degree Hough bins split them into pieces too short to count)
-    photo = fixtures.load_rgb(name)
-    params = RenderParams(
-        halftone_period=4,
-        paper_white=235.0,
-        border=0.1,
-        tilt=tilt,
-        gradient=0.0,
-        gamma=1.0,
-        glare=0.0,
-        jpeg=90,
-    )
-    attack = still_attack(photo, largest_box(detector, photo), "print", params)
-    sample = pad_sample(attack, largest_box(detector, attack))
+    sample = attack_sample(detector, name, "print", replace(PLAIN_CARD, tilt=tilt))
     assert is_framed(frame_edge_sides(sample.context, sample.box))
 
 
@@ -173,19 +174,8 @@ def test_lattice_sees_a_square_grid_but_not_stripes_running_one_way() -> None:
 def test_the_spectrum_cue_fails_a_cut_out_print_the_peak_ratio_alone_lets_through(detector: Detector) -> None:
     # a printed head cut out along its outline (no border): the halftone, aliased by the camera, is a
     # lattice too weak for the isolated-peak test but present in both directions
+    sample = attack_sample(detector, "obama3.jpg", "cutout", replace(PLAIN_CARD, jpeg=85))
     photo = fixtures.load_rgb("obama3.jpg")
-    params = RenderParams(
-        halftone_period=4,
-        paper_white=235.0,
-        border=0.1,
-        tilt=0.0,
-        gradient=0.0,
-        gamma=1.0,
-        glare=0.0,
-        jpeg=85,
-    )
-    attack = still_attack(photo, largest_box(detector, photo), "cutout", params)
-    sample = pad_sample(attack, largest_box(detector, attack))
     peak = spectrum_peak_ratio(sample.context, sample.box)
     assert peak is not None and peak < 40.0
     verdict = spectrum_result([peak], [lattice_ratio(sample.context, sample.box)])
