@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from device.events.signing import COMMANDERS, EventKey, register_unit_key, signed_command
+from device.events.signing import COMMANDERS, EventKey, register_key, signed_command
 
 TEST_COMMANDER = "test-door"
 
@@ -20,7 +20,7 @@ def trust_file(directory: Path, name: str = TEST_COMMANDER, key: EventKey | None
     """The unit's ``mqtt.command_keys`` file trusting ``name`` (the test commander by default)."""
     path = directory / "commanders.json"
     directory.mkdir(parents=True, exist_ok=True)
-    register_unit_key(path, name, (key or commander_key()).public_text, COMMANDERS)
+    register_key(path, name, (key or commander_key()).public_text, COMMANDERS)
     return path
 
 

@@ -18,7 +18,7 @@ from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, confi
 from device.commands._broker_cli import add_broker_options, consumer_settings, required_ca_file
 from device.events.commander import CommandSendError, send_command
 from device.events.payloads import COMMANDS, MAX_COMMAND_LIFETIME_S, PayloadError
-from device.events.signing import COMMANDERS, EventKey, register_unit_key, signed_command
+from device.events.signing import COMMANDERS, EventKey, register_key, signed_command
 
 COMMANDER_KEY = "commander signing key"
 
@@ -49,7 +49,7 @@ def commander_key(args: argparse.Namespace) -> int:
     try:
         key = EventKey.load_or_create(args.signing_key, COMMANDER_KEY)
         if args.register is not None:
-            register_unit_key(args.register, args.name, key.public_text, COMMANDERS)
+            register_key(args.register, args.name, key.public_text, COMMANDERS)
     except (PayloadError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE

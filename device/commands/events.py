@@ -33,7 +33,7 @@ from device.events.signing import (
     EventKey,
     EventVerifier,
     load_registry,
-    register_unit_key,
+    register_key,
 )
 
 
@@ -74,7 +74,7 @@ def print_event_key(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     if args.register is not None:
         try:
-            register_unit_key(args.register, config.unit.id, key.public_text)
+            register_key(args.register, config.unit.id, key.public_text)
         except (PayloadError, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_FAILURE

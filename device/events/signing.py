@@ -25,6 +25,7 @@ import binascii
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from device.atomicio import write_atomically
-from device.events.payloads import PayloadError
+from device.events.payloads import PayloadError, encode, utc_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def registry_text(keys: Mapping[str, str], section: str = UNITS) -> str:
     return json.dumps({section: dict(sorted(keys.items()))}, indent=2) + "\n"
 
 
-def register_unit_key(path: Path, unit: str, public_text: str, section: str = UNITS) -> None:
+def register_key(path: Path, name: str, public_text: str, section: str = UNITS) -> None:
     """Adds one public key to a key file (made if missing); another key under the same name is refused."""
     what = KEY_FILE_NAMES[section]
     keys: dict[str, str] = {}
@@ -150,9 +151,9 @@ def register_unit_key(path: Path, unit: str, public_text: str, section: str = UN
             keys = {str(k): str(v) for k, v in json.loads(path.read_text(encoding="utf-8"))[section].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise PayloadError(f"{what} {path}: {error!r}") from None
-    if keys.get(unit, public_text) != public_text:
-        raise PayloadError(f"{what} {path} already holds another key for {unit!r}")
-    keys[unit] = public_text
+    if keys.get(name, public_text) != public_text:
+        raise PayloadError(f"{what} {path} already holds another key for {name!r}")
+    keys[name] = public_text
     write_atomically(path, registry_text(keys, section).encode(), mode=0o644)
 
 
@@ -232,24 +233,18 @@ def signed_command(
     now: float | None = None,
     request_id: str | None = None,
 ) -> bytes:
-    """A command payload signed by ``commander``'s key, valid for ``ttl_s`` from ``now``."""
-    from device.events.payloads import utc_timestamp
-
+    """A command payload signed by ``commander``'s key, valid for ``ttl_s`` from ``now``, schema-checked."""
     issued = time.time() if now is None else now
     payload: dict[str, Any] = {
         "command": name,
         "commander": commander,
-        "request_id": request_id or f"{commander}-{os.urandom(8).hex()}",
+        "request_id": request_id or f"{commander}-{secrets.token_hex(8)}",
         "issued_at": utc_timestamp(issued),
         "expires_at": utc_timestamp(issued + ttl_s),
     }
     if subject_id is not None:
         payload["subject_id"] = subject_id
-    return _compact(key.sign(payload))
-
-
-def _compact(payload: Mapping[str, Any]) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode("ascii")
+    return encode("cmd", key.sign(payload))
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,7 @@ def test_events_key_prints_the_units_public_key(tmp_path: Path) -> None:
 def test_a_unit_registered_after_the_consumer_started_is_picked_up_but_a_known_key_is_never_replaced(
     tmp_path: Path,
 ) -> None:
-    from device.events.signing import register_unit_key
+    from device.events.signing import register_key
 
     now = time.time()
     first = EventKey.load_or_create(tmp_path / "first.key")
@@ -188,7 +188,7 @@ def test_a_unit_registered_after_the_consumer_started_is_picked_up_but_a_known_k
     with pytest.raises(SignatureError, match="not in the key registry"):
         verifier.verify(signed(later, "unit-b", 1, when=now))
 
-    register_unit_key(registry, "unit-b", later.public_text)  # `device events key --register`
+    register_key(registry, "unit-b", later.public_text)  # `device events key --register`
     verifier.verify(signed(later, "unit-b", 2, when=now))
 
     # An attacker who can write the registry file swaps unit-a's key: the running consumer keeps the
@@ -197,4 +197,4 @@ def test_a_unit_registered_after_the_consumer_started_is_picked_up_but_a_known_k
     with pytest.raises(SignatureError, match="wrongly signed"):
         verifier.verify(signed(later, "unit-a", 3, when=now))
     with pytest.raises(PayloadError, match="another key"):
-        register_unit_key(registry, "unit-b", first.public_text)
+        register_key(registry, "unit-b", first.public_text)
