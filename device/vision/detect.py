@@ -247,7 +247,11 @@ class FaceDetector:
         self._anchors = blazeface_anchors(self.input_size // 4)
         self._zone = np.array(detection.zone, dtype=np.float32) if detection.zone else None
         self.infrared = infrared
-        self.last_frame_grey = False  # what the last ``detect`` saw (health, bench)
+
+    def takes_grey_path(self, image_rgb: RgbImage, views: FrameViews | None = None) -> bool:
+        """Whether ``detect`` treats this frame as grey (the views' grey test when they bring one)."""
+        colourless = views.colourless if views is not None else None
+        return self.infrared or (is_grey(image_rgb) if colourless is None else colourless)
 
     def detect(self, image_rgb: RgbImage, views: FrameViews | None = None) -> list[Detection]:
         """Faces in ``image_rgb``; ``views`` may bring its letterbox and grey test, prepared off the
@@ -259,9 +263,7 @@ class FaceDetector:
         prepared = views.detector_input if views is not None else None
         fits = prepared is not None and prepared.tensor.shape == (self.input_size, self.input_size, 3)
         boxed = prepared if prepared is not None and fits else letterbox(image_rgb, self.input_size)
-        colourless = views.colourless if views is not None else None
-        grey = self.infrared or (is_grey(image_rgb) if colourless is None else colourless)
-        self.last_frame_grey = grey
+        grey = self.takes_grey_path(image_rgb, views)
         tensor = skin_tinted(boxed.tensor) if grey else boxed.tensor
         outputs = self.model.run_pixels(tensor[None], PIXEL_MEAN, PIXEL_STD)
         threshold = self.config.grey_score_threshold if grey else self.config.score_threshold

@@ -268,15 +268,13 @@ def test_grey_frames_take_the_grey_path_and_colour_frames_do_not(
     grey = np.repeat(colour.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
     shipped = FaceDetector(detector_model, DetectionSection())
     assert not is_grey(colour) and is_grey(grey)
-    shipped.detect(colour)
-    assert shipped.last_frame_grey is False
-    assert len(shipped.detect(grey)) == FACES_IN_PHOTO["sample4.jpg"] and shipped.last_frame_grey
+    assert not shipped.takes_grey_path(colour) and shipped.takes_grey_path(grey)
+    assert len(shipped.detect(grey)) == FACES_IN_PHOTO["sample4.jpg"]
     # a NoIR picture with a colour cast is not grey by the test, so `capture.infrared` forces the path
     cast = np.clip(grey.astype(np.int16) + np.array([12, 0, 10]), 0, 255).astype(np.uint8)
     assert not is_grey(cast)
     infrared = FaceDetector(detector_model, DetectionSection(), infrared=True)
-    infrared.detect(cast)
-    assert infrared.last_frame_grey
+    assert infrared.takes_grey_path(cast)
 
 
 def test_without_the_skin_tint_grey_faces_score_below_the_colour_threshold(

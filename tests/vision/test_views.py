@@ -92,7 +92,7 @@ def test_a_grey_view_takes_the_detectors_grey_path(detector: FaceDetector) -> No
     views = prepare_views(grey, spec_for(detector))
     assert views.colourless is True
     assert same_faces(detector.detect(grey, views), detector.detect(grey))
-    assert detector.last_frame_grey
+    assert detector.takes_grey_path(grey, views)
 
 
 def i420(image: RgbImage) -> np.ndarray:
