@@ -36,6 +36,7 @@ from device.models.cpu_variant import (
     CPU_VARIANTS,
     ChoiceStore,
     CpuChoice,
+    CpuVariant,
     RememberedChoice,
     decide,
     time_interleaved,
@@ -341,6 +342,7 @@ class InferenceModel:
             "accelerator": self._accelerator,
             "cpu_variant": self._cpu.variant,
             "cpu_variant_reason": self._cpu_choice.reason if self._cpu_choice else "",
+            "cpu_variant_basis": self._cpu_choice.basis if self._cpu_choice else "",
             "cpu_variant_int8_speedup": self.cpu_variant_timing().get("int8_speedup"),
             "inferences": self._inferences,
             "edgetpu_failures": self._edgetpu_failures,
@@ -428,7 +430,7 @@ def probe_edgetpu(
 ) -> Backend:
     compiled = entry.files.get("edgetpu")
     if compiled is None or compiled.sha256 is None:
-        raise EdgeTpuUnavailableError("no compiled Edge TPU file in the manifest")
+        raise EdgeTpuUnavailableError("no Edge TPU file in the manifest")
     try:
         path = verify_file(models.dir, name, "edgetpu", compiled)
     except ModelFileError as error:
@@ -451,6 +453,11 @@ def probe_edgetpu(
     raise EdgeTpuUnavailableError("no Edge TPU: " + "; ".join(problems))
 
 
+def cpu_files(entry: ModelEntry) -> list[CpuVariant]:
+    """The CPU files (float, int8) the manifest lists for a model, with their sha256."""
+    return [v for v in CPU_VARIANTS if v in entry.files and entry.files[v].sha256]
+
+
 def choose_cpu_variant(
     models: ModelsSection,
     name: str,
@@ -462,15 +469,15 @@ def choose_cpu_variant(
 ) -> CpuChoice:
     """The CPU file for ``name``: from the config, the one measured earlier for the same files, machine
     and runtime, or timed now and chosen by the margin rule (:func:`device.models.cpu_variant.decide`)."""
-    available = [v for v in CPU_VARIANTS if v in entry.files and entry.files[v].sha256]
+    available = cpu_files(entry)
     if not available:
         raise ModelFileError(f"model {name!r} has no CPU file (float or int8) in the manifest")
     if models.cpu_variant != "auto":
         if models.cpu_variant not in available:
             raise ModelFileError(f"models.cpu_variant = {models.cpu_variant!r} but {name!r} has no such file")
-        return CpuChoice(models.cpu_variant, "set in config")
+        return CpuChoice(models.cpu_variant, "set in config", basis="config")
     if len(available) == 1:
-        return CpuChoice(available[0], "only CPU file")
+        return CpuChoice(available[0], "only CPU file", basis="only_file")
 
     key = "|".join(
         [
@@ -484,7 +491,12 @@ def choose_cpu_variant(
     store = ChoiceStore(state_dir)
     remembered = store.get(name)
     if remembered is not None and remembered.key == key:
-        return CpuChoice(remembered.variant, f"kept from first start: {remembered.reason}", remembered.timing)
+        return CpuChoice(
+            remembered.variant,
+            f"kept from first start: {remembered.reason}",
+            remembered.timing,
+            remembered.basis,
+        )
 
     backends = {
         variant: cpu_backend(models.dir, name, entry, variant, models.cpu_threads, interpreter_factory)
@@ -498,7 +510,7 @@ def choose_cpu_variant(
     previous = remembered.variant if remembered is not None else None
     choice = decide(timing, previous=previous, margin=models.cpu_variant_margin)
     log.info("model %s: CPU file %s: %s; %s", name, choice.variant, choice.reason, timing.as_dict())
-    store.put(name, RememberedChoice(key, choice.variant, choice.reason, timing))
+    store.put(name, RememberedChoice(key, choice.variant, choice.reason, timing, choice.basis))
     return choice
 
 

@@ -28,7 +28,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from device.atomicio import exclusive_lock, write_atomically
 
@@ -88,11 +88,18 @@ def speedup(float_ms: float, int8_ms: float) -> float:
     return float_ms / int8_ms if int8_ms > 0 else float("inf")
 
 
+# Why a CPU file was chosen, in one word (health carries this, the sentence is in the log and the bench):
+# set in the config, the only CPU file, faster beyond the margin, or within the margin and so the
+# previous choice or the default.
+ChoiceBasis = Literal["config", "only_file", "faster", "previous", "default", ""]
+
+
 @dataclass(frozen=True)
 class CpuChoice:
     variant: CpuVariant
     reason: str
     timing: VariantTiming | None = None
+    basis: ChoiceBasis = ""
 
 
 def pairs_per_block(pair_ms: float, budget_s: float) -> int:
@@ -147,15 +154,15 @@ def decide(timing: VariantTiming, *, previous: CpuVariant | None, margin: float)
     margin_text = f"margin {margin:.0%}"
     if int8_at_least >= 1.0 + margin:
         ratio = timing.int8_speedup
-        return CpuChoice("int8", f"int8 {ratio:.2f}x faster than float ({margin_text})", timing)
+        return CpuChoice("int8", f"int8 {ratio:.2f}x faster than float ({margin_text})", timing, "faster")
     if int8_at_most <= 1.0 / (1.0 + margin):
         ratio = 1.0 / timing.int8_speedup
-        return CpuChoice("float", f"float {ratio:.2f}x faster than int8 ({margin_text})", timing)
-    within = f"int8 {slowest:.2f}-{fastest:.2f}x float, not beyond the {margin_text} in all blocks but one"
+        return CpuChoice("float", f"float {ratio:.2f}x faster than int8 ({margin_text})", timing, "faster")
+    within = f"int8 {slowest:.2f}-{fastest:.2f}x float, within the {margin_text}"
     if previous is not None:
-        return CpuChoice(previous, f"{within}: kept previous {previous}", timing)
+        return CpuChoice(previous, f"{within}: kept previous {previous}", timing, "previous")
     default = DEFAULT_CPU_VARIANT
-    return CpuChoice(default, f"{within}: no previous choice, default {default}", timing)
+    return CpuChoice(default, f"{within}: no previous choice, default {default}", timing, "default")
 
 
 @dataclass(frozen=True)
@@ -166,13 +173,17 @@ class RememberedChoice:
     variant: CpuVariant
     reason: str
     timing: VariantTiming | None
+    basis: ChoiceBasis = ""
 
     @classmethod
     def parse(cls, data: object) -> RememberedChoice | None:
         if not isinstance(data, dict) or data.get("variant") not in CPU_VARIANTS:
             return None
         timing = VariantTiming.parse(data.get("timing"))
-        return cls(str(data.get("key", "")), data["variant"], str(data.get("reason", "")), timing)
+        basis: ChoiceBasis = next(
+            (known for known in get_args(ChoiceBasis) if known == data.get("basis")), ""
+        )
+        return cls(str(data.get("key", "")), data["variant"], str(data.get("reason", "")), timing, basis)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -180,6 +191,7 @@ class RememberedChoice:
             "variant": self.variant,
             "reason": self.reason,
             "timing": None if self.timing is None else self.timing.as_dict(),
+            "basis": self.basis,
         }
 
 

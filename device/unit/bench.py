@@ -484,12 +484,7 @@ def dlib_per_face_ms(images: list[RgbImage]) -> tuple[float | None, int, str | N
 
 def pad_models(pad_stage: LivenessStage | None) -> dict[str, Any]:
     """The PAD stage's models by name (texture CNNs and the face mesh), none when PAD is off."""
-    if pad_stage is None:
-        return {}
-    models: list[Any] = list(pad_stage.texture.models) if pad_stage.texture is not None else []
-    if pad_stage.landmarker is not None:
-        models.append(pad_stage.landmarker.model)
-    return {model.name: model for model in models}
+    return {} if pad_stage is None else pad_stage.models
 
 
 def cpu_variant_report(models: dict[str, Any]) -> dict[str, dict[str, Any]]:

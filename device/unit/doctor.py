@@ -292,7 +292,7 @@ def models_check(config: UnitConfig) -> Check:
     try:
         manifest = load_manifest(models.dir)
         checked = []
-        for name in (models.detector, models.embedder):
+        for name in unit_model_names(config):
             entry = model_entry(manifest, name, models.dir)
             for variant, model_file in entry.files.items():
                 if model_file.sha256 is None:
@@ -304,6 +304,40 @@ def models_check(config: UnitConfig) -> Check:
             "models", False, str(error), "reinstall the models folder: `device models verify` lists it"
         )
     return Check("models", True, f"sha256 ok: {', '.join(checked)}")
+
+
+def unit_model_names(config: UnitConfig) -> tuple[str, ...]:
+    """The models ``device run`` opens: detector and embedder, and PAD's texture CNNs and face mesh."""
+    models = config.models
+    pad = () if config.liveness.mode == "off" else (*models.pad_texture, models.landmarks)
+    return (models.detector, models.embedder, *pad)
+
+
+def cpu_files_check(config: UnitConfig) -> Check:
+    """Which CPU file (float or int8) each model runs and why, as chosen at the unit's first start and
+    kept in ``<state_dir>/cpu_variant.json``; informative (a model not timed yet is timed at start)."""
+    from device.models.accelerator import cpu_files
+    from device.models.cpu_variant import ChoiceStore, choice_state_dir
+    from device.models.manifest import load_manifest, model_entry
+
+    name = "cpu files"
+    if config.models.cpu_variant != "auto":
+        return Check(name, True, f"models.cpu_variant = {config.models.cpu_variant} for every model")
+    state_dir = choice_state_dir(config.unit.state_dir)
+    if state_dir is None:
+        return Check(name, True, "no unit state dir: each start times the float and int8 files again")
+    store, manifest = ChoiceStore(state_dir), load_manifest(config.models.dir)
+    said = []
+    for model in unit_model_names(config):
+        files = cpu_files(model_entry(manifest, model, config.models.dir))
+        kept = store.get(model)
+        if len(files) == 1:
+            said.append(f"{model} {files[0]} (only CPU file)")
+        elif kept is None:
+            said.append(f"{model} not timed yet (at the next start)")
+        else:
+            said.append(f"{model} {kept.variant} ({kept.reason})")
+    return Check(name, True, "; ".join(said))
 
 
 def accelerator_check(config: UnitConfig) -> Check:
@@ -372,4 +406,5 @@ def run_checks(
     checks.append(models)
     if models.ok:
         checks.append(accelerator_check(config))
+        checks.append(cpu_files_check(config))
     return checks

@@ -183,7 +183,8 @@ class Pipeline:
         latencies: LatencyRecorder | None = None,
         liveness: LivenessStage | None = None,
     ) -> Pipeline:
-        """The pipeline over opened model stages, reporting their accelerator state in its health."""
+        """The pipeline over opened model stages, reporting their accelerator state (and the PAD models', when
+        PAD is on) in its health."""
         return cls(
             config,
             detector=stages.detector,
@@ -193,7 +194,9 @@ class Pipeline:
             publisher=publisher,
             claims=claims,
             latencies=latencies,
-            model_health=stages.health,
+            model_health=stages.health
+            if liveness is None
+            else lambda: {**stages.health(), **liveness.health()},
             liveness=liveness,
         )
 
@@ -425,12 +428,27 @@ class Pipeline:
             "decisions": dict(self.decision_counts),
             "armed": self.config.matching.require_claim,
             "claim_pending": self.claims.peek() is not None,
-            "stage_ms": self.latencies.summary(),
+            "stage_ms": compact_latencies(self.latencies.summary()),
             "accelerator": {role: short(model.get("state")) for role, model in models.items()},
-            "models": {role: {k: short(v) for k, v in model.items()} for role, model in models.items()},
+            "models": {role: model_summary(model) for role, model in models.items()},
             "gallery": {key: short(value) for key, value in gallery.items()},
             "alarms": alarms,
         }
+
+
+# What health says of each model besides where it runs ("accelerator"): which CPU file it runs, why in
+# one word (``device.models.cpu_variant.ChoiceBasis``) and the measured int8 speed-up behind it, e.g.
+# ``["float", "default", 1.06]``. Five models (detector, embedder and PAD's three) must fit the 2 KiB
+# health message with the stage latencies, the gallery and the capture state; the sentence and the
+# timing are in the log at start, in ``<state_dir>/cpu_variant.json`` and in ``make bench``.
+def model_summary(model: dict[str, Any]) -> list[Any]:
+    return [model.get("cpu_variant"), model.get("cpu_variant_basis"), model.get("cpu_variant_int8_speedup")]
+
+
+def compact_latencies(summary: dict[str, dict[str, float]]) -> dict[str, list[float]]:
+    """Per stage ``[median_ms, p95_ms, n]``: the same figures as ``LatencyRecorder.summary`` in half the
+    bytes of the 2 KiB health message."""
+    return {stage: [row["median_ms"], row["p95_ms"], row["n"]] for stage, row in summary.items()}
 
 
 def short(value: Any, limit: int = HEALTH_TEXT_LIMIT) -> Any:
@@ -478,8 +496,6 @@ class Runner:
         capture = {key: short(value) for key, value in self.capture.health().items()}
         health["uptime_s"] = round(self._clock() - self._started, 1)
         health["capture"] = capture
-        health["dropped_frames"] = capture["dropped_frames"]
-        health["camera_reconnects"] = capture["reconnects"]
         health["cpu_temp_c"] = self._cpu_temperature()
         health["detect_ahead"] = self._detect_ahead
         health["detect_ahead_reason"] = short(self.detect_ahead_reason)

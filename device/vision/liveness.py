@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -455,6 +456,18 @@ class LivenessStage:
         if any(sample.infrared for sample in samples):
             cues[Cue.INFRARED] = infrared_result(samples)
         return fuse(cues)
+
+    @property
+    def models(self) -> dict[str, Any]:
+        """The stage's models by name (texture CNNs and the face mesh): for health and the benchmark."""
+        found: list[Any] = list(self.texture.models) if self.texture is not None else []
+        if self.landmarker is not None:
+            found.append(self.landmarker.model)
+        return {model.name: model for model in found}
+
+    def health(self) -> dict[str, Any]:
+        """Per model: where it runs and which CPU file it chose, and why (as the detector reports it)."""
+        return {name: model.health() for name, model in self.models.items()}
 
     def frame_mesh(self, sample: PadSample) -> NDArray[np.float32]:
         assert self.landmarker is not None

@@ -94,7 +94,7 @@ def test_missing_tpu_falls_back_to_cpu_with_the_reason(models_with_edgetpu: Path
 def test_no_compiled_file_is_a_fallback_reason() -> None:
     models = ModelsSection(dir=REPO_MODELS, accelerator="auto", cpu_variant="float")
     model = open_model(models, DETECTOR, delegate_loader=no_tpu)
-    assert model.state == "cpu:fallback (no compiled Edge TPU file in the manifest)"
+    assert model.state == "cpu:fallback (no Edge TPU file in the manifest)"
 
 
 def test_tpu_found_on_pci_uses_the_compiled_file(models_with_edgetpu: Path) -> None:

@@ -72,3 +72,5 @@ def test_five_consecutive_unit_starts_run_every_model_from_the_same_cpu_file(tmp
         for name, model in models.items():
             reason = model.health()["cpu_variant_reason"]
             assert reason == "only CPU file" or reason.startswith("kept from first start"), (name, reason)
+            # a kept choice still says why it was made (what health carries)
+            assert model.health()["cpu_variant_basis"] == first[name].health()["cpu_variant_basis"], name

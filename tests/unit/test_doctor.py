@@ -169,3 +169,56 @@ def test_a_file_the_service_user_cannot_read(tmp_path: Path) -> None:
     check = file_check("mqtt.tls.key_file", secret, nobody, missing_fix="")
     assert not check.ok and "not readable by nobody" in check.detail and "chown nobody" in check.fix
     assert file_check("mqtt.tls.key_file", secret, Reader(None), missing_fix="").ok  # its owner reads it
+
+
+def cpu_files_line(lines: list[str]) -> str:
+    found = [line for line in lines if line.startswith("✓ cpu files:")]
+    assert len(found) == 1, "\n".join(lines)
+    return found[0]
+
+
+def test_doctor_says_which_cpu_file_each_model_runs_and_why_once_chosen(
+    tmp_path: Path, mosquitto_broker: Any, face_images: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every model the unit opens, PAD's too: not timed before the first start, then the kept choice."""
+    from device.config import load_config
+    from device.vision.faces import load_stages
+    from device.vision.liveness import open_liveness
+
+    config_path = write_unit(tmp_path, mosquitto_broker, face_images)
+    _, lines = doctor(config_path, capsys)
+    before = cpu_files_line(lines)
+    for model in ("blazeface_full_range", "dlib_resnet_v1", "minifasnet_v2", "minifasnet_v1se"):
+        assert f"{model} not timed yet" in before
+    assert "face_landmark float (only CPU file)" in before
+
+    config = load_config(config_path)
+    opened = {**load_stages(config).models, **(open_liveness(config) or pytest.fail("PAD off")).models}
+    _, lines = doctor(config_path, capsys)
+    after = cpu_files_line(lines)
+    assert "not timed yet" not in after
+    for model in opened.values():
+        health = model.health()
+        reason = health["cpu_variant_reason"].removeprefix("kept from first start: ")
+        assert f"{health['model']} {health['cpu_variant']} ({reason})" in after
+
+
+def test_a_tampered_presentation_attack_model_fails_the_models_check(
+    tmp_path: Path, mosquitto_broker: Any, face_images: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PAD's models are checked like the detector's: a swapped MiniFASNet file is named, not trusted."""
+    from device.commands.init import shipped_models_dir
+
+    shipped = shipped_models_dir()
+    assert shipped is not None
+    models = tmp_path / "models"
+    shutil.copytree(shipped, models)
+    texture = models / "minifasnet" / "minifasnet_v2_float.tflite"
+    damaged = bytearray(texture.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    texture.write_bytes(bytes(damaged))
+    config = write_unit(tmp_path, mosquitto_broker, face_images, models={"dir": str(models)})
+    code, lines = doctor(config, capsys)
+    assert code == 1
+    failed = failed_lines(lines)
+    assert len(failed) == 1 and failed[0].startswith("✗ models:") and "minifasnet_v2" in failed[0], failed

@@ -3,8 +3,12 @@ never a recognition; the resident in person still is recognised; report/off mode
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
+from gallery_helpers import init_unit
 from pipeline_support import (
     RecordingPublisher,
     clip_frames,
@@ -17,11 +21,13 @@ from pipeline_support import (
 from device import fixtures
 from device.config import UnitConfig
 from device.events.payloads import build_event
+from device.identity.gallery import EnrolRequest, LiveGallery
 from device.identity.match import InMemoryGallery
 from device.types import Decision, DecisionType, Frame
 from device.unit.democlip import write_mjpeg
 from device.unit.padattacks import attack_clip_frames, draw_params
-from device.unit.pipeline import Pipeline
+from device.unit.pipeline import Pipeline, Runner
+from device.vision.capture import CaptureThread, FileSource
 from device.vision.faces import FaceAnalyzer, Stages
 from device.vision.liveness import LivenessStage, open_liveness
 
@@ -175,3 +181,50 @@ def test_health_after_pad_visits_still_fits_the_published_schema(
     assert problems == []
     assert "pad" in health["pipeline"]["stage_ms"]
     assert health["pipeline"]["decisions"].get("presentation_attack") == 1
+
+
+def test_a_real_unit_s_health_says_which_file_every_model_runs_and_why_untrimmed(
+    tmp_path: Path,
+    print_attack: list[Frame],
+    resident_visit: list[Frame],
+    stages: Stages,
+    analyzer: FaceAnalyzer,
+    liveness: LivenessStage,
+) -> None:
+    """The periodic health of a unit as `device run` builds it (encrypted gallery, capture thread, PAD on,
+    every decision type seen) fits the 2 KiB message whole: before, the model reports were cut from it
+    (``health_trimmed``), so health never said why a model ran its float or int8 file."""
+    unit = init_unit(tmp_path)
+    unit.store().enrol(
+        EnrolRequest("Resident", embeddings_of(analyzer, "obama2.jpg", "obama3.jpg"), "FORM-1", "t", "v1")
+    )
+    clip = tmp_path / "visits.avi"
+    visits = [*resident_visit, *print_attack, *resident_visit[:40]]
+    write_mjpeg(clip, (frame.image for frame in visits), 15.0, (640, 480))
+    entrance_clip(tmp_path / "stranger.avi", analyzer, [("visitor", "biden.jpg")])
+    publisher = RecordingPublisher()
+    pipeline = Pipeline.from_stages(
+        unit.config,
+        stages,
+        gallery=LiveGallery.from_config(unit.config),
+        publisher=publisher,
+        liveness=liveness,
+    )
+    for path in (clip, tmp_path / "stranger.avi"):
+        runner = Runner(pipeline, CaptureThread(FileSource(path)), publisher, stop_event=threading.Event())
+        assert runner.run() == 0
+    assert {d.type for d in publisher.decisions} == {
+        DecisionType.RECOGNIZED,
+        DecisionType.PRESENTATION_ATTACK,
+        DecisionType.UNKNOWN,
+    }
+    health, problems = published_health(runner.health())
+    assert problems == [] and "health_trimmed" not in health["alarms"]
+    models = health["pipeline"]["models"]
+    assert set(models) == {"detector", "embedder", "minifasnet_v2", "minifasnet_v1se", "face_landmark"}
+    for name, (variant, basis, int8_speedup) in models.items():
+        assert variant in ("float", "int8"), name
+        assert basis in ("config", "faster", "default", "previous", "only_file"), name  # why, in a word
+        assert basis in ("only_file", "config") or int8_speedup > 0, name  # the measurement behind it
+    assert set(health["pipeline"]["accelerator"]) == set(models)
+    assert health["pipeline"]["gallery"]["gallery_subjects"] == 1

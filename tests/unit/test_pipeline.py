@@ -155,10 +155,12 @@ def test_health_reports_rates_latencies_and_the_models_device(
     assert health["frames_processed"] == len(frames)
     assert health["decisions"] == {"recognized": 1, "unknown": 1}
     for stage in ("motion", "detect", "track", "quality", "align", "embed", "match", "frame"):
-        assert health["stage_ms"][stage]["median_ms"] > 0, stage
+        median_ms, p95_ms, count = health["stage_ms"][stage]
+        assert 0 < median_ms <= p95_ms and count >= 1, stage
     assert set(health["accelerator"]) == {"detector", "embedder"}
     assert health["accelerator"]["detector"].startswith("cpu")
-    assert health["models"]["embedder"]["model"] == "dlib_resnet_v1"
+    variant, basis, _ = health["models"]["embedder"]  # the CPU file, why, the int8 speed-up measured
+    assert variant in ("float", "int8") and basis
 
 
 def test_the_health_report_fits_the_published_health_schema(
