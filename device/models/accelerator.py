@@ -28,6 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -212,6 +213,13 @@ def pixel_preparer(mean: float, std: float) -> Prepare:
         if table is None:
             levels = (np.arange(256, dtype=np.float32) - np.float32(mean)) * np.float32(1.0 / std)
             table = tables[spec] = quantize(levels, spec)
+        if table.itemsize == 1 and chunk.flags.c_contiguous:
+            # OpenCV's table lookup: the same bytes as np.take, in about a third of the time for a
+            # detector frame (int8 tables are looked up as their uint8 bit patterns)
+            shape = chunk.shape
+            flat = chunk.reshape(-1, 1)
+            looked_up = cv2.LUT(flat, table.view(np.uint8))
+            return np.asarray(looked_up, dtype=np.uint8).view(table.dtype).reshape(shape)
         return np.take(table, chunk)
 
     return prepare

@@ -80,7 +80,7 @@ from device.vision.views import ViewSpec
 log = logging.getLogger(__name__)
 
 TARGETS = {
-    "pipeline_efficiency": ">= 0.8",
+    "pipeline_efficiency": ">= 0.9",
     "speedup_vs_dlib_per_face": ">= 20",
     "match_10k_ms": "< 1",
     "idle_cpu_percent": "< 5",
@@ -511,7 +511,7 @@ def stage_table(latencies: LatencyRecorder) -> dict[str, dict[str, float]]:
 
 def target_report(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     checks: dict[str, Callable[[float], bool]] = {
-        "pipeline_efficiency": lambda value: value >= 0.8,
+        "pipeline_efficiency": lambda value: value >= 0.9,
         "speedup_vs_dlib_per_face": lambda value: value >= 20,
         "match_10k_ms": lambda value: value < 1,
         "idle_cpu_percent": lambda value: value < 5,

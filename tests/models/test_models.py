@@ -183,6 +183,19 @@ def test_pixels_for_the_int8_file_are_quantised_without_bias() -> None:
     assert abs(offsets.mean() + 0.5) < 0.01
 
 
+@pytest.mark.parametrize(("dtype", "zero_point"), [(np.uint8, 127), (np.int8, -1), (np.int8, 3)])
+def test_the_pixel_table_gives_exactly_what_quantising_the_float_would(dtype: type, zero_point: int) -> None:
+    """The table lookup (OpenCV's, on a whole frame) is the float round trip's result, bit for bit."""
+    from device.models.accelerator import TensorSpec, pixel_preparer, quantize
+
+    frame = np.random.default_rng(7).integers(0, 256, size=(1, 96, 64, 3), dtype=np.uint8)
+    spec = TensorSpec(0, frame.shape, np.dtype(dtype), 1 / 127.5, zero_point)
+    prepared = pixel_preparer(127.5, 127.5)(frame, spec)
+    expected = quantize((frame.astype(np.float32) - np.float32(127.5)) * np.float32(1 / 127.5), spec)
+    assert prepared.dtype == expected.dtype and prepared.shape == frame.shape
+    np.testing.assert_array_equal(prepared, expected)
+
+
 def test_verify_on_a_unit_without_the_schema_still_checks_sha256(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
