@@ -6,8 +6,8 @@ Species (ISO/IEC 30107-3 "presentation attack instrument species"):
 - ``screen``: a photo on a phone/tablet: RGB sub-pixel stripes (moire once resampled), display gamma, a
   black bezel, a glare band;
 - ``cutout``: a print cut along the head (no border; halftone and ink remain);
-- clips (``print_clip``, ``screen_clip``): a print or a phone held up in the entrance and moved towards
-  the camera as one flat object (tilting a little).
+- clips (``print_clip``, ``screen_clip``, ``cutout_clip``): a print, a phone or a cut-out held up in the
+  entrance and moved towards the camera as one flat object (tilting a little).
 
 Bona fide: the fixture photos themselves and the entrance clips of ``device.unit.democlip`` (a person cut
 out of a photo, walking in). What this proves: that the mechanism of each cue reacts to the physical
@@ -32,7 +32,10 @@ from device.types import Box, Detection, RgbImage
 from device.unit.democlip import Walk, hallway, largest_face, walk_frames, write_mjpeg
 
 SPECIES_STILL = ("print", "screen", "cutout")
-SPECIES_CLIP = ("print_clip", "screen_clip")
+SPECIES_CLIP = ("print_clip", "screen_clip", "cutout_clip")
+# Species added after the set's first figures draw their parameters from a generator of their own, so that
+# the renders of the earlier species (and the settings chosen on them) stay byte for byte the same.
+SPECIES_ADDED_LATER = ("cutout_clip",)
 
 
 @dataclass(frozen=True)
@@ -225,9 +228,12 @@ def attack_clip_frames(
     size: tuple[int, int] = (640, 480),
     empty_frames: int = 15,
 ) -> Iterator[RgbImage]:
-    """A print or phone moved towards the camera as one flat object, tilting as it comes."""
-    base = "print" if species.startswith("print") else "screen"
+    """A print, phone or cut-out moved towards the camera as one flat object, tilting as it comes."""
+    base = species.removesuffix("_clip")
+    if base not in SPECIES_STILL:
+        raise ValueError(f"no attack clip species {species!r}")
     instrument = light_gradient(card(photo, face, base, params), params.gradient, 0.7)
+    alpha = cutout_alpha(instrument) if base == "cutout" else None
     width, height = size
     background = hallway(width, height)
     for _ in range(empty_frames):
@@ -241,6 +247,7 @@ def attack_clip_frames(
             centre=(width * (0.3 + 0.2 * eased), height * 0.45),
             width_px=width * (0.25 + 0.2 * eased),
             tilt=params.tilt * (1.0 - 2.0 * t),
+            alpha=alpha,
         )
         yield camera(scene, params.jpeg)
     for _ in range(empty_frames):
@@ -280,6 +287,7 @@ def write_attack_set(
 ) -> int:
     """Writes ``root/bona_fide`` and ``root/attack/<species>`` for one split; returns the file count."""
     rng = np.random.default_rng(SEEDS[split])
+    later_rng = np.random.default_rng((SEEDS[split], 1))  # SPECIES_ADDED_LATER
     written = 0
     background = hallway(*size)
     for name, photo in photos:
@@ -300,7 +308,8 @@ def write_attack_set(
         for species in SPECIES_CLIP:
             clip = root / "attack" / species / f"{stem}.avi"
             clip.parent.mkdir(parents=True, exist_ok=True)
-            write_mjpeg(clip, attack_clip_frames(photo, face.box, species, draw_params(rng)), 15.0, size)
+            params = draw_params(later_rng if species in SPECIES_ADDED_LATER else rng)
+            write_mjpeg(clip, attack_clip_frames(photo, face.box, species, params), 15.0, size)
             written += 1
     return written
 

@@ -13,7 +13,7 @@ from device.evaluation.pad_eval import evaluate, report
 from device.unit.padattacks import HOLDOUT_PHOTOS, write_attack_set
 from device.vision.liveness import open_liveness
 
-COLUMNS = ("bpcer", "print", "screen", "cutout", "print_clip", "screen_clip")
+COLUMNS = ("bpcer", "print", "screen", "cutout", "print_clip", "screen_clip", "cutout_clip")
 
 
 def readme_row(variant: str) -> dict[str, str]:

@@ -5,16 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from pipeline_support import embeddings_of, unit_config
 
 from device import fixtures
 from device.evaluation.pad_eval import presentations_in
 from device.identity.match import InMemoryGallery
+from device.unit import padattacks
 from device.unit.bench import decoded_frames
 from device.unit.democlip import demo_walks, make_clip
 from device.unit.padattacks import (
     DRAWS_PER_STILL,
     HOLDOUT_PHOTOS,
+    SPECIES_ADDED_LATER,
     SPECIES_CLIP,
     SPECIES_STILL,
     TUNE_PHOTOS,
@@ -41,6 +44,22 @@ def test_the_set_is_reproducible_and_in_the_pad_eval_layout(stages: Stages, tmp_
         assert (first / relative).read_bytes() == (second / relative).read_bytes(), relative
     species = {kind for kind, _ in presentations_in(first)}
     assert species == {"bona_fide", *SPECIES_STILL, *SPECIES_CLIP}
+
+
+def test_a_species_added_later_leaves_the_earlier_renders_as_they_were(
+    stages: Stages, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The figures the settings were chosen on stay reproducible: the set without the later species is
+    the same files, byte for byte (two subjects, so that draws carried from one to the next count too)."""
+    photos = [(name, fixtures.load_rgb(name)) for name in ("biden.jpg", "obama3.jpg")]
+    write_attack_set(tmp_path / "now", "holdout", photos, stages.detector.detect)
+    earlier = tuple(species for species in SPECIES_CLIP if species not in SPECIES_ADDED_LATER)
+    monkeypatch.setattr(padattacks, "SPECIES_CLIP", earlier)
+    count = write_attack_set(tmp_path / "before", "holdout", photos, stages.detector.detect)
+    files = sorted(path.relative_to(tmp_path / "before") for path in (tmp_path / "before").rglob("*.*"))
+    assert len(files) == count > 0
+    for relative in files:
+        assert (tmp_path / "now" / relative).read_bytes() == (tmp_path / "before" / relative).read_bytes()
 
 
 def test_bench_reports_pad_cpu_per_visit_and_the_added_delay(stages: Stages, tmp_path: Path) -> None:
