@@ -77,4 +77,7 @@ def test_each_stage_has_its_share_of_the_frame_and_the_sequential_run_has_no_par
     sequential = figures["sequential_stage_share_of_frame"]
     assert {"views", "track", "align", "detector_inference"} <= set(shares)
     assert "views" not in sequential and "detect_ahead" not in sequential and "detect" in sequential
-    assert all(0 < share < 1.5 for share in shares.values())
+    # shares are rounded to 3 places: a stage of a few microseconds (the gate when it is off, matching) may
+    # read 0.0 on a slow run; the stages that do the work may not
+    assert all(0 <= share < 1.5 for share in shares.values())
+    assert all(shares[stage] > 0 for stage in ("views", "track", "align", "detector_inference"))
