@@ -230,19 +230,26 @@ def test_the_probe_fits_its_budget_but_never_drops_below_a_median_worth_comparin
     assert pairs_per_block(pair_ms=0.0, budget_s=1.5) >= pairs_per_block(pair_ms=0.01, budget_s=1.5)
 
 
-@pytest.mark.parametrize("name", [EMBEDDER, "minifasnet_v2"])
-def test_files_clearly_apart_are_chosen_alike_on_five_first_starts_from_nothing(
-    tmp_path: Path, name: str
+# How far apart a model's two files are depends on the CPU: the embedder's int8 file is 1.8-3.9x faster
+# on the earlier x86-64 hosts in models/README.md and only 1.05-1.09x on an AMD EPYC with AVX2 and no
+# AVX-512 (float kept by default there), so no basis is expected for it;
+# MiniFASNet's float file was 3-7x faster than its int8 one on every host measured.
+@pytest.mark.parametrize(("name", "expected_basis"), [(EMBEDDER, None), ("minifasnet_v2", "faster")])
+def test_five_first_starts_from_nothing_run_the_same_file_for_the_same_reason(
+    tmp_path: Path, name: str, expected_basis: str | None
 ) -> None:
     # Real timings, a fresh state dir each: only the margin rule keeps these starts together. (The
-    # detector's two files are close here and their ratio moves with the machine's load, so its
+    # detector's two files are close on some hosts and their ratio moves with the machine's load, so its
     # first starts can differ; the unit's later starts keep the first: tests/unit/test_cpu_variant_starts.py.)
     models = ModelsSection(dir=REPO_MODELS, accelerator="cpu", cpu_variant="auto")
     opened = [open_model(models, name, state_dir=tmp_path / f"start-{index}") for index in range(5)]
     for model in opened:  # the measured ratios, for `pytest -o log_cli=true`
         log.info("%s: %s, %s", name, model.health()["cpu_variant_reason"], model.cpu_variant_timing())
     assert len({model.variant for model in opened}) == 1, [model.health() for model in opened]
-    assert all("faster than" in model.health()["cpu_variant_reason"] for model in opened)
+    bases = {model.health()["cpu_variant_basis"] for model in opened}
+    assert len(bases) == 1, [model.health() for model in opened]
+    if expected_basis is not None:
+        assert bases == {expected_basis}
 
 
 def test_the_choice_and_its_reason_are_in_the_published_health(tmp_path: Path) -> None:
