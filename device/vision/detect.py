@@ -91,7 +91,8 @@ class RawFace:
 
 
 def sigmoid(logits: NDArray[np.float32]) -> NDArray[np.float32]:
-    clipped = np.clip(logits, -LOGIT_CLIP, LOGIT_CLIP)
+    # maximum/minimum rather than np.clip: the same values, without clip's dispatch cost (per frame)
+    clipped = np.minimum(np.maximum(logits, -LOGIT_CLIP), LOGIT_CLIP)
     result: NDArray[np.float32] = (1.0 / (1.0 + np.exp(-clipped))).astype(np.float32)
     return result
 
@@ -115,7 +116,8 @@ def decode_blazeface(
     cy = centres[:, 1] + raw[:, 1]
     half_w = raw[:, 2] / 2.0
     half_h = raw[:, 3] / 2.0
-    boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1).astype(np.float32)
+    boxes = np.empty((keep.size, 4), dtype=np.float32)
+    boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3] = cx - half_w, cy - half_h, cx + half_w, cy + half_h
     keypoints = (raw[:, 4:16].reshape(-1, 6, 2) + centres[:, None, :]).astype(np.float32)
     return boxes, sigmoid(logits[keep]), keypoints
 
@@ -125,7 +127,7 @@ def iou_one_to_many(box: NDArray[np.float32], boxes: NDArray[np.float32]) -> NDA
     y0 = np.maximum(box[1], boxes[:, 1])
     x1 = np.minimum(box[2], boxes[:, 2])
     y1 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    inter = np.maximum(x1 - x0, 0) * np.maximum(y1 - y0, 0)  # np.clip's dispatch costs several times more
     area = (box[2] - box[0]) * (box[3] - box[1])
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     union = area + areas - inter
@@ -272,9 +274,15 @@ class FaceDetector:
         detections = []
         for face in faces:
             corners = boxed.to_frame(face.box.reshape(2, 2))
-            x0, y0 = np.clip(corners[0], 0, [width, height])
-            x1, y1 = np.clip(corners[1], 0, [width, height])
-            box = Box(float(x0), float(y0), float(x1), float(y1))
+            # clamped to the frame in plain floats: np.clip costs more than the rest of this loop
+            (x0, y0), (x1, y1) = corners.tolist()
+            right, bottom = float(width), float(height)
+            box = Box(
+                min(max(x0, 0.0), right),
+                min(max(y0, 0.0), bottom),
+                min(max(x1, 0.0), right),
+                min(max(y1, 0.0), bottom),
+            )
             if box.width < self.config.min_face_px or box.height < self.config.min_face_px:
                 continue
             if self._zone is not None:
