@@ -110,6 +110,12 @@ def decode_blazeface(
     """
     threshold_logit = np.log(score_threshold / (1.0 - score_threshold))
     keep = np.flatnonzero(logits > threshold_logit)
+    if keep.size == 0:  # most frames: nothing to decode
+        return (
+            np.empty((0, 4), dtype=np.float32),
+            np.empty(0, dtype=np.float32),
+            np.empty((0, 6, 2), dtype=np.float32),
+        )
     raw = regressors[keep]
     centres = anchors[keep] * input_size
     cx = centres[:, 0] + raw[:, 0]
@@ -123,11 +129,12 @@ def decode_blazeface(
 
 
 def iou_one_to_many(box: NDArray[np.float32], boxes: NDArray[np.float32]) -> NDArray[np.float32]:
-    x0 = np.maximum(box[0], boxes[:, 0])
-    y0 = np.maximum(box[1], boxes[:, 1])
-    x1 = np.minimum(box[2], boxes[:, 2])
-    y1 = np.minimum(box[3], boxes[:, 3])
-    inter = np.maximum(x1 - x0, 0) * np.maximum(y1 - y0, 0)  # np.clip's dispatch costs several times more
+    # Corners two columns at a time and np.maximum for the clamp (np.clip's dispatch costs several
+    # times more): the same element-wise arithmetic as one coordinate at a time, in fewer calls.
+    top_left = np.maximum(box[:2], boxes[:, :2])
+    bottom_right = np.minimum(box[2:4], boxes[:, 2:4])
+    sides = np.maximum(bottom_right - top_left, 0)
+    inter = sides[:, 0] * sides[:, 1]
     area = (box[2] - box[0]) * (box[3] - box[1])
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     union = area + areas - inter
@@ -145,6 +152,8 @@ def weighted_nms(
 
     The cluster keeps the best score (averaging scores would penalise faces seen by many anchors).
     """
+    if scores.size == 0:
+        return []
     order = np.argsort(-scores, kind="stable")
     boxes, scores, keypoints = boxes[order], scores[order], keypoints[order]
     remaining = np.arange(len(scores))
