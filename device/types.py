@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,10 +29,11 @@ class Letterbox:
 
     def to_frame(self, points: NDArray[np.float32]) -> NDArray[np.float32]:
         """Input-pixel (x, y) pairs in the last axis back to frame pixels."""
-        # Pad and scale in the points' own dtype: the arithmetic a Python number would get (float32 for
-        # float32 points), in two array operations instead of eight.
-        pad = np.array([self.pad_x, self.pad_y], dtype=points.dtype)
-        scale = np.array([self.scale_x, self.scale_y], dtype=points.dtype)
+        # Pad and scale in the points' own float dtype: the arithmetic a Python number would get (float32
+        # for float32 points), in two array operations instead of eight.
+        dtype = points.dtype if np.issubdtype(points.dtype, np.floating) else np.dtype(np.float64)
+        pad: NDArray[Any] = np.array([self.pad_x, self.pad_y], dtype=dtype)
+        scale: NDArray[Any] = np.array([self.scale_x, self.scale_y], dtype=dtype)
         frame_points: NDArray[np.float32] = (points - pad) / scale
         return frame_points
 

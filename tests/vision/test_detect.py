@@ -135,6 +135,10 @@ def test_letterbox_keeps_aspect_and_maps_back() -> None:
     assert boxed.tensor[0, 0].tolist() == [0, 0, 0] and boxed.tensor[96, 96].tolist() == [200, 200, 200]
     corners = boxed.to_frame(np.array([[0.0, 24.0], [192.0, 168.0]], np.float32))
     np.testing.assert_allclose(corners, [[0, 0], [640, 480]], atol=1e-3)
+    assert corners.dtype == np.float32  # the detector's keypoints stay float32
+    # whole-pixel points map back as floats, not truncated to the nearest integer below
+    middle = boxed.to_frame(np.array([[97, 97]]))
+    np.testing.assert_allclose(middle, [[97 / 0.3, (97 - 24) / 0.3]])
 
 
 def test_blazeface_decoder_turns_anchor_offsets_into_pixels() -> None:
