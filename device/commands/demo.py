@@ -21,13 +21,13 @@ from typing import Any
 
 from device import cli
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry
+from device.evaluation.fixtures import FixtureError
 from device.events.publish import Publisher, StdoutPublisher
-from device.fixtures import FixtureError
 from device.identity.gallery import GalleryError
+from device.lab.demo import DemoError, add_demo_arguments, describe, outcome_problems, prepare
+from device.runtime.service import StartupError, build_runner, make_publisher, open_stages, stop_on_signals
 from device.timing import LatencyRecorder
 from device.types import Decision
-from device.unit.demo import DemoError, add_demo_arguments, describe, outcome_problems, prepare
-from device.unit.service import StartupError, build_runner, make_publisher, open_stages, stop_on_signals
 
 SUBSCRIBER_READY_S = 30.0
 DELIVERY_WAIT_S = 15.0
@@ -131,7 +131,7 @@ def run_demo(directory: Path, *, fast: bool, broker: bool) -> int:
     dev_broker: Any = None
     overrides: dict[str, dict[str, Any]] = {}
     if broker:
-        from device.unit.devbroker import DevBrokerError, start_dev_broker
+        from device.lab.devbroker import DevBrokerError, start_dev_broker
 
         try:
             dev_broker = start_dev_broker(directory / "broker", unit_id="demo-unit")

@@ -18,9 +18,7 @@ from pathlib import Path
 
 from device.cli import EXIT_USAGE, CommandRegistry, config_from_args
 from device.config import UnitConfig
-from device.timing import LatencyRecorder
-from device.types import Decision
-from device.unit.service import (
+from device.runtime.service import (
     StartupError,
     build_runner,
     check_source,
@@ -28,6 +26,8 @@ from device.unit.service import (
     open_stages,
     stop_on_signals,
 )
+from device.timing import LatencyRecorder
+from device.types import Decision
 
 
 def register(commands: CommandRegistry) -> None:

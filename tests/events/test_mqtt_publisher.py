@@ -18,7 +18,7 @@ from command_support import signed, trust_file
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from device.config import UnitConfig, parse_config
-from device.events.consumer import Deduper, check_event
+from device.consumers.consumer import Deduper, check_event
 from device.events.mqtt_publisher import Backoff, MqttPublisher, MqttSetupError
 from device.events.payloads import PayloadError, decode
 from device.identity.decide import ClaimSlot
@@ -132,7 +132,7 @@ def test_events_arrive_in_seq_order_with_online_status_and_health(
 def test_events_made_while_the_broker_is_down_are_delivered_after_it_returns(
     mosquitto_broker: Any, tmp_path: Path
 ) -> None:
-    from device.events.consumer import ConsumerSettings, EventConsumer
+    from device.consumers.consumer import ConsumerSettings, EventConsumer
 
     config = unit_config(mosquitto_broker, tmp_path, "unit-replay")
     cert, key = mosquitto_broker.cert_for("backend")

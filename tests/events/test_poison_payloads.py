@@ -16,11 +16,11 @@ import pytest
 from command_support import signed
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from device.events.consumer import ConsumerSettings, EventConsumer, check_event
+from device.consumers.consumer import ConsumerSettings, EventConsumer, check_event
 from device.events.mqtt_publisher import MqttPublisher
 from device.events.payloads import MAX_NESTING, PayloadError, Topics, decode, nesting_depth, parse_command
-from device.unit.sdnotify import SystemdNotifier, WatchdogSettings
-from device.unit.service import watch_publisher
+from device.runtime.sdnotify import SystemdNotifier, WatchdogSettings
+from device.runtime.service import watch_publisher
 from tests.events.test_mqtt_publisher import decision, unit_config, wait_for
 
 DEEP_LIST = b"[" * 1500
