@@ -56,6 +56,7 @@ from device.events.payloads import (
     encode,
 )
 from device.events.signing import CommandVerifier, EventKey
+from device.layout import StateLayout
 from device.types import Decision
 
 log = logging.getLogger(__name__)
@@ -122,10 +123,6 @@ def tls_context(settings: MqttSection) -> ssl.SSLContext:
     return context
 
 
-def event_key_path(config: UnitConfig) -> Path:
-    return config.mqtt.event_key_path or config.unit.state_dir / "secrets" / "event-signing.key"
-
-
 def _read_password(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8").rstrip("\r\n")
@@ -164,7 +161,7 @@ class MqttPublisher:
         )
         self._session = secrets.token_hex(8)
         try:
-            self._event_key = EventKey.load_or_create(event_key_path(config))
+            self._event_key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
         except (PayloadError, OSError) as error:
             raise MqttSetupError(f"event signing key: {error}") from error
         try:

@@ -20,8 +20,9 @@ from device.config import UnitConfig
 from device.events.publish import Publisher, StdoutPublisher
 from device.identity.claims import ClaimDrop
 from device.identity.decide import ClaimSlot
-from device.identity.gallery import LastSeenRecorder, LiveGallery, claims_directory
+from device.identity.gallery import LastSeenRecorder, LiveGallery
 from device.identity.match import GalleryView
+from device.layout import StateLayout
 from device.runtime.pipeline import Pipeline, Runner
 from device.runtime.sdnotify import Notifier, SystemdNotifier
 from device.timing import LatencyRecorder
@@ -168,7 +169,7 @@ def build_runner(
         publisher,
         stop_event=stop_event,
         notifier=notifier,
-        claim_drop=ClaimDrop(claims_directory(config), config.matching.claim_window_s),
+        claim_drop=ClaimDrop(StateLayout.from_config(config).claims, config.matching.claim_window_s),
         health_interval_s=config.mqtt.health_interval_s,
         # the enrolled set's last-seen day (recognised subjects only); not for a gallery handed in (demo)
         on_decision=on_decision if parts.gallery_given else LastSeenRecorder(config, then=on_decision),

@@ -302,11 +302,11 @@ def test_consumers_drop_redeliveries_and_events_on_a_foreign_topic() -> None:
 
 
 def test_events_tail_prints_what_a_consumer_receives(mosquitto_broker: Any, tmp_path: Path) -> None:
-    from device.events.mqtt_publisher import event_key_path
     from device.events.signing import EventKey, registry_text
+    from device.layout import StateLayout
 
     config = unit_config(mosquitto_broker, tmp_path, "unit-tail")
-    public = EventKey.load_or_create(event_key_path(config)).public_text
+    public = EventKey.load_or_create(StateLayout.from_config(config).event_key).public_text
     (tmp_path / "keys.json").write_text(registry_text({"unit-tail": public}))
     cert, key = mosquitto_broker.cert_for("tail")
     tail = subprocess.Popen(
