@@ -56,6 +56,7 @@ from device.events.payloads import (
     encode,
 )
 from device.events.signing import CommandVerifier, EventKey
+from device.events.tls import TlsSetupError, client_tls_context
 from device.layout import StateLayout
 from device.types import Decision
 
@@ -106,21 +107,12 @@ class _Counters:
 
 
 def tls_context(settings: MqttSection) -> ssl.SSLContext:
+    """The project's one client context (``events.tls``) from the ``[mqtt.tls]`` files."""
     tls = settings.tls
-    if tls.ca_file is None or tls.cert_file is None or tls.key_file is None:
-        raise MqttSetupError("mqtt.tls.ca_file, cert_file and key_file are all required (TLS is mandatory)")
-    for path in (tls.ca_file, tls.cert_file, tls.key_file):
-        if not path.is_file():
-            raise MqttSetupError(f"TLS file not found: {path}")
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file))
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = True
-    context.verify_mode = ssl.CERT_REQUIRED
     try:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    except (ssl.SSLError, OSError) as error:
-        raise MqttSetupError(f"cannot load the client certificate {tls.cert_file}: {error}") from error
-    return context
+        return client_tls_context(tls.ca_file, tls.cert_file, tls.key_file)
+    except TlsSetupError as error:
+        raise MqttSetupError(f"mqtt.tls: {error}") from error
 
 
 def _read_password(path: Path) -> str:
