@@ -12,7 +12,6 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -90,11 +89,11 @@ def watch_publisher(notifier: Any, publisher: Publisher) -> None:
         watch("mqtt_io", io_alive)
 
 
-def check_source(config: UnitConfig, base_dir: Path | None) -> None:
+def check_source(config: UnitConfig) -> None:
     """A file source that is missing or unreadable is a config problem: say so before starting."""
     if config.capture.backend != "file":
         return
-    source = open_source(config.capture, base_dir=base_dir)
+    source = open_source(config.capture)
     try:
         source.open()
     except CameraError as error:
@@ -111,7 +110,6 @@ def build_runner(
     stop_event: threading.Event,
     latencies: LatencyRecorder | None = None,
     gallery: GalleryView | None = None,
-    base_dir: Path | None = None,
     on_decision: Callable[[Decision], None] | None = None,
     notifier: Any = None,
     liveness: LivenessStage | None = None,
@@ -128,7 +126,7 @@ def build_runner(
     )
     views = ViewSpec.for_unit(config, stages.detector.input_size)  # prepared by the camera side
     capture = CaptureThread(
-        open_source(config.capture, base_dir=base_dir, views=views),
+        open_source(config.capture, views=views),
         config.capture.reconnect_backoff_max_s,
         views=views,
     )

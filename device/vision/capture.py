@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 import cv2
 import numpy as np
 
-from device.config import CaptureSection, ConfigError
+from device.config import CaptureSection, FileCapture, OpenCvCapture
 from device.timing import LatencyRecorder
 from device.types import Frame, FrameViews, RgbImage
 from device.vision.views import ViewSpec, prepare_views, views_from_lores
@@ -165,17 +165,9 @@ class FileSource:
             self._video = None
 
 
-def parse_opencv_source(source: str) -> int | str:
-    """A V4L2 index ("0"), a device path ("/dev/video0") or a stream URL ("rtsp://...")."""
-    text = source.strip()
-    if re.fullmatch(r"\d{1,3}", text):
-        return int(text)
-    if text.startswith("/dev/") or re.match(r"^(rtsp|rtsps|http|https)://", text):
-        return text
-    raise ConfigError(
-        "capture.source",
-        [f"capture.source = {source!r}: expected a V4L2 index (0), a device path (/dev/video0) or a URL"],
-    )
+def opencv_device(source: str) -> int | str:
+    """What ``cv2.VideoCapture`` takes for a checked ``capture.source``: an index as int, else the text."""
+    return int(source) if source.isdigit() else source
 
 
 class OpenCvSource:
@@ -481,28 +473,17 @@ class ReconnectingSource:
         self._set_state("stopped")
 
 
-def open_source(
-    config: CaptureSection, *, base_dir: Path | None = None, views: ViewSpec | None = None
-) -> FrameSource:
+def open_source(config: CaptureSection, *, views: ViewSpec | None = None) -> FrameSource:
     """The configured camera or file, oriented; not opened yet (``CaptureThread`` opens it).
 
     ``views``: what the capture thread will prepare; the Pi camera is then asked for a low-resolution
     stream of the right size (unless the picture is rotated, which the ISP cannot do for it)."""
     source: FrameSource
     software_flips = True
-    if config.backend == "file":
-        if not config.source:
-            raise ConfigError(
-                "capture.source", ["capture.source: the file backend needs a video file or folder"]
-            )
-        path = Path(config.source)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        source = FileSource(path, loop=config.loop, fps=config.fps if config.realtime else None)
-    elif config.backend == "opencv":
-        source = OpenCvSource(
-            parse_opencv_source(config.source or "0"), config.width, config.height, config.fps
-        )
+    if isinstance(config, FileCapture):
+        source = FileSource(config.source, loop=config.loop, fps=config.fps if config.realtime else None)
+    elif isinstance(config, OpenCvCapture):
+        source = OpenCvSource(opencv_device(config.source), config.width, config.height, config.fps)
     else:
         source = Picamera2Source(
             config.width,
