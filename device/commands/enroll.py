@@ -33,7 +33,8 @@ from device.identity.enrol import (
 )
 from device.identity.gallery import EnrolRequest, GalleryStore, check_expiry, utc_now
 from device.progress import ProgressBar
-from device.vision.capture import CameraError, EndOfStream, FrameSource, open_source
+from device.vision.capture import open_source
+from device.vision.capture.source import CameraError, EndOfStream, FrameSource
 
 log = logging.getLogger(__name__)
 

@@ -265,7 +265,8 @@ def broker_check(config: UnitConfig, timeout_s: float = BROKER_TIMEOUT_S) -> Che
 
 # --- capture, models, accelerator, key ---------------------------------------------------------------
 def capture_check(config: UnitConfig) -> Check:
-    from device.vision.capture import CameraError, open_source
+    from device.vision.capture import open_source
+    from device.vision.capture.source import CameraError
 
     name = "capture"
     capture = config.capture

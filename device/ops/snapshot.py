@@ -16,7 +16,8 @@ import numpy as np
 from device.atomicio import write_atomically
 from device.config import UnitConfig
 from device.types import Detection, RgbImage
-from device.vision.capture import CameraError, EndOfStream, open_source
+from device.vision.capture import open_source
+from device.vision.capture.source import CameraError, EndOfStream
 from device.vision.detect import FaceDetector, annotate
 
 SNAPSHOT_MODE = 0o600

@@ -50,7 +50,7 @@ from device.identity.match import CachedIndex, GalleryView
 from device.runtime.sysinfo import cpu_temperature_c
 from device.timing import LatencyRecorder
 from device.types import Decision, DecisionType, Detection, Frame, PadOutcome, RgbImage, Track, TrackState
-from device.vision.capture import CaptureThread
+from device.vision.capture.thread import CaptureThread
 from device.vision.faces import Aligner, Detector, Embedder, Stages
 from device.vision.liveness import LivenessStage, PadSample, pad_sample
 from device.vision.motion import MotionGate

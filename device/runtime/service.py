@@ -25,7 +25,9 @@ from device.runtime.pipeline import Pipeline, Runner
 from device.runtime.sdnotify import SystemdNotifier
 from device.timing import LatencyRecorder
 from device.types import Decision
-from device.vision.capture import CameraError, CaptureThread, open_source
+from device.vision.capture import open_source
+from device.vision.capture.source import CameraError
+from device.vision.capture.thread import CaptureThread
 from device.vision.faces import Stages, load_stages
 from device.vision.liveness import LivenessStage, open_liveness
 from device.vision.views import ViewSpec

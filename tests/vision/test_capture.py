@@ -15,20 +15,12 @@ import pytest
 
 from device.config import ConfigError, OpenCvCapture, parse_config
 from device.types import Frame, RgbImage
-from device.vision.capture import (
-    CameraError,
-    CaptureThread,
-    EndOfStream,
-    FileSource,
-    LatestFrameBuffer,
-    OpenCvSource,
-    Picamera2Source,
-    ReconnectingSource,
-    backoff_delays,
-    opencv_device,
-    orient,
-    redact_url,
-)
+from device.vision.capture.file import FileSource
+from device.vision.capture.opencv import OpenCvSource, opencv_device, redact_url
+from device.vision.capture.picamera2 import Picamera2Source
+from device.vision.capture.reconnect import ReconnectingSource, backoff_delays
+from device.vision.capture.source import CameraError, EndOfStream, orient
+from device.vision.capture.thread import CaptureThread, LatestFrameBuffer
 
 
 def write_video(path: Path, frames: list[RgbImage], fps: float = 10.0) -> Path:
