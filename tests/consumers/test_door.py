@@ -19,8 +19,9 @@ from gpiozero.pins.mock import MockFactory
 
 from device.commands.door import run_door
 from device.consumers.door import Door, DoorAudit, DoorPolicy, gpio_relay, judge
-from device.events.mqtt_publisher import MqttPublisher, event_key_path
+from device.events.mqtt_publisher import MqttPublisher
 from device.events.signing import EventKey, registry_text
+from device.layout import StateLayout
 from device.types import Decision, DecisionType
 from tests.events.test_mqtt_publisher import unit_config, wait_for
 from tests.events.test_poison_payloads import RawClient
@@ -78,7 +79,7 @@ def test_the_door_opens_only_for_verified_events_over_the_real_broker(
 ) -> None:
     unit = "unit-door"
     config = unit_config(mosquitto_broker, tmp_path, unit)
-    unit_key = EventKey.load_or_create(event_key_path(config))
+    unit_key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
     registry = tmp_path / "keys.json"
     registry.write_text(registry_text({unit: unit_key.public_text}))
     cert, key = mosquitto_broker.cert_for("backend")

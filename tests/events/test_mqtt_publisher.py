@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from device.config import UnitConfig, parse_config
 from device.consumers.consumer import Deduper, check_event
+from device.events.command_gate import command_table
 from device.events.mqtt_publisher import Backoff, MqttPublisher, MqttSetupError
 from device.events.payloads import PayloadError, decode
 from device.identity.decide import ClaimSlot
@@ -201,8 +202,7 @@ def test_commands_claim_reload_health_are_taken_and_anything_else_is_counted_as_
     commander.publish(f"{base}/cmd/reload", signed("reload"), retain=True)
     publisher = MqttPublisher(
         unit_config(mosquitto_broker, tmp_path, "unit-cmd"),
-        on_claim=claims.set,
-        on_reload=lambda: reloads.append(True),
+        commands=command_table(on_claim=claims.set, on_reload=lambda: reloads.append(True)),
     ).start()
     try:
         assert wait_for(lambda: publisher.health_snapshot()["mqtt"]["connected"])
@@ -302,11 +302,11 @@ def test_consumers_drop_redeliveries_and_events_on_a_foreign_topic() -> None:
 
 
 def test_events_tail_prints_what_a_consumer_receives(mosquitto_broker: Any, tmp_path: Path) -> None:
-    from device.events.mqtt_publisher import event_key_path
     from device.events.signing import EventKey, registry_text
+    from device.layout import StateLayout
 
     config = unit_config(mosquitto_broker, tmp_path, "unit-tail")
-    public = EventKey.load_or_create(event_key_path(config)).public_text
+    public = EventKey.load_or_create(StateLayout.from_config(config).event_key).public_text
     (tmp_path / "keys.json").write_text(registry_text({"unit-tail": public}))
     cert, key = mosquitto_broker.cert_for("tail")
     tail = subprocess.Popen(
