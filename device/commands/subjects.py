@@ -16,11 +16,11 @@ from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, confi
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
 from device.config import UnitConfig
 from device.events.forgotten import ForgetReason, announce_forgotten
-from device.events.mqtt_publisher import event_key_path
 from device.events.outbox import Outbox, OutboxError
 from device.events.payloads import PayloadError, Topics
 from device.events.signing import EventKey
 from device.identity.gallery import GalleryStore, SubjectInfo, utc_now
+from device.layout import StateLayout
 
 
 def register(commands: CommandRegistry) -> None:
@@ -115,7 +115,7 @@ def announce(config: UnitConfig, subject_ids: list[str], reason: ForgetReason) -
     if not config.mqtt.enabled or not subject_ids:
         return EXIT_OK
     try:
-        key = EventKey.load_or_create(event_key_path(config))
+        key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
         outbox = Outbox(config.mqtt.outbox_path, max_rows=config.mqtt.outbox_max_rows)
     except (PayloadError, OutboxError, OSError) as error:
         print(f"error: subject_forgotten not queued, archives keep the subject id: {error}", file=sys.stderr)

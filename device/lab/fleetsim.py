@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import sys
+import threading
 import time
 import tomllib
 from dataclasses import dataclass
@@ -28,8 +29,9 @@ from typing import Any
 
 from device.config import UnitConfig, parse_config
 from device.events.forgotten import announce_forgotten
-from device.events.mqtt_publisher import MqttPublisher, event_key_path
+from device.events.mqtt_publisher import MqttPublisher
 from device.events.signing import EventKey, register_key
+from device.layout import StateLayout
 from device.types import Decision, DecisionType
 
 SUBJECTS = ("s-anna", "s-bert", "s-cleo")
@@ -82,33 +84,45 @@ class SimUnit:
 def start_units(configs: list[UnitConfig], registry: Path) -> list[SimUnit]:
     units = []
     for config in configs:
-        key = EventKey.load_or_create(event_key_path(config))
+        key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
         register_key(registry, config.unit.id, key.public_text)
         units.append(SimUnit(config, MqttPublisher(config).start()))
     return units
 
 
 def run_visits(units: list[SimUnit], rate: float, duration_s: float, seed: int = 7) -> int:
-    """``rate`` decisions per second per unit for ``duration_s``, spread evenly; returns how many."""
-    rng = random.Random(seed)  # noqa: S311 (a simulation, not a secret)
-    interval = 1.0 / (rate * len(units))
+    """``rate`` decisions per second per unit for ``duration_s``; returns how many were committed.
+
+    One thread per unit, as each real unit has its own pipeline and disk: a unit's outbox commit (an
+    fsync) does not hold up the others. Start times are staggered across one interval."""
+    interval = 1.0 / rate
     start = time.monotonic()
-    count = 0
-    while (now := time.monotonic()) - start < duration_s:
-        due = int((now - start) / interval) + 1
-        while count < due:
-            unit = units[count % len(units)]
+
+    def one_unit(index: int, unit: SimUnit) -> None:
+        rng = random.Random(seed + index)  # noqa: S311 (a simulation, not a secret)
+        first = start + interval * index / len(units)
+        count = 0
+        while (due := first + count * interval) < start + duration_s:
+            time.sleep(max(0.0, due - time.monotonic()))
             unit.publisher.publish_decision(visit(rng, count))
             unit.committed += 1
             count += 1
-        time.sleep(max(0.0, start + count * interval - time.monotonic()))
-    return count
+
+    threads = [
+        threading.Thread(target=one_unit, args=(index, unit), name=f"sim-{unit.unit}", daemon=True)
+        for index, unit in enumerate(units)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(unit.committed for unit in units)
 
 
 def forget(units: list[SimUnit], subject: str) -> None:
     """Every unit queues a signed ``subject_forgotten`` in its outbox, as ``device forget`` does."""
     for unit in units:
-        key = EventKey.load_or_create(event_key_path(unit.config))
+        key = EventKey.load_or_create(StateLayout.from_config(unit.config).event_key)
         announce_forgotten(unit.publisher.outbox, key, unit.publisher.topics, subject, "forgotten_on_request")
         unit.committed += 1
 

@@ -14,8 +14,9 @@ import pytest
 
 from device.cli import main
 from device.consumers.archive import DAY_S, Archive
-from device.events.mqtt_publisher import MqttPublisher, event_key_path
+from device.events.mqtt_publisher import MqttPublisher
 from device.events.signing import EventKey, registry_text
+from device.layout import StateLayout
 from device.types import Decision, DecisionType
 from tests.consumers.test_archive import visit
 from tests.events.test_mqtt_publisher import unit_config, wait_for
@@ -27,7 +28,7 @@ def test_the_archiver_sweeps_on_start_stores_verified_events_and_refuses_unknown
     mosquitto_broker: Any, tmp_path: Path
 ) -> None:
     config = unit_config(mosquitto_broker, tmp_path, "unit-arch")
-    key = EventKey.load_or_create(event_key_path(config))
+    key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
     registry = tmp_path / "keys.json"
     registry.write_text(registry_text({"unit-arch": key.public_text}))
     db = tmp_path / "archive.db"

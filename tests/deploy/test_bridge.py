@@ -18,9 +18,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 from deploy.broker.bridge import BridgeError, BridgeSettings, render_bridge, render_central_acl
 from deploy.broker.local import HOST, LocalBroker
 from device.consumers.consumer import ConsumerSettings, EventConsumer
-from device.events.mqtt_publisher import MqttPublisher, event_key_path
+from device.events.mqtt_publisher import MqttPublisher
 from device.events.payloads import encode, uuid7
 from device.events.signing import EventKey, EventVerifier
+from device.layout import StateLayout
 from device.types import Decision, DecisionType
 from tests.events.test_mqtt_publisher import unit_config, wait_for
 
@@ -128,7 +129,7 @@ def test_a_remapped_event_still_verifies_and_a_forged_one_does_not(
 ) -> None:
     central, building = brokers
     config = unit_config(building, tmp_path, "lobby-1")
-    unit_key = EventKey.load_or_create(event_key_path(config))
+    unit_key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
     cert, key = central.cert_for("archive")
     got: list[dict[str, Any]] = []
     refused: list[str] = []

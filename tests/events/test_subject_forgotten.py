@@ -13,10 +13,11 @@ from gallery_helpers import Unit, enrol_random, init_unit
 
 from device.cli import main
 from device.events.forgotten import announce_forgotten
-from device.events.mqtt_publisher import MqttPublisher, event_key_path
+from device.events.mqtt_publisher import MqttPublisher
 from device.events.outbox import Outbox
 from device.events.payloads import Topics, decode
 from device.events.signing import EventKey, EventVerifier
+from device.layout import StateLayout
 from device.types import DecisionType
 from tests.events.test_mqtt_publisher import Listener, decision, unit_config, wait_for
 
@@ -46,7 +47,7 @@ def test_forget_queues_a_signed_notice_naming_only_the_pseudonymous_id(
     assert event["type"] == "subject_forgotten" and event["subject"] == info.subject_id
     assert event["unit"] == config.unit.id and event["reasons"] == ["forgotten_on_request"]
     assert "Anna" not in str(event)  # the name is gone with the subject's data key
-    key = EventKey.load_or_create(event_key_path(config))
+    key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
     EventVerifier({config.unit.id: key.private.public_key()}).verify(event)  # raises if not the unit's
 
 
@@ -68,7 +69,7 @@ def test_the_running_service_publishes_a_notice_another_process_queued(
         assert wait_for(lambda: len(listener.payloads("entrance/unit-forget/events")) == 1, 10)
         # `device forget` opens the outbox on its own connection, as a separate process does.
         other = Outbox(config.mqtt.outbox_path)
-        key = EventKey.load_or_create(event_key_path(config))
+        key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
         announce_forgotten(other, key, Topics("entrance", "unit-forget"), "s-anna", "forgotten_on_request")
         other.close()
         assert wait_for(lambda: len(listener.payloads("entrance/unit-forget/events")) == 2, 10)
