@@ -27,6 +27,14 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=120.0, help="seconds the units publish")
     parser.add_argument("--cut", type=float, default=30.0, help="seconds the bridge link is cut")
     parser.add_argument("--archivers", type=int, default=3, help="archivers in the share group")
+    parser.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="leave the SIGKILLed archiver dead (shows where its share goes)",
+    )
+    parser.add_argument(
+        "--clean-sessions", action="store_true", help="archivers without persistent sessions (shows the loss)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
@@ -38,6 +46,8 @@ def main() -> int:
             cut_s=args.cut,
             archivers=args.archivers,
             settle_s=300.0,
+            restart_killed=not args.no_restart,
+            persistent=not args.clean_sessions,
         )
     text = json.dumps(summary)
     print(text)

@@ -181,13 +181,15 @@ def archive_count(db: Path) -> int:
 def archiver_command(
     central: LocalBroker, cert: Path, key: Path, registry: Path, db: Path, client_id: str
 ) -> list[str]:
-    """`device events archive` in the shared group, with a persistent session under ``client_id``."""
+    """`device events archive` in the shared group, with a persistent session under ``client_id`` (none
+    when it is empty: a clean session the broker forgets when the connection drops)."""
     device = str(Path(sys.executable).with_name("device"))
+    session = ["--client-id", client_id, "--session-expiry", "600"] if client_id else []
     return [
         device, "events", "archive", "--host", HOST, "--port", str(central.port),
         "--ca", str(central.ca_file), "--cert", str(cert), "--key", str(key),
         "--prefix", f"{SITE}/+/entrance", "--keys", str(registry), "--share", GROUP,
-        "--client-id", client_id, "--session-expiry", "600", "--db", str(db),
+        "--db", str(db), *session,
     ]  # fmt: skip
 
 
@@ -205,6 +207,8 @@ def run_fleet(
     cut_s: float,
     archivers: int = 3,
     settle_s: float = 120.0,
+    restart_killed: bool = True,
+    persistent: bool = True,
 ) -> dict[str, Any]:
     """The scenario; returns the measured summary (``ok``: 0 lost, 0 duplicate rows, 0 rejected)."""
     central = LocalBroker(root / "central", central_site=SITE, consumers=(ARCHIVE_IDENTITY,))
@@ -263,7 +267,8 @@ def run_fleet(
             processes[0].kill()
             timeline["archiver_killed_at_s"] = time.monotonic() - start
             time.sleep(2.0)
-            processes[0].start()
+            if restart_killed:
+                processes[0].start()
             time.sleep(duration_s * 0.1)
             central.stop()
             timeline["central_stopped_at_s"] = time.monotonic() - start
