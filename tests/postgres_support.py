@@ -25,7 +25,9 @@ def postgres_bin() -> Path | None:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        """durable: fsync on, as in production (the bench); tests skip the fsyncs."""
+        self.durable = durable
         bin_dir = postgres_bin()
         if bin_dir is None:
             raise RuntimeError("PostgreSQL is not installed: run `bash deploy/dev/system-packages.sh`")
@@ -60,7 +62,9 @@ class PostgresServer:
             "-E",
             "UTF8",
         )
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}"
+        if not self.durable:
+            options += " -c fsync=off"
         self._run(
             str(self.bin / "pg_ctl"),
             "-D",

@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent), str(HERE)]
 
 from fleet_harness import run_fleet  # noqa: E402
+from postgres_support import PostgresServer  # noqa: E402
 
 
 def main() -> int:
@@ -35,20 +36,32 @@ def main() -> int:
     parser.add_argument(
         "--clean-sessions", action="store_true", help="archivers without persistent sessions (shows the loss)"
     )
+    parser.add_argument(
+        "--db",
+        choices=["postgresql", "sqlite"],
+        default="postgresql",
+        help="the central archive: a PostgreSQL the bench starts (fsync on), or one SQLite file",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args()
+    server = PostgresServer(durable=True).start() if args.db == "postgresql" else None
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
-        summary = run_fleet(
-            Path(tmp),
-            units=args.units,
-            rate=args.rate,
-            duration_s=args.duration,
-            cut_s=args.cut,
-            archivers=args.archivers,
-            settle_s=300.0,
-            restart_killed=not args.no_restart,
-            persistent=not args.clean_sessions,
-        )
+        try:
+            summary = run_fleet(
+                Path(tmp),
+                units=args.units,
+                rate=args.rate,
+                duration_s=args.duration,
+                cut_s=args.cut,
+                archivers=args.archivers,
+                settle_s=600.0,
+                restart_killed=not args.no_restart,
+                persistent=not args.clean_sessions,
+                db=server.url if server else "",
+            )
+        finally:
+            if server is not None:
+                server.stop()
     text = json.dumps(summary)
     print(text)
     if args.out is not None:

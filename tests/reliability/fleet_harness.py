@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from typing import Any
 
 from deploy.broker.bridge import BridgeSettings
 from deploy.broker.local import HOST, LocalBroker, free_port
+from device.consumers.archive import Archive
 from device.lab.fleetsim import SimUnit, drain, run_visits, sim_config, start_units
 
 SITE = "site"
@@ -163,23 +163,31 @@ def wait_until(predicate: Any, timeout_s: float, step: float = 0.1) -> bool:
     return bool(predicate())
 
 
-def archive_rows(db: Path) -> list[tuple[str, int, str, float, float]]:
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
-        return conn.execute("SELECT unit, seq, event_id, ts_epoch, stored_at FROM access_log").fetchall()
+def archive_rows(db: str) -> list[tuple[str, int, str, float, float]]:
+    archive = Archive.open(db)
+    try:
+        rows = archive._run("SELECT unit, seq, event_id, ts_epoch, stored_at FROM access_log").fetchall()
+        archive._db.commit()
+    finally:
+        archive.close()
+    return [(str(r[0]), int(r[1]), str(r[2]), float(r[3]), float(r[4])) for r in rows]
 
 
-def archive_count(db: Path) -> int:
-    if not db.exists():
-        return 0
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
-        try:
-            return int(conn.execute("SELECT COUNT(*) FROM access_log").fetchone()[0])
-        except sqlite3.OperationalError:
-            return 0
+class Counter:
+    """One reader connection to the archive for the sampler and the final wait."""
+
+    def __init__(self, db: str) -> None:
+        self._archive = Archive.open(db)
+
+    def __call__(self) -> int:
+        return self._archive.count()
+
+    def close(self) -> None:
+        self._archive.close()
 
 
 def archiver_command(
-    central: LocalBroker, cert: Path, key: Path, registry: Path, db: Path, client_id: str
+    central: LocalBroker, cert: Path, key: Path, registry: Path, db: str, client_id: str
 ) -> list[str]:
     """`device events archive` in the shared group, with a persistent session under ``client_id`` (none
     when it is empty: a clean session the broker forgets when the connection drops)."""
@@ -189,7 +197,7 @@ def archiver_command(
         device, "events", "archive", "--host", HOST, "--port", str(central.port),
         "--ca", str(central.ca_file), "--cert", str(cert), "--key", str(key),
         "--prefix", f"{SITE}/+/entrance", "--keys", str(registry), "--share", GROUP,
-        "--db", str(db), *session,
+        "--db", db, *session,
     ]  # fmt: skip
 
 
@@ -209,6 +217,7 @@ def run_fleet(
     settle_s: float = 120.0,
     restart_killed: bool = True,
     persistent: bool = True,
+    db: str = "",
 ) -> dict[str, Any]:
     """The scenario; returns the measured summary (``ok``: 0 lost, 0 duplicate rows, 0 rejected)."""
     central = LocalBroker(root / "central", central_site=SITE, consumers=(ARCHIVE_IDENTITY,))
@@ -224,7 +233,8 @@ def run_fleet(
         building.cert_for(name)  # before start: one ACL rendering, no reloads
     building.start()
     registry = root / "unit-keys.json"
-    db = root / "archive.db"
+    db = db or str(root / "archive.db")  # or postgresql://...: the central archive
+    count = Counter(db)  # makes the tables before the archivers race to
     cert, key = central.cert_for(ARCHIVE_IDENTITY)
     processes = [
         Archiver(
@@ -250,7 +260,7 @@ def run_fleet(
             nonlocal backlog_peak
             while not sampling.wait(0.2):
                 acked = sum(s.committed - s.depth() for s in sims)
-                backlog_peak = max(backlog_peak, acked - archive_count(db))
+                backlog_peak = max(backlog_peak, acked - count())
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -282,11 +292,14 @@ def run_fleet(
         fault_thread.join()
         drained = drain(sims, settle_s)
         committed = sum(s.committed for s in sims)
-        complete = wait_until(lambda: archive_count(db) >= committed, settle_s, 0.2)
+        sent_all_s = time.monotonic() - start
+        complete = wait_until(lambda: count() >= committed, settle_s, 0.2)
+        caught_up_s = time.monotonic() - start
         time.sleep(1.0)  # anything still arriving late would show up as a duplicate attempt, not a row
         finished_s = time.monotonic() - start
     finally:
         sampling.set()
+        count.close()
         counts = [archiver.stop() for archiver in processes if archiver.process is not None]
         for sim in sims:
             sim.publisher.close()
@@ -310,6 +323,8 @@ def run_fleet(
         "rejected": sum(int(c.get("rejected", 0)) for c in counts),
         "per_archiver_stored": [int(c.get("stored", 0)) for c in counts],
         "events_per_s_sustained": round(len(rows) / finished_s, 1),
+        "archive_caught_up_after_s": round(caught_up_s - sent_all_s, 1) if complete else None,
+        "db": "postgresql" if db.startswith("postgresql://") else "sqlite",
         "offered_events_per_s": round(visits / sent_for_s, 1),
         "latency_p50_s": round(percentile(latencies, 0.5), 3),
         "latency_p95_s": round(percentile(latencies, 0.95), 3),
