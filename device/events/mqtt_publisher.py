@@ -176,6 +176,10 @@ class MqttPublisher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._health_now = threading.Event()
+        # Set when the broker has granted the command subscription (SUBACK), cleared on disconnect: a
+        # command sent before that may be lost, so callers and tests wait on this, not on "connected".
+        self.subscribed = threading.Event()
+        self._subscribe_mid: int | None = None
         self._thread: threading.Thread | None = None
         self._heartbeat = time.monotonic()  # written by the I/O thread each turn; read by io_alive
         # I/O thread state (touched only there).
@@ -326,6 +330,7 @@ class MqttPublisher:
         client.on_disconnect = self._guarded(self._on_disconnect)
         client.on_publish = self._guarded(self._on_publish)
         client.on_message = self._guarded(self._on_message)
+        client.on_subscribe = self._guarded(self._on_subscribe)
         return client
 
     def _guarded(self, callback: Callable[..., None]) -> Callable[..., None]:
@@ -401,6 +406,7 @@ class MqttPublisher:
     def _drop_connection(self, why: str) -> None:
         client, self._client = self._client, None
         was_connected, self._connected = self._connected, False
+        self.subscribed.clear()
         self._inflight.clear()
         self._control_mids.clear()
         self._cursor = 0
@@ -469,12 +475,33 @@ class MqttPublisher:
             self._topics.status,
             encode("status", build_status(self._unit, "online", "connected", self._session)),
         )
-        client.subscribe(self._topics.cmd_filter, qos=1)
+        _, self._subscribe_mid = client.subscribe(self._topics.cmd_filter, qos=1)
         if self._settings.ha_discovery:
             for topic, config in discovery_configs(self._topics, self._unit, self._model_names).items():
                 payload = b"" if config is None else json.dumps(config, sort_keys=True).encode()
                 self._publish_control(topic, payload)
         self._next_health = 0.0
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [code for code in reason_codes if code.is_failure]
+        if refused:
+            # The ACL does not let this identity read its own cmd topics: commands cannot arrive.
+            with self._lock:
+                self._counters.alarms["command_subscription_refused"] = str(refused[0])
+            log.error("broker refused the command subscription %s: %s", self._topics.cmd_filter, refused[0])
+            return
+        with self._lock:
+            self._counters.alarms.pop("command_subscription_refused", None)
+        self.subscribed.set()
 
     def _on_disconnect(
         self,
