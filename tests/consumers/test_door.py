@@ -89,7 +89,7 @@ def test_the_door_opens_only_for_verified_events_over_the_real_broker(
     args = argparse.Namespace(
         config=None, log_level=None, unit=unit, relay_gpio=RELAY_PIN, policy=None, keys=registry, audit=audit,
         host="localhost", port=mosquitto_broker.port, ca=mosquitto_broker.ca_file, cert=cert, key=key,
-        prefix=None, max_age=60.0, timeout=12.0,
+        prefix=None, max_age=60.0, timeout=12.0, share="",
     )  # fmt: skip
     result: list[int] = []
     door = threading.Thread(target=lambda: result.append(run_door(args, pin_factory=factory)))

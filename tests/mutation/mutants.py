@@ -83,4 +83,23 @@ MUTANTS: tuple[Mutant, ...] = (
         replacement="    pass  # MUTANT: the door forgets what it saw before a restart\n",
         tests=("tests/consumers/test_door.py",),
     ),
+    Mutant(
+        name="central_acl_building_prefix",
+        defence="on the central broker a building may publish only under its own prefix (issue 27)",
+        path="deploy/broker/bridge.py",
+        anchor='        lines += [f"topic write {own}/{pattern}" for pattern in OUTBOUND]\n',
+        replacement=(
+            '        lines += [f"topic write {site}/+/{prefix}/{pattern}" for pattern in OUTBOUND]'
+            "  # MUTANT: any building's prefix\n"
+        ),
+        tests=("tests/deploy/test_bridge.py",),
+    ),
+    Mutant(
+        name="archive_tombstone",
+        defence="a unit's subject_forgotten tombstones the subject in the rows an archive holds (issue 27)",
+        path="device/consumers/archive.py",
+        anchor="            steps.append((TOMBSTONE, (subject,)))\n",
+        replacement='            steps.append(("SELECT 1 WHERE 0 = ?", (0,)))  # MUTANT: rows keep the id\n',
+        tests=("tests/consumers/test_archive.py",),
+    ),
 )
