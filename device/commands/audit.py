@@ -15,9 +15,11 @@ from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import reports_gallery_errors
 from device.config import UnitConfig
 from device.identity.audit import AuditLog, VerifyResult
-from device.identity.gallery import GalleryStore, GalleryUnreadableError, audit_head_path, audit_log_path
+from device.identity.gallery_records import GalleryUnreadableError
+from device.identity.gallery_store import GalleryStore
 from device.identity.keyring import keyring_path
 from device.identity.masterkey import load_master_key
+from device.identity.paths import audit_head_path, audit_log_path
 
 GALLERY_EVENTS = frozenset({"enrol", "forget", "purge"})
 

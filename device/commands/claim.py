@@ -12,7 +12,9 @@ import sys
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import reports_gallery_errors
 from device.identity.claims import ClaimDrop
-from device.identity.gallery import GalleryStore, claims_directory, utc_now
+from device.identity.gallery_records import utc_now
+from device.identity.gallery_store import GalleryStore
+from device.identity.paths import claims_directory
 
 
 def register(commands: CommandRegistry) -> None:

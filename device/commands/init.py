@@ -26,9 +26,10 @@ from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
 from device.config import UNIT_ID_PATTERN, UNIT_ID_RULE, load_config
 from device.identity.audit import AuditLog, record_config_change
-from device.identity.gallery import audit_head_path, audit_log_path, config_digest, initialise_keyring
+from device.identity.gallery_store import config_digest, initialise_keyring
 from device.identity.keyring import keyring_path
 from device.identity.masterkey import MasterKeyError, generate_master_key
+from device.identity.paths import audit_head_path, audit_log_path
 
 UNIT_DIR_MODE = 0o750
 CONFIG_MODE = 0o640

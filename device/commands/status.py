@@ -181,8 +181,8 @@ def show_outbox(args: argparse.Namespace) -> int:
 
 def drop_from_outbox(args: argparse.Namespace) -> int:
     from device.identity.audit import AuditLog
-    from device.identity.gallery import audit_log_path
     from device.identity.masterkey import MasterKeyError, load_master_key
+    from device.identity.paths import audit_log_path
 
     config = config_from_args(args, required=True)
     outbox = _open_outbox(config)

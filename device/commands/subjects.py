@@ -14,7 +14,8 @@ from typing import Any
 
 from device.cli import EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
-from device.identity.gallery import GalleryStore, SubjectInfo, utc_now
+from device.identity.gallery_records import SubjectInfo, utc_now
+from device.identity.gallery_store import GalleryStore
 
 
 def register(commands: CommandRegistry) -> None:

@@ -20,8 +20,9 @@ from device.config import UnitConfig
 from device.events.publish import Publisher, StdoutPublisher
 from device.identity.claims import ClaimDrop
 from device.identity.decide import ClaimSlot
-from device.identity.gallery import LastSeenRecorder, LiveGallery, claims_directory
+from device.identity.live_gallery import LastSeenRecorder, LiveGallery
 from device.identity.match import GalleryView
+from device.identity.paths import claims_directory
 from device.runtime.pipeline import Pipeline, Runner
 from device.runtime.sdnotify import SystemdNotifier
 from device.timing import LatencyRecorder
