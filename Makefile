@@ -22,6 +22,7 @@ help:
 	@echo "make fuzz     - MQTT payload decoders and file parsers fuzzed, 100,000 cases each"
 	@echo "make deploy-check - installer, systemd units, fleet playbook, locks, bandit, secret scan"
 	@echo "make test-fast - the test suite without the tests marked slow"
+	@echo "make mutation-check - switch off each defence in turn; its behavioural tests must fail (mutation.json)"
 	@echo "make lock     - re-resolve requirements/*.lock from pyproject.toml (uv)"
 	@echo "make models-detector / models-embedder / models-landmarks / models-pad - rebuild one of the shipped models"
 	@echo "make edgetpu-models - compile the int8 models for the Coral (needs edgetpu_compiler)"
@@ -58,6 +59,12 @@ test: setup fixtures
 
 test-fast: setup fixtures
 	$(BIN)/python -m pytest -m "not slow"
+
+# Each defence (liveness cues, event and command signatures, keyring generation, door seq reload) off
+# in turn, in a copy of the tree: the tests named for it must fail (tests/mutation/mutants.py).
+.PHONY: mutation-check
+mutation-check: setup fixtures
+	$(BIN)/python tests/mutation/run.py --out mutation.json
 
 lint: setup
 	$(BIN)/ruff check device tests
@@ -140,7 +147,7 @@ models-landmarks: setup
 	$(BIN)/python models/build/shape_predictor5.py
 
 clean:
-	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .mypy_cache .ruff_cache bench.json
+	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .mypy_cache .ruff_cache bench.json mutation.json
 
 # --- Broker kit (deploy/broker) ---
 .PHONY: broker-check dev-broker

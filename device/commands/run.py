@@ -20,6 +20,7 @@ from device.cli import EXIT_USAGE, CommandRegistry, config_from_args
 from device.config import UnitConfig
 from device.runtime.service import (
     StartupError,
+    UnitParts,
     build_runner,
     check_source,
     make_publisher,
@@ -46,12 +47,14 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         check_source(config, base_dir)
         stages = open_stages(config, latencies)
-        publisher = make_publisher(config)
+        parts = UnitParts.for_unit(config, stages)
+        publisher = make_publisher(config, parts)
         runner = build_runner(
             config,
             stages=stages,
             publisher=publisher,
             stop_event=stop_event,
+            parts=parts,
             latencies=latencies,
             base_dir=base_dir,
             on_decision=decided.append,

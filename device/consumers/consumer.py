@@ -24,6 +24,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from device.events.payloads import PayloadError, decode
 from device.events.signing import EventVerifier
+from device.events.tls import client_tls_context
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,8 @@ def check_event(topic: str, data: bytes) -> dict[str, Any]:
 
 
 def tls_context(settings: ConsumerSettings) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(settings.ca_file))
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(settings.cert_file), str(settings.key_file))
-    return context
+    """The project's one client context (``events.tls``): the same checks as the unit's publisher."""
+    return client_tls_context(settings.ca_file, settings.cert_file, settings.key_file)
 
 
 class EventConsumer:

@@ -115,6 +115,9 @@ class NullPublisher:
     def publish_health(self, health: Any) -> None:
         return None
 
+    def io_alive(self) -> bool:
+        return True
+
     def close(self) -> None:
         return None
 

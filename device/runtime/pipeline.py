@@ -47,6 +47,7 @@ from device.events.publish import Publisher
 from device.identity.claims import ClaimDrop
 from device.identity.decide import ClaimSlot, VisitBook, decide
 from device.identity.match import CachedIndex, GalleryView
+from device.runtime.sdnotify import Notifier
 from device.runtime.sysinfo import cpu_temperature_c
 from device.timing import LatencyRecorder
 from device.types import Decision, DecisionType, Detection, Frame, PadOutcome, RgbImage, Track, TrackState
@@ -468,7 +469,7 @@ class Runner:
         publisher: Publisher,
         *,
         stop_event: threading.Event,
-        notifier: Any = None,
+        notifier: Notifier | None = None,
         claim_drop: ClaimDrop | None = None,
         health_interval_s: float = 30.0,
         on_decision: Callable[[Decision], None] | None = None,
@@ -506,7 +507,8 @@ class Runner:
     def run(self) -> int:
         """Runs until the clip ends or ``stop_event`` is set; returns 0, or 1 when capture failed."""
         self.capture.start()
-        self._notify("ready", f"running, gallery {self.pipeline.gallery_state()}")
+        if self._notifier is not None:
+            self._notifier.ready(f"running, gallery {self.pipeline.gallery_state()}")
         next_health = self._clock()  # a first report right away, then every interval
         next_claims = 0.0
         upcoming: Frame | None = None  # taken from the capture buffer early, its detection under way
@@ -521,7 +523,8 @@ class Runner:
                     self._choose_detect_ahead()
                     health = self.health()
                     self.publisher.publish_health(health)
-                    self._notify("status", summary_line(health))
+                    if self._notifier is not None:
+                        self._notifier.status(summary_line(health))
                     next_health = now + self._health_interval_s
                 frame = upcoming if upcoming is not None else self.capture.get(timeout_s=FRAME_WAIT_S)
                 upcoming = None
@@ -537,7 +540,8 @@ class Runner:
                         self.pipeline.prefetch(upcoming)
                 self._handle(self.pipeline.process(frame))
         finally:
-            self._notify("stopping", "stopping")
+            if self._notifier is not None:
+                self._notifier.stopping("stopping")
             self.capture.stop()
             self.pipeline.close()
             self._handle(self.pipeline.finish())
@@ -567,10 +571,6 @@ class Runner:
             return
         for claim in self._claim_drop.take():
             self.pipeline.claim(claim.subject_id)
-
-    def _notify(self, what: str, status: str) -> None:
-        if self._notifier is not None:
-            getattr(self._notifier, what)(status)
 
     def _notify_watchdog(self) -> None:
         if self._notifier is not None:

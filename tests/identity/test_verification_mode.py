@@ -33,6 +33,9 @@ class Collect:
     def publish_health(self, health: Mapping[str, Any]) -> None:
         pass
 
+    def io_alive(self) -> bool:
+        return True
+
     def close(self) -> None:
         pass
 
