@@ -21,7 +21,7 @@ help:
 	@echo "make models   - rebuild the shipped models from pinned packages (x86-64, TensorFlow in .venv-build)"
 	@echo "make fuzz     - MQTT payload decoders and file parsers fuzzed, 100,000 cases each"
 	@echo "make deploy-check - installer, systemd units, fleet playbook, locks, bandit, secret scan"
-	@echo "make test-fast - the test suite without the tests marked slow"
+	@echo "make test-fast - the tests not marked slow, on two worker processes"
 	@echo "make mutation-check - switch off each defence in turn; its behavioural tests must fail (mutation.json)"
 	@echo "make lock     - re-resolve requirements/*.lock from pyproject.toml (uv)"
 	@echo "make models-detector / models-embedder / models-landmarks / models-pad - rebuild one of the shipped models"
@@ -57,8 +57,9 @@ run: setup fixtures
 test: setup fixtures
 	$(BIN)/python -m pytest
 
+# The inner loop: the tests not marked slow, on two worker processes (pytest-xdist).
 test-fast: setup fixtures
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n 2
 
 # Each defence (liveness cues, event and command signatures, keyring generation, door seq reload) off
 # in turn, in a copy of the tree: the tests named for it must fail (tests/mutation/mutants.py).

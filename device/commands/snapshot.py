@@ -30,11 +30,10 @@ def register(commands: CommandRegistry) -> None:
 
 def snapshot_command(args: argparse.Namespace) -> int:
     config = config_from_args(args, required=True)
-    base_dir = args.config.resolve().parent
     try:
         model = open_model(config.models, config.models.detector, state_dir=config.unit.state_dir)
         shot = take_snapshot(
-            config, FaceDetector(model, config.detection), args.out, base_dir, annotate_faces=args.annotate
+            config, FaceDetector(model, config.detection), args.out, annotate_faces=args.annotate
         )
     except (ModelFileError, AcceleratorError, SnapshotError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -28,7 +28,8 @@ from device.lab.democlip import write_mjpeg
 from device.lab.padattacks import attack_clip_frames, draw_params
 from device.runtime.pipeline import Pipeline, Runner
 from device.types import Decision, DecisionType, Frame
-from device.vision.capture import CaptureThread, FileSource
+from device.vision.capture.file import FileSource
+from device.vision.capture.thread import CaptureThread
 from device.vision.faces import FaceAnalyzer, Stages
 from device.vision.liveness import LivenessStage, open_liveness
 

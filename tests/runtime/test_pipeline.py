@@ -28,7 +28,8 @@ from device.lab.democlip import DemoClip
 from device.runtime.pipeline import Pipeline, Runner
 from device.runtime.service import build_runner
 from device.types import Decision, DecisionType, Frame
-from device.vision.capture import CaptureThread, FileSource
+from device.vision.capture.file import FileSource
+from device.vision.capture.thread import CaptureThread
 from device.vision.faces import FaceAnalyzer, Stages
 
 
