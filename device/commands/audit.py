@@ -15,7 +15,8 @@ from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import reports_gallery_errors
 from device.config import UnitConfig
 from device.identity.audit import AuditLog, VerifyResult
-from device.identity.gallery import GalleryStore, GalleryUnreadableError
+from device.identity.gallery_records import GalleryUnreadableError
+from device.identity.gallery_store import GalleryStore
 from device.identity.masterkey import load_master_key
 from device.layout import StateLayout
 

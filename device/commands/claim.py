@@ -12,7 +12,8 @@ import sys
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import reports_gallery_errors
 from device.identity.claims import ClaimDrop
-from device.identity.gallery import GalleryStore, utc_now
+from device.identity.gallery_records import utc_now
+from device.identity.gallery_store import GalleryStore
 from device.layout import StateLayout
 
 

@@ -31,7 +31,8 @@ from device.identity.enrol import (
     plan_enrolment,
     unreadable,
 )
-from device.identity.gallery import EnrolRequest, GalleryStore, check_expiry, utc_now
+from device.identity.gallery_records import utc_now
+from device.identity.gallery_store import EnrolRequest, GalleryStore, check_expiry
 from device.progress import ProgressBar
 from device.vision.capture import open_source
 from device.vision.capture.source import CameraError, EndOfStream, FrameSource

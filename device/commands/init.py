@@ -26,7 +26,7 @@ from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
 from device.config import UNIT_ID_PATTERN, UNIT_ID_RULE, load_config
 from device.identity.audit import AuditLog, record_config_change
-from device.identity.gallery import config_digest, initialise_keyring
+from device.identity.gallery_store import config_digest, initialise_keyring
 from device.identity.masterkey import MasterKeyError, generate_master_key
 from device.layout import StateLayout
 

@@ -18,13 +18,8 @@ from device.atomicio import create_exclusively, ensure_private_directory
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
 from device.config import UnitConfig
-from device.identity.gallery import (
-    EnrolRequest,
-    GalleryError,
-    GalleryStore,
-    check_expiry,
-    normalise_templates,
-)
+from device.identity.gallery_records import GalleryError
+from device.identity.gallery_store import EnrolRequest, GalleryStore, check_expiry, normalise_templates
 from device.identity.sealed import (
     SIGNER_FILE_NAME,
     EnrolledSet,

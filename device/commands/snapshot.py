@@ -8,7 +8,8 @@ from pathlib import Path
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.config import ConfigError
-from device.models.accelerator import AcceleratorError, open_model
+from device.models.accelerator import open_model
+from device.models.interpreter import AcceleratorError
 from device.models.manifest import ModelFileError
 from device.ops.snapshot import SnapshotError, take_snapshot
 from device.vision.detect import FaceDetector

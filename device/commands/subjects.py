@@ -19,7 +19,8 @@ from device.events.forgotten import ForgetReason, announce_forgotten
 from device.events.outbox import Outbox, OutboxError
 from device.events.payloads import PayloadError, Topics
 from device.events.signing import EventKey
-from device.identity.gallery import GalleryStore, SubjectInfo, utc_now
+from device.identity.gallery_records import SubjectInfo, utc_now
+from device.identity.gallery_store import GalleryStore
 from device.layout import StateLayout
 
 

@@ -315,8 +315,7 @@ def unit_model_names(config: UnitConfig) -> tuple[str, ...]:
 def cpu_files_check(config: UnitConfig) -> Check:
     """Which CPU file (float or int8) each model runs and why, as chosen at the unit's first start and
     kept in ``<state_dir>/cpu_variant.json``; informative (a model not timed yet is timed at start)."""
-    from device.models.accelerator import cpu_files
-    from device.models.cpu_variant import ChoiceStore, choice_state_dir
+    from device.models.cpu_variant import ChoiceStore, choice_state_dir, cpu_files
     from device.models.manifest import load_manifest, model_entry
 
     name = "cpu files"
@@ -340,12 +339,8 @@ def cpu_files_check(config: UnitConfig) -> Check:
 
 
 def accelerator_check(config: UnitConfig) -> Check:
-    from device.models.accelerator import (
-        EdgeTpuUnavailableError,
-        load_edgetpu_delegate,
-        load_interpreter,
-        probe_edgetpu,
-    )
+    from device.models.accelerator import EdgeTpuUnavailableError, probe_edgetpu
+    from device.models.interpreter import load_edgetpu_delegate, load_interpreter
     from device.models.manifest import ModelFileError, load_manifest, model_entry
 
     models = config.models

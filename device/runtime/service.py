@@ -19,7 +19,7 @@ from device.config import UnitConfig
 from device.events.publish import Publisher, StdoutPublisher
 from device.identity.claims import ClaimDrop
 from device.identity.decide import ClaimSlot
-from device.identity.gallery import LastSeenRecorder, LiveGallery
+from device.identity.live_gallery import LastSeenRecorder, LiveGallery
 from device.identity.match import GalleryView
 from device.layout import StateLayout
 from device.runtime.pipeline import Pipeline, Runner

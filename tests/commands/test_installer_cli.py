@@ -124,13 +124,13 @@ def test_the_runtime_prints_its_banner_on_fd_2_and_the_wrapper_removes_only_that
     manifest = load_manifest(MODELS)
     path = MODELS / manifest.models["blazeface_full_range"].files["float"].path
     raw = (
-        "from device.models.accelerator import tflite_runtime\n"
+        "from device.models.interpreter import tflite_runtime\n"
         f"tflite_runtime().Interpreter(model_path={str(path)!r}, num_threads=1).allocate_tensors()\n"
     )
     wrapped = (
         "import os\n"
         "from pathlib import Path\n"
-        "from device.models.accelerator import load_interpreter\n"
+        "from device.models.interpreter import load_interpreter\n"
         "from device.models.native_stderr import without_runtime_banner\n"
         f"load_interpreter(Path({str(path)!r}), 1)\n"
         "with without_runtime_banner():\n"

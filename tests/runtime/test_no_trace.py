@@ -32,7 +32,7 @@ from mqtt_probe import connect_probe
 
 from device.config import load_config
 from device.evaluation.fixtures import astronaut_rgb, load_rgb
-from device.identity.gallery import EnrolRequest
+from device.identity.gallery_store import EnrolRequest
 from device.lab.democlip import ClipError, Walk, make_clip
 from device.vision.faces import FaceAnalyzer, load_stages
 from device.vision.liveness import open_liveness
