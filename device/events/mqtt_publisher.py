@@ -41,6 +41,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device.config import MqttSection, UnitConfig
+from device.errors import UserError
 from device.events.command_gate import CommandGate, CommandHandler
 from device.events.connect_errors import explain_connect_error, explain_refusal
 from device.events.ha_discovery import discovery_configs
@@ -75,7 +76,7 @@ HA_PREFIX = "homeassistant"
 NOT_AUTHORIZED = 0x87  # MQTT v5 reason code: the broker's ACL refused this topic for this identity
 
 
-class MqttSetupError(Exception):
+class MqttSetupError(UserError):
     """The MQTT settings cannot work (missing TLS files, unreadable password file)."""
 
 
