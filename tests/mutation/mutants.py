@@ -76,6 +76,14 @@ MUTANTS: tuple[Mutant, ...] = (
         tests=("tests/identity/test_gallery_rollback.py", "tests/identity/test_gallery_tamper.py"),
     ),
     Mutant(
+        name="gallery_pending_keyring",
+        defence="a gallery write records the new key as pending first, so a power cut never loses it",
+        path="device/identity/gallery_store.py",
+        anchor="Keyring(current, pending, backups), self._master_key)",
+        replacement="Keyring(current, None, backups), self._master_key)  # MUTANT: no pending key",
+        tests=("tests/identity/test_crash_safety.py",),
+    ),
+    Mutant(
         name="door_seq_reload",
         defence="the door reloads each unit's last seq from its audit, so a replay after its restart fails",
         path="device/commands/door.py",
