@@ -25,8 +25,7 @@ from device.commands._broker_cli import (
     print_cannot_connect,
     required_ca_file,
 )
-from device.events.consumer import EventConsumer
-from device.events.mqtt_publisher import event_key_path
+from device.consumers.consumer import EventConsumer
 from device.events.payloads import PayloadError
 from device.events.signing import (
     DEFAULT_MAX_AGE_S,
@@ -35,6 +34,7 @@ from device.events.signing import (
     load_registry,
     register_key,
 )
+from device.layout import StateLayout
 
 
 def register(commands: CommandRegistry) -> None:
@@ -68,7 +68,7 @@ def register(commands: CommandRegistry) -> None:
 def print_event_key(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     try:
-        key = EventKey.load_or_create(event_key_path(config))
+        key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
     except (PayloadError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE

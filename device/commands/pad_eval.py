@@ -42,7 +42,7 @@ def pad_eval(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    from device.unit.service import StartupError, open_liveness_stage
+    from device.runtime.service import StartupError, open_liveness_stage
     from device.vision.faces import load_stages
 
     if config.liveness.mode == "off":

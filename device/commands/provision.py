@@ -42,8 +42,7 @@ from device.identity.sealed import (
     seal,
     signer_key_id,
 )
-
-PROVISIONED_DIR = "provisioned"
+from device.layout import StateLayout
 
 
 def register(commands: CommandRegistry) -> None:
@@ -208,7 +207,7 @@ def import_sealed(args: argparse.Namespace) -> int:
     except SealedError as error:
         return _fail(str(error))
     # One marker per bundle makes a re-run of the playbook a no-op instead of a second enrolment.
-    markers = config.unit.state_dir / PROVISIONED_DIR
+    markers = StateLayout.from_config(config).provisioned
     marker = markers / bundle
     if marker.exists():
         print(f"already imported: bundle {bundle}")
