@@ -239,6 +239,33 @@ def line_support(gx: NDArray[np.float32], gy: NDArray[np.float32], line: NDArray
     return float(aligned.mean())
 
 
+def line_side(line: NDArray[np.float64], box: Box) -> str | None:
+    """The side of the face (left/right/top/bottom) a segment runs along, close to it, or None."""
+    x1, y1, x2, y2 = (float(value) for value in line)
+    dx, dy = x2 - x1, y2 - y1
+    side = max(box.width, box.height, 1.0)
+    cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+    reach = side * EDGE_MAX_DISTANCE
+    inside = side * EDGE_INSIDE_BOX
+    if abs(dx) >= 3 * abs(dy):  # roughly horizontal: above or below the face
+        y = (y1 + y2) / 2
+        if not min(x1, x2) <= cx <= max(x1, x2):
+            return None
+        if box.y0 - reach <= y < box.y0 + inside:
+            return "top"
+        if box.y1 - inside < y <= box.y1 + reach:
+            return "bottom"
+    elif abs(dy) >= 3 * abs(dx):  # roughly vertical: left or right of the face
+        x = (x1 + x2) / 2
+        if not min(y1, y2) <= cy <= max(y1, y2):
+            return None
+        if box.x0 - reach <= x < box.x0 + inside:
+            return "left"
+        if box.x1 - inside < x <= box.x1 + reach:
+            return "right"
+    return None
+
+
 def frame_edge_sides(context: RgbImage, box: Box) -> frozenset[str]:
     """The sides of the face (left/right/top/bottom) along which a long straight edge runs close to it."""
     grey = cv2.cvtColor(context, cv2.COLOR_RGB2GRAY)
@@ -257,33 +284,21 @@ def frame_edge_sides(context: RgbImage, box: Box) -> frozenset[str]:
         return frozenset()
     found: set[str] = set()
     long_sides: set[str] = set()
-    cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
-    reach = side * EDGE_MAX_DISTANCE
-    inside = side * EDGE_INSIDE_BOX
-    gx = np.asarray(cv2.Sobel(blurred, cv2.CV_32F, 1, 0, ksize=3), np.float32) / np.float32(8.0)
-    gy = np.asarray(cv2.Sobel(blurred, cv2.CV_32F, 0, 1, ksize=3), np.float32) / np.float32(8.0)
+    gradients: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None
     for line in lines.reshape(-1, 4).astype(np.float64):
-        if line_support(gx, gy, line) < EDGE_MIN_SUPPORT:
+        where = line_side(line, box)
+        if where is None or where in found:
+            continue  # a side counts as long only when its first line is (as before): nothing new here
+        if gradients is None:
+            gradients = (
+                np.asarray(cv2.Sobel(blurred, cv2.CV_32F, 1, 0, ksize=3), np.float32) / np.float32(8.0),
+                np.asarray(cv2.Sobel(blurred, cv2.CV_32F, 0, 1, ksize=3), np.float32) / np.float32(8.0),
+            )
+        if line_support(*gradients, line) < EDGE_MIN_SUPPORT:
             continue
-        x1, y1, x2, y2 = (float(value) for value in line)
-        dx, dy = x2 - x1, y2 - y1
-        before = set(found)
-        if abs(dx) >= 3 * abs(dy):  # roughly horizontal: above or below the face
-            y = (y1 + y2) / 2
-            spans = min(x1, x2) <= cx <= max(x1, x2)
-            if spans and box.y0 - reach <= y < box.y0 + inside:
-                found.add("top")
-            elif spans and box.y1 - inside < y <= box.y1 + reach:
-                found.add("bottom")
-        elif abs(dy) >= 3 * abs(dx):  # roughly vertical: left or right of the face
-            x = (x1 + x2) / 2
-            spans = min(y1, y2) <= cy <= max(y1, y2)
-            if spans and box.x0 - reach <= x < box.x0 + inside:
-                found.add("left")
-            elif spans and box.x1 - inside < x <= box.x1 + reach:
-                found.add("right")
-        if math.hypot(dx, dy) >= side * OPPOSITE_MIN_LENGTH:
-            long_sides |= found - before
+        found.add(where)
+        if math.hypot(line[2] - line[0], line[3] - line[1]) >= side * OPPOSITE_MIN_LENGTH:
+            long_sides.add(where)
     return frozenset(found | {f"{name}_long" for name in long_sides})
 
 
