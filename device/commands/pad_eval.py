@@ -1,7 +1,9 @@
 """``device pad-eval DIR [--json]``: APCER per attack species (and the worst) and BPCER, ISO/IEC 30107-3.
 
 ``DIR`` holds ``bona_fide/`` and ``attack/<species>/`` (stills or clips): what an installer captures at
-their own entrance, or the project's generated set (``device pad-fixtures``).
+their own entrance, or the project's generated set (``device pad-fixtures``). Or it holds a ``labels.csv``
+(a set of real captures such as ``../shared/pad/public``): then the figures come per source too, and for
+the set's tune part and held-back part separately (``device.evaluation.pad_split``).
 """
 
 from __future__ import annotations
@@ -27,10 +29,19 @@ def register(commands: CommandRegistry) -> None:
 
 def pad_eval(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    if not (args.directory / "bona_fide").is_dir() and not (args.directory / "attack").is_dir():
-        print(f"error: {args.directory} has neither bona_fide/ nor attack/<species>/", file=sys.stderr)
+    from device.evaluation.pad_eval import evaluate, has_labels, report, report_parts
+
+    labelled = has_labels(args.directory)
+    if (
+        not labelled
+        and not (args.directory / "bona_fide").is_dir()
+        and not (args.directory / "attack").is_dir()
+    ):
+        print(
+            f"error: {args.directory} has no labels.csv and neither bona_fide/ nor attack/<species>/",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
-    from device.evaluation.pad_eval import evaluate, report
     from device.runtime.service import StartupError, open_liveness_stage
     from device.vision.faces import load_stages
 
@@ -45,10 +56,18 @@ def pad_eval(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
     assert stage is not None
-    results = evaluate(args.directory, detector, stage, config.quality, config.matching.max_samples)
-    document = report(results)
+    try:
+        results = evaluate(args.directory, detector, stage, config.quality, config.matching.max_samples)
+    except (OSError, ValueError) as error:  # an unreadable or malformed labels.csv
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    document = report_parts(results) if labelled else report(results)
     if args.json:
         print(json.dumps(document, indent=2))
+    elif labelled:
+        for part in ("tune", "held_back", "all"):
+            print(f"== {part.replace('_', ' ')} ==")
+            print_text(document[part])
     else:
         print_text(document)
     return EXIT_OK
@@ -65,8 +84,17 @@ def rate_text(part: dict[str, Any], name: str) -> str:
 
 def print_text(document: dict[str, Any]) -> None:
     print(f"bona fide: {rate_text(document['bpcer'], 'bpcer')}")
+    if len(document["bpcer_species"]) > 1:
+        for species, part in document["bpcer_species"].items():
+            print(f"  {species}: {rate_text(part, 'bpcer')}")
     for species, part in document["apcer"].items():
         print(f"attack {species}: {rate_text(part, 'apcer')}")
     worst = document["worst_apcer"]
     if worst is not None:
         print(f"worst species: {worst['species']}, {rate_text(worst, 'apcer')}")
+    for source, figures in document.get("sources", {}).items():
+        print(f"source {source}:")
+        for species, part in figures.items():
+            print(f"  {species}: {rate_text(part, 'bpcer' if 'bpcer' in part else 'apcer')}")
+    for error in document["errors"]:
+        print(f"error: {error['species']} {error['file']}: {', '.join(error['decided_by'])}")

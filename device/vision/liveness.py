@@ -66,9 +66,21 @@ EDGE_INSIDE_BOX = 0.15
 EDGE_RHO_PX = 2.0
 EDGE_THETA_DEGREES = 0.5
 EDGE_MAX_GAP = 0.15
+# A border is one clean step: along it the picture's gradient points across the line. Hough also assembles
+# "lines" from patterned wallpaper, knitwear and hair, whose gradients point every way; a line counts only
+# when at least this share of its points has a gradient within EDGE_NORMAL_DEGREES of its normal.
+EDGE_MIN_SUPPORT = 0.5
+EDGE_NORMAL_DEGREES = 20.0
+EDGE_MIN_GRADIENT = 8.0  # grey levels per pixel (Sobel / 8): weaker than this is no edge at all
 # spectrum: peak-to-median ratio of the face's high-frequency band that marks a periodic pattern
 SPECTRUM_PEAK_RATIO = 40.0
 SPECTRUM_MIN_SIDE = 48  # px: a smaller face has too little band to judge (abstain)
+# A larger face is shrunk to this side (area interpolation) before either spectrum: the thresholds were set
+# on faces of 100-250 px, and a phone photo's 400-1400 px face shows JPEG blocks and sensor patterns that
+# read as a lattice there (a real selfie's lattice 287 at 909 px, 5.1 at 256; on the public set's tune part
+# any side from 160 to 320 px removed it, while no tune attack face was larger than 256 px, so nothing the
+# cues were built on changes).
+SPECTRUM_FACE_SIDE = 256
 # lattice: strongest peak present in both the spectrum and the spectrum turned by 90 degrees, over the
 # median of its frequency ring. On the tune split the highest bona fide was 30.8 and 6 of 14 cut-outs and
 # 14 of 14 screens were above 45 (about 1.5x that bona fide); chosen there, not on the holdout.
@@ -82,6 +94,13 @@ GEOMETRY_PLANAR_RATIO = 0.35  # homography residual / similarity residual below 
 BLINK_RATIO = 0.6
 # infrared: a face whose IR image has less contrast than this (grey-level std) is a screen
 INFRARED_MIN_STD = 6.0
+# texture: a face whose chromaticity (R and B over R+G+B) varies less than this is grey (a NoIR camera at
+# night, a grey stream, or grey under the pink cast of a NoIR sensor): the colour-trained CNNs call grey
+# real faces attacks (real photos turned grey scored 0.00-0.99, most below 0.5), so the cue abstains there.
+# Chromaticity ignores a per-channel gain, so a tint over grey is still grey. On the public set's tune part
+# colour faces had at least 0.018; grey, tinted grey and tinted grey through JPEG at most 0.005.
+GREY_CHROMATICITY_STD = 0.008
+GREY_MIN_LEVEL = 60.0  # R+G+B: darker pixels' chromaticity is noise
 GEOMETRY_POINTS = (1, 33, 133, 263, 362, 61, 291, 199, 10, 152, 234, 454, 4, 168)
 
 
@@ -174,18 +193,85 @@ def pad_sample(
 # --- cues on one picture -----------------------------------------------------------------------------
 
 
-def texture_result(p_real: Sequence[float], threshold: float) -> CueResult:
+def is_grey_face(sample: PadSample) -> bool:
+    """An infrared sample, or a face whose chromaticity does not vary (a tint over grey is still grey)."""
+    if sample.infrared:
+        return True
+    b = sample.box
+    face = sample.context[max(0, int(b.y0)) : max(0, int(b.y1)), max(0, int(b.x0)) : max(0, int(b.x1))]
+    pixels = face.reshape(-1, 3).astype(np.float32)
+    total = pixels.sum(axis=1)
+    lit = total > GREY_MIN_LEVEL
+    if lit.sum() < 16:
+        return False  # too dark or too small to tell: let the texture cue judge as before
+    red, blue = pixels[lit, 0] / total[lit], pixels[lit, 2] / total[lit]
+    return max(float(red.std()), float(blue.std())) < GREY_CHROMATICITY_STD
+
+
+def texture_result(p_real: Sequence[float], threshold: float, grey: int = 0) -> CueResult:
+    """Mean P(real) of the colour samples; abstains (``grey`` counted) when every sample was grey."""
     if not p_real:
-        return ABSTAIN
+        return CueResult(None, None, {"grey_samples": float(grey)}) if grey else ABSTAIN
     score = float(np.mean(p_real))
     return CueResult(score, score >= threshold, {"min": float(min(p_real))})
+
+
+def line_support(gx: NDArray[np.float32], gy: NDArray[np.float32], line: NDArray[np.float64]) -> float:
+    """Share of a segment's points with a gradient across it within 2 px (a clean step edge: near 1).
+
+    The 2 px allow for Hough's binning and a border a degree off straight.
+    """
+    x1, y1, x2, y2 = (float(value) for value in line)
+    length = math.hypot(x2 - x1, y2 - y1)
+    if length < 1.0:
+        return 0.0
+    normal = np.array([-(y2 - y1), x2 - x1]) / length
+    steps = np.linspace(0.0, 1.0, int(length) + 1)
+    cosine = math.cos(math.radians(EDGE_NORMAL_DEGREES))
+    aligned = np.zeros(steps.size, dtype=bool)
+    for offset in (-2.0, -1.0, 0.0, 1.0, 2.0):
+        xs = np.clip(np.rint(x1 + steps * (x2 - x1) + offset * normal[0]).astype(int), 0, gx.shape[1] - 1)
+        ys = np.clip(np.rint(y1 + steps * (y2 - y1) + offset * normal[1]).astype(int), 0, gx.shape[0] - 1)
+        px, py = gx[ys, xs], gy[ys, xs]
+        magnitude = np.hypot(px, py)
+        across = np.abs(px * normal[0] + py * normal[1])
+        aligned |= (magnitude >= EDGE_MIN_GRADIENT) & (across >= magnitude * cosine)
+    return float(aligned.mean())
+
+
+def line_side(line: NDArray[np.float64], box: Box) -> str | None:
+    """The side of the face (left/right/top/bottom) a segment runs along, close to it, or None."""
+    x1, y1, x2, y2 = (float(value) for value in line)
+    dx, dy = x2 - x1, y2 - y1
+    side = max(box.width, box.height, 1.0)
+    cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+    reach = side * EDGE_MAX_DISTANCE
+    inside = side * EDGE_INSIDE_BOX
+    if abs(dx) >= 3 * abs(dy):  # roughly horizontal: above or below the face
+        y = (y1 + y2) / 2
+        if not min(x1, x2) <= cx <= max(x1, x2):
+            return None
+        if box.y0 - reach <= y < box.y0 + inside:
+            return "top"
+        if box.y1 - inside < y <= box.y1 + reach:
+            return "bottom"
+    elif abs(dy) >= 3 * abs(dx):  # roughly vertical: left or right of the face
+        x = (x1 + x2) / 2
+        if not min(y1, y2) <= cy <= max(y1, y2):
+            return None
+        if box.x0 - reach <= x < box.x0 + inside:
+            return "left"
+        if box.x1 - inside < x <= box.x1 + reach:
+            return "right"
+    return None
 
 
 def frame_edge_sides(context: RgbImage, box: Box) -> frozenset[str]:
     """The sides of the face (left/right/top/bottom) along which a long straight edge runs close to it."""
     grey = cv2.cvtColor(context, cv2.COLOR_RGB2GRAY)
     side = max(box.width, box.height, 1.0)
-    edges = cv2.Canny(cv2.GaussianBlur(grey, (5, 5), 0), 40, 120)
+    blurred = cv2.GaussianBlur(grey, (5, 5), 0)
+    edges = cv2.Canny(blurred, 40, 120)
     lines = cv2.HoughLinesP(
         edges,
         EDGE_RHO_PX,
@@ -198,28 +284,21 @@ def frame_edge_sides(context: RgbImage, box: Box) -> frozenset[str]:
         return frozenset()
     found: set[str] = set()
     long_sides: set[str] = set()
-    cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
-    reach = side * EDGE_MAX_DISTANCE
-    inside = side * EDGE_INSIDE_BOX
-    for x1, y1, x2, y2 in lines.reshape(-1, 4).astype(float):
-        dx, dy = x2 - x1, y2 - y1
-        before = set(found)
-        if abs(dx) >= 3 * abs(dy):  # roughly horizontal: above or below the face
-            y = (y1 + y2) / 2
-            spans = min(x1, x2) <= cx <= max(x1, x2)
-            if spans and box.y0 - reach <= y < box.y0 + inside:
-                found.add("top")
-            elif spans and box.y1 - inside < y <= box.y1 + reach:
-                found.add("bottom")
-        elif abs(dy) >= 3 * abs(dx):  # roughly vertical: left or right of the face
-            x = (x1 + x2) / 2
-            spans = min(y1, y2) <= cy <= max(y1, y2)
-            if spans and box.x0 - reach <= x < box.x0 + inside:
-                found.add("left")
-            elif spans and box.x1 - inside < x <= box.x1 + reach:
-                found.add("right")
-        if math.hypot(dx, dy) >= side * OPPOSITE_MIN_LENGTH:
-            long_sides |= found - before
+    gradients: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None
+    for line in lines.reshape(-1, 4).astype(np.float64):
+        where = line_side(line, box)
+        if where is None or where in found:
+            continue  # a side counts as long only when its first line is (as before): nothing new here
+        if gradients is None:
+            gradients = (
+                np.asarray(cv2.Sobel(blurred, cv2.CV_32F, 1, 0, ksize=3), np.float32) / np.float32(8.0),
+                np.asarray(cv2.Sobel(blurred, cv2.CV_32F, 0, 1, ksize=3), np.float32) / np.float32(8.0),
+            )
+        if line_support(*gradients, line) < EDGE_MIN_SUPPORT:
+            continue
+        found.add(where)
+        if math.hypot(line[2] - line[0], line[3] - line[1]) >= side * OPPOSITE_MIN_LENGTH:
+            long_sides.add(where)
     return frozenset(found | {f"{name}_long" for name in long_sides})
 
 
@@ -240,8 +319,20 @@ def frame_edge_result(sides: Sequence[frozenset[str]]) -> CueResult:
     return CueResult(1.0 - fraction, fraction <= 0.5, {"max_sides": float(most)})
 
 
+def at_spectrum_scale(context: RgbImage, box: Box) -> tuple[RgbImage, Box]:
+    """The context and box shrunk so that the face's side is at most ``SPECTRUM_FACE_SIDE``."""
+    factor = SPECTRUM_FACE_SIDE / max(box.width, box.height, 1.0)
+    if factor >= 1.0:
+        return context, box
+    small = np.asarray(
+        cv2.resize(context, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA), np.uint8
+    )
+    return small, Box(box.x0 * factor, box.y0 * factor, box.x1 * factor, box.y1 * factor)
+
+
 def spectrum_peak_ratio(context: RgbImage, box: Box) -> float | None:
     """Strongest isolated peak of the face's high-frequency band over the band's median (None: too small)."""
+    context, box = at_spectrum_scale(context, box)
     x0, y0 = max(0, int(box.x0)), max(0, int(box.y0))
     x1, y1 = min(context.shape[1], int(box.x1)), min(context.shape[0], int(box.y1))
     if min(x1 - x0, y1 - y0) < SPECTRUM_MIN_SIDE:
@@ -268,6 +359,7 @@ def lattice_ratio(context: RgbImage, box: Box) -> float | None:
     frequencies f and f turned by 90 degrees; the minimum of the power spectrum and its 90-degree turn
     keeps only such pairs. The spectrum has an odd side so that the turn is exact about zero frequency.
     """
+    context, box = at_spectrum_scale(context, box)
     side = int(max(box.width, box.height) * LATTICE_FACE_SCALE)
     side -= 1 - side % 2
     if side < SPECTRUM_MIN_SIDE:
@@ -442,8 +534,9 @@ class LivenessStage:
             return NOT_CHECKED
         cues: dict[str, CueResult] = {}
         if self.texture is not None:
-            p_real = [self.texture.p_real(sample.context, sample.box) for sample in samples]
-            cues[Cue.TEXTURE] = texture_result(p_real, self.texture_threshold)
+            colour = [sample for sample in samples if not is_grey_face(sample)]
+            p_real = [self.texture.p_real(sample.context, sample.box) for sample in colour]
+            cues[Cue.TEXTURE] = texture_result(p_real, self.texture_threshold, len(samples) - len(colour))
         cues[Cue.FRAME_EDGES] = frame_edge_result([frame_edge_sides(s.context, s.box) for s in samples])
         cues[Cue.SPECTRUM] = spectrum_result(
             [spectrum_peak_ratio(s.context, s.box) for s in samples],

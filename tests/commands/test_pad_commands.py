@@ -83,6 +83,35 @@ def test_pad_eval_over_the_public_samples(unit: Unit, tmp_path: Path) -> None:
     assert document["worst_apcer"]["species"] in {"print", "screen"}
 
 
+def test_pad_eval_over_a_labelled_set_reports_the_tune_and_held_back_parts_per_source(
+    unit: Unit, tmp_path: Path
+) -> None:
+    rows = [
+        ("real/T1.jpg", "bona_fide", "bona_fide", "Apfol/liveness-detection-opencv", "image_T1.jpg"),
+        ("fake/F1.jpg", "attack", "print", "Apfol/liveness-detection-opencv", "image_F1.jpg"),
+        ("fake/F2.jpg", "attack", "screen", "elsewhere/screens", "image_F2.jpg"),
+    ]
+    lines = ["file,label,species,repo,commit,path,label_basis,licence"]
+    for file, label, species, repo, name in rows:
+        (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(PAD_SAMPLES / name, tmp_path / file)
+        lines.append(f"{file},{label},{species},{repo},{'0' * 40},{name},test,none")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    code, out, err = device(unit.config_path, "pad-eval", str(tmp_path), "--json")
+    assert code == 0, err
+    document = json.loads(out)
+    tune, held = document["tune"], document["held_back"]
+    assert tune["bpcer"]["presentations"] == 1 and tune["apcer"]["print"]["presentations"] == 1
+    assert held["apcer"]["screen"]["presentations"] == 1 and held["bpcer"]["presentations"] == 0
+    assert set(document["all"]["sources"]) == {"Apfol/liveness-detection-opencv", "elsewhere/screens"}
+    assert document["all"]["errors"] == []  # the samples: T1 passes, F1 and F2 fail
+    code, text, err = device(unit.config_path, "pad-eval", str(tmp_path))
+    assert code == 0 and "== held back ==" in text and "source elsewhere/screens:" in text, err
+    (tmp_path / "labels.csv").write_text("file,label\n../escape.jpg,attack\n")
+    code, _, err = device(unit.config_path, "pad-eval", str(tmp_path))
+    assert code != 0 and "outside" in err
+
+
 def test_pad_eval_refuses_a_folder_without_the_layout(unit: Unit, tmp_path: Path) -> None:
     code, _, err = device(unit.config_path, "pad-eval", str(tmp_path))
     assert code != 0 and "bona_fide" in err

@@ -14,10 +14,12 @@ from device.config import UnitConfig
 from device.evaluation import fixtures
 from device.lab.padattacks import RenderParams, halftone, still_attack, subpixel_screen
 from device.types import Box, RgbImage
+from device.vision import liveness
 from device.vision.faces import Detector, load_image_rgb, load_stages
 from device.vision.liveness import (
     ABSTAIN,
     LATTICE_RATIO,
+    SPECTRUM_FACE_SIDE,
     Cue,
     CueResult,
     LivenessStage,
@@ -145,7 +147,10 @@ def test_frame_edges_count_a_card_edge_that_runs_through_the_face_box_side() -> 
 
 
 def test_spectrum_sees_halftone_and_subpixel_grids_but_not_the_photo() -> None:
-    photo = fixtures.load_rgb("obama.jpg")
+    # the face at the size the cue judges it (a larger one is shrunk first, where 4-px dots do not survive)
+    full = fixtures.load_rgb("obama.jpg")
+    scale = SPECTRUM_FACE_SIDE / max(full.shape[:2])
+    photo = np.asarray(cv2.resize(full, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), np.uint8)
     height, width = photo.shape[:2]
     box = Box(0, 0, width, height)
     plain = spectrum_peak_ratio(photo, box)
@@ -267,3 +272,62 @@ def test_pad_sample_keeps_the_face_context_only() -> None:
     assert sample.context.shape[0] < 480 and sample.context.shape[1] < 640
     assert sample.eyes is not None
     assert sample.box.x0 + sample.origin[0] == 300
+
+
+def blotched_scene(seed: int) -> RgbImage:
+    """Organic blotches all round (floral wallpaper, knitwear) and a face-coloured oval in the middle."""
+    noise = cv2.GaussianBlur(
+        np.random.default_rng(seed).normal(0, 1, (400, 400)).astype(np.float32), (0, 0), 2.5
+    )
+    scene = np.repeat(np.where(noise > 0, 200, 60).astype(np.uint8)[..., None], 3, axis=2)
+    cv2.ellipse(scene, (200, 200), (50, 60), 0, 0, 360, (190, 150, 130), -1)
+    return np.ascontiguousarray(scene)
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_frame_edges_are_not_assembled_from_a_patterned_background(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hough strings a pattern's edge pixels into long "lines"; their gradients point every way, a
+    # border's all point across it. Without that check the pattern frames the face (a real person rejected).
+    scene, box = blotched_scene(seed), Box(150, 150, 250, 250)
+    assert not is_framed(frame_edge_sides(scene, box))
+    monkeypatch.setattr(liveness, "EDGE_MIN_SUPPORT", 0.0)
+    assert is_framed(frame_edge_sides(scene, box))
+
+
+def test_a_high_resolution_face_is_judged_at_the_scale_of_the_unit_s_faces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a phone photo's face of ~1000 px carries its sensor's and JPEG's fine periodic patterns: read at full
+    # size they are a square lattice (real selfies 56 to 26,050); shrunk to the face size the cue was set on,
+    # they are gone, while a halftone at that size is still seen (the test above)
+    photo = fixtures.load_rgb("obama.jpg")[:900, :900].astype(np.float32)
+    yy, xx = np.mgrid[0 : photo.shape[0], 0 : photo.shape[1]]
+    blocks = 3.0 * ((xx % 8 == 0) | (yy % 8 == 0))  # 8-px block edges of a JPEG, faint
+    photo = np.clip(photo + blocks[..., None], 0, 255).astype(np.uint8)
+    box = Box(0, 0, photo.shape[1], photo.shape[0])
+    judged = lattice_ratio(photo, box)
+    assert judged is not None and judged < LATTICE_RATIO
+    monkeypatch.setattr(liveness, "SPECTRUM_FACE_SIDE", 10_000)  # no normalisation: full size
+    full = lattice_ratio(photo, box)
+    assert full is not None and full > LATTICE_RATIO
+
+
+def test_texture_abstains_on_a_grey_face_and_judges_its_colour_original(
+    stage: LivenessStage, detector: Detector
+) -> None:
+    # a NoIR camera at night: the colour-trained CNNs call grey real faces attacks
+    photo = fixtures.load_rgb("obama.jpg")
+    grey = np.repeat(cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    tinted = np.clip(grey.astype(np.float32) * np.array([1.0, 0.8, 1.0]), 0, 255).astype(
+        np.uint8
+    )  # NoIR pink
+    box = largest_box(detector, photo)
+    colour_texture = stage.still(photo, box).cues[Cue.TEXTURE]
+    assert colour_texture.passed is True and colour_texture.score is not None
+    for image in (grey, tinted):
+        texture = stage.still(np.ascontiguousarray(image), box).cues[Cue.TEXTURE]
+        assert texture.passed is None and texture.score is None and texture.detail == {"grey_samples": 1.0}
+    infrared = stage.visit([pad_sample(photo, box, infrared=True)]).cues[Cue.TEXTURE]
+    assert infrared.passed is None  # an infrared sample is grey whatever its pixels say
