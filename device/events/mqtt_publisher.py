@@ -40,6 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from device import __version__
 from device.config import MqttSection, UnitConfig
 from device.events.connect_errors import explain_connect_error, explain_refusal
 from device.events.ha_discovery import discovery_configs
@@ -506,7 +507,9 @@ class MqttPublisher:
         )
         client.subscribe(self._topics.cmd_filter, qos=1)
         if self._settings.ha_discovery:
-            for topic, config in discovery_configs(self._topics, self._unit, self._model_names).items():
+            for topic, config in discovery_configs(
+                self._topics, self._unit, self._model_names, __version__
+            ).items():
                 payload = b"" if config is None else json.dumps(config, sort_keys=True).encode()
                 self._publish_control(topic, payload)
         self._next_health = 0.0
