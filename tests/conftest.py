@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from device import fixtures
+from device.evaluation import fixtures
+from device.vision.faces import FaceAnalyzer, Stages
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,3 +46,16 @@ def mosquitto_broker(_module_mosquitto):  # type: ignore[no-untyped-def]
     .consumers ("backend", "tail", "home-assistant"). Shared by a module, so tests use their own unit ids."""
     _module_mosquitto.start()
     return _module_mosquitto
+
+
+# --- The shipped models as pipeline stages, loaded once per test module (runtime and lab tests). ---
+@pytest.fixture(scope="module")
+def stages() -> Stages:
+    from pipeline_support import shipped_stages
+
+    return shipped_stages()
+
+
+@pytest.fixture(scope="module")
+def analyzer(stages: Stages) -> FaceAnalyzer:
+    return FaceAnalyzer.from_stages(stages)

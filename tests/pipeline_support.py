@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from device import fixtures
 from device.config import UnitConfig, parse_config
+from device.evaluation import fixtures
 from device.events.payloads import HealthParts, build_health
+from device.lab.bench import decoded_frames
+from device.lab.democlip import DemoClip, Walk, make_clip
 from device.types import Decision, Frame
-from device.unit.bench import decoded_frames
-from device.unit.democlip import DemoClip, Walk, make_clip
 from device.vision.faces import FaceAnalyzer, Stages, load_stages
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,6 +86,9 @@ class RecordingPublisher:
 
     def publish_health(self, health: Mapping[str, Any]) -> None:
         self.health.append(dict(health))
+
+    def io_alive(self) -> bool:
+        return True
 
     def close(self) -> None:
         self.closed = True

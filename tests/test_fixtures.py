@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device import fixtures
-from device.fixtures import FACE_RECOGNITION_SDIST, FixtureError
+from device.evaluation import fixtures
+from device.evaluation.fixtures import FACE_RECOGNITION_SDIST, FixtureError
 
 
 def test_every_pinned_image_is_in_the_cache_with_its_pinned_digest(face_images: dict[str, Path]) -> None:

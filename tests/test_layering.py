@@ -1,9 +1,11 @@
 """The folder tree reads like the architecture, and imports only go one way.
 
-Layers, lowest first: the top-level core (config, types, atomicio, timing, fixtures, progress), then
-``models``, ``vision``, ``identity``, ``events``, ``evaluation``, ``unit``; ``commands`` and ``cli`` sit on
+Layers, lowest first: the top-level core (config, types, atomicio, timing, progress), then ``models``,
+``vision``, ``identity``, ``events``. Above them four rooms with one job each: ``runtime`` (what runs on the
+unit), ``ops`` (the installer's diagnostics), ``consumers`` (what listens on other machines) and the
+``lab`` (demo, attack renderer, benchmarks, dev broker) over ``evaluation``. ``commands`` and ``cli`` sit on
 top. Every import inside ``device`` (including imports inside functions) is checked against the rule each
-subpackage's ``__init__`` states.
+subpackage's ``__init__`` states; the unit's own room reaches none of the others.
 """
 
 from __future__ import annotations
@@ -17,16 +19,20 @@ DEVICE = Path(__file__).resolve().parent.parent / "device"
 
 CORE = "core"
 ENTRY = "entry"  # cli, __main__ and the commands: may import anything
+UNIT_SIDE = {CORE, "models", "vision", "identity", "events"}
 ALLOWED: dict[str, set[str]] = {
     CORE: {CORE},
     "models": {CORE, "models"},
     "vision": {CORE, "models", "vision"},
     "identity": {CORE, "models", "vision", "identity"},
     "events": {CORE, "events"},
+    "runtime": UNIT_SIDE | {"runtime"},
+    "ops": UNIT_SIDE | {"runtime", "ops"},
+    "consumers": {CORE, "events", "consumers"},
     "evaluation": {CORE, "models", "vision", "identity", "evaluation"},
-    "unit": {CORE, "models", "vision", "identity", "events", "evaluation", "unit"},
-    ENTRY: {CORE, "models", "vision", "identity", "events", "evaluation", "unit", ENTRY},
+    "lab": UNIT_SIDE | {"runtime", "consumers", "evaluation", "lab"},
 }
+ALLOWED[ENTRY] = set(ALLOWED) | {ENTRY}
 SUBPACKAGES = set(ALLOWED) - {CORE, ENTRY}
 
 
@@ -34,7 +40,7 @@ def layer_of_module(dotted: str) -> str:
     """The layer of ``device.x.y`` (a module or package inside device)."""
     parts = dotted.split(".")
     if len(parts) == 1:
-        return CORE  # ``from device import fixtures`` / ``__version__``
+        return CORE  # ``from device.evaluation import fixtures`` / ``__version__``
     if parts[1] in SUBPACKAGES:
         return parts[1]
     if parts[1] in {"commands", "cli", "__main__"}:
@@ -93,7 +99,15 @@ def test_no_relative_imports_hide_from_the_check() -> None:
     [
         ("vision/detect.py", "from device.events.payloads import decode"),
         ("events/outbox.py", "from device.identity.gallery import GalleryStore"),
-        ("identity/gallery.py", "from device.unit import pipeline"),
+        ("identity/gallery.py", "from device.runtime import pipeline"),
+        ("runtime/service.py", "from device.lab.democlip import make_clip"),
+        ("runtime/pipeline.py", "from device.evaluation import fixtures"),
+        ("runtime/service.py", "def f():\n    from device.consumers.door import DoorAudit\n"),
+        ("runtime/selftest.py", "import device.ops.doctor"),
+        ("consumers/door.py", "from device.identity.gallery import GalleryStore"),
+        ("consumers/consumer.py", "from device.runtime.pipeline import Pipeline"),
+        ("ops/doctor.py", "from device.lab.bench import run_bench"),
+        ("evaluation/detector.py", "from device.lab.demo import run_demo"),
         ("models/accelerator.py", "import device.vision.capture"),
         ("config.py", "from device.models.manifest import Manifest"),
         ("vision/quality.py", "def f():\n    from device.identity.match import TemplateIndex\n"),
@@ -116,3 +130,15 @@ def test_each_subpackage_says_what_lives_there(package: str) -> None:
     assert docstring, f"device/{package}/__init__.py has no docstring"
     if package in SUBPACKAGES:
         assert "import" in docstring.lower(), f"device/{package}/__init__.py does not say what it may import"
+
+
+def test_the_running_unit_reaches_no_other_room() -> None:
+    """Read from the imports themselves, not the table: what ships to the Pi is what it runs."""
+    foreign = {"lab", "evaluation", "ops", "consumers"}
+    reached = [
+        f"{path.relative_to(DEVICE.parent)} -> {target}"
+        for path in sorted((DEVICE / "runtime").rglob("*.py"))
+        for target in imported_device_modules(path.read_text())
+        if layer_of_module(target) in foreign
+    ]
+    assert reached == []

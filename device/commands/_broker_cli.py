@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from device.config import UnitConfig
-from device.events.consumer import ConsumerSettings, EventConsumer
+from device.consumers.consumer import ConsumerSettings, EventConsumer
 
 
 def add_broker_options(

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands.init import shipped_models_dir
+from device.lab.bench import run_benchmark, write_results
+from device.runtime.service import StartupError, open_stages
 from device.timing import LatencyRecorder
-from device.unit.bench import run_benchmark, write_results
-from device.unit.service import StartupError, open_stages
 
 
 def register(commands: CommandRegistry) -> None:

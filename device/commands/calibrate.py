@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import reports_gallery_errors
 from device.config import UnitConfig
-from device.fixtures import FixtureError
+from device.evaluation.fixtures import FixtureError
 from device.identity.calibrate import (
     Calibration,
     CalibrationError,
@@ -66,7 +66,7 @@ def register(commands: CommandRegistry) -> None:
 
 
 def default_strangers() -> Iterator[tuple[str, RgbImage]]:
-    from device import fixtures
+    from device.evaluation import fixtures
 
     for name in sorted(fixtures.FACE_API_NPM.members):
         yield name, fixtures.load_rgb(name)

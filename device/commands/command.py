@@ -16,7 +16,7 @@ from pathlib import Path
 
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
 from device.commands._broker_cli import add_broker_options, consumer_settings, required_ca_file
-from device.events.commander import CommandSendError, send_command
+from device.consumers.commander import CommandSendError, send_command
 from device.events.payloads import COMMANDS, MAX_COMMAND_LIFETIME_S, PayloadError
 from device.events.signing import COMMANDERS, EventKey, register_key, signed_command
 

@@ -27,8 +27,8 @@ import numpy as np
 
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
 from device.identity.verification import LabelledPair, verification_summary
+from device.runtime.service import StartupError, open_stages
 from device.types import Vector
-from device.unit.service import StartupError, open_stages
 from device.vision.faces import FaceAnalyzer, ImageError, load_image_rgb
 
 MAX_PAIRS_FILE_BYTES = 16 * 1024 * 1024

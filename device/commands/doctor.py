@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.unit.doctor import run_checks
+from device.ops.doctor import run_checks
 
 
 def register(commands: CommandRegistry) -> None:

@@ -1,7 +1,7 @@
 """``device door --unit ID --relay-gpio N [--policy FILE]``: the reference door consumer.
 
 Subscribes to one unit's events with a consumer certificate, verifies each (signature against the key
-registry, unit, freshness, ``seq`` order), applies the policy (``device.events.door``) and pulses the
+registry, unit, freshness, ``seq`` order), applies the policy (``device.consumers.door``) and pulses the
 relay through gpiozero. Fail-secure: the relay is off at start, after each pulse and on exit. Keeps its
 own audit (JSON lines) of every open, every refusal and every rejected payload.
 """
@@ -23,8 +23,8 @@ from device.commands._broker_cli import (
     print_cannot_connect,
     required_ca_file,
 )
-from device.events.consumer import EventConsumer
-from device.events.door import Door, DoorAudit, DoorPolicy, gpio_relay
+from device.consumers.consumer import EventConsumer
+from device.consumers.door import Door, DoorAudit, DoorPolicy, gpio_relay
 from device.events.payloads import PayloadError
 from device.events.signing import DEFAULT_MAX_AGE_S, EventVerifier, load_registry
 

@@ -25,7 +25,7 @@ from device.commands._broker_cli import (
     print_cannot_connect,
     required_ca_file,
 )
-from device.events.consumer import EventConsumer
+from device.consumers.consumer import EventConsumer
 from device.events.mqtt_publisher import event_key_path
 from device.events.payloads import PayloadError
 from device.events.signing import (

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry
-from device.fixtures import ARCHIVES, FixtureError, ensure_all
+from device.evaluation.fixtures import ARCHIVES, FixtureError, ensure_all
 
 
 def register(commands: CommandRegistry) -> None:

@@ -34,7 +34,7 @@ def identify(args: argparse.Namespace) -> int:
     templates, subject_ids = store.active_templates()
     index = TemplateIndex(templates, subject_ids)
 
-    from device.unit.service import StartupError, open_liveness_stage
+    from device.runtime.service import StartupError, open_liveness_stage
     from device.vision.faces import FaceAnalyzer, ImageError, load_image_rgb
 
     analyzer = FaceAnalyzer.from_config(config)

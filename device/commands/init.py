@@ -75,7 +75,7 @@ DEFAULT_MQTT_LINES = ["[mqtt]", 'outbox_path = "state/outbox.db"']
 def mqtt_section_text(path: Path) -> str:
     """The [mqtt] tables of ``path``, checked to be nothing else and a valid [mqtt] section."""
     from device.config import ConfigError, MqttSection
-    from device.unit.demo import toml_text
+    from device.lab.demo import toml_text
 
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

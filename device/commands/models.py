@@ -125,7 +125,7 @@ def collect_metrics(models_dir: Path, only: str | None = None) -> dict[str, Any]
 
 def detection_sweep_metrics(models_dir: Path, detection: Any) -> dict[str, Any]:
     from device.evaluation.detection_sweep import detection_sweep
-    from device.unit.democlip import hallway
+    from device.lab.democlip import hallway
 
     empty_entrance = {"entrance_640x480": hallway(640, 480), "entrance_1280x720": hallway(1280, 720)}
     result: dict[str, Any] = {"score_threshold": detection.score_threshold}

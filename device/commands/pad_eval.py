@@ -31,7 +31,7 @@ def pad_eval(args: argparse.Namespace) -> int:
         print(f"error: {args.directory} has neither bona_fide/ nor attack/<species>/", file=sys.stderr)
         return EXIT_FAILURE
     from device.evaluation.pad_eval import evaluate, report
-    from device.unit.service import StartupError, open_liveness_stage
+    from device.runtime.service import StartupError, open_liveness_stage
     from device.vision.faces import load_stages
 
     if config.liveness.mode == "off":

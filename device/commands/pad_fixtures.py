@@ -20,8 +20,8 @@ def register(commands: CommandRegistry) -> None:
 
 
 def pad_fixtures(args: argparse.Namespace) -> int:
-    from device import fixtures
-    from device.unit.padattacks import HOLDOUT_PHOTOS, TUNE_PHOTOS, write_attack_set
+    from device.evaluation import fixtures
+    from device.lab.padattacks import HOLDOUT_PHOTOS, TUNE_PHOTOS, write_attack_set
     from device.vision.faces import load_stages
 
     config = config_from_args(args)

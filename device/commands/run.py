@@ -18,16 +18,17 @@ from pathlib import Path
 
 from device.cli import EXIT_USAGE, CommandRegistry, config_from_args
 from device.config import UnitConfig
-from device.timing import LatencyRecorder
-from device.types import Decision
-from device.unit.service import (
+from device.runtime.service import (
     StartupError,
+    UnitParts,
     build_runner,
     check_source,
     make_publisher,
     open_stages,
     stop_on_signals,
 )
+from device.timing import LatencyRecorder
+from device.types import Decision
 
 
 def register(commands: CommandRegistry) -> None:
@@ -46,12 +47,14 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         check_source(config, base_dir)
         stages = open_stages(config, latencies)
-        publisher = make_publisher(config)
+        parts = UnitParts.for_unit(config, stages)
+        publisher = make_publisher(config, parts)
         runner = build_runner(
             config,
             stages=stages,
             publisher=publisher,
             stop_event=stop_event,
+            parts=parts,
             latencies=latencies,
             base_dir=base_dir,
             on_decision=decided.append,

@@ -15,7 +15,7 @@ import sys
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.models.accelerator import AcceleratorError
 from device.models.manifest import ModelFileError
-from device.unit.selftest import DEFAULT_TOLERANCE, ModelResult, check_model
+from device.runtime.selftest import DEFAULT_TOLERANCE, ModelResult, check_model
 
 EXIT_NO_TPU = 3
 EXIT_BROKEN_PAIRING = 4

@@ -10,7 +10,7 @@ from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.config import ConfigError
 from device.models.accelerator import AcceleratorError, open_model
 from device.models.manifest import ModelFileError
-from device.unit.snapshot import SnapshotError, take_snapshot
+from device.ops.snapshot import SnapshotError, take_snapshot
 from device.vision.detect import FaceDetector
 
 WARNING = (

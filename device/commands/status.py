@@ -26,8 +26,8 @@ from device.commands._broker_cli import (
     print_cannot_connect,
 )
 from device.config import UnitConfig
+from device.consumers.status_reader import read_retained
 from device.events.outbox import Outbox, OutboxEntry, OutboxError
-from device.events.status_reader import read_retained
 
 T = TypeVar("T")
 

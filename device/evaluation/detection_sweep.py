@@ -13,7 +13,7 @@ sweep keeps the two paths apart: false detections on colour and on grey face-fre
 shipped settings each face and each face-free frame is judged by the threshold of the path it took.
 
 Face-free images: scikit-image's data set pictures without a human face (a cat, coins, textures, a rocket,
-text, ...; shipped inside the package) and empty entrance frames (``device.unit.democlip.hallway``, handed
+text, ...; shipped inside the package) and empty entrance frames (``device.lab.democlip.hallway``, handed
 in by the caller, as this layer does not import the unit), each also grey and under-exposed. Every
 detection there is false; it counts when its score is >= t and it is at least ``min_face_px`` wide (a
 smaller one never reaches a decision).

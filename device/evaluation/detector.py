@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from device import fixtures
 from device.config import DetectionSection, ModelsSection
+from device.evaluation import fixtures
 from device.models.accelerator import open_model
 from device.models.latency import median_latency_ms
 from device.types import Detection, RgbImage

@@ -32,8 +32,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from device import fixtures
 from device.config import DetectionSection, ModelsSection
+from device.evaluation import fixtures
 from device.models.accelerator import InferenceModel, open_model
 from device.models.latency import LATENCY_RUNS, median_latency_ms
 from device.types import Detection, RgbImage

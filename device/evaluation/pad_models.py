@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from device import fixtures
 from device.config import DetectionSection, ModelsSection
+from device.evaluation import fixtures
 from device.models.accelerator import InferenceModel, open_model
 from device.models.latency import median_latency_ms
 from device.types import Box, RgbImage

@@ -15,7 +15,8 @@ The I/O thread:
   outbox from the oldest row. A fresh client per connection means paho never retransmits on its own
   behind our back: the outbox is the only source of what is (re)sent, so order is always ``seq`` order.
   Consumers deduplicate the at-least-once redeliveries by ``event_id``;
-- publishes retained health every ``health_interval_s``; handles the few allowed commands.
+- publishes retained health every ``health_interval_s``; hands each command message to the command gate
+  (``command_gate``: parse, verify, use once, dispatch through the handler table given at construction).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import secrets
 import ssl
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import wraps
@@ -42,6 +42,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from device import __version__
 from device.config import MqttSection, UnitConfig
+from device.events.command_gate import CommandGate, CommandHandler
 from device.events.connect_errors import explain_connect_error, explain_refusal
 from device.events.ha_discovery import discovery_configs
 from device.events.outbox import Outbox
@@ -54,7 +55,6 @@ from device.events.payloads import (
     build_health,
     build_status,
     encode,
-    parse_command,
 )
 from device.events.signing import CommandVerifier, EventKey
 from device.types import Decision
@@ -71,9 +71,6 @@ SHUTDOWN_DRAIN_S = 3.0
 # reload command runs in this thread too. Silence far beyond that means a hung thread: stop the watchdog.
 IO_STALL_S = 60.0
 HA_PREFIX = "homeassistant"
-# Command request ids remembered so that each command acts once; a command lives at most 600 s, far
-# fewer than this many arrive in that time.
-REQUESTS_REMEMBERED = 4096
 NOT_AUTHORIZED = 0x87  # MQTT v5 reason code: the broker's ACL refused this topic for this identity
 
 
@@ -138,14 +135,17 @@ def _read_password(path: Path) -> str:
 
 
 class MqttPublisher:
-    """``Publisher`` for the unit: ``start()`` runs the I/O thread; ``close()`` ends cleanly."""
+    """``Publisher`` for the unit: ``start()`` runs the I/O thread; ``close()`` ends cleanly.
+
+    ``commands`` maps a command name to its handler (``command_gate.command_table``); ``health`` is the
+    publisher's own. ``models`` and ``gallery_version`` name what decided, in every event.
+    """
 
     def __init__(
         self,
         config: UnitConfig,
         *,
-        on_claim: Callable[[str], None] | None = None,
-        on_reload: Callable[[], None] | None = None,
+        commands: Mapping[str, CommandHandler] | None = None,
         models: Mapping[str, str] | None = None,
         gallery_version: Callable[[], str | None] | None = None,
         rng: random.Random | None = None,
@@ -156,8 +156,6 @@ class MqttPublisher:
         self._model_names = {"detector": config.models.detector, "embedder": config.models.embedder}
         self._models = dict(models or self._model_names)
         self._gallery_version = gallery_version or (lambda: None)
-        self._on_claim = on_claim
-        self._on_reload = on_reload
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not a secret)
         self._backoff = Backoff(BACKOFF_BASE_S, self._settings.reconnect_backoff_max_s)
         self._refusal_backoff = Backoff(*REFUSAL_BACKOFF)
@@ -171,10 +169,12 @@ class MqttPublisher:
         except (PayloadError, OSError) as error:
             raise MqttSetupError(f"event signing key: {error}") from error
         try:
-            self._commands = CommandVerifier.from_config(self._settings.command_keys)
+            verifier = CommandVerifier.from_config(self._settings.command_keys)
         except PayloadError as error:
             raise MqttSetupError(f"mqtt.command_keys: {error}") from error
-        if not self._commands.commanders:
+        handlers = {**(commands or {}), "health": self._health_command}
+        self._commands = CommandGate(self._topics, verifier, handlers)
+        if not self._commands.trusts_anyone:
             log.info("no trusted commanders (mqtt.command_keys): this unit refuses every command")
         self._outbox = Outbox(
             self._settings.outbox_path,
@@ -201,7 +201,6 @@ class MqttPublisher:
         self._hold_until = 0.0
         self._refusal_streak = 0
         self._next_health = 0.0
-        self._requests_used: OrderedDict[str, None] = OrderedDict()
         self._last_problem: str | None = None  # said once at ERROR with its fix; repeats go to DEBUG
 
     # -- Publisher protocol ---------------------------------------------------------------------------
@@ -246,29 +245,6 @@ class MqttPublisher:
         self._outbox.close()
 
     # -- extras for the run loop ----------------------------------------------------------------------
-
-    @classmethod
-    def from_config(cls, config: UnitConfig) -> MqttPublisher:
-        """A started publisher; attach command handlers and versions later with ``bind``."""
-        return cls(config).start()
-
-    def bind(
-        self,
-        *,
-        on_claim: Callable[[str], None] | None = None,
-        on_reload: Callable[[], None] | None = None,
-        models: Mapping[str, str] | None = None,
-        gallery_version: Callable[[], str | None] | None = None,
-    ) -> None:
-        """Connects the pipeline once it exists: claims go to its ClaimSlot, reload to its gallery."""
-        if on_claim is not None:
-            self._on_claim = on_claim
-        if on_reload is not None:
-            self._on_reload = on_reload
-        if models is not None:
-            self._models = dict(models)
-        if gallery_version is not None:
-            self._gallery_version = gallery_version
 
     def start(self) -> MqttPublisher:
         if self._thread is None:
@@ -562,12 +538,7 @@ class MqttPublisher:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
-            if message.retain:
-                raise PayloadError("retained commands are not accepted (they would replay on every connect)")
-            command = parse_command(self._topics, message.topic, bytes(message.payload))
-            self._commands.verify(command.payload)
-            self._use_once(command)
-            self._execute(command)
+            self._commands.handle(message.topic, bytes(message.payload), retained=message.retain)
         except PayloadError as error:
             with self._lock:
                 self._counters.commands_rejected += 1
@@ -576,33 +547,8 @@ class MqttPublisher:
         with self._lock:
             self._counters.commands_accepted += 1
 
-    def _use_once(self, command: Command) -> None:
-        """A signed command replayed by whoever recorded it is refused: each request id acts once."""
-        request = f"{command.commander}/{command.request_id}"
-        if request in self._requests_used:
-            raise PayloadError(
-                f"{command.name} {command.request_id!r} from {command.commander!r} was already used"
-            )
-        self._requests_used[request] = None
-        if len(self._requests_used) > REQUESTS_REMEMBERED:
-            self._requests_used.popitem(last=False)
-
-    def _execute(self, command: Command) -> None:
-        if command.name == "claim":
-            if self._on_claim is None or command.subject_id is None:
-                raise PayloadError("this unit does not take claims")
-            try:
-                self._on_claim(command.subject_id)
-            except ValueError as error:
-                raise PayloadError(f"claim refused: {error}") from error
-            log.info("claim from %s received for subject %s", command.commander, command.subject_id)
-        elif command.name == "reload":
-            if self._on_reload is None:
-                raise PayloadError("this unit has nothing to reload")
-            self._on_reload()
-            log.info("reload requested over MQTT")
-        elif command.name == "health":
-            self._health_now.set()
+    def _health_command(self, _command: Command) -> None:
+        self._health_now.set()
 
     def _shutdown(self) -> None:
         client = self._client

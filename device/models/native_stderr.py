@@ -50,7 +50,7 @@ def without_runtime_banner() -> Iterator[None]:
     """Runs the block with fd 2 captured; re-emits what was captured, minus the runtime's INFO banner.
 
     The capture is a pipe drained by a thread, never a file: the unit writes nothing to disk while it
-    watches the entrance (tests/unit/test_no_trace.py), and a full pipe cannot block the runtime.
+    watches the entrance (tests/runtime/test_no_trace.py), and a full pipe cannot block the runtime.
     """
     stderr_fd = 2  # where the C++ runtime writes, whatever Python's sys.stderr is
     with _REDIRECT_LOCK:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from buildkit import build_arguments, log_progress  # noqa: E402  (the paths are set just above)
 
-from device import fixtures  # noqa: E402
+from device.evaluation import fixtures  # noqa: E402
 from device.vision.detect import blazeface_anchors, decode_blazeface, letterbox, weighted_nms  # noqa: E402
 
 log = logging.getLogger("models.build.blazeface")

@@ -178,7 +178,7 @@ def dlib_chips(names: list[str]) -> list[np.ndarray]:
     """dlib's own 150x150 chips (get_face_chip, padding 0.25) of every face dlib finds in the images."""
     import dlib
 
-    from device import fixtures
+    from device.evaluation import fixtures
 
     detector = dlib.get_frontal_face_detector()
     shapes = dlib.shape_predictor(str(package_file("shape_predictor_5_face_landmarks.dat")))

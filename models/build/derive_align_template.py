@@ -33,7 +33,7 @@ FIXTURES = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] + [f"sample{i}
 def main() -> None:
     import dlib
 
-    from device import fixtures
+    from device.evaluation import fixtures
     from device.models import accelerator
     from device.vision.align import warp_to_chip
     from device.config import UnitConfig

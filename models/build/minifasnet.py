@@ -273,7 +273,7 @@ def calibration_crops(scale: float) -> list[np.ndarray]:
     """Seeded crops of the fixture faces at ``scale`` x the BlazeFace box, jittered, flipped and re-lit."""
     import cv2
 
-    from device import fixtures
+    from device.evaluation import fixtures
     from device.config import UnitConfig
     from device.vision.faces import load_stages
     from device.vision.pad_texture import crop_box

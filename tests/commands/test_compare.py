@@ -12,7 +12,7 @@ from pipeline_support import MODELS
 
 from device.cli import main
 from device.config import UnitConfig
-from device.unit.democlip import hallway
+from device.lab.democlip import hallway
 
 
 @pytest.fixture

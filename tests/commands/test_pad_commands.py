@@ -12,10 +12,10 @@ import cv2
 import pytest
 from gallery_helpers import Unit, init_unit
 
-from device import fixtures
 from device.cli import main
+from device.evaluation import fixtures
 from device.evaluation.pad_eval import Presentation, report
-from device.unit.padattacks import RenderParams, still_attack
+from device.lab.padattacks import RenderParams, still_attack
 from device.vision.faces import FaceAnalyzer
 from device.vision.liveness import CueResult, Liveness
 

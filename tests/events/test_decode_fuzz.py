@@ -17,7 +17,7 @@ from command_support import TEST_COMMANDER, commander_key, signed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from device.events.consumer import check_event
+from device.consumers.consumer import check_event
 from device.events.payloads import (
     MAX_PAYLOAD_BYTES,
     HealthParts,

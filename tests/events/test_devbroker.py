@@ -10,8 +10,8 @@ from pathlib import Path
 
 from device.config import parse_config
 from device.events.mqtt_publisher import MqttPublisher
+from device.lab.devbroker import start_dev_broker
 from device.types import Decision, DecisionType
-from device.unit.devbroker import start_dev_broker
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from device import __version__
 from device.config import UnitConfig, parse_config
-from device.events.consumer import Deduper, check_event
+from device.consumers.consumer import Deduper, check_event
+from device.events.command_gate import command_table
 from device.events.mqtt_publisher import Backoff, MqttPublisher, MqttSetupError
 from device.events.payloads import PayloadError, decode
 from device.identity.decide import ClaimSlot
@@ -133,7 +134,7 @@ def test_events_arrive_in_seq_order_with_online_status_and_health(
 def test_events_made_while_the_broker_is_down_are_delivered_after_it_returns(
     mosquitto_broker: Any, tmp_path: Path
 ) -> None:
-    from device.events.consumer import ConsumerSettings, EventConsumer
+    from device.consumers.consumer import ConsumerSettings, EventConsumer
 
     config = unit_config(mosquitto_broker, tmp_path, "unit-replay")
     cert, key = mosquitto_broker.cert_for("backend")
@@ -202,8 +203,7 @@ def test_commands_claim_reload_health_are_taken_and_anything_else_is_counted_as_
     commander.publish(f"{base}/cmd/reload", signed("reload"), retain=True)
     publisher = MqttPublisher(
         unit_config(mosquitto_broker, tmp_path, "unit-cmd"),
-        on_claim=claims.set,
-        on_reload=lambda: reloads.append(True),
+        commands=command_table(on_claim=claims.set, on_reload=lambda: reloads.append(True)),
     ).start()
     try:
         assert wait_for(lambda: publisher.health_snapshot()["mqtt"]["connected"])

@@ -16,11 +16,12 @@ import pytest
 from command_support import signed
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from device.events.consumer import ConsumerSettings, EventConsumer, check_event
+from device.consumers.consumer import ConsumerSettings, EventConsumer, check_event
+from device.events.command_gate import command_table
 from device.events.mqtt_publisher import MqttPublisher
 from device.events.payloads import MAX_NESTING, PayloadError, Topics, decode, nesting_depth, parse_command
-from device.unit.sdnotify import SystemdNotifier, WatchdogSettings
-from device.unit.service import watch_publisher
+from device.runtime.sdnotify import SystemdNotifier, WatchdogSettings
+from device.runtime.service import watch_publisher
 from tests.events.test_mqtt_publisher import decision, unit_config, wait_for
 
 DEEP_LIST = b"[" * 1500
@@ -80,7 +81,9 @@ def test_poison_commands_leave_the_unit_delivering_events(mosquitto_broker: Any,
         reloads.append(1)
         raise RuntimeError("a handler bug")
 
-    publisher = MqttPublisher(unit_config(mosquitto_broker, tmp_path, unit), on_reload=failing_reload).start()
+    publisher = MqttPublisher(
+        unit_config(mosquitto_broker, tmp_path, unit), commands=command_table(on_reload=failing_reload)
+    ).start()
     attacker = RawClient(mosquitto_broker, "backend")
     received: list[dict[str, Any]] = []
     consumer = EventConsumer(consumer_settings(mosquitto_broker, unit), lambda e, _t: received.append(e))

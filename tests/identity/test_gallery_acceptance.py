@@ -19,7 +19,7 @@ import pytest
 from gallery_helpers import Unit, init_unit
 
 from device.cli import main
-from device.fixtures import load_rgb
+from device.evaluation.fixtures import load_rgb
 
 NAME = "Barack Obama"
 SUBJECT_ID = re.compile(r"^s-[0-9a-f]{16}$")

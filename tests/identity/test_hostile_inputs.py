@@ -120,7 +120,7 @@ def test_a_deeply_nested_config_is_exit_2_and_one_line(tmp_path: Path) -> None:
 
 
 def test_detect_out_writes_a_private_file_and_says_it_holds_a_face(unit: Unit, tmp_path: Path) -> None:
-    from device import fixtures
+    from device.evaluation import fixtures
 
     out = tmp_path / "annotated.png"
     picture = fixtures.fixture_path("obama.jpg")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pipeline_support import MODELS
 
-from device import fixtures
 from device.config import UnitConfig
+from device.evaluation import fixtures
 from device.vision.faces import FaceAnalyzer, load_stages
 
 OBAMAS = ("obama.jpg", "obama2.jpg", "obama3.jpg")

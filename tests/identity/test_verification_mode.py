@@ -13,12 +13,12 @@ import pytest
 from gallery_helpers import Unit, init_unit
 
 from device.config import UnitConfig
-from device.fixtures import load_rgb
+from device.evaluation.fixtures import load_rgb
 from device.identity.decide import ClaimSlot
 from device.identity.gallery import EnrolRequest, LiveGallery
+from device.lab.democlip import Walk, hallway, iter_script_frames, largest_face
+from device.runtime.pipeline import Pipeline
 from device.types import Decision, DecisionType, Frame, RgbImage
-from device.unit.democlip import Walk, hallway, iter_script_frames, largest_face
-from device.unit.pipeline import Pipeline
 from device.vision.faces import FaceAnalyzer, Stages, load_stages
 
 
@@ -31,6 +31,9 @@ class Collect:
 
     def publish_health(self, health: Mapping[str, Any]) -> None:
         pass
+
+    def io_alive(self) -> bool:
+        return True
 
     def close(self) -> None:
         pass

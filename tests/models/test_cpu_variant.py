@@ -31,7 +31,7 @@ from device.models.cpu_variant import (
     decide,
     pairs_per_block,
 )
-from device.unit.pipeline import Pipeline
+from device.runtime.pipeline import Pipeline
 from device.vision.faces import load_stages
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,8 @@ def test_five_first_starts_from_nothing_run_the_same_file_for_the_same_reason(
 ) -> None:
     # Real timings, a fresh state dir each: only the margin rule keeps these starts together. (The
     # detector's two files are close on some hosts and their ratio moves with the machine's load, so its
-    # first starts can differ; the unit's later starts keep the first: tests/unit/test_cpu_variant_starts.py.)
+    # first starts can differ; the unit's later starts keep the first:
+    # tests/runtime/test_cpu_variant_starts.py.)
     models = ModelsSection(dir=REPO_MODELS, accelerator="cpu", cpu_variant="auto")
     opened = [open_model(models, name, state_dir=tmp_path / f"start-{index}") for index in range(5)]
     for model in opened:  # the measured ratios, for `pytest -o log_cli=true`

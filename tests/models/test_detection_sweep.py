@@ -9,7 +9,7 @@ from embedder_support import MODELS_DIR
 
 from device.config import DetectionSection
 from device.evaluation.detection_sweep import REQUIRED_CONDITIONS, SweepResult, detection_sweep
-from device.unit.democlip import hallway
+from device.lab.democlip import hallway
 
 pytest.importorskip("skimage", reason="the face-free set is scikit-image's data (dev extra)")
 

@@ -648,9 +648,9 @@ def trust(broker: Any, monitor: Monitor, workdir: Path) -> dict[str, Any]:
 
 def walk_in_clip(path: Path) -> Path:
     """Two people (fixture photos) walking into the generated entrance: what the real unit's camera sees."""
-    from device import fixtures
     from device.config import UnitConfig
-    from device.unit.democlip import demo_walks, make_clip
+    from device.evaluation import fixtures
+    from device.lab.democlip import demo_walks, make_clip
     from device.vision.faces import load_stages
 
     config = UnitConfig.model_validate({"models": {"dir": str(REPO / "models"), "accelerator": "cpu"}})

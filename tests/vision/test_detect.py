@@ -9,7 +9,7 @@ import pytest
 from numpy.typing import NDArray
 
 from device.config import DetectionSection, ModelsSection
-from device.fixtures import astronaut_rgb
+from device.evaluation.fixtures import astronaut_rgb
 from device.models.accelerator import InferenceModel, open_model
 from device.types import Keypoint
 from device.vision.detect import (

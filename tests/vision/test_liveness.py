@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from device import fixtures
 from device.config import UnitConfig
+from device.evaluation import fixtures
+from device.lab.padattacks import RenderParams, halftone, still_attack, subpixel_screen
 from device.types import Box, RgbImage
-from device.unit.padattacks import RenderParams, halftone, still_attack, subpixel_screen
 from device.vision.faces import Detector, load_image_rgb, load_stages
 from device.vision.liveness import (
     ABSTAIN,

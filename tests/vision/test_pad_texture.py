@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from tamper_support import flip_one_bit
 
-from device import fixtures
 from device.config import UnitConfig
+from device.evaluation import fixtures
 from device.evaluation.pad_models import crop_scale_sweep
 from device.models.manifest import ModelFileError
 from device.types import Box, Detection, RgbImage

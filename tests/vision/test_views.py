@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from pipeline_support import shipped_stages, unit_config
 
-from device import fixtures
+from device.evaluation import fixtures
+from device.lab.democlip import hallway
 from device.types import Detection, FrameViews, RgbImage
-from device.unit.democlip import hallway
 from device.vision.capture import CaptureThread, FileSource, Picamera2Source, open_source
 from device.vision.detect import FaceDetector, is_grey, letterbox
 from device.vision.faces import Stages
