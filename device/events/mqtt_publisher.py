@@ -232,9 +232,13 @@ class MqttPublisher:
         self._wake.set()
 
     def publish_health(self, health: Mapping[str, Any]) -> None:
-        """Records the pipeline's latest health report; it goes out with the next periodic health."""
+        """Records the pipeline's latest health report; it goes out with the next periodic health, the
+        first one at once (until then Home Assistant's accelerator sensors would read "unknown")."""
         with self._lock:
+            first = not self._pipeline_health
             self._pipeline_health = dict(health)
+        if first:
+            self._health_now.set()
 
     def close(self) -> None:
         self._stop.set()

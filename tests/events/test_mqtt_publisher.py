@@ -290,6 +290,22 @@ def test_home_assistant_discovery_announces_the_visit_event_triggers_and_acceler
     assert retained == dict.fromkeys(announced, True)
 
 
+def test_the_first_pipeline_report_goes_out_at_once_not_after_the_health_interval(
+    mosquitto_broker: Any, tmp_path: Path, listen: Callable[[list[str]], Listener]
+) -> None:
+    health_topic = "entrance/unit-first-health/health"
+    listener = listen([health_topic])
+    config = unit_config(mosquitto_broker, tmp_path, "unit-first-health", health_interval_s=3600.0)
+    publisher = MqttPublisher(config).start()
+    try:
+        assert wait_for(lambda: listener.payloads(health_topic))  # the health of the connection
+        publisher.publish_health({"fps": 12.5, "accelerator": {"detector": "cpu"}})
+        # Home Assistant's sensors read the pipeline part: it must not wait an hour.
+        assert wait_for(lambda: any("pipeline" in h for h in listener.payloads(health_topic)), timeout=5)
+    finally:
+        publisher.close()
+
+
 def test_tls_is_mandatory(tmp_path: Path) -> None:
     config = parse_config({"mqtt": {"enabled": True, "outbox_path": str(tmp_path / "o.db")}})
     with pytest.raises(MqttSetupError, match="TLS is mandatory"):
