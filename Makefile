@@ -182,7 +182,9 @@ fuzz: setup
 HA_VERSION := 2025.4.4
 HA_VENV := .venv-ha
 HA_STAMP := $(HA_VENV)/.installed
-HA_PYTHON ?= $(firstword $(shell command -v python3.13) $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13))
+# The first candidate that runs (pyenv's shim on PATH exists even where that version is not active).
+HA_PYTHON ?= $(shell for p in python3.13 $(HOME)/.pyenv/versions/3.13*/bin/python3.13; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null && { command -v $$p; break; }; done)
 
 $(HA_STAMP): requirements/ha.lock
 	test -x $(HA_VENV)/bin/python || $(HA_PYTHON) -m venv $(HA_VENV)
