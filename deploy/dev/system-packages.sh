@@ -4,7 +4,9 @@
 set -euo pipefail
 
 # strace: the "unknown faces leave no trace" test records the unit's file writes with it.
-wanted=(mosquitto npm strace)
+# g++: `make ha-check` builds the few pins of Home Assistant's lock that have no Python 3.13 wheel
+# (ciso8601, lru-dict, pymicro-vad, pyspeex-noise).
+wanted=(mosquitto npm strace g++)
 # A fresh Debian has python3 without venv/ensurepip; a pyenv or other Python that has them needs nothing.
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   wanted+=(python3-venv)
@@ -16,6 +18,7 @@ for package in "${wanted[@]}"; do
     mosquitto) command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=("$package") ;;
     npm) command -v npm >/dev/null 2>&1 || missing+=("$package") ;;
     strace) command -v strace >/dev/null 2>&1 || missing+=("$package") ;;
+    g++) command -v g++ >/dev/null 2>&1 || missing+=("$package") ;;
     *) dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package") ;;
   esac
 done
