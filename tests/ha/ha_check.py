@@ -128,6 +128,10 @@ class CheckError(Exception):
     pass
 
 
+class HomeAssistantExitedError(Exception):
+    """Not a CheckError: waits retry on those, and this one will not get better."""
+
+
 def step(text: str) -> None:
     print(f"ha-check: {text}", flush=True)
 
@@ -190,7 +194,9 @@ class HomeAssistant:
 
         def running() -> bool:
             if self.process is not None and self.process.poll() is not None:
-                raise SystemExit(f"home assistant exited ({self.process.returncode}); see {self.log_file}")
+                raise HomeAssistantExitedError(
+                    f"Home Assistant exited ({self.process.returncode}); see {self.log_file}"
+                )
             if not self.token:
                 return self.request("GET", "/api/onboarding", auth=False) is not None
             return bool(self.request("GET", "/api/config").get("state") == "RUNNING")
@@ -624,7 +630,7 @@ def run(args: argparse.Namespace) -> Results:
         results.expect(
             not problems, f"Home Assistant's log: {len(problems)} errors/MQTT warnings {problems[:5]}"
         )
-    except CheckError as error:
+    except (CheckError, HomeAssistantExitedError) as error:
         results.expect(False, str(error))
     finally:
         if events is not None:
