@@ -12,7 +12,7 @@ from device.cli import EXIT_FAILURE
 from device.identity.audit import AuditError
 from device.identity.claims import ClaimError
 from device.identity.enrol import EnrolmentError
-from device.identity.gallery import GalleryError
+from device.identity.gallery_records import GalleryError
 from device.identity.masterkey import MasterKeyError
 from device.models.manifest import ModelFileError
 

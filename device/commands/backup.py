@@ -7,7 +7,7 @@ from pathlib import Path
 
 from device.cli import EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
-from device.identity.gallery import GalleryStore
+from device.identity.gallery_store import GalleryStore
 
 
 def register(commands: CommandRegistry) -> None:

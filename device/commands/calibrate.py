@@ -33,7 +33,7 @@ from device.identity.calibrate import (
     format_table,
 )
 from device.identity.enrol import Analyze, FaceLike
-from device.identity.gallery import GalleryStore
+from device.identity.gallery_store import GalleryStore
 from device.types import RgbImage
 from device.vision.quality import assess
 

@@ -23,7 +23,7 @@ from device import cli
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry
 from device.evaluation.fixtures import FixtureError
 from device.events.publish import Publisher, StdoutPublisher
-from device.identity.gallery import GalleryError
+from device.identity.gallery_records import GalleryError
 from device.lab.demo import DemoError, add_demo_arguments, describe, outcome_problems, prepare
 from device.runtime.service import (
     StartupError,

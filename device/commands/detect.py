@@ -12,7 +12,8 @@ import numpy as np
 
 from device.atomicio import PRIVATE_FILE_MODE, write_atomically
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.models.accelerator import AcceleratorError, open_model
+from device.models.accelerator import open_model
+from device.models.interpreter import AcceleratorError
 from device.models.manifest import ModelFileError
 from device.vision.detect import FaceDetector, annotate
 from device.vision.faces import ImageError, load_image_rgb

@@ -13,7 +13,7 @@ from typing import Any
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import reports_gallery_errors
-from device.identity.gallery import GalleryStore
+from device.identity.gallery_store import GalleryStore
 from device.identity.identify import identify_faces
 from device.identity.match import TemplateIndex
 

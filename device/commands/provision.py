@@ -18,13 +18,8 @@ from device.atomicio import create_exclusively, ensure_private_directory
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
 from device.config import UnitConfig
-from device.identity.gallery import (
-    EnrolRequest,
-    GalleryError,
-    GalleryStore,
-    check_expiry,
-    normalise_templates,
-)
+from device.identity.gallery_records import GalleryError
+from device.identity.gallery_store import EnrolRequest, GalleryStore, check_expiry, normalise_templates
 from device.identity.sealed import (
     SIGNER_FILE_NAME,
     EnrolledSet,
@@ -42,8 +37,7 @@ from device.identity.sealed import (
     seal,
     signer_key_id,
 )
-
-PROVISIONED_DIR = "provisioned"
+from device.layout import StateLayout
 
 
 def register(commands: CommandRegistry) -> None:
@@ -208,7 +202,7 @@ def import_sealed(args: argparse.Namespace) -> int:
     except SealedError as error:
         return _fail(str(error))
     # One marker per bundle makes a re-run of the playbook a no-op instead of a second enrolment.
-    markers = config.unit.state_dir / PROVISIONED_DIR
+    markers = StateLayout.from_config(config).provisioned
     marker = markers / bundle
     if marker.exists():
         print(f"already imported: bundle {bundle}")

@@ -14,7 +14,6 @@ import argparse
 import logging
 import sys
 import threading
-from pathlib import Path
 
 from device.cli import EXIT_USAGE, CommandRegistry, config_from_args
 from device.config import UnitConfig
@@ -39,13 +38,11 @@ def run_command(args: argparse.Namespace) -> int:
     config = config_from_args(args, required=True)
     if getattr(args, "log_level", None) is None:
         logging.getLogger().setLevel(config.logging.level)
-    config_path: Path | None = getattr(args, "config", None)
-    base_dir = config_path.resolve().parent if config_path is not None else None
     stop_event = threading.Event()
     latencies = LatencyRecorder()
     decided: list[Decision] = []
     try:
-        check_source(config, base_dir)
+        check_source(config)
         stages = open_stages(config, latencies)
         parts = UnitParts.for_unit(config, stages)
         publisher = make_publisher(config, parts)
@@ -56,7 +53,6 @@ def run_command(args: argparse.Namespace) -> int:
             stop_event=stop_event,
             parts=parts,
             latencies=latencies,
-            base_dir=base_dir,
             on_decision=decided.append,
         )
     except StartupError as error:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.config import ConfigError
-from device.models.accelerator import AcceleratorError, open_model
+from device.models.accelerator import open_model
+from device.models.interpreter import AcceleratorError
 from device.models.manifest import ModelFileError
 from device.ops.snapshot import SnapshotError, take_snapshot
 from device.vision.detect import FaceDetector
@@ -29,11 +30,10 @@ def register(commands: CommandRegistry) -> None:
 
 def snapshot_command(args: argparse.Namespace) -> int:
     config = config_from_args(args, required=True)
-    base_dir = args.config.resolve().parent
     try:
         model = open_model(config.models, config.models.detector, state_dir=config.unit.state_dir)
         shot = take_snapshot(
-            config, FaceDetector(model, config.detection), args.out, base_dir, annotate_faces=args.annotate
+            config, FaceDetector(model, config.detection), args.out, annotate_faces=args.annotate
         )
     except (ModelFileError, AcceleratorError, SnapshotError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

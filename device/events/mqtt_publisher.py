@@ -57,6 +57,8 @@ from device.events.payloads import (
     encode,
 )
 from device.events.signing import CommandVerifier, EventKey
+from device.events.tls import TlsSetupError, client_tls_context
+from device.layout import StateLayout
 from device.types import Decision
 
 log = logging.getLogger(__name__)
@@ -106,25 +108,12 @@ class _Counters:
 
 
 def tls_context(settings: MqttSection) -> ssl.SSLContext:
+    """The project's one client context (``events.tls``) from the ``[mqtt.tls]`` files."""
     tls = settings.tls
-    if tls.ca_file is None or tls.cert_file is None or tls.key_file is None:
-        raise MqttSetupError("mqtt.tls.ca_file, cert_file and key_file are all required (TLS is mandatory)")
-    for path in (tls.ca_file, tls.cert_file, tls.key_file):
-        if not path.is_file():
-            raise MqttSetupError(f"TLS file not found: {path}")
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file))
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = True
-    context.verify_mode = ssl.CERT_REQUIRED
     try:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    except (ssl.SSLError, OSError) as error:
-        raise MqttSetupError(f"cannot load the client certificate {tls.cert_file}: {error}") from error
-    return context
-
-
-def event_key_path(config: UnitConfig) -> Path:
-    return config.mqtt.event_key_path or config.unit.state_dir / "secrets" / "event-signing.key"
+        return client_tls_context(tls.ca_file, tls.cert_file, tls.key_file)
+    except TlsSetupError as error:
+        raise MqttSetupError(f"mqtt.tls: {error}") from error
 
 
 def _read_password(path: Path) -> str:
@@ -165,7 +154,7 @@ class MqttPublisher:
         )
         self._session = secrets.token_hex(8)
         try:
-            self._event_key = EventKey.load_or_create(event_key_path(config))
+            self._event_key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
         except (PayloadError, OSError) as error:
             raise MqttSetupError(f"event signing key: {error}") from error
         try:
@@ -188,6 +177,10 @@ class MqttPublisher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._health_now = threading.Event()
+        # Set when the broker has granted the command subscription (SUBACK), cleared on disconnect: a
+        # command sent before that may be lost, so callers and tests wait on this, not on "connected".
+        self.subscribed = threading.Event()
+        self._subscribe_mid: int | None = None
         self._thread: threading.Thread | None = None
         self._heartbeat = time.monotonic()  # written by the I/O thread each turn; read by io_alive
         # I/O thread state (touched only there).
@@ -342,6 +335,7 @@ class MqttPublisher:
         client.on_disconnect = self._guarded(self._on_disconnect)
         client.on_publish = self._guarded(self._on_publish)
         client.on_message = self._guarded(self._on_message)
+        client.on_subscribe = self._guarded(self._on_subscribe)
         return client
 
     def _guarded(self, callback: Callable[..., None]) -> Callable[..., None]:
@@ -417,6 +411,7 @@ class MqttPublisher:
     def _drop_connection(self, why: str) -> None:
         client, self._client = self._client, None
         was_connected, self._connected = self._connected, False
+        self.subscribed.clear()
         self._inflight.clear()
         self._control_mids.clear()
         self._cursor = 0
@@ -485,7 +480,7 @@ class MqttPublisher:
             self._topics.status,
             encode("status", build_status(self._unit, "online", "connected", self._session)),
         )
-        client.subscribe(self._topics.cmd_filter, qos=1)
+        _, self._subscribe_mid = client.subscribe(self._topics.cmd_filter, qos=1)
         if self._settings.ha_discovery:
             for topic, config in discovery_configs(
                 self._topics, self._unit, self._model_names, __version__
@@ -493,6 +488,27 @@ class MqttPublisher:
                 payload = b"" if config is None else json.dumps(config, sort_keys=True).encode()
                 self._publish_control(topic, payload)
         self._next_health = 0.0
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [code for code in reason_codes if code.is_failure]
+        if refused:
+            # The ACL does not let this identity read its own cmd topics: commands cannot arrive.
+            with self._lock:
+                self._counters.alarms["command_subscription_refused"] = str(refused[0])
+            log.error("broker refused the command subscription %s: %s", self._topics.cmd_filter, refused[0])
+            return
+        with self._lock:
+            self._counters.alarms.pop("command_subscription_refused", None)
+        self.subscribed.set()
 
     def _on_disconnect(
         self,

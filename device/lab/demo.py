@@ -27,7 +27,7 @@ import numpy as np
 
 from device.config import UnitConfig, load_config
 from device.evaluation import fixtures
-from device.identity.gallery import EnrolRequest, GalleryStore
+from device.identity.gallery_store import EnrolRequest, GalleryStore
 from device.lab.democlip import (
     DemoClip,
     VisitSpan,

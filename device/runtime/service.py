@@ -13,20 +13,22 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 
 from device.config import UnitConfig
 from device.events.publish import Publisher, StdoutPublisher
 from device.identity.claims import ClaimDrop
 from device.identity.decide import ClaimSlot
-from device.identity.gallery import LastSeenRecorder, LiveGallery, claims_directory
+from device.identity.live_gallery import LastSeenRecorder, LiveGallery
 from device.identity.match import GalleryView
+from device.layout import StateLayout
 from device.runtime.pipeline import Pipeline, Runner
 from device.runtime.sdnotify import Notifier, SystemdNotifier
 from device.timing import LatencyRecorder
 from device.types import Decision
-from device.vision.capture import CameraError, CaptureThread, open_source
+from device.vision.capture import open_source
+from device.vision.capture.source import CameraError
+from device.vision.capture.thread import CaptureThread
 from device.vision.faces import Stages, load_stages
 from device.vision.liveness import LivenessStage, open_liveness
 from device.vision.views import ViewSpec
@@ -116,11 +118,11 @@ def watch_publisher(notifier: Notifier, publisher: Publisher) -> None:
     notifier.watch("mqtt_io", publisher.io_alive)
 
 
-def check_source(config: UnitConfig, base_dir: Path | None) -> None:
+def check_source(config: UnitConfig) -> None:
     """A file source that is missing or unreadable is a config problem: say so before starting."""
     if config.capture.backend != "file":
         return
-    source = open_source(config.capture, base_dir=base_dir)
+    source = open_source(config.capture)
     try:
         source.open()
     except CameraError as error:
@@ -137,7 +139,6 @@ def build_runner(
     stop_event: threading.Event,
     parts: UnitParts | None = None,
     latencies: LatencyRecorder | None = None,
-    base_dir: Path | None = None,
     on_decision: Callable[[Decision], None] | None = None,
     notifier: Notifier | None = None,
     liveness: LivenessStage | None = None,
@@ -155,7 +156,7 @@ def build_runner(
     )
     views = ViewSpec.for_unit(config, stages.detector.input_size)  # prepared by the camera side
     capture = CaptureThread(
-        open_source(config.capture, base_dir=base_dir, views=views),
+        open_source(config.capture, views=views),
         config.capture.reconnect_backoff_max_s,
         views=views,
     )
@@ -168,7 +169,7 @@ def build_runner(
         publisher,
         stop_event=stop_event,
         notifier=notifier,
-        claim_drop=ClaimDrop(claims_directory(config), config.matching.claim_window_s),
+        claim_drop=ClaimDrop(StateLayout.from_config(config).claims, config.matching.claim_window_s),
         health_interval_s=config.mqtt.health_interval_s,
         # the enrolled set's last-seen day (recognised subjects only); not for a gallery handed in (demo)
         on_decision=on_decision if parts.gallery_given else LastSeenRecorder(config, then=on_decision),

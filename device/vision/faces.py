@@ -160,7 +160,7 @@ def load_stages(
     from device.models.cpu_variant import choice_state_dir
     from device.vision.detect import FaceDetector
     from device.vision.embed import FaceEmbedder
-    from device.vision.landmarks5 import load_landmark_aligner
+    from device.vision.shape_predictor5 import load_landmark_aligner
 
     if state_dir is None:
         state_dir = choice_state_dir(config.unit.state_dir)

@@ -48,8 +48,7 @@ def test_a_claim_queued_while_the_unit_was_offline_does_not_apply_on_reconnect(
     claims = ClaimSlot(window_s=60)
     # The unit connects once so the broker keeps its session (and queues its commands), then goes away.
     first = MqttPublisher(config, commands=command_table(on_claim=claims.set)).start()
-    assert wait_for(lambda: first.health_snapshot()["mqtt"]["connected"])
-    time.sleep(0.3)
+    assert first.subscribed.wait(10)  # SUBACK: the cmd subscription is in place
     first.close()
     commander = Listener(mosquitto_broker, [f"entrance/{unit}/health"])
     try:

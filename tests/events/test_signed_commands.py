@@ -96,8 +96,7 @@ def test_over_a_real_broker_only_the_trusted_fresh_first_claim_applies(
     del unsigned["sig"]
     valid = signed("claim", "s-good", request_id="r-ok")
     try:
-        assert wait_for(lambda: publisher.health_snapshot()["mqtt"]["connected"])
-        time.sleep(0.3)
+        assert publisher.subscribed.wait(10)  # SUBACK: the cmd subscription is in place
         attacker.publish(topic, json.dumps(unsigned).encode())
         attacker.publish(topic, signed("claim", "s-evil", key=commander_key(seed=2)))
         attacker.publish(topic, signed("claim", "s-evil", key=commander_key(seed=2), commander="intruder"))
@@ -133,8 +132,7 @@ def test_the_cli_makes_a_commander_key_and_sends_a_claim_the_unit_takes(
               "--port", str(mosquitto_broker.port), "--ca", str(mosquitto_broker.ca_file), "--prefix",
               "entrance"]  # fmt: skip
     try:
-        assert wait_for(lambda: publisher.health_snapshot()["mqtt"]["connected"])
-        time.sleep(0.3)
+        assert publisher.subscribed.wait(10)  # SUBACK: the cmd subscription is in place
         assert (
             main(["command", "send", "claim", "s-42", *common, "--cert", str(cert), "--key", str(key)]) == 0
         )

@@ -13,7 +13,10 @@ from gallery_helpers import Unit, enrol_random, init_unit, random_templates, run
 
 from device.cli import main
 from device.identity.claims import ClaimDrop
-from device.identity.gallery import EnrolRequest, LiveGallery, claims_directory, utc_now
+from device.identity.gallery_records import utc_now
+from device.identity.gallery_store import EnrolRequest
+from device.identity.live_gallery import LiveGallery
+from device.identity.paths import claims_directory
 
 
 @pytest.fixture

@@ -20,13 +20,16 @@ from pipeline_support import (
 from device.cli import main
 from device.config import UnitConfig
 from device.identity.decide import Reason
-from device.identity.gallery import EnrolRequest, LiveGallery, claims_directory
+from device.identity.gallery_store import EnrolRequest
+from device.identity.live_gallery import LiveGallery
 from device.identity.match import GalleryView, InMemoryGallery
+from device.identity.paths import claims_directory
 from device.lab.democlip import DemoClip
 from device.runtime.pipeline import Pipeline, Runner
 from device.runtime.service import build_runner
 from device.types import Decision, DecisionType, Frame
-from device.vision.capture import CaptureThread, FileSource
+from device.vision.capture.file import FileSource
+from device.vision.capture.thread import CaptureThread
 from device.vision.faces import FaceAnalyzer, Stages
 
 
