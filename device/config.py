@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from device.errors import EXIT_USAGE, UserError
+
 OPENCV_URL = re.compile(r"^(rtsp|rtsps|http|https)://")
 UNIT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 UNIT_ID_RULE = "1 to 63 characters: lowercase letters, digits and '-', starting with a letter or digit"
@@ -39,8 +41,10 @@ Point = tuple[Fraction, Fraction]
 Grey = Annotated[float, Field(ge=0.0, le=255.0)]  # a mean grey level
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A config that cannot be used; the message lists every problem, one per line."""
+
+    exit_code = EXIT_USAGE
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source

@@ -181,7 +181,7 @@ def show_history(args: argparse.Namespace) -> int:
         archive = Archive.open(args.db)
         rows = archive.history(unit=args.unit, type_=args.type, since=since, limit=args.limit)
         archive.close()
-    except (ArchiveError, OSError) as error:
+    except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
     for row in rows:

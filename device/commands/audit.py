@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.commands._gallery_cli import reports_gallery_errors
 from device.config import UnitConfig
 from device.identity.audit import AuditLog, VerifyResult
 from device.identity.gallery_records import GalleryUnreadableError
@@ -55,7 +54,6 @@ def verify_with_gallery(config: UnitConfig) -> VerifyResult:
     return result
 
 
-@reports_gallery_errors
 def verify_audit(args: argparse.Namespace) -> int:
     config = config_from_args(args, required=True)
     result = verify_with_gallery(config)
@@ -69,7 +67,6 @@ def verify_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@reports_gallery_errors
 def export_audit(args: argparse.Namespace) -> int:
     config = config_from_args(args, required=True)
     result = verify_with_gallery(config)

@@ -10,7 +10,6 @@ import argparse
 import sys
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.commands._gallery_cli import reports_gallery_errors
 from device.identity.claims import ClaimDrop
 from device.identity.gallery_records import utc_now
 from device.identity.gallery_store import GalleryStore
@@ -24,7 +23,6 @@ def register(commands: CommandRegistry) -> None:
     parser.add_argument("subject_id", metavar="SUBJECT_ID")
 
 
-@reports_gallery_errors
 def claim_subject(args: argparse.Namespace) -> int:
     config = config_from_args(args, required=True)
     store = GalleryStore.from_config(config)

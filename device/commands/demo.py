@@ -21,12 +21,9 @@ from typing import Any
 
 from device import cli
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry
-from device.evaluation.fixtures import FixtureError
 from device.events.publish import Publisher, StdoutPublisher
-from device.identity.gallery_records import GalleryError
 from device.lab.demo import DemoError, add_demo_arguments, describe, outcome_problems, prepare
 from device.runtime.service import (
-    StartupError,
     UnitParts,
     build_runner,
     make_publisher,
@@ -64,9 +61,6 @@ def demo_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         return run_demo(directory, fast=args.fast, broker=not args.no_broker)
-    except (DemoError, StartupError, GalleryError, FixtureError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
     finally:
         if args.dir is None and not args.keep:
             shutil.rmtree(directory, ignore_errors=True)

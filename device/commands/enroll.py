@@ -19,7 +19,7 @@ from datetime import date
 from pathlib import Path
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
+from device.commands._gallery_cli import add_operator_option, default_operator
 from device.config import UnitConfig
 from device.identity.audit import Scalar
 from device.identity.enrol import (
@@ -86,7 +86,6 @@ def register(commands: CommandRegistry) -> None:
     add_operator_option(parser)
 
 
-@reports_gallery_errors
 def enroll(args: argparse.Namespace) -> int:
     consent: str = (args.consent_ref or "").strip()
     if not consent:

@@ -73,13 +73,13 @@ def print_event_key(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     try:
         key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
-    except (PayloadError, OSError) as error:
+    except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
     if args.register is not None:
         try:
             register_key(args.register, config.unit.id, key.public_text)
-        except (PayloadError, OSError) as error:
+        except OSError as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_FAILURE
     print(json.dumps({"unit": config.unit.id, "public_key": key.public_text}))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from device.atomicio import PRIVATE_DIR_MODE, create_exclusively, ensure_private_directory
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry
-from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
+from device.commands._gallery_cli import add_operator_option, default_operator
 from device.config import UNIT_ID_PATTERN, UNIT_ID_RULE, load_config
 from device.identity.audit import AuditLog, record_config_change
 from device.identity.gallery_store import config_digest, initialise_keyring
@@ -144,7 +144,6 @@ def _toml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-@reports_gallery_errors
 def initialise_unit(args: argparse.Namespace) -> int:
     unit_dir: Path = args.dir
     if not re.match(UNIT_ID_PATTERN, args.unit_id):

@@ -148,9 +148,6 @@ def selected_metrics(args: argparse.Namespace) -> dict[str, Any]:
 def eval_models(args: argparse.Namespace) -> int:
     try:
         metrics = selected_metrics(args)
-    except ModelFileError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
     except Exception as error:
         # e.g. the embedder's dlib oracle is not installed: say which part could not be measured.
         if type(error).__name__ != "OracleUnavailableError":

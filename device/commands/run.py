@@ -15,10 +15,9 @@ import logging
 import sys
 import threading
 
-from device.cli import EXIT_USAGE, CommandRegistry, config_from_args
+from device.cli import CommandRegistry, config_from_args
 from device.config import UnitConfig
 from device.runtime.service import (
-    StartupError,
     UnitParts,
     build_runner,
     check_source,
@@ -41,23 +40,19 @@ def run_command(args: argparse.Namespace) -> int:
     stop_event = threading.Event()
     latencies = LatencyRecorder()
     decided: list[Decision] = []
-    try:
-        check_source(config)
-        stages = open_stages(config, latencies)
-        parts = UnitParts.for_unit(config, stages)
-        publisher = make_publisher(config, parts)
-        runner = build_runner(
-            config,
-            stages=stages,
-            publisher=publisher,
-            stop_event=stop_event,
-            parts=parts,
-            latencies=latencies,
-            on_decision=decided.append,
-        )
-    except StartupError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    check_source(config)
+    stages = open_stages(config, latencies)
+    parts = UnitParts.for_unit(config, stages)
+    publisher = make_publisher(config, parts)
+    runner = build_runner(
+        config,
+        stages=stages,
+        publisher=publisher,
+        stop_event=stop_event,
+        parts=parts,
+        latencies=latencies,
+        on_decision=decided.append,
+    )
     stop_on_signals(stop_event)
     try:
         code = runner.run()

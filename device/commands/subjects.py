@@ -13,7 +13,7 @@ from datetime import date
 from typing import Any
 
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
-from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
+from device.commands._gallery_cli import add_operator_option, default_operator
 from device.config import UnitConfig
 from device.events.forgotten import ForgetReason, announce_forgotten
 from device.events.outbox import Outbox, OutboxError
@@ -59,7 +59,6 @@ def subject_summary(info: SubjectInfo, name: str | None, today: date) -> dict[st
     }
 
 
-@reports_gallery_errors
 def list_subjects(args: argparse.Namespace) -> int:
     store = GalleryStore.from_config(config_from_args(args, required=True))
     contents = store.load()
@@ -93,7 +92,6 @@ def list_subjects(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@reports_gallery_errors
 def forget_subject(args: argparse.Namespace) -> int:
     store = GalleryStore.from_config(config_from_args(args, required=True))
     name = store.open_subject(args.subject_id).name
@@ -142,7 +140,6 @@ def confirmed_on_terminal(question: str) -> bool:
     return answer.strip().lower() == "yes"
 
 
-@reports_gallery_errors
 def purge_expired(args: argparse.Namespace) -> int:
     store = GalleryStore.from_config(config_from_args(args, required=True))
     purged = store.purge_expired(args.operator or default_operator())

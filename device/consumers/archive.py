@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from device.errors import UserError
 from device.events.payloads import epoch_seconds
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ TOMBSTONE = "UPDATE access_log SET subject = NULL, forgotten = 1 WHERE subject =
 SELECT_ROWS = "SELECT unit, seq, event_id, ts, type, subject, forgotten, frames, reasons FROM access_log"
 
 
-class ArchiveError(Exception):
+class ArchiveError(UserError):
     """The archive database cannot be opened or used."""
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from device.config import DetectionSection, ModelsSection
+from device.errors import UserError
 from device.evaluation import fixtures
 from device.models.accelerator import InferenceModel, open_model
 from device.models.latency import LATENCY_RUNS, median_latency_ms
@@ -57,7 +58,7 @@ LATENCY_THREADS = 2
 CpuVariant = Literal["float", "int8"]
 
 
-class OracleUnavailableError(RuntimeError):
+class OracleUnavailableError(UserError, RuntimeError):
     """dlib or its model files are not installed (dev extra); the evaluation cannot run."""
 
 

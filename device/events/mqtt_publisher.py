@@ -42,6 +42,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from device import __version__
 from device.config import MqttSection, UnitConfig
+from device.errors import UserError
 from device.events.command_gate import CommandGate, CommandHandler
 from device.events.connect_errors import explain_connect_error, explain_refusal
 from device.events.ha_discovery import discovery_configs
@@ -76,7 +77,7 @@ HA_PREFIX = "homeassistant"
 NOT_AUTHORIZED = 0x87  # MQTT v5 reason code: the broker's ACL refused this topic for this identity
 
 
-class MqttSetupError(Exception):
+class MqttSetupError(UserError):
     """The MQTT settings cannot work (missing TLS files, unreadable password file)."""
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from device.atomicio import ensure_private_directory
+from device.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class OutboxStats:
         }
 
 
-class OutboxError(Exception):
+class OutboxError(UserError):
     """The outbox database cannot be opened or used (corrupt, wrong version, unwritable)."""
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from device.errors import UserError
 
-class TlsSetupError(ValueError):
+
+class TlsSetupError(UserError, ValueError):
     """The TLS files cannot work: one is not configured, missing, or not a certificate/key pair."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from device.atomicio import PRIVATE_FILE_MODE, exclusive_lock, fsync_directory, write_atomically
+from device.errors import UserError
 from device.identity.masterkey import MasterKey
 from device.layout import StateLayout
 
@@ -73,7 +74,7 @@ DETAIL_KEYS = frozenset(
 Scalar = str | int | float | bool | None
 
 
-class AuditError(Exception):
+class AuditError(UserError):
     """The audit log cannot be read or an entry is not allowed."""
 
 

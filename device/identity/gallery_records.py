@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime
 import numpy as np
 from numpy.typing import NDArray
 
+from device.errors import UserError
 from device.identity.audit import AuditAnchor
 
 TEMPLATE_DIM = 128
@@ -21,7 +22,7 @@ TEMPLATE_DIM = 128
 Templates = NDArray[np.float32]
 
 
-class GalleryError(Exception):
+class GalleryError(UserError):
     """A gallery operation that cannot be done; the message says why."""
 
 

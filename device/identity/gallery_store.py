@@ -48,12 +48,11 @@ from device.identity.keyring import (
     GallerySlot,
     Keyring,
     fresh_keyring,
-    keyring_path,
     new_gallery_key,
     write_keyring,
 )
 from device.identity.masterkey import MasterKey, MasterKeyError, load_master_key
-from device.identity.paths import audit_head_path, audit_log_path
+from device.layout import StateLayout
 
 log = logging.getLogger(__name__)
 
@@ -143,15 +142,16 @@ class GalleryStore:
             master_key = load_master_key(config.gallery.master_key_path, config.gallery.key_source)
         except MasterKeyError as error:
             raise GalleryError(str(error)) from None
-        audit = AuditLog(audit_log_path(config), master_key, head_path=audit_head_path(config))
+        layout = StateLayout.from_config(config)
+        audit = AuditLog.of_unit(layout, master_key)
         return cls(
-            config.gallery.path,
+            layout.gallery,
             master_key,
             audit,
             default_expiry_days=config.gallery.default_expiry_days,
             max_templates=config.gallery.max_templates_per_subject,
             config_digest=config_digest(config),
-            keyring_file=keyring_path(config.gallery.master_key_path),
+            keyring_file=layout.keyring,
         )
 
     @property

@@ -33,6 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from device.atomicio import write_atomically
+from device.errors import UserError
 from device.identity.masterkey import MasterKey
 from device.layout import KEYRING_FILE
 
@@ -43,7 +44,7 @@ GALLERY_KEY_BYTES = 32
 NONCE_BYTES = 12
 
 
-class KeyringError(Exception):
+class KeyringError(UserError):
     """The keyring is unreadable, altered or written under another master key."""
 
 

@@ -3,5 +3,5 @@ runtime and delegate loading (``interpreter``), the tensor arithmetic (``tensors
 pixel preparation), the per-machine CPU file choice (``cpu_variant``), the manifest and its sha256 checks,
 the Edge TPU compatibility check and latency timing.
 
-Imports only the top-level core (config, types, atomicio, timing, fixtures, progress); never a stage.
+Imports only the top-level core (config, errors, layout, types, atomicio, timing, progress); never a stage.
 """

@@ -38,6 +38,7 @@ import numpy as np
 
 from device.atomicio import exclusive_lock, write_atomically
 from device.config import ModelsSection
+from device.layout import CPU_VARIANT_FILE
 from device.models.interpreter import Backend, InterpreterFactory, invoke, load_interpreter, runtime_version
 from device.models.manifest import ModelEntry, ModelFileError, Variant, verify_file
 
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 CpuVariant = Literal["float", "int8"]
 CPU_VARIANTS: tuple[CpuVariant, ...] = ("float", "int8")
 DEFAULT_CPU_VARIANT: CpuVariant = "float"
-CPU_VARIANT_CACHE = "cpu_variant.json"
+CPU_VARIANT_CACHE = CPU_VARIANT_FILE
 CPU_VARIANT_LOCK = ".cpu_variant.lock"
 
 WARMUP_PAIRS = 3  # the first runs pay for allocation and XNNPACK weight packing

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from device.errors import UserError
 from device.models.manifest import ModelFileError, Variant
 from device.models.native_stderr import without_runtime_banner
 from device.models.tensors import Prepare, TensorSpec, dequantize, prepare_float
@@ -27,7 +28,7 @@ EDGETPU_LIBRARY = "libedgetpu.so.1"
 RUNTIME_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 
 
-class AcceleratorError(Exception):
+class AcceleratorError(UserError):
     """No TFLite runtime is installed, or a model cannot be run at all."""
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from device.atomicio import write_atomically
 from device.config import UnitConfig
+from device.errors import UserError
 from device.types import Detection, RgbImage
 from device.vision.capture import open_source
 from device.vision.capture.source import CameraError, EndOfStream
@@ -25,7 +26,7 @@ ZONE_COLOUR = (255, 200, 0)  # RGB: amber, unlike the green face boxes
 FRAMES_TO_SETTLE = 5  # a camera's first frames are often dark while exposure settles
 
 
-class SnapshotError(Exception):
+class SnapshotError(UserError):
     pass
 
 

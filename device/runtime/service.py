@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from device.config import UnitConfig
+from device.errors import EXIT_USAGE, UserError
 from device.events.publish import Publisher, StdoutPublisher
 from device.identity.claims import ClaimDrop
 from device.identity.decide import ClaimSlot
@@ -36,8 +37,10 @@ from device.vision.views import ViewSpec
 log = logging.getLogger(__name__)
 
 
-class StartupError(Exception):
+class StartupError(UserError):
     """The unit cannot start with this config and these files; restarting will not help."""
+
+    exit_code = EXIT_USAGE
 
 
 def open_stages(config: UnitConfig, latencies: LatencyRecorder | None = None) -> Stages:

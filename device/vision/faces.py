@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from device.config import DEFAULT_MAX_IMAGE_PIXELS, UnitConfig
+from device.errors import UserError
 from device.timing import LatencyRecorder, TimedModel
 from device.types import Detection, FrameViews, RgbImage, Vector
 from device.vision.picture_header import picture_dimensions
@@ -26,7 +27,7 @@ from device.vision.picture_header import picture_dimensions
 log = logging.getLogger(__name__)
 
 
-class ImageError(Exception):
+class ImageError(UserError):
     """A picture that cannot be read or decoded (wrong path, not an image, truncated file)."""
 
 

@@ -23,8 +23,8 @@ from device.identity.decide import Reason
 from device.identity.gallery_store import EnrolRequest
 from device.identity.live_gallery import LiveGallery
 from device.identity.match import GalleryView, InMemoryGallery
-from device.identity.paths import claims_directory
 from device.lab.democlip import DemoClip
+from device.layout import StateLayout
 from device.runtime.pipeline import Pipeline, Runner
 from device.runtime.service import build_runner
 from device.types import Decision, DecisionType, Frame
@@ -218,4 +218,4 @@ def test_a_claim_dropped_by_device_claim_reaches_the_running_unit_in_armed_mode(
     assert [(d.type, d.subject_id, d.reasons) for d in publisher.decisions] == [
         (DecisionType.RECOGNIZED, resident.subject_id, (Reason.CLAIM_VERIFIED.value,))
     ]
-    assert list(claims_directory(config).glob("*.claim")) == []  # the claim file was taken
+    assert list(StateLayout.from_config(config).claims.glob("*.claim")) == []  # the claim file was taken

@@ -7,10 +7,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from device.errors import UserError
 from device.types import RgbImage
 
 
-class CameraError(Exception):
+class CameraError(UserError):
     """The camera could not be opened or stopped delivering frames (a reconnect may help)."""
 
 
