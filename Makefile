@@ -31,6 +31,7 @@ help:
 	@echo "make broker-check - the broker config loaded by a real Mosquitto, lint of deploy/broker"
 	@echo "make reliability - fault tests against a real broker (JSON summary in reliability.json)"
 	@echo "make fleet-bench - 100 units, building broker bridged to a central one, faults; JSON in fleet-bench.json"
+	@echo "make ha-check - the README's Home Assistant section against a real Home Assistant (Python 3.13)"
 	@echo "make clean    - remove .venv, caches and bench.json"
 	@echo "make help     - this list"
 
@@ -94,6 +95,7 @@ lock: setup
 		--quiet -o requirements/unit-trixie.lock
 	$(BIN)/uv pip compile requirements/deploy-tools.in --universal --python-version 3.11 --generate-hashes \
 		--quiet -o requirements/deploy-tools.lock
+	$(MAKE) --no-print-directory ha-lock
 
 # Deploy checks use their own venv: ansible and friends never mix with the project's dependencies.
 DEPLOY_VENV := .venv-deploy
@@ -149,7 +151,7 @@ models-landmarks: setup
 	$(BIN)/python models/build/shape_predictor5.py
 
 clean:
-	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .mypy_cache .ruff_cache bench.json fleet-bench.json mutation.json
+	rm -rf $(VENV) $(DEPLOY_VENV) .venv-ha .pytest_cache .mypy_cache .ruff_cache bench.json fleet-bench.json mutation.json
 
 # --- Broker kit (deploy/broker) ---
 .PHONY: broker-check dev-broker
@@ -187,3 +189,39 @@ FUZZ_EXAMPLES ?= 100000
 fuzz: setup
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/events/test_decode_fuzz.py tests/identity/test_parser_fuzz.py \
 		-q -p no:cacheprovider --durations=0
+
+# --- Home Assistant (issue 31) ---
+# A real, pinned Home Assistant in its own venv (it needs Python 3.13: python3.13 on PATH, else pyenv's;
+# HA_PYTHON=... to choose), installed from requirements/ha.lock like every other dependency. Without a
+# Python 3.13 the check says so in one line and passes.
+.PHONY: ha-check ha-lock
+HA_VERSION := 2025.4.4
+HA_VENV := .venv-ha
+HA_STAMP := $(HA_VENV)/.installed
+# The first candidate that runs (pyenv's shim on PATH exists even where that version is not active).
+HA_PYTHON ?= $(shell for p in python3.13 $(HOME)/.pyenv/versions/3.13*/bin/python3.13; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null && { command -v $$p; break; }; done)
+
+$(HA_STAMP): requirements/ha.lock
+	test -x $(HA_VENV)/bin/python || $(HA_PYTHON) -m venv $(HA_VENV)
+	$(HA_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/ha.lock
+	touch $@
+
+ha-check: setup fixtures
+ifeq ($(HA_PYTHON),)
+	@echo "ha-check skipped: no Python 3.13 (Home Assistant $(HA_VERSION) needs it; install one or set HA_PYTHON=...)"
+else
+	$(MAKE) --no-print-directory $(HA_STAMP)
+	$(BIN)/python tests/ha/ha_check.py --ha-python $(HA_VENV)/bin/python
+endif
+
+# Re-resolves requirements/ha.lock against Home Assistant's own package_constraints.txt (from its wheel).
+ha-lock: setup
+	$(BIN)/python -m pip install --quiet "uv==0.13.*"
+	rm -rf build/ha-lock && mkdir -p build/ha-lock
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary :all: --python-version 3.13 \
+		homeassistant==$(HA_VERSION) -d build/ha-lock
+	$(BIN)/python -c 'import glob, zipfile; print(zipfile.ZipFile(glob.glob("build/ha-lock/*.whl")[0]).read("homeassistant/package_constraints.txt").decode(), end="")' \
+		> build/ha-lock/package_constraints.txt
+	UV_PYTHON_DOWNLOADS=never $(BIN)/uv pip compile requirements/ha.in --universal --python-version 3.13 --generate-hashes \
+		-c build/ha-lock/package_constraints.txt -c requirements/ha-constraints.txt --quiet -o requirements/ha.lock

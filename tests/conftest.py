@@ -43,7 +43,7 @@ def _module_mosquitto(tmp_path_factory: pytest.TempPathFactory):  # type: ignore
 def mosquitto_broker(_module_mosquitto):  # type: ignore[no-untyped-def]
     """A running Mosquitto with the project's config: .host .port .ca_file .cert_for(identity) -> (cert,
     key), .expired_cert_for / .foreign_cert_for, .revoke(identity), .kill() .start() .stop(), .prefix,
-    .consumers ("backend", "tail"). Shared by a module, so tests use their own unit ids."""
+    .consumers ("backend", "tail", "home-assistant"). Shared by a module, so tests use their own unit ids."""
     _module_mosquitto.start()
     return _module_mosquitto
 

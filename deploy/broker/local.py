@@ -38,7 +38,8 @@ from deploy.broker.render import BrokerSettings, write_broker_config
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-DEFAULT_CONSUMERS = ("backend", "tail")
+# home-assistant: the README's Home Assistant section uses this certificate against `make dev-broker`.
+DEFAULT_CONSUMERS = ("backend", "tail", "home-assistant")
 # Mosquitto logs "mosquitto version X running" once its listeners are bound.
 RUNNING_MARKER = " running"
 ADDRESS_IN_USE = "Address already in use"

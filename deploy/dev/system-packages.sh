@@ -6,7 +6,9 @@ set -euo pipefail
 # strace: the "unknown faces leave no trace" test records the unit's file writes with it.
 # postgresql: the archive's PostgreSQL tests start their own server (initdb, pg_ctl) in a temp folder;
 # the Debian package's own cluster is not used.
-wanted=(mosquitto npm strace postgresql)
+# g++: `make ha-check` builds the few pins of Home Assistant's lock that have no Python 3.13 wheel
+# (ciso8601, lru-dict, pymicro-vad, pyspeex-noise).
+wanted=(mosquitto npm strace postgresql g++)
 # A fresh Debian has python3 without venv/ensurepip; a pyenv or other Python that has them needs nothing.
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   wanted+=(python3-venv)
@@ -19,6 +21,7 @@ for package in "${wanted[@]}"; do
     npm) command -v npm >/dev/null 2>&1 || missing+=("$package") ;;
     strace) command -v strace >/dev/null 2>&1 || missing+=("$package") ;;
     postgresql) compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=("$package") ;;
+    g++) command -v g++ >/dev/null 2>&1 || missing+=("$package") ;;
     *) dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package") ;;
   esac
 done

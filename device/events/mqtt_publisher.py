@@ -40,6 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from device import __version__
 from device.config import MqttSection, UnitConfig
 from device.errors import UserError
 from device.events.command_gate import CommandGate, CommandHandler
@@ -225,9 +226,13 @@ class MqttPublisher:
         self._wake.set()
 
     def publish_health(self, health: Mapping[str, Any]) -> None:
-        """Records the pipeline's latest health report; it goes out with the next periodic health."""
+        """Records the pipeline's latest health report; it goes out with the next periodic health, the
+        first one at once (until then Home Assistant's accelerator sensors would read "unknown")."""
         with self._lock:
+            first = not self._pipeline_health
             self._pipeline_health = dict(health)
+        if first:
+            self._health_now.set()
 
     def close(self) -> None:
         self._stop.set()
@@ -478,7 +483,9 @@ class MqttPublisher:
         )
         _, self._subscribe_mid = client.subscribe(self._topics.cmd_filter, qos=1)
         if self._settings.ha_discovery:
-            for topic, config in discovery_configs(self._topics, self._unit, self._model_names).items():
+            for topic, config in discovery_configs(
+                self._topics, self._unit, self._model_names, __version__
+            ).items():
                 payload = b"" if config is None else json.dumps(config, sort_keys=True).encode()
                 self._publish_control(topic, payload)
         self._next_health = 0.0

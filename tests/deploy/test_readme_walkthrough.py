@@ -114,7 +114,7 @@ def test_readme_walkthrough_puts_an_event_on_screen(tmp_path: Path) -> None:
         broker.stop()
 
 
-@pytest.mark.parametrize("identity", ["tail"])
+@pytest.mark.parametrize("identity", ["tail", "home-assistant"])
 def test_the_status_line_names_files_dev_broker_makes(identity: str) -> None:
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index(SECTION) :]

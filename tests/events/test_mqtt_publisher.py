@@ -17,6 +17,7 @@ import pytest
 from command_support import signed, trust_file
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from device import __version__
 from device.config import UnitConfig, parse_config
 from device.consumers.consumer import Deduper, check_event
 from device.events.command_gate import command_table
@@ -237,16 +238,21 @@ def claim_payload(
 
 
 def test_home_assistant_discovery_announces_the_visit_event_triggers_and_accelerator(
-    mosquitto_broker: Any, tmp_path: Path, listen: Callable[[list[str]], Listener]
+    mosquitto_broker: Any, tmp_path: Path
 ) -> None:
-    listener = listen(["homeassistant/+/unit-ha/#"])
+    # The identity the README gives Home Assistant: the dev broker issues it and its ACL delivers to it.
+    topics = ["homeassistant/+/unit-ha/#", "entrance/unit-ha/events"]
+    listener = Listener(mosquitto_broker, topics, "home-assistant")
     publisher = MqttPublisher(unit_config(mosquitto_broker, tmp_path, "unit-ha", ha_discovery=True)).start()
     try:
-        assert wait_for(lambda: len(listener.messages) >= 7)
+        last_config = "homeassistant/sensor/unit-ha/accelerator_embedder/config"
+        assert wait_for(lambda: any(m.topic == last_config for m in listener.messages))
         publisher.publish_decision(decision(1, DecisionType.RECOGNIZED))
+        assert wait_for(lambda: listener.payloads("entrance/unit-ha/events"))
     finally:
         publisher.close()
-    configs = {m.topic: m.payload for m in listener.messages}
+        listener.close()
+    configs = {m.topic: m.payload for m in listener.messages if m.topic.startswith("homeassistant/")}
     visit = json.loads(configs["homeassistant/event/unit-ha/visit/config"])
     assert visit["state_topic"] == "entrance/unit-ha/events"
     assert visit["availability_topic"] == "entrance/unit-ha/status"
@@ -257,6 +263,18 @@ def test_home_assistant_discovery_announces_the_visit_event_triggers_and_acceler
         assert trigger["topic"] == "entrance/unit-ha/events"
         assert trigger["device"]["identifiers"] == visit["device"]["identifiers"]
     assert "homeassistant/sensor/unit-ha/accelerator_detector/config" in configs
+    # What an HA user expects of a device, and ids that cannot collide with another integration's.
+    assert visit["device"]["manufacturer"] and visit["device"]["serial_number"] == "unit-ha"
+    assert visit["device"]["sw_version"] == __version__
+    entities = [json.loads(p) for t, p in configs.items() if p and "device_automation" not in t]
+    announced_ids = [entity["unique_id"] for entity in entities]
+    assert announced_ids and all(uid.startswith("entrance_camera_unit-ha_") for uid in announced_ids)
+    problem = json.loads(configs["homeassistant/binary_sensor/unit-ha/problem/config"])
+    assert (problem["device_class"], problem["state_topic"]) == ("problem", "entrance/unit-ha/health")
+    connected = json.loads(configs["homeassistant/binary_sensor/unit-ha/connected/config"])
+    assert connected["device_class"] == "connectivity"
+    assert connected["state_topic"] == "entrance/unit-ha/status"
+    assert "availability_topic" not in connected  # offline is "off", not "unavailable"
     # The "last decision" sensor of earlier releases is removed (an empty retained config).
     assert configs["homeassistant/sensor/unit-ha/last_decision/config"] == b""
     # Discovery configs are retained: a Home Assistant that subscribes later still finds every one.
@@ -268,6 +286,22 @@ def test_home_assistant_discovery_announces_the_visit_event_triggers_and_acceler
     finally:
         late.close()
     assert retained == dict.fromkeys(announced, True)
+
+
+def test_the_first_pipeline_report_goes_out_at_once_not_after_the_health_interval(
+    mosquitto_broker: Any, tmp_path: Path, listen: Callable[[list[str]], Listener]
+) -> None:
+    health_topic = "entrance/unit-first-health/health"
+    listener = listen([health_topic])
+    config = unit_config(mosquitto_broker, tmp_path, "unit-first-health", health_interval_s=3600.0)
+    publisher = MqttPublisher(config).start()
+    try:
+        assert wait_for(lambda: listener.payloads(health_topic))  # the health of the connection
+        publisher.publish_health({"fps": 12.5, "accelerator": {"detector": "cpu"}})
+        # Home Assistant's sensors read the pipeline part: it must not wait an hour.
+        assert wait_for(lambda: any("pipeline" in h for h in listener.payloads(health_topic)), timeout=5)
+    finally:
+        publisher.close()
 
 
 def test_tls_is_mandatory(tmp_path: Path) -> None:

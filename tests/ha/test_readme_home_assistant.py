@@ -1,0 +1,54 @@
+"""The README's Home Assistant section as `make ha-check` reads it (the check itself needs Home Assistant;
+these pin what it loads and what it installs, and run in `make test`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ha_check import EXPECTED, README_SUBJECT, VISIT, readme_automation_ids, readme_section, yaml_blocks
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def readme_blocks() -> list[str]:
+    return yaml_blocks(readme_section((REPO / "README.md").read_text()))
+
+
+def readme_items() -> list[str]:
+    """Each automation of the README as text (HA's own YAML loader reads them in `make ha-check`)."""
+    return [item for block in readme_blocks() for item in re.split(r"\n(?=- )", block.strip())]
+
+
+def test_every_readme_automation_is_an_automations_yaml_item_the_check_knows() -> None:
+    items = readme_items()
+    # Items for automations.yaml (a list): no top-level `automation:` key, which in configuration.yaml
+    # would replace the automations made in the UI.
+    assert items and all(item.startswith("- id: ") for item in items)
+    # The keys of HA 2024.10 and later, and an expectation in the check for each automation.
+    assert all("\n  triggers:\n" in item and "\n  actions:\n" in item for item in items)
+    assert sorted(readme_automation_ids(readme_blocks())) == sorted(EXPECTED)
+
+
+def test_no_readme_trigger_on_the_event_entity_fires_when_it_comes_back_from_unavailable() -> None:
+    on_the_entity = [item for item in readme_items() if f"entity_id: {VISIT}" in item]
+    assert on_the_entity
+    for item in on_the_entity:
+        trigger = item[item.index(f"entity_id: {VISIT}") :].split("\n  conditions:")[0]
+        assert "not_from: unavailable" in trigger, item
+        # Events queued in the outbox during an outage arrive late: a door must not open for them.
+        assert "attributes.ts" in item, item
+
+
+def test_the_example_resident_is_the_one_placeholder_the_check_replaces() -> None:
+    assert README_SUBJECT in "".join(readme_blocks())
+
+
+def test_the_ha_lock_pins_home_assistant_and_what_it_would_install_at_run_time() -> None:
+    lock = (REPO / "requirements" / "ha.lock").read_text()
+    version = re.search(r"^HA_VERSION := (\S+)$", (REPO / "Makefile").read_text(), re.M)
+    assert version is not None
+    assert f"\nhomeassistant=={version.group(1)} " in lock
+    # The frontend (HA starts in recovery mode without it) and the MQTT integration's client.
+    for name in ("home-assistant-frontend==", "paho-mqtt==2."):
+        assert f"\n{name}" in lock, name
