@@ -43,7 +43,11 @@ def without_cue(cue: str, tests: tuple[str, ...]) -> Mutant:
     )
 
 
-LIVENESS_TESTS = ("tests/vision/test_liveness.py", "tests/runtime/test_pad_pipeline.py")
+LIVENESS_TESTS = (
+    "tests/vision/test_each_cue_earns_its_place.py",
+    "tests/vision/test_liveness.py",
+    "tests/runtime/test_pad_pipeline.py",
+)
 
 MUTANTS: tuple[Mutant, ...] = (
     without_cue("texture", LIVENESS_TESTS),
