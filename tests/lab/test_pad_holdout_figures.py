@@ -1,4 +1,5 @@
-"""The PAD figures the README gives for the generated holdout split are what `device pad-eval` measures."""
+"""The PAD figures the README gives for the generated holdout split: `device pad-eval` measures no worse
+(the same presentations, no more errors; a better PAD does not fail it, a worse one does)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from figures_support import worse_cells
 from pipeline_support import REPO, shipped_stages, unit_config
 
 from device.evaluation import fixtures
@@ -44,4 +46,4 @@ def test_the_readme_holdout_table_is_what_pad_eval_measures(holdout: Path, varia
     measured = {"bpcer": f"{document['bpcer']['errors']}/{document['bpcer']['presentations']}"}
     for species, part in document["apcer"].items():
         measured[species] = f"{part['errors']}/{part['presentations']}"
-    assert measured == readme_row(variant)
+    assert worse_cells(measured, readme_row(variant)) == []

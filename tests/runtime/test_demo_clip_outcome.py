@@ -1,9 +1,15 @@
-"""The demo clip's outcome, pinned as it was before the per-frame work moved off the pipeline thread
-(issue 16): the same decisions, at the same frames, with the same similarities and PAD scores (within
-1e-4), whether the pipeline is driven frame by frame or by the service loop, whose capture thread prepares the
-frames' views and whose pipeline detects the next frame on a worker thread.
+"""The demo clip's outcome: the same decisions at the same frames, whichever way the pipeline is driven.
 
-The figures were recorded with the code of commit 88e0985 (the float and the int8 CPU files)."""
+Two kinds of check, on the float and the int8 CPU files:
+- behaviour, pinned: who was decided what at which frame, and by how much: the resident's similarity
+  clears the threshold by a margin, the visitor's misses it by one, the print fails the cues named and
+  the live visits pass every cue. The margins are about a third of what the shipped models show here
+  (resident +0.045, visitor -0.097, print's texture 0.03-0.05 under its threshold), so another CPU
+  (the Pi's aarch64), another TFLite build or the other CPU file cannot fail them without a real change.
+- the paths against each other: the service loop (views prepared on the capture thread; detection ahead
+  on a worker thread, or not) decides exactly what the frame-by-frame pipeline decides, to 1e-6: same
+  code, same machine, so any difference is a bug in the threading, not arithmetic.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +31,10 @@ from device.vision.faces import FaceAnalyzer, Stages, load_stages
 from device.vision.liveness import LivenessStage, open_liveness
 from device.vision.views import ViewSpec
 
-TOLERANCE = 1e-4
+SAME_ARITHMETIC = 1e-6
+SIMILARITY_MARGIN = 0.015  # of the matching threshold, either side
+TEXTURE_MARGIN = 0.01  # the print's texture score under its threshold
+LIVE_CUE_FLOOR = 0.75  # every voting cue of a live visit scores at least this (0.80-0.99 here)
 
 
 @dataclass(frozen=True)
@@ -34,85 +43,15 @@ class PinnedVisit:
     track_id: int
     type: str
     subject_id: str | None
-    similarity: float | None
     frames: int
     reasons: tuple[str, ...]
-    pad_score: float
-    pad_cues: dict[str, float | None]
 
 
-PINNED: dict[str, tuple[PinnedVisit, ...]] = {
-    "float": (
-        PinnedVisit(
-            19,
-            1,
-            "recognized",
-            "resident",
-            0.96604079,
-            5,
-            ("above_threshold",),
-            0.9088,
-            {"texture": 0.9928, "frame_edges": 1.0, "spectrum": 0.9088, "geometry": None, "blink": None},
-        ),
-        PinnedVisit(
-            70,
-            2,
-            "unknown",
-            None,
-            0.82271022,
-            5,
-            ("below_threshold",),
-            0.8,
-            {"texture": 0.9743, "frame_edges": 0.8, "spectrum": 0.9319, "geometry": None, "blink": None},
-        ),
-        PinnedVisit(
-            129,
-            3,
-            "presentation_attack",
-            None,
-            None,
-            13,
-            ("pad_texture", "pad_frame_edges"),
-            0.0,
-            {"texture": 0.4674, "frame_edges": 0.0, "spectrum": 0.881, "geometry": None, "blink": None},
-        ),
-    ),
-    "int8": (
-        PinnedVisit(
-            19,
-            1,
-            "recognized",
-            "resident",
-            0.96501464,
-            5,
-            ("above_threshold",),
-            0.9093,
-            {"texture": 0.9945, "frame_edges": 1.0, "spectrum": 0.9093, "geometry": None, "blink": None},
-        ),
-        PinnedVisit(
-            70,
-            2,
-            "unknown",
-            None,
-            0.82414931,
-            5,
-            ("below_threshold",),
-            0.9523,
-            {"texture": 0.9796, "frame_edges": 1.0, "spectrum": 0.9523, "geometry": None, "blink": None},
-        ),
-        PinnedVisit(
-            129,
-            3,
-            "presentation_attack",
-            None,
-            None,
-            13,
-            ("pad_texture", "pad_frame_edges"),
-            0.2,
-            {"texture": 0.4493, "frame_edges": 0.2, "spectrum": 0.8665, "geometry": None, "blink": None},
-        ),
-    ),
-}
+PINNED = (
+    PinnedVisit(19, 1, "recognized", "resident", 5, ("above_threshold",)),
+    PinnedVisit(70, 2, "unknown", None, 5, ("below_threshold",)),
+    PinnedVisit(129, 3, "presentation_attack", None, 13, ("pad_texture", "pad_frame_edges")),
+)
 PINNED_DETECTOR_RUNS = 136  # the motion gate let the detector run on 136 of the clip's frames
 
 
@@ -144,43 +83,61 @@ def pipeline_for(demo: DemoSetting, publisher: RecordingPublisher) -> Pipeline:
     )
 
 
-def assert_as_pinned(decisions: list[Decision], pinned: tuple[PinnedVisit, ...]) -> None:
-    assert len(decisions) == len(pinned)
-    for decision, visit in zip(decisions, pinned, strict=True):
-        assert decision.track_id == visit.track_id
-        assert decision.type.value == visit.type
-        assert decision.subject_id == visit.subject_id
-        if visit.similarity is None:
-            assert decision.similarity is None
-        else:
-            assert decision.similarity == pytest.approx(visit.similarity, abs=TOLERANCE)
-        assert decision.frames == visit.frames
-        assert decision.reasons == visit.reasons
-        assert decision.pad is not None
-        assert decision.pad.score == pytest.approx(visit.pad_score, abs=TOLERANCE)
-        assert decision.pad.cues.keys() == visit.pad_cues.keys()
-        for cue, score in visit.pad_cues.items():
-            assert decision.pad.cues[cue] == (None if score is None else pytest.approx(score, abs=TOLERANCE))
+def assert_as_pinned(decisions: list[Decision], config: UnitConfig) -> None:
+    assert [(d.track_id, d.type.value, d.subject_id, d.frames, d.reasons) for d in decisions] == [
+        (v.track_id, v.type, v.subject_id, v.frames, v.reasons) for v in PINNED
+    ]
+    resident, visitor, attack = decisions
+    threshold = config.matching.threshold
+    assert resident.similarity is not None and resident.similarity >= threshold + SIMILARITY_MARGIN
+    assert visitor.similarity is not None and visitor.similarity <= threshold - SIMILARITY_MARGIN
+    for live in (resident, visitor):
+        assert live.pad is not None and live.pad.passed is True
+        voting = [score for score in live.pad.cues.values() if score is not None]
+        assert voting and min(voting) >= LIVE_CUE_FLOOR, live.pad.cues
+    assert attack.similarity is None and attack.pad is not None and attack.pad.passed is False
+    texture = attack.pad.cues["texture"]
+    assert texture is not None and texture <= config.liveness.texture_threshold - TEXTURE_MARGIN
+    assert attack.pad.cues["frame_edges"] == pytest.approx(0.0, abs=0.25)  # framed on (nearly) every side
 
 
-def variant_of(demo: DemoSetting) -> str:
-    return demo.config.models.cpu_variant
+def assert_the_same(decisions: list[Decision], reference: list[Decision]) -> None:
+    """Exactly the same outcome, scores to the last bits the arithmetic can differ in."""
+    assert len(decisions) == len(reference)
+    for decision, expected in zip(decisions, reference, strict=True):
+        assert (decision.track_id, decision.type, decision.subject_id, decision.frames, decision.reasons) == (
+            expected.track_id, expected.type, expected.subject_id, expected.frames, expected.reasons
+        )  # fmt: skip
+        assert decision.similarity == pytest.approx(expected.similarity, abs=SAME_ARITHMETIC)
+        assert decision.pad is not None and expected.pad is not None
+        assert decision.pad.cues == pytest.approx(expected.pad.cues, abs=SAME_ARITHMETIC)
 
 
-def test_frame_by_frame_the_demo_clip_is_decided_as_before(demo: DemoSetting) -> None:
+def frame_by_frame(demo: DemoSetting) -> tuple[list[tuple[int, Decision]], Pipeline]:
     publisher = RecordingPublisher()
     pipeline = pipeline_for(demo, publisher)
     frames = clip_frames(demo.clip)
     timeline = [(frame.seq, decision) for frame in frames for decision in pipeline.process(frame)]
     timeline += [(len(frames), decision) for decision in pipeline.finish()]
-    pinned = PINNED[variant_of(demo)]
-    assert [seq for seq, _ in timeline] == [visit.decided_at_frame for visit in pinned]
-    assert_as_pinned([decision for _, decision in timeline], pinned)
+    return timeline, pipeline
+
+
+@pytest.fixture(scope="module")
+def reference(demo: DemoSetting) -> list[Decision]:
+    return [decision for _, decision in frame_by_frame(demo)[0]]
+
+
+def test_frame_by_frame_the_demo_clip_is_decided_as_pinned(demo: DemoSetting) -> None:
+    timeline, pipeline = frame_by_frame(demo)
+    assert [seq for seq, _ in timeline] == [visit.decided_at_frame for visit in PINNED]
+    assert_as_pinned([decision for _, decision in timeline], demo.config)
     assert pipeline.detector_runs == PINNED_DETECTOR_RUNS
 
 
 @pytest.mark.parametrize("detect_ahead", [True, False], ids=["detect-ahead", "one-thread"])
-def test_the_service_loop_decides_the_demo_clip_as_before(demo: DemoSetting, detect_ahead: bool) -> None:
+def test_the_service_loop_decides_the_demo_clip_as_frame_by_frame(
+    demo: DemoSetting, reference: list[Decision], detect_ahead: bool
+) -> None:
     """With the views prepared on the capture thread, and detection made ahead on the worker thread or
     on the pipeline thread."""
     publisher = RecordingPublisher()
@@ -189,7 +146,8 @@ def test_the_service_loop_decides_the_demo_clip_as_before(demo: DemoSetting, det
     capture = CaptureThread(FileSource(demo.clip), buffer_capacity=2, views=views)
     runner = Runner(pipeline, capture, publisher, stop_event=threading.Event(), detect_ahead=detect_ahead)
     assert runner.run() == 0
-    assert_as_pinned(publisher.decisions, PINNED[variant_of(demo)])
+    assert_the_same(publisher.decisions, reference)
+    assert_as_pinned(publisher.decisions, demo.config)
     assert pipeline.detector_runs == PINNED_DETECTOR_RUNS
     # the overlap did happen (how often depends on the decoder's pace), or not at all
     assert (pipeline.health()["detected_ahead"] > 0) is detect_ahead
