@@ -2,8 +2,8 @@
 
 Two folders, as the installer makes them (``device init``): the **state** folder (``unit.state_dir``:
 outbox, sealed gallery, audit log, claim drop, CPU file choices, provisioning markers, the event signing
-key) and the **secrets** folder beside the master key (``gallery.master_key_path``'s folder: the
-gallery's keyring and the audit head). The secrets folder keeps what must survive a state folder put
+key, the used command record) and the **secrets** folder beside the master key (the gallery's keyring
+and the audit head). The secrets folder keeps what must survive a state folder put
 back from the past: a restored copy of the state folder cannot bring an old keyring or audit head with it.
 
 Commands ask this module for a path instead of importing the publisher (and paho) or the gallery.
@@ -23,6 +23,7 @@ CLAIMS_DIR = "claims"
 CPU_VARIANT_FILE = "cpu_variant.json"
 PROVISIONED_DIR = "provisioned"
 EVENT_KEY_FILE = "event-signing.key"
+USED_COMMANDS_FILE = "commands-used.jsonl"
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ class StateLayout:
     @property
     def cpu_variant(self) -> Path:
         return self.state_dir / CPU_VARIANT_FILE
+
+    @property
+    def used_commands(self) -> Path:
+        """The signed commands' request ids that have acted, kept until each expires (replay guard)."""
+        return self.state_dir / USED_COMMANDS_FILE
 
     @property
     def provisioned(self) -> Path:

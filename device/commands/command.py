@@ -73,7 +73,9 @@ def send_signed(args: argparse.Namespace) -> int:
         if not args.signing_key.exists():
             raise PayloadError(f"no {COMMANDER_KEY} at {args.signing_key}: make it with `device command key`")
         key = EventKey.load_or_create(args.signing_key, COMMANDER_KEY)
-        payload = signed_command(key, args.name, args.command, subject_id=args.subject_id, ttl_s=args.ttl)
+        payload = signed_command(
+            key, args.name, args.command, unit=args.unit, subject_id=args.subject_id, ttl_s=args.ttl
+        )
         sent = send_command(settings, args.unit, args.command, payload)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,10 +1,13 @@
 """The unit's command gate: what a message on ``<prefix>/<unit>/cmd/<name>`` must pass before anything acts.
 
 Three checks, in this order, each refusing with ``PayloadError`` (the publisher counts and logs it):
-the message parses as a command for this unit and is in time (``payloads.parse_command``), its signature
-is a trusted commander's (``signing.CommandVerifier``), and its request id has not acted before. Only
-then does the command reach its handler, looked up in a table the unit gives at construction; a name
-with no handler is refused, so a unit acts only on the commands it was built to take.
+the message parses as a command signed for this unit and is in time (``payloads.parse_command``), its
+signature is a trusted commander's (``signing.CommandVerifier``), and its request id has not acted
+before. Only then does the command reach its handler, looked up in a table the unit gives at
+construction; a name with no handler is refused, so a unit acts only on the commands it was built to take.
+
+Used request ids are written to the state folder (``UsedRequests``) before the command acts, and kept
+until the command has expired: a recording replayed after the unit restarts is refused too.
 
 No MQTT here: the transport hands over topic, bytes and the retain flag, which keeps the gate testable on
 its own and reviewable apart from the connection code.
@@ -12,11 +15,16 @@ its own and reviewable apart from the connection code.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
-from device.events.payloads import Command, PayloadError, Topics, parse_command
+from device.atomicio import PRIVATE_FILE_MODE, ensure_private_directory, write_atomically
+from device.events.payloads import COMMAND_CLOCK_SKEW_S, Command, PayloadError, Topics, parse_command
 from device.events.signing import CommandVerifier
 
 log = logging.getLogger(__name__)
@@ -24,6 +32,85 @@ log = logging.getLogger(__name__)
 # Command request ids remembered so that each command acts once; a command lives at most 600 s, far
 # fewer than this many arrive in that time.
 REQUESTS_REMEMBERED = 4096
+COMPACT_AFTER_LINES = 1024  # the record is rewritten with the live entries once it grows past this
+
+
+class UsedRequests:
+    """The request ids that have acted, each until its command expires (plus the clock skew allowed).
+
+    With a ``path``, every id is appended and fsynced before its command acts, and read back at start,
+    so a restart forgets nothing a replay could use. A torn last line (a power cut mid-write) is skipped:
+    its command never acted, because acting comes after the write.
+    """
+
+    def __init__(
+        self,
+        path: Path | None = None,
+        *,
+        remembered: int = REQUESTS_REMEMBERED,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._path = path
+        self._remembered = remembered
+        self._clock = clock
+        self._used: OrderedDict[str, float] = OrderedDict()
+        self._lines = 0
+        if path is not None:
+            self._load(path)
+
+    def __contains__(self, request: str) -> bool:
+        return request in self._used and self._used[request] > self._clock() - COMMAND_CLOCK_SKEW_S
+
+    def mark(self, request: str, expires_at: float) -> None:
+        self._forget_expired()
+        self._used[request] = expires_at
+        if len(self._used) > self._remembered:
+            self._used.popitem(last=False)
+        if self._path is not None:
+            self._append({"request": request, "expires_at": expires_at})
+
+    def _forget_expired(self) -> None:
+        horizon = self._clock() - COMMAND_CLOCK_SKEW_S
+        for request in [request for request, expires in self._used.items() if expires <= horizon]:
+            del self._used[request]
+
+    def _load(self, path: Path) -> None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        except (OSError, UnicodeDecodeError) as error:
+            raise PayloadError(f"cannot read the used command record {path}: {error}") from None
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+                self._used[str(entry["request"])] = float(entry["expires_at"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        self._lines = len(text.splitlines())
+        self._forget_expired()
+
+    def _append(self, entry: dict[str, object]) -> None:
+        assert self._path is not None
+        if self._lines >= COMPACT_AFTER_LINES:
+            live = "".join(
+                json.dumps({"request": r, "expires_at": e}, sort_keys=True) + "\n"
+                for r, e in self._used.items()
+            )
+            write_atomically(self._path, live.encode("utf-8"))
+            self._lines = len(self._used)
+            return
+        line = (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")
+        ensure_private_directory(self._path.parent)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+        fd = os.open(self._path, flags, PRIVATE_FILE_MODE)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._lines += 1
+
 
 CommandHandler = Callable[[Command], None]
 """Acts on an admitted command; raises ``PayloadError`` to refuse it (the reason is logged)."""
@@ -38,13 +125,12 @@ class CommandGate:
         verifier: CommandVerifier,
         handlers: Mapping[str, CommandHandler],
         *,
-        remembered: int = REQUESTS_REMEMBERED,
+        used: UsedRequests | None = None,
     ) -> None:
         self._topics = topics
         self._verifier = verifier
         self._handlers = dict(handlers)
-        self._remembered = remembered
-        self._requests_used: OrderedDict[str, None] = OrderedDict()
+        self._used = used if used is not None else UsedRequests()
 
     @property
     def trusts_anyone(self) -> bool:
@@ -71,13 +157,11 @@ class CommandGate:
     def _use_once(self, command: Command) -> None:
         """A signed command replayed by whoever recorded it is refused: each request id acts once."""
         request = f"{command.commander}/{command.request_id}"
-        if request in self._requests_used:
+        if request in self._used:
             raise PayloadError(
                 f"{command.name} {command.request_id!r} from {command.commander!r} was already used"
             )
-        self._requests_used[request] = None
-        if len(self._requests_used) > self._remembered:
-            self._requests_used.popitem(last=False)
+        self._used.mark(request, command.expires_at)
 
 
 def claim_handler(on_claim: Callable[[str], None]) -> CommandHandler:

@@ -43,7 +43,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from device import __version__
 from device.config import MqttSection, UnitConfig
 from device.errors import UserError
-from device.events.command_gate import CommandGate, CommandHandler
+from device.events.command_gate import CommandGate, CommandHandler, UsedRequests
 from device.events.connect_errors import explain_connect_error, explain_refusal
 from device.events.ha_discovery import discovery_configs
 from device.events.outbox import Outbox
@@ -163,7 +163,11 @@ class MqttPublisher:
         except PayloadError as error:
             raise MqttSetupError(f"mqtt.command_keys: {error}") from error
         handlers = {**(commands or {}), "health": self._health_command}
-        self._commands = CommandGate(self._topics, verifier, handlers)
+        try:
+            used = UsedRequests(StateLayout.from_config(config).used_commands)
+        except PayloadError as error:
+            raise MqttSetupError(str(error)) from error
+        self._commands = CommandGate(self._topics, verifier, handlers, used=used)
         if not self._commands.trusts_anyone:
             log.info("no trusted commanders (mqtt.command_keys): this unit refuses every command")
         self._outbox = Outbox(

@@ -402,6 +402,10 @@ def parse_command(topics: Topics, topic: str, data: bytes, now: float | None = N
     payload = decode("cmd", data)
     if payload["command"] != name:
         raise PayloadError(f"payload command {payload['command']!r} does not match topic command {name!r}")
+    if payload["unit"] != topics.unit:
+        # The signed unit id, not the topic: a command recorded on one unit's topic and replayed on
+        # another's still names the first.
+        raise PayloadError(f"{name} is for unit {payload['unit']!r}, not this one ({topics.unit!r})")
     expires_at = epoch_seconds(payload["expires_at"])
     check_command_times(
         name, epoch_seconds(payload["issued_at"]), expires_at, time.time() if now is None else now

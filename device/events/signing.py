@@ -234,15 +234,17 @@ def signed_command(
     commander: str,
     name: str,
     *,
+    unit: str,
     subject_id: str | None = None,
     ttl_s: float = 30.0,
     now: float | None = None,
     request_id: str | None = None,
 ) -> bytes:
-    """A command payload signed by ``commander``'s key, valid for ``ttl_s`` from ``now``, schema-checked."""
+    """A command for ``unit``, signed by ``commander``'s key, valid ``ttl_s`` from ``now``, schema-checked."""
     issued = time.time() if now is None else now
     payload: dict[str, Any] = {
         "command": name,
+        "unit": unit,
         "commander": commander,
         "request_id": request_id or f"{commander}-{secrets.token_hex(8)}",
         "issued_at": utc_timestamp(issued),

@@ -33,10 +33,12 @@ def test_an_expired_future_or_long_lived_claim_is_refused(
     issued_offset: float, ttl_s: float, why: str
 ) -> None:
     now = time.time()
-    payload = claim_payload("s-1", "r-1", issued=now + issued_offset, ttl_s=ttl_s)
+    payload = claim_payload("s-1", "r-1", unit=TOPICS.unit, issued=now + issued_offset, ttl_s=ttl_s)
     with pytest.raises(PayloadError, match=why):
         parse_command(TOPICS, TOPICS.cmd("claim"), payload, now=now)
-    fresh = parse_command(TOPICS, TOPICS.cmd("claim"), claim_payload("s-1", "r-2", issued=now), now=now)
+    fresh = parse_command(
+        TOPICS, TOPICS.cmd("claim"), claim_payload("s-1", "r-2", unit=TOPICS.unit, issued=now), now=now
+    )
     assert fresh.subject_id == "s-1" and fresh.request_id == "r-2"
 
 
@@ -52,16 +54,16 @@ def test_a_claim_queued_while_the_unit_was_offline_does_not_apply_on_reconnect(
     first.close()
     commander = Listener(mosquitto_broker, [f"entrance/{unit}/health"])
     try:
-        commander.publish(f"entrance/{unit}/cmd/claim", claim_payload("s-stale", "r-1", ttl_s=1.0))
+        commander.publish(f"entrance/{unit}/cmd/claim", claim_payload("s-stale", "r-1", unit=unit, ttl_s=1.0))
         time.sleep(1.5)  # the claim expires while queued
         second = MqttPublisher(config, commands=command_table(on_claim=claims.set)).start()
         try:
             assert wait_for(lambda: second.health_snapshot()["commands"]["rejected"] >= 1)
             # A fresh claim, then the same one again (replayed by whoever could publish it): used once.
-            commander.publish(f"entrance/{unit}/cmd/claim", claim_payload("s-fresh", "r-2"))
+            commander.publish(f"entrance/{unit}/cmd/claim", claim_payload("s-fresh", "r-2", unit=unit))
             assert wait_for(lambda: claims.peek() == "s-fresh")
             claims.clear()
-            commander.publish(f"entrance/{unit}/cmd/claim", claim_payload("s-fresh", "r-2"))
+            commander.publish(f"entrance/{unit}/cmd/claim", claim_payload("s-fresh", "r-2", unit=unit))
             assert wait_for(lambda: second.health_snapshot()["commands"]["rejected"] >= 2)
             counts = second.health_snapshot()["commands"]
         finally:

@@ -11,22 +11,24 @@ from pathlib import Path
 import pytest
 from command_support import commander_key, signed, trust_file
 
-from device.events.command_gate import CommandGate, command_table
+from device.events.command_gate import CommandGate, UsedRequests, command_table
 from device.events.payloads import PayloadError, Topics
 from device.events.signing import CommandVerifier
 
 TOPICS = Topics("entrance", "unit-gate")
 
 
-def gate(tmp_path: Path, claimed: list[str], *, remembered: int = 16) -> CommandGate:
+def gate(
+    tmp_path: Path, claimed: list[str], *, topics: Topics = TOPICS, used: UsedRequests | None = None
+) -> CommandGate:
     verifier = CommandVerifier.from_config(trust_file(tmp_path))
-    return CommandGate(TOPICS, verifier, command_table(on_claim=claimed.append), remembered=remembered)
+    return CommandGate(topics, verifier, command_table(on_claim=claimed.append), used=used)
 
 
 def test_a_trusted_fresh_claim_reaches_its_handler_once(tmp_path: Path) -> None:
     claimed: list[str] = []
     commands = gate(tmp_path, claimed)
-    message = signed("claim", "resident-1")
+    message = signed("claim", "resident-1", unit=TOPICS.unit)
     commands.handle(TOPICS.cmd("claim"), message, retained=False)
     with pytest.raises(PayloadError, match="already used"):
         commands.handle(TOPICS.cmd("claim"), message, retained=False)
@@ -36,13 +38,15 @@ def test_a_trusted_fresh_claim_reaches_its_handler_once(tmp_path: Path) -> None:
 def test_a_retained_command_is_refused_before_it_is_read(tmp_path: Path) -> None:
     claimed: list[str] = []
     with pytest.raises(PayloadError, match="retained"):
-        gate(tmp_path, claimed).handle(TOPICS.cmd("claim"), signed("claim", "resident-1"), retained=True)
+        gate(tmp_path, claimed).handle(
+            TOPICS.cmd("claim"), signed("claim", "resident-1", unit=TOPICS.unit), retained=True
+        )
     assert claimed == []
 
 
 def test_a_command_signed_by_an_untrusted_key_is_refused(tmp_path: Path) -> None:
     claimed: list[str] = []
-    forged = signed("claim", "resident-1", key=commander_key(seed=7))
+    forged = signed("claim", "resident-1", unit=TOPICS.unit, key=commander_key(seed=7))
     with pytest.raises(PayloadError):
         gate(tmp_path, claimed).handle(TOPICS.cmd("claim"), forged, retained=False)
     assert claimed == []
@@ -51,7 +55,9 @@ def test_a_command_signed_by_an_untrusted_key_is_refused(tmp_path: Path) -> None
 def test_a_command_the_unit_has_no_handler_for_is_refused(tmp_path: Path) -> None:
     claimed: list[str] = []
     with pytest.raises(PayloadError, match="does not take reload"):
-        gate(tmp_path, claimed).handle(TOPICS.cmd("reload"), signed("reload"), retained=False)
+        gate(tmp_path, claimed).handle(
+            TOPICS.cmd("reload"), signed("reload", unit=TOPICS.unit), retained=False
+        )
 
 
 def test_a_handler_refusal_is_the_commands_refusal(tmp_path: Path) -> None:
@@ -61,4 +67,46 @@ def test_a_handler_refusal_is_the_commands_refusal(tmp_path: Path) -> None:
     verifier = CommandVerifier.from_config(trust_file(tmp_path))
     commands = CommandGate(TOPICS, verifier, command_table(on_claim=refuse))
     with pytest.raises(PayloadError, match="claim refused: stranger is not enrolled"):
-        commands.handle(TOPICS.cmd("claim"), signed("claim", "stranger"), retained=False)
+        commands.handle(TOPICS.cmd("claim"), signed("claim", "stranger", unit=TOPICS.unit), retained=False)
+
+
+def test_a_claim_recorded_on_one_unit_is_refused_by_another(tmp_path: Path) -> None:
+    """The signed unit id, not the topic: replayed on another unit's topic, it names the first unit."""
+    claimed: list[str] = []
+    recorded = signed("claim", "resident-1", unit=TOPICS.unit)
+    other = Topics("entrance", "unit-next-door")
+    with pytest.raises(PayloadError, match="is for unit 'unit-gate', not this one"):
+        gate(tmp_path, claimed, topics=other).handle(other.cmd("claim"), recorded, retained=False)
+    gate(tmp_path, claimed).handle(TOPICS.cmd("claim"), recorded, retained=False)  # the control
+    assert claimed == ["resident-1"]
+
+
+def test_a_claim_replayed_after_the_unit_restarts_is_refused(tmp_path: Path) -> None:
+    record = tmp_path / "state" / "commands-used.jsonl"
+    claimed: list[str] = []
+    recorded = signed("claim", "resident-1", unit=TOPICS.unit)
+    gate(tmp_path, claimed, used=UsedRequests(record)).handle(TOPICS.cmd("claim"), recorded, retained=False)
+    restarted = gate(tmp_path, claimed, used=UsedRequests(record))  # a new process reads the record
+    with pytest.raises(PayloadError, match="already used"):
+        restarted.handle(TOPICS.cmd("claim"), recorded, retained=False)
+    assert claimed == ["resident-1"]
+    assert record.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_record_keeps_each_request_only_until_its_command_expired(tmp_path: Path) -> None:
+    record = tmp_path / "commands-used.jsonl"
+    now = [1_000_000.0]
+    used = UsedRequests(record, clock=lambda: now[0])
+    used.mark("door/r-1", expires_at=now[0] + 30)
+    assert "door/r-1" in UsedRequests(record, clock=lambda: now[0])
+    now[0] += 30 + 60  # expired, and past the clock skew the unit allows: refused by its time anyway
+    assert "door/r-1" not in UsedRequests(record, clock=lambda: now[0])
+
+
+def test_a_torn_last_line_is_skipped_not_fatal(tmp_path: Path) -> None:
+    record = tmp_path / "commands-used.jsonl"
+    used = UsedRequests(record)
+    used.mark("door/r-1", expires_at=4_000_000_000.0)
+    with record.open("a", encoding="utf-8") as torn:
+        torn.write('{"request": "door/r-2", "expi')
+    assert "door/r-1" in UsedRequests(record)

@@ -63,7 +63,9 @@ def valid_samples() -> dict[str, dict[str, Any]]:
         ),
         "status": build_status("unit-fuzz", "online", "connected", "abcd1234"),
         "health": health,
-        "cmd": json.loads(signed("claim", "s-1", request_id="r1", issued=1767225600.0, ttl_s=60.0)),
+        "cmd": json.loads(
+            signed("claim", "s-1", unit=TOPICS.unit, request_id="r1", issued=1767225600.0, ttl_s=60.0)
+        ),
     }
 
 

@@ -176,7 +176,7 @@ def test_an_oversized_pipeline_report_is_trimmed_largest_first_and_flagged() -> 
 
 
 def test_a_claim_command_is_parsed_from_its_own_topic() -> None:
-    data = signed("claim", "s-7f3a9c", request_id="r1", issued=1767268800.0, ttl_s=30.0)
+    data = signed("claim", "s-7f3a9c", unit="lobby-1", request_id="r1", issued=1767268800.0, ttl_s=30.0)
     command = parse_command(TOPICS, "entrance/lobby-1/cmd/claim", data, now=1767268810.0)
     assert (command.name, command.subject_id, command.request_id) == ("claim", "s-7f3a9c", "r1")
     assert command.commander == "test-door" and command.payload["sig"]

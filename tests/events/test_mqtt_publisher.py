@@ -199,15 +199,15 @@ def test_commands_claim_reload_health_are_taken_and_anything_else_is_counted_as_
     reloads: list[bool] = []
     commander = listen([f"{base}/health"])
     # A retained command would act again on every reconnect: it arrives flagged retained and is refused.
-    commander.publish(f"{base}/cmd/reload", signed("reload"), retain=True)
+    commander.publish(f"{base}/cmd/reload", signed("reload", unit="unit-cmd"), retain=True)
     publisher = MqttPublisher(
         unit_config(mosquitto_broker, tmp_path, "unit-cmd"),
         commands=command_table(on_claim=claims.set, on_reload=lambda: reloads.append(True)),
     ).start()
     try:
         assert publisher.subscribed.wait(10)  # SUBACK: the cmd subscription is in place
-        commander.publish(f"{base}/cmd/claim", claim_payload("s-42", "r-1"))
-        commander.publish(f"{base}/cmd/reload", signed("reload"))
+        commander.publish(f"{base}/cmd/claim", claim_payload("s-42", "r-1", unit="unit-cmd"))
+        commander.publish(f"{base}/cmd/reload", signed("reload", unit="unit-cmd"))
         commander.publish(f"{base}/cmd/export", json.dumps({"command": "export"}).encode())
         commander.publish(
             f"{base}/cmd/claim", b'{"command": "claim", "subject_id": "s-1", "templates": true}'
@@ -218,7 +218,7 @@ def test_commands_claim_reload_health_are_taken_and_anything_else_is_counted_as_
             "entrance/unit-other/cmd/claim", json.dumps({"command": "claim", "subject_id": "s-9"}).encode()
         )
         before = len(commander.payloads(f"{base}/health"))
-        commander.publish(f"{base}/cmd/health", signed("health"))
+        commander.publish(f"{base}/cmd/health", signed("health", unit="unit-cmd"))
         assert wait_for(lambda: publisher.health_snapshot()["commands"]["rejected"] >= 4)
         assert wait_for(lambda: len(commander.payloads(f"{base}/health")) > before, 3)
         counts = publisher.health_snapshot()["commands"]
@@ -231,10 +231,10 @@ def test_commands_claim_reload_health_are_taken_and_anything_else_is_counted_as_
 
 
 def claim_payload(
-    subject: str, request_id: str, *, issued: float | None = None, ttl_s: float = 30.0
+    subject: str, request_id: str, *, unit: str, issued: float | None = None, ttl_s: float = 30.0
 ) -> bytes:
-    """A claim signed by the test commander, whom ``unit_config`` makes the unit trust."""
-    return signed("claim", subject, request_id=request_id, issued=issued, ttl_s=ttl_s)
+    """A claim for ``unit`` signed by the test commander, whom ``unit_config`` makes the unit trust."""
+    return signed("claim", subject, unit=unit, request_id=request_id, issued=issued, ttl_s=ttl_s)
 
 
 def test_home_assistant_discovery_announces_the_visit_event_triggers_and_accelerator(

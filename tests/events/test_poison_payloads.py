@@ -93,7 +93,7 @@ def test_poison_commands_leave_the_unit_delivering_events(mosquitto_broker: Any,
         assert publisher.subscribed.wait(10)  # SUBACK: the cmd subscription is in place
         for payload in POISON:
             attacker.publish(f"entrance/{unit}/cmd/claim", payload)
-        attacker.publish(f"entrance/{unit}/cmd/reload", signed("reload"))
+        attacker.publish(f"entrance/{unit}/cmd/reload", signed("reload", unit=unit))
         assert wait_for(lambda: publisher.health_snapshot()["commands"]["rejected"] >= len(POISON))
         assert wait_for(lambda: reloads == [1])
         publisher.publish_decision(decision(1))

@@ -32,12 +32,12 @@ def verify(data: bytes, verifier: CommandVerifier = TRUSTED) -> None:
 
 
 def test_a_command_signed_by_a_trusted_commander_is_taken() -> None:
-    verify(signed("claim", "s-1"))
-    verify(signed("reload"))
+    verify(signed("claim", "s-1", unit=TOPICS.unit))
+    verify(signed("reload", unit=TOPICS.unit))
 
 
 def test_an_unsigned_command_does_not_even_parse() -> None:
-    payload = json.loads(signed("claim", "s-1"))
+    payload = json.loads(signed("claim", "s-1", unit=TOPICS.unit))
     del payload["sig"]
     with pytest.raises(PayloadError, match="schema"):
         parse_command(TOPICS, TOPICS.cmd("claim"), json.dumps(payload).encode())
@@ -46,8 +46,11 @@ def test_an_unsigned_command_does_not_even_parse() -> None:
 @pytest.mark.parametrize(
     ("forged", "why"),
     [
-        (lambda: signed("claim", "s-1", key=commander_key(seed=2)), "wrongly signed"),
-        (lambda: signed("claim", "s-1", key=commander_key(seed=2), commander="intruder"), "does not trust"),
+        (lambda: signed("claim", "s-1", unit=TOPICS.unit, key=commander_key(seed=2)), "wrongly signed"),
+        (
+            lambda: signed("claim", "s-1", unit=TOPICS.unit, key=commander_key(seed=2), commander="intruder"),
+            "does not trust",
+        ),
     ],
 )
 def test_a_claim_signed_by_another_key_is_refused(forged: Any, why: str) -> None:
@@ -56,7 +59,7 @@ def test_a_claim_signed_by_another_key_is_refused(forged: Any, why: str) -> None
 
 
 def test_a_signed_claim_whose_subject_was_changed_on_the_way_is_refused() -> None:
-    payload = json.loads(signed("claim", "s-1"))
+    payload = json.loads(signed("claim", "s-1", unit=TOPICS.unit))
     payload["subject_id"] = "s-2"  # a broker or proxy rewrites whom the door should let in
     with pytest.raises(SignatureError, match="wrongly signed"):
         verify(json.dumps(payload).encode())
@@ -64,7 +67,7 @@ def test_a_signed_claim_whose_subject_was_changed_on_the_way_is_refused() -> Non
 
 def test_a_unit_that_trusts_no_commander_refuses_every_command() -> None:
     with pytest.raises(SignatureError, match="trusts no commander"):
-        verify(signed("claim", "s-1"), CommandVerifier.from_config(None))
+        verify(signed("claim", "s-1", unit=TOPICS.unit), CommandVerifier.from_config(None))
 
 
 def test_a_broken_trust_file_stops_the_unit_with_one_line(mosquitto_broker: Any, tmp_path: Path) -> None:
@@ -90,18 +93,20 @@ def test_over_a_real_broker_only_the_trusted_fresh_first_claim_applies(
     ).start()
     attacker = Listener(mosquitto_broker, [f"entrance/{unit}/health"])  # a consumer certificate
     topic = f"entrance/{unit}/cmd/claim"
-    tampered = json.loads(signed("claim", "s-good", request_id="r-t"))
+    tampered = json.loads(signed("claim", "s-good", unit=unit, request_id="r-t"))
     tampered["subject_id"] = "s-evil"
-    unsigned = json.loads(signed("claim", "s-evil"))
+    unsigned = json.loads(signed("claim", "s-evil", unit=unit))
     del unsigned["sig"]
-    valid = signed("claim", "s-good", request_id="r-ok")
+    valid = signed("claim", "s-good", unit=unit, request_id="r-ok")
     try:
         assert publisher.subscribed.wait(10)  # SUBACK: the cmd subscription is in place
         attacker.publish(topic, json.dumps(unsigned).encode())
-        attacker.publish(topic, signed("claim", "s-evil", key=commander_key(seed=2)))
-        attacker.publish(topic, signed("claim", "s-evil", key=commander_key(seed=2), commander="intruder"))
+        attacker.publish(topic, signed("claim", "s-evil", unit=unit, key=commander_key(seed=2)))
+        attacker.publish(
+            topic, signed("claim", "s-evil", unit=unit, key=commander_key(seed=2), commander="intruder")
+        )
         attacker.publish(topic, json.dumps(tampered).encode())
-        attacker.publish(topic, signed("claim", "s-evil", issued=time.time() - 120, ttl_s=60))
+        attacker.publish(topic, signed("claim", "s-evil", unit=unit, issued=time.time() - 120, ttl_s=60))
         attacker.publish(topic, valid)
         attacker.publish(topic, valid)  # recorded and replayed
         assert wait_for(lambda: sum(publisher.health_snapshot()["commands"].values()) >= 7)

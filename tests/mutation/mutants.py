@@ -72,6 +72,22 @@ MUTANTS: tuple[Mutant, ...] = (
         tests=("tests/events/test_command_gate.py", "tests/events/test_signed_commands.py"),
     ),
     Mutant(
+        name="command_target_unit",
+        defence="a command names the unit it is for, so a recording cannot be replayed on another unit",
+        path="device/events/payloads.py",
+        anchor='    if payload["unit"] != topics.unit:\n',
+        replacement="    if False:  # MUTANT: any unit's command is taken\n",
+        tests=("tests/events/test_command_gate.py",),
+    ),
+    Mutant(
+        name="command_ids_persisted",
+        defence="used command ids are read back at start, so a replay after a restart is refused",
+        path="device/events/command_gate.py",
+        anchor="        if path is not None:\n            self._load(path)\n",
+        replacement="        pass  # MUTANT: the record is written but never read back\n",
+        tests=("tests/events/test_command_gate.py",),
+    ),
+    Mutant(
         name="keyring_generation",
         defence="a gallery file is opened only if the keyring vouches for its generation and digest",
         path="device/identity/keyring.py",

@@ -579,11 +579,11 @@ POISON_COMMANDS = (
 )
 
 
-def _claim(subject: str, request_id: str, ttl_s: float, *, trusted: bool = True) -> bytes:
+def _claim(subject: str, request_id: str, ttl_s: float, *, unit: str, trusted: bool = True) -> bytes:
     """A claim signed by the commander the units trust, or (``trusted=False``) by an intruder's key."""
     if trusted:
-        return signed("claim", subject, request_id=request_id, ttl_s=ttl_s)
-    return signed("claim", subject, request_id=request_id, ttl_s=ttl_s, key=commander_key(seed=99))
+        return signed("claim", subject, unit=unit, request_id=request_id, ttl_s=ttl_s)
+    return signed("claim", subject, unit=unit, request_id=request_id, ttl_s=ttl_s, key=commander_key(seed=99))
 
 
 def trust(broker: Any, monitor: Monitor, workdir: Path) -> dict[str, Any]:
@@ -624,18 +624,18 @@ def trust(broker: Any, monitor: Monitor, workdir: Path) -> dict[str, Any]:
         )
         survived = bool(delivers and unit.pid == alive_pid and unit.running)
         # A fresh claim applies (the control) ...
-        fresh = _claim("s-fresh", "r-fresh", 30.0)
+        fresh = _claim("s-fresh", "r-fresh", 30.0, unit=unit.unit)
         send(cmd, fresh)
         control_applied = wait_for(lambda: applied.exists() and "s-fresh" in applied.read_text(), 10.0)
         # ... the same claim recorded and sent again, and one signed by a key the unit does not trust, do not.
         send(cmd, fresh)
-        send(cmd, _claim("s-forged", "r-forged", 30.0, trusted=False))
+        send(cmd, _claim("s-forged", "r-forged", 30.0, unit=unit.unit, trusted=False))
         time.sleep(1.0)
         replayed_applied = applied.read_text().count("s-fresh") > 1 if applied.exists() else False
         untrusted_applied = applied.exists() and "s-forged" in applied.read_text()
         # ... a claim queued while the unit is away and expired before it returns does not.
         unit.stop()
-        send(cmd, _claim("s-stale", "r-stale", 1.0))
+        send(cmd, _claim("s-stale", "r-stale", 1.0, unit=unit.unit))
         time.sleep(2.0)
         unit.start()
         before = max(monitor.delivered_seqs(unit.unit), default=0)
