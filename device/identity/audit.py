@@ -182,13 +182,37 @@ class AuditLog:
     def _mac(self, fields: Mapping[str, Any]) -> str:
         return hmac.new(self._key, _canonical(fields), hashlib.sha256).hexdigest()
 
+    def head_problem(self) -> str | None:
+        """Why the log's last entry is not the one its head record names (a cut, deleted or older log
+        put back), or None when they agree. A head with no log, or a log with no head, disagree too."""
+        recorded = self.recorded_head()
+        last = self._last_entry()
+        if recorded is None:
+            if last is None:
+                return None  # a new log: nothing appended yet
+            return f"the head record {self.head_path.name} is missing: a cut tail cannot be ruled out"
+        if last is None:
+            return f"the log is missing or empty but its head names entry seq {recorded.seq}: it was deleted"
+        if (last.seq, last.mac) != (recorded.seq, recorded.mac):
+            return (
+                f"the log ends at entry seq {last.seq} but its head names seq {recorded.seq}: entries were "
+                "removed from the end, or another log was put back"
+            )
+        return None
+
     def append(self, event: str, actor: str, details: Mapping[str, Scalar] | None = None) -> AuditEntry:
-        """Add one entry at the end of the chain; durable (fsynced) when this returns."""
+        """Add one entry at the end of the chain; durable (fsynced) when this returns.
+
+        Refused when the log and its head disagree: extending a cut or replaced log would make it whole
+        again in the eyes of ``audit verify``, so the change is refused and nothing is written."""
         if event not in EVENTS:
             raise AuditError(f"unknown audit event {event!r}")
         details = dict(details or {})
         _check_details(details)
         with exclusive_lock(self.lock_path):
+            problem = self.head_problem()
+            if problem is not None:
+                raise AuditError(f"audit log {self.path} refused: {problem}; nothing was changed")
             head = self._last_entry()
             seq = 1 if head is None else head.seq + 1
             prev = GENESIS_MAC if head is None else head.mac
@@ -278,6 +302,10 @@ class AuditLog:
                     f"the head record {self.head_path.name} is missing: a cut tail cannot be ruled out"
                 )
         return result
+
+    def last_change_to_the_gallery(self) -> AuditEntry | None:
+        """The last entry that changed the enrolled set (it names the gallery generation it made)."""
+        return next((e for e in reversed(self.entries()) if "gallery_generation" in e.details), None)
 
     def entry_at(self, seq: int) -> AuditEntry | None:
         return next((entry for entry in self.entries() if entry.seq == seq), None)

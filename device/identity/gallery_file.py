@@ -34,7 +34,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from device.identity.audit import AuditAnchor
+from device.identity.audit import AuditAnchor, AuditError, AuditLog
 from device.identity.gallery_records import (
     TEMPLATE_DIM,
     ConsentRecord,
@@ -229,6 +229,48 @@ def checked_keyring(keys: Path, master_key: MasterKey) -> Keyring | None:
         return read_keyring(keys, master_key)
     except KeyringError as error:
         raise GalleryUnreadableError(str(error)) from None
+
+
+def refuse_if_older_than_the_audit(
+    contents: GalleryContents, audit: AuditLog, where: str, *, keys: Path, master_key: MasterKey
+) -> None:
+    """A gallery put back together with its keyring (both copied before a forget) passes the keyring's
+    check: the audit log, kept apart and headed beside the master key, says it is older. The gallery
+    names the audit entry of the change that made it; the log's last change to the enrolled set must be
+    that entry, or the gallery is from before it.
+
+    One exception, a power cut: the change was audited and its new key announced in the keyring as
+    pending, but the new gallery never landed. The gallery from before it is then the right one (the
+    operator reruns the change); a keyring copied before a forget announces no such write."""
+    try:
+        head_problem = audit.head_problem()
+        last_change = audit.last_change_to_the_gallery()
+    except AuditError as error:
+        raise GalleryUnreadableError(
+            f"gallery {where} refused: its audit log cannot be checked ({error})"
+        ) from None
+    if head_problem is not None:
+        raise GalleryUnreadableError(f"gallery {where} refused: the audit log is not whole ({head_problem})")
+    if last_change is None:
+        return  # no change to the enrolled set on record yet (a new unit, or one from before anchors)
+    anchor = contents.audit_anchor
+    keyring = checked_keyring(keys, master_key)
+    interrupted = (
+        keyring is not None
+        and keyring.pending is not None
+        and contents.generation == keyring.current.generation
+        and last_change.details.get("gallery_generation") == keyring.pending.generation
+    )
+    if interrupted:
+        return
+    if anchor is None or anchor.seq < last_change.seq:
+        made_by = "no recorded change" if anchor is None else f"audit entry seq {anchor.seq}"
+        raise GalleryUnreadableError(
+            f"gallery {where} refused: it was made by {made_by}, but the audit log's last change to the "
+            f"enrolled set is seq {last_change.seq} ({last_change.event}): an older copy put back"
+        )
+    if anchor.seq == last_change.seq and anchor.mac != last_change.mac:
+        raise GalleryUnreadableError(f"gallery {where} refused: its audit anchor does not match the log")
 
 
 def open_gallery(path: Path, master_key: MasterKey, keys: Path) -> tuple[GalleryContents, GallerySealer]:

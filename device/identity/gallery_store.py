@@ -30,7 +30,13 @@ from device.atomicio import create_exclusively, ensure_private_directory, exclus
 from device.config import MAX_ENROLMENT_DAYS, UnitConfig
 from device.identity.audit import AuditAnchor, AuditLog, Scalar, record_config_change
 from device.identity.backup import BackupError, BackupInfo, new_backup_id, open_backup, seal_backup
-from device.identity.gallery_file import GallerySealer, active_templates, checked_keyring, open_gallery
+from device.identity.gallery_file import (
+    GallerySealer,
+    active_templates,
+    checked_keyring,
+    open_gallery,
+    refuse_if_older_than_the_audit,
+)
 from device.identity.gallery_records import (
     TEMPLATE_DIM,
     ConsentRecord,
@@ -165,6 +171,9 @@ class GalleryStore:
     def load(self) -> GalleryContents:
         """The gallery the keyring vouches for; raises GalleryUnreadableError for anything else."""
         contents, self.sealer = open_gallery(self.path, self._master_key, self._keyring_file)
+        refuse_if_older_than_the_audit(
+            contents, self.audit, str(self.path), keys=self._keyring_file, master_key=self._master_key
+        )
         return contents
 
     def _save(

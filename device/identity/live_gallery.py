@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from device.config import UnitConfig
-from device.identity.gallery_file import active_templates, open_gallery
+from device.identity.audit import AuditLog
+from device.identity.gallery_file import active_templates, open_gallery, refuse_if_older_than_the_audit
 from device.identity.gallery_records import (
     TEMPLATE_DIM,
     GalleryError,
@@ -29,6 +30,7 @@ from device.identity.gallery_records import (
 from device.identity.gallery_store import GalleryStore
 from device.identity.keyring import keyring_path
 from device.identity.masterkey import KeySource, MasterKeyError, load_master_key
+from device.layout import StateLayout
 from device.types import Decision, DecisionType
 
 log = logging.getLogger(__name__)
@@ -113,9 +115,11 @@ class LiveGallery:
         *,
         today: Callable[[], date] = lambda: utc_now().date(),
         key_source: KeySource = "file",
+        layout: StateLayout | None = None,
     ) -> None:
         self._path = gallery_path
         self._master_key_path = master_key_path
+        self._layout = layout  # with it, the gallery is checked against the audit log at every load
         self._key_source = key_source
         self._today = today
         self._lock = threading.Lock()
@@ -123,7 +127,12 @@ class LiveGallery:
 
     @classmethod
     def from_config(cls, config: UnitConfig) -> LiveGallery:
-        return cls(config.gallery.path, config.gallery.master_key_path, key_source=config.gallery.key_source)
+        return cls(
+            config.gallery.path,
+            config.gallery.master_key_path,
+            key_source=config.gallery.key_source,
+            layout=StateLayout.from_config(config),
+        )
 
     def _stat_key(self) -> StatKey:
         keys = keyring_path(self._master_key_path)
@@ -141,7 +150,13 @@ class LiveGallery:
             log.error("no gallery: %s", error)
             return self._empty(stat_key, day, str(error))
         try:
-            contents, sealer = open_gallery(self._path, master_key, keyring_path(self._master_key_path))
+            keys = keyring_path(self._master_key_path)
+            contents, sealer = open_gallery(self._path, master_key, keys)
+            if self._layout is not None:
+                audit = AuditLog.of_unit(self._layout, master_key)
+                refuse_if_older_than_the_audit(
+                    contents, audit, str(self._path), keys=keys, master_key=master_key
+                )
             if not contents.digest:
                 return self._empty(stat_key, day, None)
             templates, ids = active_templates(sealer, contents, day)

@@ -376,6 +376,24 @@ def key_check(config: UnitConfig) -> Check:
     return Check("gallery key", True, f"key file {path} (mode 0600)")
 
 
+def audit_check(config: UnitConfig) -> Check:
+    """The audit log whole and ending where its head says (a cut or deleted log is said at start)."""
+    from device.identity.audit import AuditError, AuditLog
+    from device.identity.masterkey import MasterKeyError, load_master_key
+    from device.layout import StateLayout
+
+    layout = StateLayout.from_config(config)
+    try:
+        log = AuditLog.of_unit(layout, load_master_key(layout.master_key, config.gallery.key_source))
+        problems = log.verify().problems
+    except (MasterKeyError, AuditError) as error:
+        problems = [str(error)]
+    if problems:
+        fix = "keep the log as evidence (cut, altered or put back); `device audit verify` names each entry"
+        return Check("audit log", False, f"{len(problems)} problem(s): {problems[0]}", fix)
+    return Check("audit log", True, f"{layout.audit_log} whole, ends at its head")
+
+
 def run_checks(
     config: UnitConfig,
     *,
@@ -388,6 +406,7 @@ def run_checks(
     files = list(unit_files(config, who))
     checks += files
     checks.append(key_check(config))
+    checks.append(audit_check(config))
     if config.mqtt.enabled:
         certificate = certificate_check(config)
         checks.append(certificate)

@@ -88,6 +88,22 @@ MUTANTS: tuple[Mutant, ...] = (
         tests=("tests/events/test_command_gate.py",),
     ),
     Mutant(
+        name="audit_head_on_append",
+        defence="the audit log refuses to extend a chain its head does not end (a cut log stays cut)",
+        path="device/identity/audit.py",
+        anchor="            problem = self.head_problem()\n",
+        replacement="            problem = None  # MUTANT: append extends whatever it finds\n",
+        tests=("tests/identity/test_restored_with_its_keys.py",),
+    ),
+    Mutant(
+        name="gallery_against_audit",
+        defence="a gallery older than the audit log's last change is refused, keyring or not",
+        path="device/identity/gallery_file.py",
+        anchor="    if anchor is None or anchor.seq < last_change.seq:\n",
+        replacement="    if False:  # MUTANT: the gallery is not checked against the audit log\n",
+        tests=("tests/identity/test_restored_with_its_keys.py",),
+    ),
+    Mutant(
         name="keyring_generation",
         defence="a gallery file is opened only if the keyring vouches for its generation and digest",
         path="device/identity/keyring.py",

@@ -56,6 +56,7 @@ def test_doctor_passes_on_a_correct_unit_and_says_so_per_check(
         "models",
         "mqtt.tls.key_file",
         "gallery key",
+        "audit log",
         "certificate",
         "broker",
         "capture",
@@ -63,6 +64,18 @@ def test_doctor_passes_on_a_correct_unit_and_says_so_per_check(
         assert f"✓ {expected}" in names
     assert any(line.startswith("✓ accelerator: CPU") for line in lines)
     assert lines[-1].startswith("all ")
+
+
+def test_doctor_says_when_the_audit_log_was_cut(
+    tmp_path: Path, mosquitto_broker: Any, face_images: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_unit(tmp_path, mosquitto_broker, face_images)
+    log = next(tmp_path.rglob("audit.jsonl"))
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:-1]))  # the last entry cut away
+    code, out = doctor(config, capsys)
+    assert code != 0
+    assert [line for line in failed_lines(out) if line.startswith("✗ audit log")], out
 
 
 def test_config_check_deep_is_the_doctor(
