@@ -28,11 +28,19 @@ class EmbeddingModel(Protocol):
 
 
 class FaceEmbedder:
-    def __init__(self, model: EmbeddingModel) -> None:
+    """Chips -> unit vectors; with ``mirror``, each vector is the mean of the chip's and its mirror image's.
+
+    dlib's ResNet learnt from chips and their mirror images alike, so a face and its mirror image are the
+    same person to it; averaging the two cancels part of what pose and light do to one side of the face
+    (issue 28, measured on ../shared/lfw in README). It costs a second inference per face.
+    """
+
+    def __init__(self, model: EmbeddingModel, *, mirror: bool = False) -> None:
         shape = tuple(model.input_shape)
         if shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
             raise ValueError(f"embedder model input must be (N, {CHIP_SIZE}, {CHIP_SIZE}, 3), has {shape}")
         self.model = model
+        self.mirror = mirror
         # The shipped files have a static batch of one (the Edge TPU needs static shapes).
         self._batch = max(1, int(shape[0]))
 
@@ -42,6 +50,15 @@ class FaceEmbedder:
             raise ValueError(
                 f"expected (N, {CHIP_SIZE}, {CHIP_SIZE}, 3) uint8 RGB chips, got {chips.dtype} {chips.shape}"
             )
+        if self.mirror:
+            # Each half normalised first, so that neither view outweighs the other.
+            both = self.descriptors(np.concatenate([chips, chips[:, :, ::-1]]))
+            halves = l2_normalise(both)
+            return l2_normalise(halves[: len(chips)] + halves[len(chips) :])
+        return l2_normalise(self.descriptors(chips))
+
+    def descriptors(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """dlib's raw descriptors (not unit length), one inference per chip (static batch)."""
         vectors = np.empty((len(chips), DESCRIPTOR_SIZE), dtype=np.float32)
         for start in range(0, len(chips), self._batch):
             part = chips[start : start + self._batch].astype(np.float32)
@@ -52,7 +69,7 @@ class FaceEmbedder:
             if descriptors.shape[1] != DESCRIPTOR_SIZE:
                 raise ValueError(f"embedder model gave {descriptors.shape[1]} values per face, expected 128")
             vectors[start : start + count] = descriptors[:count]
-        return l2_normalise(vectors)
+        return vectors
 
 
 def l2_normalise(vectors: NDArray[np.float32]) -> NDArray[np.float32]:
