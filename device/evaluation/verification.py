@@ -3,14 +3,15 @@
 Pure functions over similarity scores, so that ``device.evaluation.lfw`` (which produces the scores from
 pictures) stays separate from the arithmetic, and the arithmetic can be checked on scores made up by hand.
 
-- Accuracy: the threshold is the one with the best accuracy on the pairs of every other fold (the middle of
-  the best interval between two neighbouring scores, so that it does not sit on a training score), and the
+- Accuracy: the threshold is the one with the best accuracy on the pairs of every other fold, and the
   accuracy is that threshold's on the held-out fold. The reported figure is the mean over folds.
 - TAR at FAR f: the share of genuine pairs above the threshold that lets at most ``floor(f * impostors)``
   impostor pairs through. On 300 impostor pairs a FAR of 1e-3 admits none, so it is the share of genuine
   pairs above the highest impostor: as strict as the pairs can resolve, never looser than asked.
 - A pair with a picture where no face was found counts as a rejection (similarity ``NO_FACE``): a missed
   face costs its genuine pairs and is never hidden by dropping pairs.
+
+The threshold search and TAR are ``device.identity.verification``'s (what ``device compare --pairs`` reports).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-NO_FACE = -1.0  # the similarity of a pair with a picture where no face was found: below every real one
+from device.identity.verification import best_accuracy
+from device.identity.verification import tar_at_far as genuine_acceptance
+
+NO_FACE = -math.inf  # the similarity of a pair with a picture where no face was found
 FARS = (1e-3, 1e-2)
 
 
@@ -46,17 +50,8 @@ def best_threshold(similarities: NDArray[np.float64], same: NDArray[np.bool_]) -
     """The threshold (accept at or above it) with the highest accuracy on these pairs."""
     if similarities.size == 0:
         raise ValueError("no pairs to choose a threshold on")
-    values = np.unique(similarities)
-    candidates = np.concatenate([[values[0] - 1e-6], (values[:-1] + values[1:]) / 2.0, [values[-1] + 1e-6]])
-    order = np.argsort(similarities, kind="stable")
-    ranked_same = same[order]
-    ranked = similarities[order]
-    # Accepted genuine and impostor pairs for each candidate, from cumulative counts (no loop over pairs).
-    below = np.searchsorted(ranked, candidates, side="left")
-    genuine_below = np.concatenate([[0], np.cumsum(ranked_same)])[below]
-    impostor_below = np.concatenate([[0], np.cumsum(~ranked_same)])[below]
-    correct = impostor_below + (int(ranked_same.sum()) - genuine_below)
-    return float(candidates[int(np.argmax(correct))])
+    _, threshold = best_accuracy(similarities[same], similarities[~same])
+    return math.inf if threshold is None else threshold  # None: accepting nobody was best
 
 
 def accuracy_at(similarities: NDArray[np.float64], same: NDArray[np.bool_], threshold: float) -> float:
@@ -65,14 +60,10 @@ def accuracy_at(similarities: NDArray[np.float64], same: NDArray[np.bool_], thre
 
 def tar_at_far(similarities: NDArray[np.float64], same: NDArray[np.bool_], far: float) -> float:
     """Genuine acceptance at the strictest threshold that lets through at most ``far`` of the impostors."""
-    impostors = np.sort(similarities[~same])[::-1]
-    genuine = similarities[same]
-    if genuine.size == 0:
+    value = genuine_acceptance(similarities[same], similarities[~same], far)
+    if value is None:
         raise ValueError("no genuine pairs")
-    allowed = math.floor(far * impostors.size + 1e-9)
-    if allowed >= impostors.size:
-        return 1.0
-    return float(np.mean(genuine > impostors[allowed]))
+    return value
 
 
 def protocol(
