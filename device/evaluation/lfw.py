@@ -28,7 +28,7 @@ from device.evaluation.verification import FARS, NO_FACE, ProtocolFigures, proto
 from device.models.accelerator import open_model
 from device.types import RgbImage
 from device.vision.detect import FaceDetector
-from device.vision.embed import DESCRIPTOR_SIZE, FaceEmbedder
+from device.vision.embed import DESCRIPTOR_SIZE, FaceEmbedder, l2_normalise
 from device.vision.faces import AnalyzedFace, FaceAnalyzer, load_image_rgb
 from device.vision.landmarks5 import load_landmark_aligner
 
@@ -38,7 +38,8 @@ DETECTOR = "blazeface_full_range"
 EMBEDDER = "dlib_resnet_v1"
 CpuFile = Literal["float", "int8"]
 CPU_FILES: tuple[CpuFile, ...] = ("float", "int8")
-MODES = ("colour", "grey", "cross")
+# colour, grey copies, colour against grey, and colour with mirror averaging (when it is not shipped)
+MODES = ("colour", "grey", "cross", "colour_mirror")
 
 
 class LfwLayoutError(ValueError):
@@ -109,7 +110,12 @@ def embed_pictures(
     root: Path,
     names: Iterable[str],
     prepare: Callable[[RgbImage], RgbImage] = lambda image: image,
+    *,
+    mirrored: list[NDArray[np.float32]] | None = None,
 ) -> PictureEmbeddings:
+    """``mirrored``: filled, per picture, with the embedding mirror averaging would give (the face's own
+    and its chip's mirror image's, averaged): what ``models.embed_mirror`` would change, on the same
+    faces. Its extra time is not in ``ms_per_image``."""
     ordered = list(names)
     vectors = np.zeros((len(ordered), DESCRIPTOR_SIZE), dtype=np.float32)
     found = np.zeros(len(ordered), dtype=bool)
@@ -122,7 +128,18 @@ def embed_pictures(
         if face is not None:
             vectors[position] = face.embedding
             found[position] = True
+        if mirrored is not None:
+            mirrored.append(
+                np.zeros(DESCRIPTOR_SIZE, np.float32) if face is None else mirror_mean(analyzer, face)
+            )
     return PictureEmbeddings(ordered, vectors, found, float(np.median(times)) if times else 0.0)
+
+
+def mirror_mean(analyzer: FaceAnalyzer, face: AnalyzedFace) -> NDArray[np.float32]:
+    """What ``FaceEmbedder(mirror=True)`` gives: this face's embedding and its mirror image's, averaged."""
+    flipped = analyzer.embedder.embed(np.ascontiguousarray(face.chip[None, :, ::-1]))[0]
+    averaged: NDArray[np.float32] = l2_normalise((face.embedding + flipped)[None])[0]
+    return averaged
 
 
 def labelled_face(faces: list[AnalyzedFace], width: int, height: int) -> AnalyzedFace | None:
@@ -167,7 +184,9 @@ def cpu_analyzer(
     )
 
 
-def figures_json(figures: ProtocolFigures, pictures_without_face: int, ms_per_image: float) -> dict[str, Any]:
+def figures_json(
+    figures: ProtocolFigures, pictures_without_face: int, ms_per_image: float | None
+) -> dict[str, Any]:
     def tar(values: dict[float, float]) -> dict[str, float]:
         return {f"tar_at_far_{far:g}": round(values[far], 4) for far in FARS}
 
@@ -176,7 +195,7 @@ def figures_json(figures: ProtocolFigures, pictures_without_face: int, ms_per_im
         **tar(figures.tar_at_far),
         "best_accuracy_fitted": round(figures.best_accuracy, 4),
         "images_without_face": pictures_without_face,
-        "ms_per_image": round(ms_per_image, 2),
+        "ms_per_image": None if ms_per_image is None else round(ms_per_image, 2),
         "folds": [
             {
                 "fold": fold.fold,
@@ -207,8 +226,13 @@ def lfw_metrics(
     result: dict[str, Any] = {"pairs": len(pairs), "images": len(names)}
     for cpu_file in cpu_files:
         analyzer = cpu_analyzer(models_dir, cpu_file, detection=detection, mirror=mirror)
-        colour = embed_pictures(analyzer, root, names)
+        mirroring = ModelsSection(dir=models_dir).embed_mirror if mirror is None else mirror
+        mirrored: list[NDArray[np.float32]] | None = None if mirroring else []
+        colour = embed_pictures(analyzer, root, names, mirrored=mirrored)
         runs = {"colour": (colour, colour)}
+        if mirrored is not None:  # the alternative, on the same faces
+            averaged = PictureEmbeddings(names, np.stack(mirrored), colour.found, 0.0)
+            runs["colour_mirror"] = (averaged, averaged)
         if grey:
             grey_run = embed_pictures(analyzer, root, names, grey_copy)
             runs["grey"] = (grey_run, grey_run)
@@ -222,7 +246,10 @@ def lfw_metrics(
             else:
                 figures = protocol(similarities, same, folds)
             missing = int((~first.found).sum() + (0 if first is second else (~second.found).sum()))
-            ms = float(np.mean([first.ms_per_image, second.ms_per_image]))
+            # the mirror row's extra inference is not timed: no figure rather than a wrong one
+            ms = (
+                None if mode == "colour_mirror" else float(np.mean([first.ms_per_image, second.ms_per_image]))
+            )
             per_mode[mode] = figures_json(figures, missing, ms)
         result[cpu_file] = per_mode
     return result
@@ -231,18 +258,22 @@ def lfw_metrics(
 def report_lines(metrics: dict[str, Any]) -> list[str]:
     """The figures as a table: one row per fold and one overall, per CPU file and mode."""
     lines = [f"{metrics['pairs']} pairs, {metrics['images']} images; threshold chosen on the other folds"]
-    header = f"{'file':6} {'mode':7} {'fold':>7} {'accuracy':>9} {'TAR@1e-3':>9} {'TAR@1e-2':>9}"
+    header = f"{'file':6} {'mode':13} {'fold':>7} {'accuracy':>9} {'TAR@1e-3':>9} {'TAR@1e-2':>9}"
     lines.append(header + f" {'no face':>8} {'ms/image':>9}")
     for cpu_file in CPU_FILES:
         for mode, figures in metrics.get(cpu_file, {}).items():
             for fold in figures["folds"]:
                 lines.append(
-                    f"{cpu_file:6} {mode:7} {fold['fold']:>7} {fold['accuracy']:>9.2%} "
+                    f"{cpu_file:6} {mode:13} {fold['fold']:>7} {fold['accuracy']:>9.2%} "
                     f"{fold['tar_at_far_0.001']:>9.2%} {fold['tar_at_far_0.01']:>9.2%}"
                 )
             lines.append(
-                f"{cpu_file:6} {mode:7} {'overall':>7} {figures['mean_accuracy']:>9.2%} "
+                f"{cpu_file:6} {mode:13} {'overall':>7} {figures['mean_accuracy']:>9.2%} "
                 f"{figures['tar_at_far_0.001']:>9.2%} {figures['tar_at_far_0.01']:>9.2%} "
-                f"{figures['images_without_face']:>8} {figures['ms_per_image']:>9.1f}"
+                f"{figures['images_without_face']:>8} {_ms(figures['ms_per_image']):>9}"
             )
     return lines
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
