@@ -84,12 +84,13 @@ def test_face_free_pictures_stay_face_free_though_the_second_pass_runs_on_some(m
     from device.evaluation.detection_sweep import grey, skimage_face_free, under_exposed
     from device.lab.democlip import hallway
 
-    face_free = {**skimage_face_free(), "entrance": hallway(640, 480)}
+    face_free = {**skimage_face_free(), "entrance": hallway(640, 480), "wide": hallway(1280, 720)}
     counting = CountingModel(model)
     detector = FaceDetector(counting, DetectionSection())  # type: ignore[arg-type]
     frames = [
         variant(image) for image in face_free.values() for variant in (lambda i: i, grey, under_exposed)
     ]
+    assert len(frames) == 66  # the detection sweep's face-free set
     detections = [detection for frame in frames for detection in detector.detect(frame)]
     assert detections == []
     assert counting.runs > len(frames)  # the second pass was tried, and found nothing there either
