@@ -136,7 +136,7 @@ class DetectionSection(Section):
     )
     # Issue 28: BlazeFace full-range learnt faces a few tens of pixels tall; a face that fills the frame
     # (a close-up, a portrait) may score under the threshold. On ../shared/lfw every face it missed scored
-    # 0.30-0.48 there and 0.61-0.81 with the frame shrunk to half (README, "Recognition on LFW").
+    # 0.30-0.48 there and 0.57-0.81 with the frame shrunk to half (both CPU files; issue 28 commits).
     retry_score: float = Field(
         default=0.25,
         gt=0.0,

@@ -76,7 +76,8 @@ def letterbox(image: RgbImage, size: int) -> Letterbox:
 
 
 # The retry pass shrinks the frame to this share of the detector input: a face that filled the frame
-# then has the size BlazeFace full-range learnt (issue 28: 0.30-0.48 -> 0.61-0.81 on LFW's missed faces).
+# then has the size BlazeFace full-range learnt (issue 28: the faces one pass missed on ../shared/lfw scored
+# 0.30-0.48, and 0.57-0.81 shrunk).
 RETRY_SHRINK = 2
 RETRY_MIN_IOU = 0.5
 
