@@ -21,7 +21,8 @@ help:
 	@echo "make models   - rebuild the shipped models from pinned packages (x86-64, TensorFlow in .venv-build)"
 	@echo "make fuzz     - MQTT payload decoders and file parsers fuzzed, 100,000 cases each"
 	@echo "make deploy-check - installer, systemd units, fleet playbook, locks, bandit, secret scan"
-	@echo "make test-fast - the test suite without the tests marked slow"
+	@echo "make test-fast - the tests not marked slow, on two worker processes"
+	@echo "make mutation-check - switch off each defence in turn; its behavioural tests must fail (mutation.json)"
 	@echo "make lock     - re-resolve requirements/*.lock from pyproject.toml (uv)"
 	@echo "make models-detector / models-embedder / models-landmarks / models-pad - rebuild one of the shipped models"
 	@echo "make edgetpu-models - compile the int8 models for the Coral (needs edgetpu_compiler)"
@@ -29,6 +30,7 @@ help:
 	@echo "make dev-broker - a local TLS Mosquitto; prints the unit's [mqtt] block and the tail command"
 	@echo "make broker-check - the broker config loaded by a real Mosquitto, lint of deploy/broker"
 	@echo "make reliability - fault tests against a real broker (JSON summary in reliability.json)"
+	@echo "make fleet-bench - 100 units, building broker bridged to a central one, faults; JSON in fleet-bench.json"
 	@echo "make clean    - remove .venv, caches and bench.json"
 	@echo "make help     - this list"
 
@@ -56,8 +58,15 @@ run: setup fixtures
 test: setup fixtures
 	$(BIN)/python -m pytest
 
+# The inner loop: the tests not marked slow, on two worker processes (pytest-xdist).
 test-fast: setup fixtures
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n 2
+
+# Each defence (liveness cues, event and command signatures, keyring generation, door seq reload) off
+# in turn, in a copy of the tree: the tests named for it must fail (tests/mutation/mutants.py).
+.PHONY: mutation-check
+mutation-check: setup fixtures
+	$(BIN)/python tests/mutation/run.py --out mutation.json
 
 lint: setup
 	$(BIN)/ruff check device tests
@@ -140,7 +149,7 @@ models-landmarks: setup
 	$(BIN)/python models/build/shape_predictor5.py
 
 clean:
-	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .mypy_cache .ruff_cache bench.json
+	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .mypy_cache .ruff_cache bench.json fleet-bench.json mutation.json
 
 # --- Broker kit (deploy/broker) ---
 .PHONY: broker-check dev-broker
@@ -162,6 +171,13 @@ dev-broker: setup
 # ACL, refused certificates, Last Will. Prints one JSON summary (also in reliability.json); exit 1 on a miss.
 reliability: setup
 	$(BIN)/python tests/reliability/run.py --outage 45 --kills 25 --real-kills 5 --out reliability.json
+
+# Many buildings (issue 27): 100 simulated units (real publisher and outbox) at 2 events/s through a building
+# Mosquitto bridged to a central one, the bridge link cut for 30 s, the central broker restarted, one of three
+# archivers SIGKILLed; events/s, p95 unit -> archive latency, bridge backlog peak, lost/duplicates as JSON.
+.PHONY: fleet-bench
+fleet-bench: setup
+	$(BIN)/python tests/reliability/fleet_bench.py --out fleet-bench.json
 
 .PHONY: fuzz
 # Hypothesis fuzz targets at 100,000 cases each (make test runs a few hundred each): the MQTT payload

@@ -18,10 +18,10 @@ from typing import Protocol
 from device import __version__
 from device.config import ConfigError, UnitConfig
 from device.discovery import NO_CONFIG_SOURCE, ConfigChoice, choose_config, load_chosen_config
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+from device.errors import EXIT_FAILURE as EXIT_FAILURE
+from device.errors import EXIT_OK as EXIT_OK
+from device.errors import EXIT_USAGE as EXIT_USAGE
+from device.errors import UserError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -150,9 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return handler(args)
-    except ConfigError as error:
+    except ConfigError as error:  # its message is already a list of problems, one per line
         no_config = error.source == NO_CONFIG_SOURCE
         print(f"error: {error.problems[0]}" if no_config else str(error), file=sys.stderr)
-        return EXIT_USAGE
+        return error.exit_code
+    except UserError as error:  # every layer's fixable problem: one line, its exit code, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         return 130

@@ -6,12 +6,26 @@ instead of silently ignored. Relative paths are resolved against the directory o
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
+from device.errors import EXIT_USAGE, UserError
+
+OPENCV_URL = re.compile(r"^(rtsp|rtsps|http|https)://")
 UNIT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 UNIT_ID_RULE = "1 to 63 characters: lowercase letters, digits and '-', starting with a letter or digit"
 # What a pattern means, in words, for the messages a person reads (the regex stays in the schema).
@@ -24,10 +38,13 @@ MAX_ENROLMENT_DAYS = 3 * 365
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Point = tuple[Fraction, Fraction]
+Grey = Annotated[float, Field(ge=0.0, le=255.0)]  # a mean grey level
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A config that cannot be used; the message lists every problem, one per line."""
+
+    exit_code = EXIT_USAGE
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
@@ -50,32 +67,134 @@ class UnitSection(Section):
     state_dir: Path = Field(default=Path("state"), description="outbox, gallery, audit log")
 
 
-class CaptureSection(Section):
-    backend: Literal["file", "opencv", "picamera2"] = "file"
-    source: str = Field(default="", description="file/folder path, V4L2 index or path, or RTSP URL")
-    width: int = Field(default=640, ge=64, le=4096)
-    height: int = Field(default=480, ge=64, le=4096)
-    fps: float = Field(default=15.0, gt=0.0, le=120.0)
-    loop: bool = False
-    realtime: bool = Field(default=True, description="file backend: pace frames at fps")
-    rotation: Literal[0, 90, 180, 270] = 0
-    hflip: bool = False
-    vflip: bool = False
-    reconnect_backoff_max_s: float = Field(default=30.0, ge=0.5, le=600.0)
+class CaptureCommon(Section):
+    """The keys every camera backend takes."""
+
+    width: int = Field(default=640, ge=64, le=4096, description="frame width asked of the camera, pixels")
+    height: int = Field(default=480, ge=64, le=4096, description="frame height asked of the camera, pixels")
+    fps: float = Field(
+        default=15.0,
+        gt=0.0,
+        le=120.0,
+        description="frames per second asked of the camera (file backend: the pace when realtime)",
+    )
+    rotation: Literal[0, 90, 180, 270] = Field(
+        default=0, description="rotate frames by this many degrees clockwise (camera mounted sideways)"
+    )
+    hflip: bool = Field(default=False, description="mirror frames left-right")
+    vflip: bool = Field(default=False, description="flip frames upside down")
+    reconnect_backoff_max_s: float = Field(
+        default=30.0, ge=0.5, le=600.0, description="longest wait before reopening a lost camera, seconds"
+    )
     infrared: bool = Field(
         default=False, description="NoIR camera with an IR illuminator: PAD adds its infrared check"
     )
 
 
+DEFAULT_BACKEND: Final = "picamera2"  # the unit's own camera
+BACKEND_TEXT = "picamera2 (Pi camera), opencv (V4L2 device or RTSP stream) or file (video or picture folder)"
+
+
+class Picamera2Capture(CaptureCommon):
+    backend: Literal["picamera2"] = Field(default=DEFAULT_BACKEND, description=BACKEND_TEXT)
+
+    def source_label(self) -> str:
+        return "(the Pi camera)"
+
+
+class OpenCvCapture(CaptureCommon):
+    backend: Literal["opencv"] = Field(description=BACKEND_TEXT)
+    source: str = Field(
+        default="0",
+        description="V4L2 index (0), device path (/dev/video0) or stream URL (rtsp://...)",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _camera_or_stream(cls, source: str) -> str:
+        text = source.strip() or "0"  # empty meant the first camera before the backends had own sections
+        if re.fullmatch(r"\d{1,3}", text) or text.startswith("/dev/") or OPENCV_URL.match(text):
+            return text
+        raise ValueError("expected a V4L2 index (0), a device path (/dev/video0) or a URL (rtsp://...)")
+
+    def source_label(self) -> str:
+        return self.source
+
+
+class FileCapture(CaptureCommon):
+    backend: Literal["file"] = Field(description=BACKEND_TEXT)
+    source: Path = Field(
+        description="video file or picture folder (demos, tests), relative to the config file"
+    )
+    loop: bool = Field(default=False, description="start the file again at its end instead of stopping")
+    realtime: bool = Field(
+        default=True, description="pace frames at fps (off: as fast as they are processed)"
+    )
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _not_empty(cls, source: Any) -> Any:
+        if isinstance(source, str) and not source.strip():  # Path("") would quietly mean "."
+            raise ValueError("the file backend needs a video file or picture folder")
+        return source
+
+    def source_label(self) -> str:
+        return str(self.source)
+
+
+# The section's variants by their `backend` tag (pydantic puts the tag into error locations).
+CAPTURE_BACKENDS: dict[str, type[CaptureCommon]] = {
+    "picamera2": Picamera2Capture,
+    "opencv": OpenCvCapture,
+    "file": FileCapture,
+}
+
+
+def capture_backend(section: Any) -> str:
+    """The tag that picks the section's model; a [capture] table without one means the default camera,
+    as when the table is left out."""
+    if isinstance(section, dict):
+        return str(section.get("backend", DEFAULT_BACKEND))
+    return str(getattr(section, "backend", DEFAULT_BACKEND))  # not a table: the default model says so
+
+
+CaptureSection = Annotated[
+    Annotated[Picamera2Capture, Tag("picamera2")]
+    | Annotated[OpenCvCapture, Tag("opencv")]
+    | Annotated[FileCapture, Tag("file")],
+    Discriminator(capture_backend),
+]
+
+
 class ModelsSection(Section):
     dir: Path = Field(default=Path("models"), description="folder with the shipped model files and manifest")
-    detector: str = Field(default="blazeface_full_range", min_length=1)
-    embedder: str = Field(default="dlib_resnet_v1", min_length=1)
-    accelerator: Literal["auto", "edgetpu", "cpu"] = "auto"
-    edgetpu_device: Literal["usb", "pci", "any"] = "any"
-    reprobe_interval_s: float = Field(default=300.0, ge=10.0, le=86_400.0)
-    cpu_threads: int = Field(default=2, ge=1, le=8)
-    cpu_variant: Literal["auto", "float", "int8"] = "auto"
+    detector: str = Field(
+        default="blazeface_full_range",
+        min_length=1,
+        description="face detector: a model name in the manifest",
+    )
+    embedder: str = Field(
+        default="dlib_resnet_v1", min_length=1, description="face embedder: a model name in the manifest"
+    )
+    accelerator: Literal["auto", "edgetpu", "cpu"] = Field(
+        default="auto",
+        description="auto: Edge TPU with a compiled file and a Coral, else CPU; or edgetpu, cpu",
+    )
+    edgetpu_device: Literal["usb", "pci", "any"] = Field(
+        default="any", description="which Coral to use: usb, pci, or any (usb first)"
+    )
+    reprobe_interval_s: float = Field(
+        default=300.0,
+        ge=10.0,
+        le=86_400.0,
+        description="while on the CPU fallback, look for the Edge TPU again this often, seconds",
+    )
+    cpu_threads: int = Field(default=2, ge=1, le=8, description="interpreter threads on the CPU")
+    cpu_variant: Literal["auto", "float", "int8"] = Field(
+        default="auto",
+        description="CPU file: float, int8, or auto (time both at first start; switch only for a clear "
+        "margin, else keep the previous choice or float)",
+    )
     # 30 %: on the shared 2-core build host the detector's int8/float ratio is ~1.05-1.3 from start to
     # start (models/README.md, "CPU variant"), so 10-25 % sat on it; a real kernel advantage (the
     # embedder: 2-4x, the PAD CNNs' float: 3-7x) is far above. int8 also shifts decisions a little,
@@ -109,10 +228,16 @@ class ModelsSection(Section):
 
 
 class MotionSection(Section):
-    enabled: bool = True
-    downscale_width: int = Field(default=160, ge=32, le=640)
-    pixel_delta: int = Field(default=18, ge=1, le=255)
-    min_changed_fraction: float = Field(default=0.004, gt=0.0, le=1.0)
+    enabled: bool = Field(
+        default=True, description="run the detector only while something moves (or a visit is in progress)"
+    )
+    downscale_width: int = Field(
+        default=160, ge=32, le=640, description="frames are shrunk to this width, pixels, before comparing"
+    )
+    pixel_delta: int = Field(default=18, ge=1, le=255, description="grey change that marks a pixel as moved")
+    min_changed_fraction: float = Field(
+        default=0.004, gt=0.0, le=1.0, description="share of changed pixels that counts as motion"
+    )
 
 
 class DetectionSection(Section):
@@ -144,8 +269,12 @@ class DetectionSection(Section):
         description="when no face reaches the threshold but a candidate scores at least this, detect again "
         "on the frame shrunk to half of the detector input (same thresholds); 1 = never",
     )
-    nms_iou: float = Field(default=0.3, gt=0.0, lt=1.0)
-    min_face_px: int = Field(default=40, ge=8, le=2048)
+    nms_iou: float = Field(
+        default=0.3, gt=0.0, lt=1.0, description="overlap above which two detections are the same face"
+    )
+    min_face_px: int = Field(
+        default=40, ge=8, le=2048, description="faces smaller than this, pixels, are ignored"
+    )
     zone: list[Point] = Field(
         default_factory=list, description="entrance zone polygon in normalised [x, y]; empty = whole frame"
     )
@@ -159,18 +288,26 @@ class DetectionSection(Section):
 
 
 class TrackingSection(Section):
-    iou_threshold: float = Field(default=0.3, gt=0.0, lt=1.0)
-    confirm_frames: int = Field(default=2, ge=1, le=30)
-    max_lost_frames: int = Field(default=8, ge=1, le=300)
+    iou_threshold: float = Field(
+        default=0.3, gt=0.0, lt=1.0, description="overlap with a track's last box that continues the track"
+    )
+    confirm_frames: int = Field(default=2, ge=1, le=30, description="frames seen before a face is a visit")
+    max_lost_frames: int = Field(
+        default=8, ge=1, le=300, description="frames without the face after which a visit ends"
+    )
 
 
 class QualitySection(Section):
-    min_face_px: int = Field(default=60, ge=16, le=2048)
+    min_face_px: int = Field(
+        default=60, ge=16, le=2048, description="smallest face, pixels, used for matching (and enrolment)"
+    )
     min_sharpness: float = Field(default=40.0, ge=0.0, description="variance of the Laplacian")
-    max_yaw_deg: float = Field(default=35.0, gt=0.0, le=90.0)
-    min_brightness: float = Field(default=40.0, ge=0.0, le=255.0)
-    max_brightness: float = Field(default=220.0, ge=0.0, le=255.0)
-    best_k: int = Field(default=5, ge=1, le=32)
+    max_yaw_deg: float = Field(
+        default=35.0, gt=0.0, le=90.0, description="faces turned further than this, degrees, are not used"
+    )
+    min_brightness: Grey = Field(default=40.0, description="darker faces (mean grey level) are not used")
+    max_brightness: Grey = Field(default=220.0, description="brighter faces (mean grey level) are not used")
+    best_k: int = Field(default=5, ge=1, le=32, description="best face samples kept per visit")
 
     @model_validator(mode="after")
     def _brightness_range(self) -> QualitySection:
@@ -186,9 +323,13 @@ class MatchingSection(Section):
     # nearer the genuine end because a false accept at a door costs more than a second look.
     threshold: float = Field(default=0.92, gt=0.0, lt=1.0, description="cosine similarity to accept")
     min_margin: float = Field(default=0.01, ge=0.0, lt=1.0, description="to the best other subject")
-    max_samples: int = Field(default=5, ge=1, le=32)
+    max_samples: int = Field(
+        default=5, ge=1, le=32, description="samples of a visit compared with the gallery (at most best_k)"
+    )
     require_claim: bool = Field(default=False, description="armed mode: match only after a claim/trigger")
-    claim_window_s: float = Field(default=15.0, gt=0.0, le=600.0)
+    claim_window_s: float = Field(
+        default=15.0, gt=0.0, le=600.0, description="how long a claim waits for the claimed person, seconds"
+    )
 
 
 class GallerySection(Section):
@@ -196,14 +337,24 @@ class GallerySection(Section):
         default=Path("state/gallery.enc"),
         description="encrypted gallery: one file, rewritten atomically on every change",
     )
-    master_key_path: Path = Field(default=Path("secrets/master.key"))
+    master_key_path: Path = Field(
+        default=Path("secrets/master.key"),
+        description="the unit's master key file (0600); never leaves the unit",
+    )
     key_source: Literal["file", "host-credential", "tpm2"] = Field(
         default="file",
         description="how the master key file is protected: file (plain 0600; health warns), "
         "host-credential (systemd credential sealed with the host key) or tpm2 (sealed to the unit's TPM)",
     )
-    default_expiry_days: int = Field(default=365, ge=1, le=MAX_ENROLMENT_DAYS)
-    max_templates_per_subject: int = Field(default=5, ge=1, le=32)
+    default_expiry_days: int = Field(
+        default=365,
+        ge=1,
+        le=MAX_ENROLMENT_DAYS,
+        description="enrolments expire after this many days unless --expires says otherwise",
+    )
+    max_templates_per_subject: int = Field(
+        default=5, ge=1, le=32, description="templates kept per enrolled person"
+    )
     consent_purpose_version: str = Field(
         default="v1",
         pattern=r"^[A-Za-z0-9._-]{1,32}$",
@@ -212,29 +363,65 @@ class GallerySection(Section):
 
 
 class MqttTls(Section):
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: Path | None = Field(
+        default=None, description="CA certificate that signed the broker's certificate"
+    )
+    cert_file: Path | None = Field(
+        default=None, description="the unit's certificate; its name (CN) must be unit.id"
+    )
+    key_file: Path | None = Field(default=None, description="the unit's private key (0600)")
 
 
 class MqttSection(Section):
-    enabled: bool = False
-    host: str = Field(default="localhost", min_length=1)
-    port: int = Field(default=8883, ge=1, le=65_535)
-    tls: MqttTls = Field(default_factory=MqttTls)
-    username: str | None = None
+    enabled: bool = Field(
+        default=False, description="publish events to the broker (off: decisions are printed)"
+    )
+    host: str = Field(
+        default="localhost",
+        min_length=1,
+        description="broker host name; must match the name in the broker's certificate",
+    )
+    port: int = Field(default=8883, ge=1, le=65_535, description="broker TLS port")
+    tls: MqttTls = Field(
+        default_factory=MqttTls,
+        description="TLS is mandatory: the broker's CA and the unit's own certificate and key",
+    )
+    username: str | None = Field(
+        default=None,
+        description="only for brokers that also want a user name (the certificate is the identity)",
+    )
     password_file: Path | None = Field(default=None, description="secrets by path, never inline")
-    topic_prefix: str = Field(default="entrance", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
-    session_expiry_s: int = Field(default=3600, ge=0, le=604_800)
-    health_interval_s: float = Field(default=30.0, ge=1.0, le=3600.0)
+    topic_prefix: str = Field(
+        default="entrance",
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+        description="topics are <prefix>/<unit id>/events|status|health|cmd",
+    )
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, seconds")
+    session_expiry_s: int = Field(
+        default=3600, ge=0, le=604_800, description="seconds the broker keeps the session (queued commands)"
+    )
+    health_interval_s: float = Field(
+        default=30.0, ge=1.0, le=3600.0, description="publish the retained health this often, seconds"
+    )
     reconnect_backoff_max_s: float = Field(
         default=30.0, ge=0.5, le=600.0, description="cap of the jittered exponential reconnect backoff"
     )
-    outbox_path: Path = Field(default=Path("state/outbox.db"))
-    outbox_max_rows: int = Field(default=100_000, ge=10, le=10_000_000)
-    outbox_max_bytes: int = Field(default=64 * 1024 * 1024, ge=10_000)
-    ha_discovery: bool = False
+    outbox_path: Path = Field(default=Path("state/outbox.db"), description="SQLite outbox of unacked events")
+    outbox_max_rows: int = Field(
+        default=100_000,
+        ge=10,
+        le=10_000_000,
+        description="at most this many queued events; the oldest are dropped (counted) beyond",
+    )
+    outbox_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=10_000,
+        description="at most this many bytes of queued events; the oldest are dropped beyond",
+    )
+    ha_discovery: bool = Field(
+        default=False,
+        description="announce the unit to Home Assistant (event entity, device triggers, sensors)",
+    )
     unknown_scores: bool = Field(
         default=False,
         description=(
@@ -259,7 +446,9 @@ class MqttSection(Section):
 
 
 class LoggingSection(Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="log level of `device run` (interactive commands log warnings only)"
+    )
 
 
 # 40 Mpx: more than any camera picture an installer enrols from (12-24 Mpx phones), far below what a
@@ -295,28 +484,54 @@ class LivenessSection(Section):
 
 
 class UnitConfig(Section):
-    unit: UnitSection = Field(default_factory=UnitSection)
-    capture: CaptureSection = Field(default_factory=CaptureSection)
-    models: ModelsSection = Field(default_factory=ModelsSection)
-    motion: MotionSection = Field(default_factory=MotionSection)
-    detection: DetectionSection = Field(default_factory=DetectionSection)
-    tracking: TrackingSection = Field(default_factory=TrackingSection)
-    quality: QualitySection = Field(default_factory=QualitySection)
-    matching: MatchingSection = Field(default_factory=MatchingSection)
-    liveness: LivenessSection = Field(default_factory=LivenessSection)
-    gallery: GallerySection = Field(default_factory=GallerySection)
-    mqtt: MqttSection = Field(default_factory=MqttSection)
-    logging: LoggingSection = Field(default_factory=LoggingSection)
-    limits: LimitsSection = Field(default_factory=LimitsSection)
+    unit: UnitSection = Field(default_factory=UnitSection, description="the unit itself")
+    capture: CaptureSection = Field(
+        default_factory=Picamera2Capture, description="the camera; which keys apply depends on backend"
+    )
+    models: ModelsSection = Field(default_factory=ModelsSection, description="model files and where they run")
+    motion: MotionSection = Field(
+        default_factory=MotionSection, description="motion gate in front of the detector"
+    )
+    detection: DetectionSection = Field(default_factory=DetectionSection, description="face detector")
+    tracking: TrackingSection = Field(
+        default_factory=TrackingSection, description="faces followed across frames (one visit per track)"
+    )
+    quality: QualitySection = Field(
+        default_factory=QualitySection, description="which faces are good enough to match"
+    )
+    matching: MatchingSection = Field(
+        default_factory=MatchingSection, description="comparison with the enrolled residents"
+    )
+    liveness: LivenessSection = Field(
+        default_factory=LivenessSection,
+        description="presentation-attack detection (a photo or a screen is not a person)",
+    )
+    gallery: GallerySection = Field(
+        default_factory=GallerySection, description="enrolled residents (encrypted)"
+    )
+    mqtt: MqttSection = Field(default_factory=MqttSection, description="events to the broker")
+    logging: LoggingSection = Field(default_factory=LoggingSection, description="logging")
+    limits: LimitsSection = Field(
+        default_factory=LimitsSection, description="bounds on what the unit's commands accept from files"
+    )
 
 
-def describe_validation_error(error: ValidationError) -> list[str]:
+def describe_validation_error(error: ValidationError, prefix: str = "") -> list[str]:
     """One line per problem: dotted path, the value given, and what was expected."""
     problems = []
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        location = item["loc"]
+        path = prefix + ".".join(str(part) for part in public_location(location)) or "(top level)"
         if item["type"] == "extra_forbidden":
-            problems.append(f"{path}: unknown key{did_you_mean(item['loc'])}")
+            problems.append(f"{path}: unknown key{did_you_mean(location)}")
+            continue
+        if item["type"] == "missing":
+            field = field_at(location)
+            needed = f" ({field.description})" if field is not None and field.description else ""
+            problems.append(f"{path}: required{needed}")
+            continue
+        if item["type"] == "union_tag_invalid" and location == ("capture",):
+            problems.extend(unknown_backend_problems(item.get("input")))
             continue
         given = item.get("input")
         message = item["msg"]
@@ -327,21 +542,85 @@ def describe_validation_error(error: ValidationError) -> list[str]:
     return problems
 
 
+def public_location(location: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """The location as the file spells it: pydantic adds the capture backend's tag after `capture`."""
+    if len(location) > 1 and location[0] == "capture" and location[1] in CAPTURE_BACKENDS:
+        return (location[0], *location[2:])
+    return location
+
+
+def unknown_backend_problems(section: Any) -> list[str]:
+    """An unknown backend stops pydantic at the tag; the keys every backend shares are still checked,
+    so one `config check` lists every problem."""
+    backend = section.get("backend") if isinstance(section, dict) else None
+    problems = [f"capture.backend = {backend!r}: must be one of {', '.join(map(repr, CAPTURE_BACKENDS))}"]
+    if isinstance(section, dict):
+        shared = {key: value for key, value in section.items() if key in CaptureCommon.model_fields}
+        try:
+            CaptureCommon.model_validate(shared)
+        except ValidationError as error:
+            problems.extend(describe_validation_error(error, prefix="capture."))
+    return problems
+
+
+def model_at(location: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model that holds the last part of an error location (the capture variant by its tag)."""
+    model: type[BaseModel] = UnitConfig
+    parts = list(location[:-1])
+    while parts:
+        part = str(parts.pop(0))
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        if model is UnitConfig and part == "capture":
+            tag = str(parts.pop(0)) if parts else ""
+            if tag not in CAPTURE_BACKENDS:
+                return None
+            model = CAPTURE_BACKENDS[tag]
+            continue
+        annotation = field.annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def field_at(location: tuple[int | str, ...]) -> FieldInfo | None:
+    model = model_at(location)
+    return None if model is None or not location else model.model_fields.get(str(location[-1]))
+
+
 def did_you_mean(location: tuple[int | str, ...]) -> str:
     """' (did you mean X?)' for an unknown key close to a known one of its section, else a pointer."""
-    import difflib
-
-    model: type[BaseModel] = UnitConfig
-    for part in location[:-1]:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field is not None else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return " (not part of the config schema)"
-        model = annotation
-    close = difflib.get_close_matches(str(location[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    model = model_at(location)
+    if model is None:
+        return " (not part of the config schema)"
+    key = str(location[-1])
+    close = close_match(key, list(model.model_fields))
     if close:
         return f" (did you mean {close[0]!r}?)"
+    if issubclass(model, CaptureCommon):
+        return capture_key_hint(key, model)
     return f" (known here: {', '.join(model.model_fields)})"
+
+
+def capture_key_hint(key: str, chosen: type[CaptureCommon]) -> str:
+    """A key of another backend (`loop` with a camera) says which backend takes it."""
+    every = {name for variant in CAPTURE_BACKENDS.values() for name in variant.model_fields}
+    close = [key] if key in every else close_match(key, sorted(every))
+    if not close:
+        return f" (known here: {', '.join(chosen.model_fields)})"
+    owners = [tag for tag, variant in CAPTURE_BACKENDS.items() if close[0] in variant.model_fields]
+    takes = " or ".join(f'backend = "{tag}"' for tag in owners)
+    if close[0] == key:
+        return f" (only with {takes})"
+    return f" (did you mean {close[0]!r}?) ({close[0]!r} only with {takes})"
+
+
+def close_match(key: str, names: list[str]) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(key, names, n=1, cutoff=0.6)
 
 
 def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> UnitConfig:

@@ -12,7 +12,8 @@ from numpy.typing import NDArray
 
 from device.cli import main
 from device.config import UnitConfig, load_config
-from device.identity.gallery import EnrolRequest, GalleryStore, SubjectInfo, normalise_templates
+from device.identity.gallery_records import SubjectInfo
+from device.identity.gallery_store import EnrolRequest, GalleryStore, normalise_templates
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from device.models.accelerator import Interpreter
+from device.models.interpreter import Interpreter
 
 
 class ForwardingInterpreter:

@@ -31,6 +31,7 @@ import threading
 import time
 from pathlib import Path
 
+from deploy.broker.bridge import BridgeSettings
 from deploy.broker.pki import Pki, Role
 from deploy.broker.render import BrokerSettings, write_broker_config
 
@@ -68,10 +69,13 @@ class LocalBroker:
         ha_discovery: bool = True,
         port: int | None = None,
         service_user: str | None = None,
+        bridge: BridgeSettings | None = None,
+        central_site: str | None = None,
     ) -> None:
         """service_user: when started as root, Mosquitto drops to this user, who then owns the
         broker's copies of the certificates, the ACL and the data (production layout). Default: the
-        current user, so nothing changes hands."""
+        current user, so nothing changes hands. bridge: a building broker bridged to a central one;
+        central_site: this is the central broker, and every identity but the consumers is a building."""
         self.root = root
         self.service_user = service_user
         self.host = HOST
@@ -82,6 +86,8 @@ class LocalBroker:
         self.prefix = prefix
         self.consumers = consumers
         self.ha_discovery = ha_discovery
+        self.bridge = bridge
+        self.central_site = central_site
         self.pki = Pki(root / "pki")
         if not self.pki.ca_cert_path.exists():
             self.pki.init(ca_name="local broker CA")
@@ -105,6 +111,8 @@ class LocalBroker:
                 log_dest="stderr",
                 run_as_user=self.service_user or getpass.getuser(),
                 owner=self.service_user,
+                bridge=self.bridge,
+                central_site=self.central_site,
             )
         )
 
@@ -130,7 +138,9 @@ class LocalBroker:
         return self.pki.ca_cert_path
 
     def role_of(self, identity: str) -> Role:
-        return "consumer" if identity in self.consumers else "unit"
+        if identity in self.consumers:
+            return "consumer"
+        return "building" if self.central_site is not None else "unit"
 
     def cert_for(self, identity: str) -> tuple[Path, Path]:
         """(cert_file, key_file) for an identity, issued by the broker's CA on first use."""
@@ -140,8 +150,8 @@ class LocalBroker:
             still_valid = any(c.identity == identity and c.revoked_at is None for c in self.pki.issued())
             if not (still_valid and files.cert.exists() and files.key.exists()):
                 files = self.pki.issue_client(identity, role)
-                if role == "unit":
-                    # Units have their own ACL block (render.py): a new unit needs the ACL rendered
+                if role != "consumer":
+                    # Units and buildings have their own ACL block: a new one needs the ACL rendered
                     # again and, when the broker runs, reloaded.
                     self.refresh_config()
                     self.reload()
@@ -216,7 +226,8 @@ class LocalBroker:
         marker = "Reloading config."
         before = self.log_count(marker)
         os.kill(self._process.pid, signal.SIGHUP)
-        deadline = time.monotonic() + 5.0
+        # Generous: on a loaded two-core machine the broker can take seconds to get to the signal.
+        deadline = time.monotonic() + 20.0
         while self.log_count(marker) <= before:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"mosquitto did not log a reload; log:\n{self.log_tail()}")
@@ -303,16 +314,60 @@ def write_tail_script(broker: LocalBroker, unit: str) -> Path:
     return path
 
 
+def _bridge_from_args(args: argparse.Namespace) -> BridgeSettings | None:
+    """--bridge-to HOST:PORT with --building ID and --bridge-pki (the central PKI directory, local use)."""
+    if args.bridge_to is None:
+        return None
+    host, _, port = args.bridge_to.rpartition(":")
+    if not host or not port.isdigit() or args.building is None or args.bridge_pki is None:
+        raise SystemExit("error: --bridge-to HOST:PORT needs --building ID and --bridge-pki DIR")
+    files = Pki(args.bridge_pki).client_files(args.building, "building")
+    return BridgeSettings(
+        building=args.building,
+        central_host=host,
+        central_port=int(port),
+        ca_file=Pki(args.bridge_pki).ca_cert_path.resolve(),
+        cert_file=files.cert.resolve(),
+        key_file=files.key.resolve(),
+        site=args.site,
+        restart_timeout=(1, 5),  # local: the link comes back within seconds of the central broker
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="run a local Mosquitto with the fleet config (foreground)")
     parser.add_argument("--dir", type=Path, required=True, help="PKI, config and data (made once, reused)")
     parser.add_argument("--port", type=int, default=None, help="default: a free port")
     parser.add_argument("--prefix", default="entrance")
     parser.add_argument("--unit", action="append", default=[], help="issue a unit certificate (repeatable)")
+    parser.add_argument(
+        "--consumer", action="append", default=[], help="consumer identity (default backend, tail)"
+    )
+    many = parser.add_argument_group("many buildings (deploy/broker/bridge.py)")
+    many.add_argument("--central", metavar="SITE", default=None, help="be the central broker of SITE")
+    many.add_argument(
+        "--building",
+        action="append",
+        default=[],
+        help="central: issue a building certificate; with --bridge-to: this building's id",
+    )
+    many.add_argument("--bridge-to", metavar="HOST:PORT", default=None, help="bridge to the central broker")
+    many.add_argument("--bridge-pki", type=Path, default=None, help="the central broker's PKI directory")
+    many.add_argument("--site", default="site", help="the central broker's first topic level")
     args = parser.parse_args(argv)
+    if args.bridge_to is not None:
+        args.building = args.building[-1] if args.building else None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    broker = LocalBroker(args.dir, prefix=args.prefix, port=args.port)
-    for identity in [*args.unit, *broker.consumers]:
+    broker = LocalBroker(
+        args.dir,
+        prefix=args.prefix,
+        port=args.port,
+        consumers=tuple(args.consumer) or DEFAULT_CONSUMERS,
+        bridge=_bridge_from_args(args),
+        central_site=args.central,
+    )
+    buildings = args.building if args.central is not None else []
+    for identity in [*args.unit, *buildings, *broker.consumers]:
         cert, key = broker.cert_for(identity)
         print(f"{broker.role_of(identity):9} {identity}: cert {cert} key {key}")
     broker.start()
@@ -320,8 +375,14 @@ def main(argv: list[str] | None = None) -> int:
         block = write_unit_block(broker, unit)
         print(f"\n[mqtt] block for unit {unit} (also in {block}; `device init --mqtt {block}` uses it):")
         print(block.read_text(), end="")
-    tail = write_tail_script(broker, args.unit[0] if len(args.unit) == 1 else "+")
-    print(f"\nevents as a consumer sees them: sh {tail}\n  ({tail.read_text().strip()})")
+    if args.central is None and "tail" in broker.consumers:
+        tail = write_tail_script(broker, args.unit[0] if len(args.unit) == 1 else "+")
+        print(f"\nevents as a consumer sees them: sh {tail}\n  ({tail.read_text().strip()})")
+    if broker.bridge is not None:
+        print(
+            f"bridged to {broker.bridge.central_host}:{broker.bridge.central_port}"
+            f" as {broker.bridge.building}"
+        )
     where = f"{broker.host}:{broker.port} (CA {broker.ca_file}, log {broker.log_file})"
     print(f"mosquitto on {where}; Ctrl-C stops", flush=True)
     stop = threading.Event()

@@ -11,6 +11,7 @@ Layout of a PKI directory (keys 0600, the directory 0700; none of it belongs in 
     broker/broker.crt broker/broker.key
     units/<id>.crt units/<id>.key
     consumers/<name>.crt consumers/<name>.key
+    buildings/<id>.crt buildings/<id>.key    (central CA only: a building broker's bridge)
 
 Usage, from the repository root (see deploy/broker/README.md):
 
@@ -18,6 +19,7 @@ Usage, from the repository root (see deploy/broker/README.md):
     python3 -m deploy.broker.pki --dir PKI broker --host mqtt.example.org --ip 10.0.0.5
     python3 -m deploy.broker.pki --dir PKI unit lobby-1
     python3 -m deploy.broker.pki --dir PKI consumer backend
+    python3 -m deploy.broker.pki --dir PKI building north     # central CA: a building's bridge
     python3 -m deploy.broker.pki --dir PKI revoke lobby-1
     python3 -m deploy.broker.pki --dir PKI crl            # re-sign the CRL before it expires
     python3 -m deploy.broker.pki --dir PKI crl-status     # exit 1 if it expires within 30 days
@@ -42,8 +44,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-Role = Literal["unit", "consumer"]
-ROLES: tuple[Role, ...] = ("unit", "consumer")
+# building: a building broker's bridge to the central broker (deploy/broker/bridge.py), certified by
+# the central CA; its CN is the building id the central ACL confines to its own topic prefix.
+Role = Literal["unit", "consumer", "building"]
+ROLES: tuple[Role, ...] = ("unit", "consumer", "building")
+ROLE_FOLDERS: dict[Role, str] = {"unit": "units", "consumer": "consumers", "building": "buildings"}
 # Same rule as the unit id in device/config.py; consumers follow it too so that no identity can carry
 # MQTT wildcards or a topic separator into the ACL patterns.
 IDENTITY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -153,7 +158,7 @@ class Pki:
         return CertFiles(self.dir / "broker" / "broker.crt", self.dir / "broker" / "broker.key")
 
     def client_files(self, identity: str, role: Role) -> CertFiles:
-        folder = self.dir / ("units" if role == "unit" else "consumers")
+        folder = self.dir / ROLE_FOLDERS[role]
         return CertFiles(folder / f"{identity}.crt", folder / f"{identity}.key")
 
     # CA ----------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ A consumer reads every unit's events, status and health and may write any unit's
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import os
 import shutil
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from deploy.broker.bridge import BridgeSettings, render_bridge, render_central_acl
 from deploy.broker.pki import Pki, PkiError, check_identity
 
 HERE = Path(__file__).resolve().parent
@@ -63,6 +65,10 @@ class BrokerSettings:
     # Who gets the copied certificates, the ACL and the persistence directory (root only). Mosquitto
     # reads its certificates after it dropped to its user, and again on every SIGHUP.
     owner: str | None = None
+    # Many buildings (deploy/broker/bridge.py): a building broker bridged out to the central broker,
+    # or the central broker itself (its ACL confines each building to `<site>/<building>/<prefix>/`).
+    bridge: BridgeSettings | None = None
+    central_site: str | None = None
 
 
 def _check_prefix(prefix: str) -> str:
@@ -153,7 +159,25 @@ def render_config(settings: BrokerSettings) -> str:
         "acl_file": str(out / "acl"),
         "listener": f"{settings.port} {settings.bind_address}".strip(),
     }
-    return Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
+    conf = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
+    bridge = _bridge_copies(settings)
+    return conf + (render_bridge(bridge, settings.prefix) if bridge else "")
+
+
+# The bridge's central CA, certificate and key, copied beside the broker's own (same owner, key 0600).
+BRIDGE_FILES = {"ca_file": "central-ca.crt", "cert_file": "bridge.crt", "key_file": "bridge.key"}
+
+
+def _bridge_copies(settings: BrokerSettings) -> BridgeSettings | None:
+    if settings.bridge is None:
+        return None
+    certs = _cert_dir(settings)
+    return dataclasses.replace(
+        settings.bridge,
+        ca_file=certs / BRIDGE_FILES["ca_file"],
+        cert_file=certs / BRIDGE_FILES["cert_file"],
+        key_file=certs / BRIDGE_FILES["key_file"],
+    )
 
 
 def _copy(source: Path, target: Path, mode: int) -> None:
@@ -172,6 +196,22 @@ def unit_identities(pki_dir: Path) -> tuple[str, ...]:
     return tuple(sorted(live))
 
 
+def building_identities(pki_dir: Path) -> tuple[str, ...]:
+    """Every building (bridge) certificate that is not revoked, from the central PKI's index."""
+    issued = Pki(pki_dir).issued()
+    return tuple(sorted({c.identity for c in issued if c.role == "building" and c.revoked_at is None}))
+
+
+def settings_acl(settings: BrokerSettings) -> str:
+    """The ACL these settings ask for: a building broker's (units, consumers) or the central one's."""
+    pki = settings.pki_dir.resolve()
+    if settings.central_site is not None:
+        return render_central_acl(
+            building_identities(pki), settings.consumers, settings.prefix, settings.central_site
+        )
+    return render_acl(settings.prefix, settings.consumers, settings.ha_discovery, unit_identities(pki))
+
+
 def write_broker_config(settings: BrokerSettings) -> Path:
     """Writes <out>/mosquitto.conf, <out>/acl and <out>/certs/ (CA and broker certificate, broker key
     0600, CRL), creates the persistence directory and hands all of it to `owner`; returns the conf.
@@ -182,11 +222,15 @@ def write_broker_config(settings: BrokerSettings) -> Path:
     if missing:
         raise RenderError(f"PKI files missing (run pki.py init and pki.py broker): {', '.join(missing)}")
     conf = render_config(settings)
-    acl = render_acl(settings.prefix, settings.consumers, settings.ha_discovery, unit_identities(pki))
+    acl = settings_acl(settings)
     certs = _cert_dir(settings)
     certs.mkdir(parents=True, exist_ok=True, mode=0o750)
     for name, (_source, copy_name) in BROKER_FILES.items():
         _copy(sources[name], certs / copy_name, 0o600 if name == "key_file" else 0o644)
+    if settings.bridge is not None:
+        for name, copy_name in BRIDGE_FILES.items():
+            source = Path(getattr(settings.bridge, name))
+            _copy(source, certs / copy_name, 0o600 if name == "key_file" else 0o644)
     persistence = settings.persistence_dir or settings.out_dir / "data"
     persistence.mkdir(parents=True, exist_ok=True, mode=0o750)
     (settings.out_dir / "acl").write_text(acl, encoding="utf-8")
@@ -196,6 +240,26 @@ def write_broker_config(settings: BrokerSettings) -> Path:
         for path in [certs, *certs.iterdir(), persistence, settings.out_dir / "acl"]:
             shutil.chown(path, user=settings.owner, group=settings.owner)
     return conf_path
+
+
+def _bridge_from_args(args: argparse.Namespace) -> BridgeSettings | None:
+    if args.bridge_to is None:
+        return None
+    host, _, port = args.bridge_to.rpartition(":")
+    files = (args.bridge_ca, args.bridge_cert, args.bridge_key)
+    if not host or not port.isdigit() or args.building is None or None in files:
+        raise RenderError(
+            "--bridge-to HOST:PORT needs --building, --bridge-ca, --bridge-cert and --bridge-key"
+        )
+    return BridgeSettings(
+        building=args.building,
+        central_host=host,
+        central_port=int(port),
+        ca_file=args.bridge_ca.resolve(),
+        cert_file=args.bridge_cert.resolve(),
+        key_file=args.bridge_key.resolve(),
+        site=args.site,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,7 +276,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", default=None, help="user Mosquitto drops to when started as root")
     parser.add_argument("--owner", default=None, help="chown certs, ACL and data to this user (mosquitto)")
     parser.add_argument("--as-me", action="store_true", help="run as the current user (local testing)")
+    many = parser.add_argument_group("many buildings (deploy/broker/bridge.py)")
+    many.add_argument("--central", metavar="SITE", default=None, help="render the central broker's ACL")
+    many.add_argument("--bridge-to", metavar="HOST:PORT", default=None, help="bridge to the central broker")
+    many.add_argument("--building", default=None, help="this building's id (its bridge certificate's CN)")
+    many.add_argument("--site", default="site", help="the central broker's first topic level")
+    many.add_argument("--bridge-ca", type=Path, help="the central broker's CA certificate")
+    many.add_argument("--bridge-cert", type=Path, help="the building's certificate from the central CA")
+    many.add_argument("--bridge-key", type=Path, help="its private key")
     args = parser.parse_args(argv)
+    try:
+        bridge = _bridge_from_args(args)
+    except RenderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     settings = BrokerSettings(
         pki_dir=args.pki,
         out_dir=args.out,
@@ -225,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         log_dest=args.log_dest,
         run_as_user=getpass.getuser() if args.as_me else args.user,
         owner=args.owner,
+        bridge=bridge,
+        central_site=args.central,
     )
     try:
         conf = write_broker_config(settings)

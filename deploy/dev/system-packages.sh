@@ -4,7 +4,9 @@
 set -euo pipefail
 
 # strace: the "unknown faces leave no trace" test records the unit's file writes with it.
-wanted=(mosquitto npm strace)
+# postgresql: the archive's PostgreSQL tests start their own server (initdb, pg_ctl) in a temp folder;
+# the Debian package's own cluster is not used.
+wanted=(mosquitto npm strace postgresql)
 # A fresh Debian has python3 without venv/ensurepip; a pyenv or other Python that has them needs nothing.
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   wanted+=(python3-venv)
@@ -16,6 +18,7 @@ for package in "${wanted[@]}"; do
     mosquitto) command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=("$package") ;;
     npm) command -v npm >/dev/null 2>&1 || missing+=("$package") ;;
     strace) command -v strace >/dev/null 2>&1 || missing+=("$package") ;;
+    postgresql) compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=("$package") ;;
     *) dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package") ;;
   esac
 done

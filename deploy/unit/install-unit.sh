@@ -207,7 +207,7 @@ check where it came from, then record it there or pass --trust-coral-files"
   check_sha "$wheel" "$wheel_sha"
   run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$deb"
   run "$VENV/bin/python" -m pip install --quiet --no-deps "$wheel"
-  # device/models/accelerator.py prefers ai_edge_litert; libedgetpu was built against the tflite_runtime above,
+  # device/models/interpreter.py prefers ai_edge_litert; libedgetpu was built against the tflite_runtime above,
   # so the other interpreter must not be importable.
   run "$VENV/bin/python" -m pip uninstall --quiet -y ai-edge-litert
 elif [ "$CORAL" != none ]; then

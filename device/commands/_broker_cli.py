@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from device.config import UnitConfig
-from device.consumers.consumer import ConsumerSettings, EventConsumer
+from device.consumers.consumer import ConsumerSettings, EventConsumer, check_share_group
 
 
 def add_broker_options(
@@ -25,6 +25,26 @@ def add_broker_options(
     parser.add_argument("--cert", type=Path, required=required, help=cert_help)
     parser.add_argument("--key", type=Path, required=required, help=key_help)
     parser.add_argument("--prefix", help="topic prefix (default: mqtt.topic_prefix)")
+
+
+def add_share_option(parser: argparse.ArgumentParser) -> None:
+    """--share GROUP: an MQTT v5 shared subscription, so instances of one consumer split the events."""
+    parser.add_argument(
+        "--share",
+        metavar="GROUP",
+        type=_share_group,
+        default="",
+        help="join shared-subscription group GROUP ($share/GROUP/...): each event goes to one member",
+    )
+
+
+def _share_group(text: str) -> str:
+    if not text:
+        return text  # argparse passes the default ("": no group) through the type too
+    try:
+        return check_share_group(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def broker_ca_file(args: argparse.Namespace, config: UnitConfig) -> Path | None:

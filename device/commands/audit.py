@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.commands._gallery_cli import reports_gallery_errors
 from device.config import UnitConfig
 from device.identity.audit import AuditLog, VerifyResult
-from device.identity.gallery import GalleryStore, GalleryUnreadableError, audit_head_path, audit_log_path
-from device.identity.keyring import keyring_path
+from device.identity.gallery_records import GalleryUnreadableError
+from device.identity.gallery_store import GalleryStore
 from device.identity.masterkey import load_master_key
+from device.layout import StateLayout
 
 GALLERY_EVENTS = frozenset({"enrol", "forget", "purge"})
 
@@ -31,9 +31,9 @@ def register(commands: CommandRegistry) -> None:
 
 def verify_with_gallery(config: UnitConfig) -> VerifyResult:
     master_key = load_master_key(config.gallery.master_key_path, config.gallery.key_source)
-    log = AuditLog(audit_log_path(config), master_key, head_path=audit_head_path(config))
-    keys = keyring_path(config.gallery.master_key_path)
-    store = GalleryStore(config.gallery.path, master_key, log, keyring_file=keys)
+    layout = StateLayout.from_config(config)
+    log = AuditLog.of_unit(layout, master_key)
+    store = GalleryStore(layout.gallery, master_key, log, keyring_file=layout.keyring)
     try:
         contents = store.load()
     except GalleryUnreadableError as error:
@@ -54,7 +54,6 @@ def verify_with_gallery(config: UnitConfig) -> VerifyResult:
     return result
 
 
-@reports_gallery_errors
 def verify_audit(args: argparse.Namespace) -> int:
     config = config_from_args(args, required=True)
     result = verify_with_gallery(config)
@@ -68,12 +67,11 @@ def verify_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@reports_gallery_errors
 def export_audit(args: argparse.Namespace) -> int:
     config = config_from_args(args, required=True)
     result = verify_with_gallery(config)
     master_key = load_master_key(config.gallery.master_key_path, config.gallery.key_source)
-    log = AuditLog(audit_log_path(config), master_key, head_path=audit_head_path(config))
+    log = AuditLog.of_unit(StateLayout.from_config(config), master_key)
     text = "".join(line + "\n" for line in log.raw_lines())
     if args.out is None:
         sys.stdout.write(text)

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from device.cli import EXIT_OK, CommandRegistry, config_from_args
-from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
-from device.identity.gallery import GalleryStore
+from device.commands._gallery_cli import add_operator_option, default_operator
+from device.identity.gallery_store import GalleryStore
 
 
 def register(commands: CommandRegistry) -> None:
@@ -28,7 +28,6 @@ def register(commands: CommandRegistry) -> None:
     add_operator_option(restore)
 
 
-@reports_gallery_errors
 def make_backup(args: argparse.Namespace) -> int:
     store = GalleryStore.from_config(config_from_args(args))
     info = store.backup(args.out, args.operator or default_operator())
@@ -39,7 +38,6 @@ def make_backup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@reports_gallery_errors
 def restore_backup(args: argparse.Namespace) -> int:
     store = GalleryStore.from_config(config_from_args(args))
     restored = store.restore(

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
+from device.cli import EXIT_OK, CommandRegistry, config_from_args
 from device.commands.init import shipped_models_dir
 from device.lab.bench import run_benchmark, write_results
-from device.runtime.service import StartupError, open_stages
+from device.runtime.service import open_stages
 from device.timing import LatencyRecorder
 
 
@@ -37,9 +36,6 @@ def bench_command(args: argparse.Namespace) -> int:
         results = run_benchmark(
             config, stages, latencies, work_dir, repeats=max(1, args.repeats), idle_seconds=args.idle_seconds
         )
-    except StartupError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     print(write_results(results, args.out))

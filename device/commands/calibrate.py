@@ -21,19 +21,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.commands._gallery_cli import reports_gallery_errors
 from device.config import UnitConfig
 from device.evaluation.fixtures import FixtureError
 from device.identity.calibrate import (
     Calibration,
-    CalibrationError,
     calibrate,
     collect_scores,
     draw_plot,
     format_table,
 )
 from device.identity.enrol import Analyze, FaceLike
-from device.identity.gallery import GalleryStore
+from device.identity.gallery_store import GalleryStore
 from device.types import RgbImage
 from device.vision.quality import assess
 
@@ -102,7 +100,6 @@ def stranger_embeddings(
     return np.stack(rows)
 
 
-@reports_gallery_errors
 def run_calibration(args: argparse.Namespace) -> int:
     config = config_from_args(args, required=True)
     store = GalleryStore.from_config(config)
@@ -112,7 +109,7 @@ def run_calibration(args: argparse.Namespace) -> int:
         for subject in dict.fromkeys(subject_ids)
     }
 
-    from device.vision.faces import FaceAnalyzer, ImageError
+    from device.vision.faces import FaceAnalyzer
 
     analyzer = FaceAnalyzer.from_config(config)
     try:
@@ -122,9 +119,6 @@ def run_calibration(args: argparse.Namespace) -> int:
         calibration = calibrate(collect_scores(by_subject, strangers), args.target_far)
         if args.plot is not None:
             draw_plot(calibration, config.matching.threshold, args.plot)
-    except (CalibrationError, ImageError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
     except FixtureError as error:
         print(
             f"error: the default stranger pictures are not available ({error}); "

@@ -10,9 +10,10 @@ import argparse
 import sys
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.commands._gallery_cli import reports_gallery_errors
 from device.identity.claims import ClaimDrop
-from device.identity.gallery import GalleryStore, claims_directory, utc_now
+from device.identity.gallery_records import utc_now
+from device.identity.gallery_store import GalleryStore
+from device.layout import StateLayout
 
 
 def register(commands: CommandRegistry) -> None:
@@ -22,7 +23,6 @@ def register(commands: CommandRegistry) -> None:
     parser.add_argument("subject_id", metavar="SUBJECT_ID")
 
 
-@reports_gallery_errors
 def claim_subject(args: argparse.Namespace) -> int:
     config = config_from_args(args, required=True)
     store = GalleryStore.from_config(config)
@@ -30,7 +30,7 @@ def claim_subject(args: argparse.Namespace) -> int:
     if info.is_expired(utc_now().date()):
         print(f"error: the enrolment of {info.subject_id} expired on {info.expires}", file=sys.stderr)
         return EXIT_FAILURE
-    drop = ClaimDrop(claims_directory(config), config.matching.claim_window_s)
+    drop = ClaimDrop(StateLayout.from_config(config).claims, config.matching.claim_window_s)
     path = drop.submit(info.subject_id)
     print(
         f"claim for {info.subject_id} handed to the unit ({path.name}); it applies to the next decision "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
 from device.commands._broker_cli import add_broker_options, consumer_settings, required_ca_file
-from device.consumers.commander import CommandSendError, send_command
+from device.consumers.commander import send_command
 from device.events.payloads import COMMANDS, MAX_COMMAND_LIFETIME_S, PayloadError
 from device.events.signing import COMMANDERS, EventKey, register_key, signed_command
 
@@ -50,7 +50,7 @@ def commander_key(args: argparse.Namespace) -> int:
         key = EventKey.load_or_create(args.signing_key, COMMANDER_KEY)
         if args.register is not None:
             register_key(args.register, args.name, key.public_text, COMMANDERS)
-    except (PayloadError, OSError) as error:
+    except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
     print(json.dumps({"commander": args.name, "public_key": key.public_text}))
@@ -75,7 +75,7 @@ def send_signed(args: argparse.Namespace) -> int:
         key = EventKey.load_or_create(args.signing_key, COMMANDER_KEY)
         payload = signed_command(key, args.name, args.command, subject_id=args.subject_id, ttl_s=args.ttl)
         sent = send_command(settings, args.unit, args.command, payload)
-    except (PayloadError, CommandSendError, OSError, ValueError) as error:
+    except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
     request_id = json.loads(payload)["request_id"]

@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
+from device.errors import UserError
 from device.identity.verification import LabelledPair, verification_summary
-from device.runtime.service import StartupError, open_stages
+from device.runtime.service import open_stages
 from device.types import Vector
 from device.vision.faces import FaceAnalyzer, ImageError, load_image_rgb
 
@@ -52,8 +53,10 @@ def register(commands: CommandRegistry) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
-class PairsFileError(Exception):
-    pass
+class PairsFileError(UserError):
+    """The pairs file cannot be read as pairs: a usage problem."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -175,16 +178,8 @@ def compare_command(args: argparse.Namespace) -> int:
         print(USAGE, file=sys.stderr)
         return EXIT_USAGE
     config = config_from_args(args)
-    try:
-        pairs = read_pairs(args.pairs) if args.pairs is not None else command_line_pair(args.images)
-    except PairsFileError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        analyzer = FaceAnalyzer.from_stages(open_stages(config))
-    except StartupError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    pairs = read_pairs(args.pairs) if args.pairs is not None else command_line_pair(args.images)
+    analyzer = FaceAnalyzer.from_stages(open_stages(config))
     base_dir = args.pairs.resolve().parent if args.pairs is not None else None
     cache = EmbeddingCache(analyzer, base_dir, config.limits.max_image_pixels)
     formatter = format_json if args.json else format_text

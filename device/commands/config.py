@@ -6,7 +6,7 @@ import argparse
 import json
 
 from device.cli import EXIT_OK, CommandRegistry, config_from_args
-from device.config_docs import described_schema
+from device.config import config_json_schema
 
 
 def register(commands: CommandRegistry) -> None:
@@ -31,5 +31,5 @@ def check_config(args: argparse.Namespace) -> int:
 
 
 def print_schema(_: argparse.Namespace) -> int:
-    print(json.dumps(described_schema(), indent=2, sort_keys=True))
+    print(json.dumps(config_json_schema(), indent=2, sort_keys=True))
     return EXIT_OK

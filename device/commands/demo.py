@@ -21,11 +21,15 @@ from typing import Any
 
 from device import cli
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry
-from device.evaluation.fixtures import FixtureError
 from device.events.publish import Publisher, StdoutPublisher
-from device.identity.gallery import GalleryError
 from device.lab.demo import DemoError, add_demo_arguments, describe, outcome_problems, prepare
-from device.runtime.service import StartupError, build_runner, make_publisher, open_stages, stop_on_signals
+from device.runtime.service import (
+    UnitParts,
+    build_runner,
+    make_publisher,
+    open_stages,
+    stop_on_signals,
+)
 from device.timing import LatencyRecorder
 from device.types import Decision
 
@@ -57,9 +61,6 @@ def demo_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         return run_demo(directory, fast=args.fast, broker=not args.no_broker)
-    except (DemoError, StartupError, GalleryError, FixtureError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
     finally:
         if args.dir is None and not args.keep:
             shutil.rmtree(directory, ignore_errors=True)
@@ -163,8 +164,9 @@ def run_demo(directory: Path, *, fast: bool, broker: bool) -> int:
         if dev_broker is not None:
             subscriber = Subscriber(dev_broker.tail_args())
             subscriber.wait_ready(SUBSCRIBER_READY_S)
-        publisher = make_publisher(config) if dev_broker is not None else StdoutPublisher()
-        decisions = run_clip(config, stages, latencies, publisher, resident)
+        parts = UnitParts.for_unit(config, stages)
+        publisher = make_publisher(config, parts) if dev_broker is not None else StdoutPublisher()
+        decisions = run_clip(config, stages, latencies, publisher, parts, resident)
         delivered = None
         if subscriber is not None:
             delivered = subscriber.wait_for(len(decisions), DELIVERY_WAIT_S)
@@ -185,7 +187,12 @@ def run_demo(directory: Path, *, fast: bool, broker: bool) -> int:
 
 
 def run_clip(
-    config: Any, stages: Any, latencies: LatencyRecorder, publisher: Publisher, resident: str
+    config: Any,
+    stages: Any,
+    latencies: LatencyRecorder,
+    publisher: Publisher,
+    parts: UnitParts,
+    resident: str,
 ) -> list[Decision]:
     decisions: list[Decision] = []
     started = time.monotonic()
@@ -201,6 +208,7 @@ def run_clip(
         stages=stages,
         publisher=publisher,
         stop_event=stop_event,
+        parts=parts,
         latencies=latencies,
         on_decision=show,
     )

@@ -12,10 +12,9 @@ import numpy as np
 
 from device.atomicio import PRIVATE_FILE_MODE, write_atomically
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.models.accelerator import AcceleratorError, open_model
-from device.models.manifest import ModelFileError
+from device.models.accelerator import open_model
 from device.vision.detect import FaceDetector, annotate
-from device.vision.faces import ImageError, load_image_rgb
+from device.vision.faces import load_image_rgb
 
 
 def register(commands: CommandRegistry) -> None:
@@ -27,16 +26,8 @@ def register(commands: CommandRegistry) -> None:
 
 def detect_faces(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    try:
-        image = load_image_rgb(args.image, config.limits.max_image_pixels)
-    except ImageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    try:
-        model = open_model(config.models, config.models.detector, state_dir=config.unit.state_dir)
-    except (ModelFileError, AcceleratorError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
+    image = load_image_rgb(args.image, config.limits.max_image_pixels)
+    model = open_model(config.models, config.models.detector, state_dir=config.unit.state_dir)
     faces = FaceDetector(model, config.detection).detect(image)
     for face in faces:
         record = {

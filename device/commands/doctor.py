@@ -25,9 +25,7 @@ def doctor_command(args: argparse.Namespace) -> int:
     config = config_from_args(args, required=True)
     path: Path = args.config
     origin = getattr(args, "config_origin", "--config")
-    checks = run_checks(
-        config, config_label=f"{path} (from {origin}), unit {config.unit.id}", base_dir=path.resolve().parent
-    )
+    checks = run_checks(config, config_label=f"{path} (from {origin}), unit {config.unit.id}")
     for check in checks:
         print(check.render())
     failed = [check for check in checks if not check.ok]

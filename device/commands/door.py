@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
 from device.commands._broker_cli import (
     add_broker_options,
+    add_share_option,
     consumer_settings,
     listen,
     print_cannot_connect,
@@ -37,6 +38,7 @@ def register(commands: CommandRegistry) -> None:
     parser.add_argument("--keys", type=Path, required=True, help="unit key registry (fleet playbook)")
     parser.add_argument("--audit", type=Path, default=Path("door-audit.jsonl"), help="the door's audit file")
     add_broker_options(parser, cert_help="consumer certificate", key_help="consumer private key")
+    add_share_option(parser)
     parser.add_argument("--max-age", type=float, default=60.0, help="refuse events older than this (s)")
     parser.add_argument("--timeout", type=float, default=0.0, help="exit after this many seconds (0: never)")
 
@@ -55,7 +57,7 @@ def run_door(args: argparse.Namespace, *, pin_factory: object = None) -> int:
     audit = DoorAudit(args.audit)
     verifier.remember(audit.last_seqs())
     door = Door(policy, gpio_relay(args.relay_gpio, pin_factory), audit)
-    settings = consumer_settings(args, config, ca_file, unit=args.unit)
+    settings = consumer_settings(args, config, ca_file, unit=args.unit, share_group=args.share)
     stop = threading.Event()
     try:
         consumer = EventConsumer(

@@ -19,7 +19,7 @@ from datetime import date
 from pathlib import Path
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
+from device.commands._gallery_cli import add_operator_option, default_operator
 from device.config import UnitConfig
 from device.identity.audit import Scalar
 from device.identity.enrol import (
@@ -31,9 +31,11 @@ from device.identity.enrol import (
     plan_enrolment,
     unreadable,
 )
-from device.identity.gallery import EnrolRequest, GalleryStore, check_expiry, utc_now
+from device.identity.gallery_records import utc_now
+from device.identity.gallery_store import EnrolRequest, GalleryStore, check_expiry
 from device.progress import ProgressBar
-from device.vision.capture import CameraError, EndOfStream, FrameSource, open_source
+from device.vision.capture import open_source
+from device.vision.capture.source import CameraError, EndOfStream, FrameSource
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,6 @@ def register(commands: CommandRegistry) -> None:
     add_operator_option(parser)
 
 
-@reports_gallery_errors
 def enroll(args: argparse.Namespace) -> int:
     consent: str = (args.consent_ref or "").strip()
     if not consent:
@@ -110,10 +111,7 @@ def enroll(args: argparse.Namespace) -> int:
         verdicts = judge_pictures(args.images, analyzer.analyze, config)
     else:
         gap = args.frame_gap or max(1, round(config.capture.fps * DEFAULT_FRAME_GAP_S))
-        config_path: Path | None = getattr(args, "config", None)
-        # a relative file source means "relative to the config file", as for `device run`
-        base_dir = config_path.resolve().parent if config_path is not None else None
-        camera = open_source(config.capture, base_dir=base_dir)
+        camera = open_source(config.capture)
         verdicts = judge_camera_frames(
             camera, analyzer.analyze, config, wanted=args.from_camera, frame_gap=gap
         )

@@ -18,15 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
+from device.commands._archive_cli import register_archive
 from device.commands._broker_cli import (
     add_broker_options,
+    add_share_option,
     consumer_settings,
     listen,
     print_cannot_connect,
     required_ca_file,
 )
 from device.consumers.consumer import EventConsumer
-from device.events.mqtt_publisher import event_key_path
 from device.events.payloads import PayloadError
 from device.events.signing import (
     DEFAULT_MAX_AGE_S,
@@ -35,6 +36,7 @@ from device.events.signing import (
     load_registry,
     register_key,
 )
+from device.layout import StateLayout
 
 
 def register(commands: CommandRegistry) -> None:
@@ -42,6 +44,7 @@ def register(commands: CommandRegistry) -> None:
     parser = group.add("tail", tail_events, "print validated, deduplicated events as they arrive")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     add_broker_options(parser, cert_help="consumer certificate", key_help="consumer private key")
+    add_share_option(parser)
     parser.add_argument("--unit", default="+", help="one unit id, or + for all units (default)")
     parser.add_argument("--count", type=int, default=0, help="exit after this many events (0: never)")
     parser.add_argument("--timeout", type=float, default=0.0, help="exit after this many seconds (0: never)")
@@ -55,6 +58,7 @@ def register(commands: CommandRegistry) -> None:
     parser.add_argument(
         "--max-age", type=float, default=DEFAULT_MAX_AGE_S, help="refuse events older than this (seconds)"
     )
+    register_archive(group)
     key = group.add("key", print_event_key, "print this unit's public event key (made on first use)")
     key.add_argument(
         "--register",
@@ -68,14 +72,14 @@ def register(commands: CommandRegistry) -> None:
 def print_event_key(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     try:
-        key = EventKey.load_or_create(event_key_path(config))
-    except (PayloadError, OSError) as error:
+        key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
+    except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
     if args.register is not None:
         try:
             register_key(args.register, config.unit.id, key.public_text)
-        except (PayloadError, OSError) as error:
+        except OSError as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_FAILURE
     print(json.dumps({"unit": config.unit.id, "public_key": key.public_text}))
@@ -98,7 +102,13 @@ def tail_events(args: argparse.Namespace) -> int:
     if ca_file is None:
         return EXIT_USAGE
     settings = consumer_settings(
-        args, config, ca_file, unit=args.unit, client_id=args.client_id, session_expiry_s=args.session_expiry
+        args,
+        config,
+        ca_file,
+        unit=args.unit,
+        client_id=args.client_id,
+        session_expiry_s=args.session_expiry,
+        share_group=args.share,
     )
     try:
         # A registry that does not exist yet is empty: units are checked once they are registered in it.

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.commands._gallery_cli import reports_gallery_errors
-from device.identity.gallery import GalleryStore
+from device.identity.gallery_store import GalleryStore
 from device.identity.identify import identify_faces
 from device.identity.match import TemplateIndex
 
@@ -26,7 +25,6 @@ def register(commands: CommandRegistry) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON document instead of text")
 
 
-@reports_gallery_errors
 def identify(args: argparse.Namespace) -> int:
     config = config_from_args(args, required=True)
     store = GalleryStore.from_config(config)
@@ -34,15 +32,11 @@ def identify(args: argparse.Namespace) -> int:
     templates, subject_ids = store.active_templates()
     index = TemplateIndex(templates, subject_ids)
 
-    from device.runtime.service import StartupError, open_liveness_stage
+    from device.runtime.service import open_liveness_stage
     from device.vision.faces import FaceAnalyzer, ImageError, load_image_rgb
 
     analyzer = FaceAnalyzer.from_config(config)
-    try:
-        pad = open_liveness_stage(config)
-    except StartupError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
+    pad = open_liveness_stage(config)
     reports: list[dict[str, Any]] = []
     failed = False
     for path in args.images:

@@ -23,12 +23,12 @@ from pathlib import Path
 
 from device.atomicio import PRIVATE_DIR_MODE, create_exclusively, ensure_private_directory
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry
-from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
+from device.commands._gallery_cli import add_operator_option, default_operator
 from device.config import UNIT_ID_PATTERN, UNIT_ID_RULE, load_config
 from device.identity.audit import AuditLog, record_config_change
-from device.identity.gallery import audit_head_path, audit_log_path, config_digest, initialise_keyring
-from device.identity.keyring import keyring_path
+from device.identity.gallery_store import config_digest, initialise_keyring
 from device.identity.masterkey import MasterKeyError, generate_master_key
+from device.layout import StateLayout
 
 UNIT_DIR_MODE = 0o750
 CONFIG_MODE = 0o640
@@ -144,7 +144,6 @@ def _toml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-@reports_gallery_errors
 def initialise_unit(args: argparse.Namespace) -> int:
     unit_dir: Path = args.dir
     if not re.match(UNIT_ID_PATTERN, args.unit_id):
@@ -180,13 +179,14 @@ def initialise_unit(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
     config = load_config(config_path)
-    audit = AuditLog(audit_log_path(config), master_key, head_path=audit_head_path(config))
+    layout = StateLayout.from_config(config)
+    audit = AuditLog.of_unit(layout, master_key)
     operator = args.operator or default_operator()
     audit.append("init", operator, {"unit": config.unit.id})
     audit.append("key_generated", operator, {"key_id": master_key.key_id})
     record_config_change(audit, config_digest(config), operator)
     # Generation 0 on record: from now on a missing keyring or gallery is an alarm, not a fresh unit.
-    initialise_keyring(keyring_path(config.gallery.master_key_path), master_key)
+    initialise_keyring(layout.keyring, master_key)
 
     print(f"unit directory {unit_dir} (mode {UNIT_DIR_MODE:04o})")
     print(f"master key {key_path} (mode 0600, key id {master_key.key_id}); keep it on the unit only")

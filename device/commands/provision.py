@@ -16,15 +16,10 @@ import numpy as np
 
 from device.atomicio import create_exclusively, ensure_private_directory
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
+from device.commands._gallery_cli import add_operator_option, default_operator
 from device.config import UnitConfig
-from device.identity.gallery import (
-    EnrolRequest,
-    GalleryError,
-    GalleryStore,
-    check_expiry,
-    normalise_templates,
-)
+from device.identity.gallery_records import GalleryError
+from device.identity.gallery_store import EnrolRequest, GalleryStore, check_expiry, normalise_templates
 from device.identity.sealed import (
     SIGNER_FILE_NAME,
     EnrolledSet,
@@ -42,8 +37,7 @@ from device.identity.sealed import (
     seal,
     signer_key_id,
 )
-
-PROVISIONED_DIR = "provisioned"
+from device.layout import StateLayout
 
 
 def register(commands: CommandRegistry) -> None:
@@ -99,7 +93,7 @@ def make_key(args: argparse.Namespace) -> int:
     try:
         ensure_private_directory(path.parent)
         public = generate_provision_key(path)
-    except (SealedError, OSError) as error:
+    except OSError as error:
         return _fail(str(error))
     print(f"provisioning key {path} (mode 0600, key id {key_id(public)})")
     print(public_key_path(path))
@@ -115,7 +109,7 @@ def seal_set(args: argparse.Namespace) -> int:
         create_exclusively(args.out, sealed)
     except FileExistsError:
         return _fail(f"{args.out} already exists")
-    except (SealedError, OSError) as error:
+    except OSError as error:
         return _fail(str(error))
     print(
         f"sealed {len(enrolled.subjects)} subjects for unit {args.unit} (key {key_id(recipient)}): {args.out}"
@@ -130,7 +124,7 @@ def pinned_signer_path(config: UnitConfig) -> Path:
 def make_signer_key(args: argparse.Namespace) -> int:
     try:
         public = generate_signer_key(args.out)
-    except (SealedError, OSError) as error:
+    except OSError as error:
         return _fail(str(error))
     print(
         f"enrolment-signing key {args.out} (mode 0600, id {signer_key_id(public)}); keep it on the controller"
@@ -153,7 +147,7 @@ def trust_signer(args: argparse.Namespace) -> int:
                 f"{pinned} already pins another enrolment signer; a pinned key is never replaced here"
             )
         create_exclusively(pinned, args.public_key.read_bytes(), mode=0o644)
-    except (SealedError, OSError) as error:
+    except OSError as error:
         return _fail(str(error))
     print(f"trusting enrolment signer {signer_key_id(public)} ({pinned})")
     return EXIT_OK
@@ -200,7 +194,6 @@ def check_sealed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@reports_gallery_errors
 def import_sealed(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     try:
@@ -208,7 +201,7 @@ def import_sealed(args: argparse.Namespace) -> int:
     except SealedError as error:
         return _fail(str(error))
     # One marker per bundle makes a re-run of the playbook a no-op instead of a second enrolment.
-    markers = config.unit.state_dir / PROVISIONED_DIR
+    markers = StateLayout.from_config(config).provisioned
     marker = markers / bundle
     if marker.exists():
         print(f"already imported: bundle {bundle}")

@@ -14,12 +14,11 @@ import argparse
 import logging
 import sys
 import threading
-from pathlib import Path
 
-from device.cli import EXIT_USAGE, CommandRegistry, config_from_args
+from device.cli import CommandRegistry, config_from_args
 from device.config import UnitConfig
 from device.runtime.service import (
-    StartupError,
+    UnitParts,
     build_runner,
     check_source,
     make_publisher,
@@ -38,27 +37,22 @@ def run_command(args: argparse.Namespace) -> int:
     config = config_from_args(args, required=True)
     if getattr(args, "log_level", None) is None:
         logging.getLogger().setLevel(config.logging.level)
-    config_path: Path | None = getattr(args, "config", None)
-    base_dir = config_path.resolve().parent if config_path is not None else None
     stop_event = threading.Event()
     latencies = LatencyRecorder()
     decided: list[Decision] = []
-    try:
-        check_source(config, base_dir)
-        stages = open_stages(config, latencies)
-        publisher = make_publisher(config)
-        runner = build_runner(
-            config,
-            stages=stages,
-            publisher=publisher,
-            stop_event=stop_event,
-            latencies=latencies,
-            base_dir=base_dir,
-            on_decision=decided.append,
-        )
-    except StartupError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    check_source(config)
+    stages = open_stages(config, latencies)
+    parts = UnitParts.for_unit(config, stages)
+    publisher = make_publisher(config, parts)
+    runner = build_runner(
+        config,
+        stages=stages,
+        publisher=publisher,
+        stop_event=stop_event,
+        parts=parts,
+        latencies=latencies,
+        on_decision=decided.append,
+    )
     stop_on_signals(stop_event)
     try:
         code = runner.run()

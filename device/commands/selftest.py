@@ -13,7 +13,7 @@ import json
 import sys
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.models.accelerator import AcceleratorError
+from device.models.interpreter import AcceleratorError
 from device.models.manifest import ModelFileError
 from device.runtime.selftest import DEFAULT_TOLERANCE, ModelResult, check_model
 

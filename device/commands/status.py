@@ -28,6 +28,7 @@ from device.commands._broker_cli import (
 from device.config import UnitConfig
 from device.consumers.status_reader import read_retained
 from device.events.outbox import Outbox, OutboxEntry, OutboxError
+from device.layout import StateLayout
 
 T = TypeVar("T")
 
@@ -181,7 +182,6 @@ def show_outbox(args: argparse.Namespace) -> int:
 
 def drop_from_outbox(args: argparse.Namespace) -> int:
     from device.identity.audit import AuditLog
-    from device.identity.gallery import audit_log_path
     from device.identity.masterkey import MasterKeyError, load_master_key
 
     config = config_from_args(args, required=True)
@@ -200,7 +200,8 @@ def drop_from_outbox(args: argparse.Namespace) -> int:
         outbox.close()
         return EXIT_FAILURE
     try:
-        audit = AuditLog(audit_log_path(config), load_master_key(config.gallery.master_key_path))
+        master_key = load_master_key(config.gallery.master_key_path, config.gallery.key_source)
+        audit = AuditLog.of_unit(StateLayout.from_config(config), master_key)
     except MasterKeyError as error:
         print(f"error: the drop cannot be audited: {error}; nothing was dropped", file=sys.stderr)
         outbox.close()

@@ -12,9 +12,16 @@ import sys
 from datetime import date
 from typing import Any
 
-from device.cli import EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
-from device.commands._gallery_cli import add_operator_option, default_operator, reports_gallery_errors
-from device.identity.gallery import GalleryStore, SubjectInfo, utc_now
+from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
+from device.commands._gallery_cli import add_operator_option, default_operator
+from device.config import UnitConfig
+from device.events.forgotten import ForgetReason, announce_forgotten
+from device.events.outbox import Outbox, OutboxError
+from device.events.payloads import PayloadError, Topics
+from device.events.signing import EventKey
+from device.identity.gallery_records import SubjectInfo, utc_now
+from device.identity.gallery_store import GalleryStore
+from device.layout import StateLayout
 
 
 def register(commands: CommandRegistry) -> None:
@@ -52,7 +59,6 @@ def subject_summary(info: SubjectInfo, name: str | None, today: date) -> dict[st
     }
 
 
-@reports_gallery_errors
 def list_subjects(args: argparse.Namespace) -> int:
     store = GalleryStore.from_config(config_from_args(args, required=True))
     contents = store.load()
@@ -86,7 +92,6 @@ def list_subjects(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@reports_gallery_errors
 def forget_subject(args: argparse.Namespace) -> int:
     store = GalleryStore.from_config(config_from_args(args, required=True))
     name = store.open_subject(args.subject_id).name
@@ -97,8 +102,30 @@ def forget_subject(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    config = config_from_args(args, required=True)
     store.forget(args.subject_id, args.operator or default_operator(), reason=args.reason)
     print(f"forgot {who}: its data key, templates and name are destroyed (crypto-erase)")
+    return announce(config, [args.subject_id], "forgotten_on_request")
+
+
+def announce(config: UnitConfig, subject_ids: list[str], reason: ForgetReason) -> int:
+    """Queues one signed ``subject_forgotten`` event per subject in the unit's outbox (MQTT units only),
+    so that archives tombstone the subject in their rows; the service publishes them."""
+    if not config.mqtt.enabled or not subject_ids:
+        return EXIT_OK
+    try:
+        key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
+        outbox = Outbox(config.mqtt.outbox_path, max_rows=config.mqtt.outbox_max_rows)
+    except (PayloadError, OutboxError, OSError) as error:
+        print(f"error: subject_forgotten not queued, archives keep the subject id: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        topics = Topics(config.mqtt.topic_prefix, config.unit.id)
+        for subject_id in subject_ids:
+            entry = announce_forgotten(outbox, key, topics, subject_id, reason)
+            print(f"queued subject_forgotten for {subject_id} (seq {entry.seq}): archives tombstone it")
+    finally:
+        outbox.close()
     return EXIT_OK
 
 
@@ -113,11 +140,10 @@ def confirmed_on_terminal(question: str) -> bool:
     return answer.strip().lower() == "yes"
 
 
-@reports_gallery_errors
 def purge_expired(args: argparse.Namespace) -> int:
     store = GalleryStore.from_config(config_from_args(args, required=True))
     purged = store.purge_expired(args.operator or default_operator())
     for subject_id in purged:
         print(f"purged {subject_id} (enrolment expired)")
     print(f"purged {len(purged)} expired subject(s)")
-    return EXIT_OK
+    return announce(config_from_args(args, required=True), purged, "enrolment_expired")

@@ -15,12 +15,13 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device.consumers.consumer import ConsumerSettings, tls_context
+from device.errors import UserError
 from device.events.payloads import Topics
 
 PUBLISH_TIMEOUT_S = 10.0
 
 
-class CommandSendError(Exception):
+class CommandSendError(UserError):
     """The broker did not take the command (connection refused, not authorised, no answer)."""
 
 

@@ -8,6 +8,7 @@ refuses any payload that does not match the schema or whose ``unit`` differs fro
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import threading
 from collections import OrderedDict
@@ -24,6 +25,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from device.events.payloads import PayloadError, decode
 from device.events.signing import EventVerifier
+from device.events.tls import client_tls_context
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ class ConsumerSettings:
     client_id: str = ""
     session_expiry_s: int = 0
     keepalive_s: int = 30
+    # MQTT v5 shared subscription (``$share/<group>/<filter>``): the broker hands each event to one
+    # member of the group, so several instances split the load and the others carry on when one dies.
+    share_group: str = ""
 
 
 @dataclass
@@ -84,11 +89,27 @@ def check_event(topic: str, data: bytes) -> dict[str, Any]:
     return event
 
 
+SHARE_GROUP_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_share_group(group: str) -> str:
+    """A share group name: no topic separator or wildcard can reach the filter (``$share/<group>/...``)."""
+    if not SHARE_GROUP_PATTERN.fullmatch(group):
+        raise ValueError(f"share group {group!r}: use 1-64 letters, digits, '_' or '-'")
+    return group
+
+
+def events_filter(settings: ConsumerSettings) -> str:
+    """``<prefix>/<unit>/events``, under ``$share/<group>/`` when the consumer shares a group."""
+    plain = f"{settings.prefix}/{settings.unit}/events"
+    if not settings.share_group:
+        return plain
+    return f"$share/{check_share_group(settings.share_group)}/{plain}"
+
+
 def tls_context(settings: ConsumerSettings) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(settings.ca_file))
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(settings.cert_file), str(settings.key_file))
-    return context
+    """The project's one client context (``events.tls``): the same checks as the unit's publisher."""
+    return client_tls_context(settings.ca_file, settings.cert_file, settings.key_file)
 
 
 class EventConsumer:
@@ -149,7 +170,7 @@ class EventConsumer:
 
     @property
     def topic_filter(self) -> str:
-        return f"{self.settings.prefix}/{self.settings.unit}/events"
+        return events_filter(self.settings)
 
     def start(self) -> EventConsumer:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]

@@ -6,7 +6,7 @@ build machines only; imported lazily, the unit never has them). Figures, all cos
 vectors:
 
 - on dlib's own chips: our float model vs dlib, our int8 vs our float;
-- end to end: BlazeFace (float) + device.vision.landmarks5 (dlib's 5-point alignment) + our model vs
+- end to end: BlazeFace (float) + device.vision.shape_predictor5 (dlib's 5-point alignment) + our model vs
   dlib's full pipeline on the same image;
 - identities: Obama x3 (genuine pairs) vs Biden (impostor), with our end-to-end pipeline and with dlib;
   the face-api demo photos: every pair of faces from different photos (these repeat some people, so a
@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from device.config import DetectionSection, ModelsSection
+from device.errors import UserError
 from device.evaluation import fixtures
 from device.models.accelerator import InferenceModel, open_model
 from device.models.latency import LATENCY_RUNS, median_latency_ms
@@ -40,7 +41,7 @@ from device.types import Detection, RgbImage
 from device.vision.align import CHIP_SIZE
 from device.vision.detect import FaceDetector
 from device.vision.embed import FaceEmbedder
-from device.vision.landmarks5 import Landmark5Aligner, load_landmark_aligner
+from device.vision.shape_predictor5 import Landmark5Aligner, load_landmark_aligner
 
 EMBEDDER = "dlib_resnet_v1"
 DETECTOR = "blazeface_full_range"
@@ -57,7 +58,7 @@ LATENCY_THREADS = 2
 CpuVariant = Literal["float", "int8"]
 
 
-class OracleUnavailableError(RuntimeError):
+class OracleUnavailableError(UserError, RuntimeError):
     """dlib or its model files are not installed (dev extra); the evaluation cannot run."""
 
 

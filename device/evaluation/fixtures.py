@@ -23,13 +23,15 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from device.errors import UserError
+
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_S = 180
 CACHE_ENV = "ENTRANCE_FIXTURES_DIR"
 
 
-class FixtureError(Exception):
+class FixtureError(UserError):
     """A fixture could not be fetched or failed its checksum."""
 
 

@@ -24,13 +24,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from device.config import DetectionSection, ModelsSection
+from device.errors import UserError
 from device.evaluation.verification import FARS, NO_FACE, ProtocolFigures, protocol
 from device.models.accelerator import open_model
 from device.types import RgbImage
 from device.vision.detect import FaceDetector
 from device.vision.embed import DESCRIPTOR_SIZE, FaceEmbedder, l2_normalise
 from device.vision.faces import AnalyzedFace, FaceAnalyzer, load_image_rgb
-from device.vision.landmarks5 import load_landmark_aligner
+from device.vision.shape_predictor5 import load_landmark_aligner
 
 PAIRS_FILE = "pairs.csv"
 PAIRS_COLUMNS = ("fold", "a", "b", "same")
@@ -42,7 +43,7 @@ CPU_FILES: tuple[CpuFile, ...] = ("float", "int8")
 MODES = ("colour", "grey", "cross", "colour_mirror")
 
 
-class LfwLayoutError(ValueError):
+class LfwLayoutError(UserError):
     """The folder is not laid out like the LFW folds (no pairs.csv, a bad row, a missing picture)."""
 
 

@@ -112,7 +112,8 @@ def judge_frames(
 
 
 def clip_frames(path: Path) -> Iterable[RgbImage]:
-    from device.vision.capture import EndOfStream, FileSource
+    from device.vision.capture.file import FileSource
+    from device.vision.capture.source import EndOfStream
 
     source = FileSource(path)
     source.open()

@@ -202,7 +202,7 @@ LANDMARK_INPUT_RANGE = (0.0, 1.0)
 
 def landmark_metrics(models_dir: Path) -> dict[str, Any]:
     """The face mesh against BlazeFace's eye, nose and mouth keypoints on the fixture faces; its latency."""
-    from device.vision.landmarks import (
+    from device.vision.face_mesh import (
         LEFT_EYE_CONTOUR,
         MOUTH_OUTER,
         NOSE_TIP,

@@ -46,7 +46,7 @@ from device.vision.align import CHIP_SIZE
 from device.vision.detect import FaceDetector
 from device.vision.embed import FaceEmbedder
 from device.vision.faces import FaceAnalyzer
-from device.vision.landmarks5 import load_landmark_aligner
+from device.vision.shape_predictor5 import load_landmark_aligner
 
 SMALL_FACE_PX = 40
 JPEG_QUALITY = 30

@@ -15,7 +15,8 @@ The I/O thread:
   outbox from the oldest row. A fresh client per connection means paho never retransmits on its own
   behind our back: the outbox is the only source of what is (re)sent, so order is always ``seq`` order.
   Consumers deduplicate the at-least-once redeliveries by ``event_id``;
-- publishes retained health every ``health_interval_s``; handles the few allowed commands.
+- publishes retained health every ``health_interval_s``; hands each command message to the command gate
+  (``command_gate``: parse, verify, use once, dispatch through the handler table given at construction).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import secrets
 import ssl
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import wraps
@@ -41,6 +41,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device.config import MqttSection, UnitConfig
+from device.errors import UserError
+from device.events.command_gate import CommandGate, CommandHandler
 from device.events.connect_errors import explain_connect_error, explain_refusal
 from device.events.ha_discovery import discovery_configs
 from device.events.outbox import Outbox
@@ -53,9 +55,10 @@ from device.events.payloads import (
     build_health,
     build_status,
     encode,
-    parse_command,
 )
 from device.events.signing import CommandVerifier, EventKey
+from device.events.tls import TlsSetupError, client_tls_context
+from device.layout import StateLayout
 from device.types import Decision
 
 log = logging.getLogger(__name__)
@@ -70,13 +73,10 @@ SHUTDOWN_DRAIN_S = 3.0
 # reload command runs in this thread too. Silence far beyond that means a hung thread: stop the watchdog.
 IO_STALL_S = 60.0
 HA_PREFIX = "homeassistant"
-# Command request ids remembered so that each command acts once; a command lives at most 600 s, far
-# fewer than this many arrive in that time.
-REQUESTS_REMEMBERED = 4096
 NOT_AUTHORIZED = 0x87  # MQTT v5 reason code: the broker's ACL refused this topic for this identity
 
 
-class MqttSetupError(Exception):
+class MqttSetupError(UserError):
     """The MQTT settings cannot work (missing TLS files, unreadable password file)."""
 
 
@@ -108,25 +108,12 @@ class _Counters:
 
 
 def tls_context(settings: MqttSection) -> ssl.SSLContext:
+    """The project's one client context (``events.tls``) from the ``[mqtt.tls]`` files."""
     tls = settings.tls
-    if tls.ca_file is None or tls.cert_file is None or tls.key_file is None:
-        raise MqttSetupError("mqtt.tls.ca_file, cert_file and key_file are all required (TLS is mandatory)")
-    for path in (tls.ca_file, tls.cert_file, tls.key_file):
-        if not path.is_file():
-            raise MqttSetupError(f"TLS file not found: {path}")
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file))
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = True
-    context.verify_mode = ssl.CERT_REQUIRED
     try:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    except (ssl.SSLError, OSError) as error:
-        raise MqttSetupError(f"cannot load the client certificate {tls.cert_file}: {error}") from error
-    return context
-
-
-def event_key_path(config: UnitConfig) -> Path:
-    return config.mqtt.event_key_path or config.unit.state_dir / "secrets" / "event-signing.key"
+        return client_tls_context(tls.ca_file, tls.cert_file, tls.key_file)
+    except TlsSetupError as error:
+        raise MqttSetupError(f"mqtt.tls: {error}") from error
 
 
 def _read_password(path: Path) -> str:
@@ -137,14 +124,17 @@ def _read_password(path: Path) -> str:
 
 
 class MqttPublisher:
-    """``Publisher`` for the unit: ``start()`` runs the I/O thread; ``close()`` ends cleanly."""
+    """``Publisher`` for the unit: ``start()`` runs the I/O thread; ``close()`` ends cleanly.
+
+    ``commands`` maps a command name to its handler (``command_gate.command_table``); ``health`` is the
+    publisher's own. ``models`` and ``gallery_version`` name what decided, in every event.
+    """
 
     def __init__(
         self,
         config: UnitConfig,
         *,
-        on_claim: Callable[[str], None] | None = None,
-        on_reload: Callable[[], None] | None = None,
+        commands: Mapping[str, CommandHandler] | None = None,
         models: Mapping[str, str] | None = None,
         gallery_version: Callable[[], str | None] | None = None,
         rng: random.Random | None = None,
@@ -155,8 +145,6 @@ class MqttPublisher:
         self._model_names = {"detector": config.models.detector, "embedder": config.models.embedder}
         self._models = dict(models or self._model_names)
         self._gallery_version = gallery_version or (lambda: None)
-        self._on_claim = on_claim
-        self._on_reload = on_reload
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not a secret)
         self._backoff = Backoff(BACKOFF_BASE_S, self._settings.reconnect_backoff_max_s)
         self._refusal_backoff = Backoff(*REFUSAL_BACKOFF)
@@ -166,14 +154,16 @@ class MqttPublisher:
         )
         self._session = secrets.token_hex(8)
         try:
-            self._event_key = EventKey.load_or_create(event_key_path(config))
+            self._event_key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
         except (PayloadError, OSError) as error:
             raise MqttSetupError(f"event signing key: {error}") from error
         try:
-            self._commands = CommandVerifier.from_config(self._settings.command_keys)
+            verifier = CommandVerifier.from_config(self._settings.command_keys)
         except PayloadError as error:
             raise MqttSetupError(f"mqtt.command_keys: {error}") from error
-        if not self._commands.commanders:
+        handlers = {**(commands or {}), "health": self._health_command}
+        self._commands = CommandGate(self._topics, verifier, handlers)
+        if not self._commands.trusts_anyone:
             log.info("no trusted commanders (mqtt.command_keys): this unit refuses every command")
         self._outbox = Outbox(
             self._settings.outbox_path,
@@ -187,6 +177,10 @@ class MqttPublisher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._health_now = threading.Event()
+        # Set when the broker has granted the command subscription (SUBACK), cleared on disconnect: a
+        # command sent before that may be lost, so callers and tests wait on this, not on "connected".
+        self.subscribed = threading.Event()
+        self._subscribe_mid: int | None = None
         self._thread: threading.Thread | None = None
         self._heartbeat = time.monotonic()  # written by the I/O thread each turn; read by io_alive
         # I/O thread state (touched only there).
@@ -200,7 +194,6 @@ class MqttPublisher:
         self._hold_until = 0.0
         self._refusal_streak = 0
         self._next_health = 0.0
-        self._requests_used: OrderedDict[str, None] = OrderedDict()
         self._last_problem: str | None = None  # said once at ERROR with its fix; repeats go to DEBUG
 
     # -- Publisher protocol ---------------------------------------------------------------------------
@@ -245,29 +238,6 @@ class MqttPublisher:
         self._outbox.close()
 
     # -- extras for the run loop ----------------------------------------------------------------------
-
-    @classmethod
-    def from_config(cls, config: UnitConfig) -> MqttPublisher:
-        """A started publisher; attach command handlers and versions later with ``bind``."""
-        return cls(config).start()
-
-    def bind(
-        self,
-        *,
-        on_claim: Callable[[str], None] | None = None,
-        on_reload: Callable[[], None] | None = None,
-        models: Mapping[str, str] | None = None,
-        gallery_version: Callable[[], str | None] | None = None,
-    ) -> None:
-        """Connects the pipeline once it exists: claims go to its ClaimSlot, reload to its gallery."""
-        if on_claim is not None:
-            self._on_claim = on_claim
-        if on_reload is not None:
-            self._on_reload = on_reload
-        if models is not None:
-            self._models = dict(models)
-        if gallery_version is not None:
-            self._gallery_version = gallery_version
 
     def start(self) -> MqttPublisher:
         if self._thread is None:
@@ -361,6 +331,7 @@ class MqttPublisher:
         client.on_disconnect = self._guarded(self._on_disconnect)
         client.on_publish = self._guarded(self._on_publish)
         client.on_message = self._guarded(self._on_message)
+        client.on_subscribe = self._guarded(self._on_subscribe)
         return client
 
     def _guarded(self, callback: Callable[..., None]) -> Callable[..., None]:
@@ -436,6 +407,7 @@ class MqttPublisher:
     def _drop_connection(self, why: str) -> None:
         client, self._client = self._client, None
         was_connected, self._connected = self._connected, False
+        self.subscribed.clear()
         self._inflight.clear()
         self._control_mids.clear()
         self._cursor = 0
@@ -504,12 +476,33 @@ class MqttPublisher:
             self._topics.status,
             encode("status", build_status(self._unit, "online", "connected", self._session)),
         )
-        client.subscribe(self._topics.cmd_filter, qos=1)
+        _, self._subscribe_mid = client.subscribe(self._topics.cmd_filter, qos=1)
         if self._settings.ha_discovery:
             for topic, config in discovery_configs(self._topics, self._unit, self._model_names).items():
                 payload = b"" if config is None else json.dumps(config, sort_keys=True).encode()
                 self._publish_control(topic, payload)
         self._next_health = 0.0
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [code for code in reason_codes if code.is_failure]
+        if refused:
+            # The ACL does not let this identity read its own cmd topics: commands cannot arrive.
+            with self._lock:
+                self._counters.alarms["command_subscription_refused"] = str(refused[0])
+            log.error("broker refused the command subscription %s: %s", self._topics.cmd_filter, refused[0])
+            return
+        with self._lock:
+            self._counters.alarms.pop("command_subscription_refused", None)
+        self.subscribed.set()
 
     def _on_disconnect(
         self,
@@ -559,12 +552,7 @@ class MqttPublisher:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
-            if message.retain:
-                raise PayloadError("retained commands are not accepted (they would replay on every connect)")
-            command = parse_command(self._topics, message.topic, bytes(message.payload))
-            self._commands.verify(command.payload)
-            self._use_once(command)
-            self._execute(command)
+            self._commands.handle(message.topic, bytes(message.payload), retained=message.retain)
         except PayloadError as error:
             with self._lock:
                 self._counters.commands_rejected += 1
@@ -573,33 +561,8 @@ class MqttPublisher:
         with self._lock:
             self._counters.commands_accepted += 1
 
-    def _use_once(self, command: Command) -> None:
-        """A signed command replayed by whoever recorded it is refused: each request id acts once."""
-        request = f"{command.commander}/{command.request_id}"
-        if request in self._requests_used:
-            raise PayloadError(
-                f"{command.name} {command.request_id!r} from {command.commander!r} was already used"
-            )
-        self._requests_used[request] = None
-        if len(self._requests_used) > REQUESTS_REMEMBERED:
-            self._requests_used.popitem(last=False)
-
-    def _execute(self, command: Command) -> None:
-        if command.name == "claim":
-            if self._on_claim is None or command.subject_id is None:
-                raise PayloadError("this unit does not take claims")
-            try:
-                self._on_claim(command.subject_id)
-            except ValueError as error:
-                raise PayloadError(f"claim refused: {error}") from error
-            log.info("claim from %s received for subject %s", command.commander, command.subject_id)
-        elif command.name == "reload":
-            if self._on_reload is None:
-                raise PayloadError("this unit has nothing to reload")
-            self._on_reload()
-            log.info("reload requested over MQTT")
-        elif command.name == "health":
-            self._health_now.set()
+    def _health_command(self, _command: Command) -> None:
+        self._health_now.set()
 
     def _shutdown(self) -> None:
         client = self._client

@@ -7,7 +7,9 @@ the broker acknowledged it with a success reason code.
 - Bounded by rows and bytes. When full, the *oldest* events are dropped (a door controller cares more
   about who is at the door now than about a visit an hour ago); every drop is counted persistently and
   reported in health, so loss is never silent.
-- Single process, several threads: one connection guarded by a lock.
+- Single process, several threads: one connection guarded by a lock. The one other writer is the unit's
+  own CLI (``device forget`` commits a ``subject_forgotten`` event, ``device.events.forgotten``): SQLite
+  serialises the two, and the service recounts its rows whenever its own count says the outbox is empty.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from device.atomicio import ensure_private_directory
+from device.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class OutboxStats:
         }
 
 
-class OutboxError(Exception):
+class OutboxError(UserError):
     """The outbox database cannot be opened or used (corrupt, wrong version, unwritable)."""
 
 
@@ -185,6 +188,11 @@ class Outbox:
             self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
             self._rows -= 1
             self._bytes -= int(size_row[0])
+            if self._rows <= 0:
+                # A row another process appended is not in this process's count: ask the database.
+                self._rows, self._bytes = self._db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
+                ).fetchone()
             if self._rows == 0:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return True

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
 
+from device.errors import UserError
 from device.types import Decision, DecisionType
 
 MAX_PAYLOAD_BYTES = 2048
@@ -46,7 +47,7 @@ CLAIM_NOT_MATCHED = "claim_not_matched"
 PayloadKind = Literal["event", "status", "health", "cmd"]
 
 
-class PayloadError(ValueError):
+class PayloadError(UserError, ValueError):
     """A payload that does not match its schema or is too large; it must not be published."""
 
 

@@ -20,6 +20,10 @@ class Publisher(Protocol):
 
     def publish_health(self, health: Mapping[str, Any]) -> None: ...
 
+    def io_alive(self) -> bool:
+        """False when the publisher's own I/O has died or hung (the watchdog then stops being fed)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -49,6 +53,9 @@ class StdoutPublisher:
     def publish_health(self, health: Mapping[str, Any]) -> None:
         if self._show_health:
             print(json.dumps({"health": dict(health)}, sort_keys=True), file=self._stream, flush=True)
+
+    def io_alive(self) -> bool:
+        return True  # writes happen on the caller's thread: nothing of its own can hang
 
     def close(self) -> None:
         self._stream.flush()

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from device.atomicio import PRIVATE_FILE_MODE, exclusive_lock, fsync_directory, write_atomically
+from device.errors import UserError
 from device.identity.masterkey import MasterKey
+from device.layout import StateLayout
 
 GENESIS_MAC = "0" * 64
 AUDIT_KEY_PURPOSE = "entrance-camera audit chain v1"
@@ -72,7 +74,7 @@ DETAIL_KEYS = frozenset(
 Scalar = str | int | float | bool | None
 
 
-class AuditError(Exception):
+class AuditError(UserError):
     """The audit log cannot be read or an entry is not allowed."""
 
 
@@ -143,6 +145,11 @@ class AuditLog:
         self.path = path
         self._head_path = head_path or path.with_name(path.name + ".head")
         self._key = master_key.derive(AUDIT_KEY_PURPOSE)
+
+    @classmethod
+    def of_unit(cls, layout: StateLayout, master_key: MasterKey) -> AuditLog:
+        """The unit's log, its head beside the master key (a state folder put back cannot bring it)."""
+        return cls(layout.audit_log, master_key, head_path=layout.audit_head)
 
     @property
     def lock_path(self) -> Path:

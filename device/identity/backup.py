@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from device.errors import UserError
 from device.identity.keyring import Keyring
 from device.identity.masterkey import MasterKey
 
@@ -31,7 +32,7 @@ BACKUP_VERSION = 1
 NONCE_BYTES = 12
 
 
-class BackupError(Exception):
+class BackupError(UserError):
     """A backup that cannot be restored here; the message says why."""
 
 

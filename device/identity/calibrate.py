@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from device.errors import UserError
+
 Scores = NDArray[np.float32]
 
 GRID_START = 0.5
@@ -35,7 +37,7 @@ GRID_STOP = 0.995
 GRID_STEP = 0.005
 
 
-class CalibrationError(Exception):
+class CalibrationError(UserError):
     """Not enough data to calibrate; the message says what is missing."""
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device.atomicio import ensure_private_directory, write_atomically
+from device.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ SUBJECT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_CLAIM_FILE_BYTES = 1024
 
 
-class ClaimError(Exception):
+class ClaimError(UserError):
     pass
 
 

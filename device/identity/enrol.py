@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from device.config import MatchingSection, QualitySection
+from device.errors import UserError
 from device.identity.match import TemplateIndex
 from device.types import Detection, Match, RgbImage, Vector
 from device.vision.quality import QualityReason, QualityReport, assess
@@ -63,7 +64,7 @@ class Rejection(StrEnum):
     OTHER_PERSON = "other_person"
 
 
-class EnrolmentError(Exception):
+class EnrolmentError(UserError):
     """The enrolment cannot go ahead; the message says why and what to do, ``code`` says it briefly."""
 
     def __init__(self, message: str, code: str = "refused") -> None:

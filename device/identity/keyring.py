@@ -33,7 +33,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from device.atomicio import write_atomically
+from device.errors import UserError
 from device.identity.masterkey import MasterKey
+from device.layout import KEYRING_FILE
 
 KEYRING_FORMAT = "entrance-camera-gallery-keyring"
 KEYRING_VERSION = 1
@@ -42,7 +44,7 @@ GALLERY_KEY_BYTES = 32
 NONCE_BYTES = 12
 
 
-class KeyringError(Exception):
+class KeyringError(UserError):
     """The keyring is unreadable, altered or written under another master key."""
 
 
@@ -87,7 +89,7 @@ def new_gallery_key() -> bytes:
 def keyring_path(master_key_path: Path) -> Path:
     """Beside the master key (the unit's secrets folder), not beside the gallery: putting back a copy of
     the state folder from the past brings back no keyring, so the old gallery stays refused."""
-    return master_key_path.with_name("gallery.keys")
+    return master_key_path.with_name(KEYRING_FILE)
 
 
 def fresh_keyring() -> Keyring:

@@ -27,13 +27,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from device.atomicio import create_exclusively
+from device.errors import UserError
 
 KEY_BYTES = 32
 KEY_PREFIX = "ecmk1:"
 KEY_FILE_HEADER = "# entrance-camera unit master key. Keep mode 0600; never copy it off the unit.\n"
 
 
-class MasterKeyError(Exception):
+class MasterKeyError(UserError):
     """The master key file is missing, malformed or readable by others."""
 
 

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from device.atomicio import create_exclusively
 from device.config import UNIT_ID_PATTERN, describe_validation_error
+from device.errors import UserError
 
 FORMAT = "entrance-camera sealed enrolled set"
 FORMAT_VERSION = 1
@@ -68,7 +69,7 @@ PRIVATE_HEADER = "# entrance-camera provisioning key. Keep mode 0600; never copy
 PUBLIC_HEADER = "# entrance-camera provisioning public key: seal enrolled sets for this unit with it.\n"
 
 
-class SealedError(Exception):
+class SealedError(UserError):
     """A key or sealed file that cannot be used; the message says why."""
 
 

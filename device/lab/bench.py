@@ -73,7 +73,10 @@ from device.lab.padbench import pad_benchmark
 from device.runtime.pipeline import Pipeline, Runner, detect_ahead_pays
 from device.timing import LatencyRecorder
 from device.types import Decision, RgbImage
-from device.vision.capture import CaptureThread, EndOfStream, FileSource, FrameSource, Pacer
+from device.vision.capture.file import FileSource
+from device.vision.capture.pacer import Pacer
+from device.vision.capture.source import EndOfStream, FrameSource
+from device.vision.capture.thread import CaptureThread
 from device.vision.faces import FaceAnalyzer, Stages
 from device.vision.liveness import LivenessStage, open_liveness
 from device.vision.views import ViewSpec
@@ -115,6 +118,9 @@ class NullPublisher:
 
     def publish_health(self, health: Any) -> None:
         return None
+
+    def io_alive(self) -> bool:
+        return True
 
     def close(self) -> None:
         return None

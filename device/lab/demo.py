@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from device.config import UnitConfig, load_config
+from device.errors import UserError
 from device.evaluation import fixtures
-from device.identity.gallery import EnrolRequest, GalleryStore
+from device.identity.gallery_store import EnrolRequest, GalleryStore
 from device.lab.democlip import (
     DemoClip,
     VisitSpan,
@@ -54,7 +55,7 @@ PRINT_ATTACK_SEED = 5
 ATTACK_FRAMES = 36  # attack_clip_frames' default length
 
 
-class DemoError(Exception):
+class DemoError(UserError):
     pass
 
 

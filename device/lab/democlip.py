@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from device.errors import UserError
 from device.types import Detection, RgbImage
 
 HEAD_WIDTH_FACTOR = 2.4  # cut-out width relative to the detected face box: hair, ears, some shoulder
@@ -28,7 +29,7 @@ HEAD_BOTTOM_FACTOR = 1.5  # room below it (chin, neck)
 FEATHER_FRACTION = 0.08  # soft cut-out edge, as a fraction of the cut-out width
 
 
-class ClipError(Exception):
+class ClipError(UserError):
     """The clip cannot be made (a photo without a face, an encoder OpenCV lacks)."""
 
 

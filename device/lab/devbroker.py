@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from device.errors import UserError
 from device.events.signing import EventKey, registry_text
 
 TAIL_IDENTITY = "tail"
 
 
-class DevBrokerError(Exception):
+class DevBrokerError(UserError):
     """No local broker can be started (broker kit or mosquitto missing)."""
 
 

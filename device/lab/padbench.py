@@ -54,6 +54,9 @@ class Collector:
     def publish_health(self, health: Any) -> None:
         pass
 
+    def io_alive(self) -> bool:
+        return True
+
     def close(self) -> None:
         pass
 

@@ -17,26 +17,37 @@ So the choice has hysteresis:
 - with no previous choice, float: it is the reference the int8 file approximates, and the project's
   thresholds (matching, PAD) were measured on it, so without a clear speed gain it is the safer file.
 
-The reason for each choice travels with it, into health and ``make bench``.
+With ``models.cpu_variant = "auto"`` (:func:`choose_cpu_variant`) the choice is timed at first start
+and kept in the state folder, keyed by the files' sha256, the thread count, the machine and the runtime,
+so a later start times nothing until one of those changes. The reason for each choice travels with it,
+into health and ``make bench``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import platform
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+import numpy as np
+
 from device.atomicio import exclusive_lock, write_atomically
+from device.config import ModelsSection
+from device.layout import CPU_VARIANT_FILE
+from device.models.interpreter import Backend, InterpreterFactory, invoke, load_interpreter, runtime_version
+from device.models.manifest import ModelEntry, ModelFileError, Variant, verify_file
 
 log = logging.getLogger(__name__)
 
 CpuVariant = Literal["float", "int8"]
 CPU_VARIANTS: tuple[CpuVariant, ...] = ("float", "int8")
 DEFAULT_CPU_VARIANT: CpuVariant = "float"
-CPU_VARIANT_CACHE = "cpu_variant.json"
+CPU_VARIANT_CACHE = CPU_VARIANT_FILE
 CPU_VARIANT_LOCK = ".cpu_variant.lock"
 
 WARMUP_PAIRS = 3  # the first runs pay for allocation and XNNPACK weight packing
@@ -149,7 +160,7 @@ def time_interleaved(
     )
 
 
-def decide(timing: VariantTiming, *, previous: CpuVariant | None, margin: float) -> CpuChoice:
+def margin_rule(timing: VariantTiming, *, previous: CpuVariant | None, margin: float) -> CpuChoice:
     """The file faster by ``margin`` or more in all blocks but one; else the previous choice, else float."""
     ranked = sorted(timing.block_speedups)
     slowest, fastest = ranked[0], ranked[-1]
@@ -236,3 +247,95 @@ class ChoiceStore:
                 write_atomically(self.path, text.encode())  # private, like every file of the unit
         except OSError as error:
             log.warning("cannot keep the CPU variant choice in %s: %s", self.path, error)
+
+
+def cpu_files(entry: ModelEntry) -> list[CpuVariant]:
+    """The CPU files (float, int8) the manifest lists for a model, with their sha256."""
+    return [v for v in CPU_VARIANTS if v in entry.files and entry.files[v].sha256]
+
+
+def choose_cpu_variant(
+    models: ModelsSection,
+    name: str,
+    entry: ModelEntry,
+    *,
+    state_dir: Path | None,
+    interpreter_factory: InterpreterFactory = load_interpreter,
+    timer: Timer = time.perf_counter,
+) -> CpuChoice:
+    """The CPU file for ``name``: from the config, the one measured earlier for the same files, machine
+    and runtime, or timed now and chosen by the margin rule (:func:`margin_rule`)."""
+    available = cpu_files(entry)
+    if not available:
+        raise ModelFileError(f"model {name!r} has no CPU file (float or int8) in the manifest")
+    if models.cpu_variant != "auto":
+        if models.cpu_variant not in available:
+            raise ModelFileError(f"models.cpu_variant = {models.cpu_variant!r} but {name!r} has no such file")
+        return CpuChoice(models.cpu_variant, "set in config", basis="config")
+    if len(available) == 1:
+        return CpuChoice(available[0], "only CPU file", basis="only_file")
+
+    key = "|".join(
+        [
+            *(f"{v}:{entry.files[v].sha256}" for v in CPU_VARIANTS),
+            f"threads:{models.cpu_threads}",
+            f"machine:{platform.machine()}",
+            f"cpu:{cpu_model()}",
+            runtime_version(),
+        ]
+    )
+    store = ChoiceStore(state_dir)
+    remembered = store.get(name)
+    if remembered is not None and remembered.key == key:
+        return CpuChoice(
+            remembered.variant,
+            f"kept from first start: {remembered.reason}",
+            remembered.timing,
+            remembered.basis,
+        )
+
+    backends = {
+        variant: cpu_backend(models.dir, name, entry, variant, models.cpu_threads, interpreter_factory)
+        for variant in CPU_VARIANTS
+    }
+    timing = time_interleaved(
+        *(run_once_on_zeros(backends[variant]) for variant in CPU_VARIANTS),
+        timer=timer,
+        budget_s=models.cpu_variant_probe_s,
+    )
+    previous = remembered.variant if remembered is not None else None
+    choice = margin_rule(timing, previous=previous, margin=models.cpu_variant_margin)
+    log.info("model %s: CPU file %s: %s; %s", name, choice.variant, choice.reason, timing.as_dict())
+    store.put(name, RememberedChoice(key, choice.variant, choice.reason, timing, choice.basis))
+    return choice
+
+
+def cpu_backend(
+    models_dir: Path,
+    name: str,
+    entry: ModelEntry,
+    variant: Variant,
+    threads: int,
+    interpreter_factory: InterpreterFactory,
+) -> Backend:
+    path = verify_file(models_dir, name, variant, entry.files[variant])
+    return Backend.create(interpreter_factory(path, threads, ()), "cpu", variant, path)
+
+
+def run_once_on_zeros(backend: Backend) -> Callable[[], object]:
+    """One inference on a fixed input (the graph's cost does not depend on the pixels)."""
+    batch = np.zeros(backend.inputs[0].shape, dtype=np.float32)
+    return lambda: invoke(backend, batch)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (platform.processor() is empty on most Linux systems)."""
+    try:
+        with Path("/proc/cpuinfo").open(encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("model name", "hardware", "cpu model"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from device.errors import UserError
+
 # Coral's supported-operations table for the Edge TPU compiler (TFLite builtin names).
 EDGETPU_SUPPORTED_OPS = frozenset(
     {
@@ -71,7 +73,7 @@ EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 SCHEMA_MODULE = "ai_edge_litert.schema_py_generated"
 
 
-class CompatError(Exception):
+class CompatError(UserError):
     """The file cannot be read as a TFLite model."""
 
 

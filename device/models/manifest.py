@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from device.errors import UserError
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = 1
 
@@ -21,7 +23,7 @@ VARIANTS: tuple[Variant, ...] = ("float", "int8", "edgetpu")
 HASH_CHUNK = 1 << 20
 
 
-class ModelFileError(Exception):
+class ModelFileError(UserError):
     """A model file or the manifest is missing, malformed or does not match its recorded sha256."""
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.config import ConfigError, UnitConfig
+from device.config import UnitConfig
 from device.events.connect_errors import explain_connect_error, explain_refusal
 
 SERVICE_USER = "entrance-camera"
@@ -264,25 +264,24 @@ def broker_check(config: UnitConfig, timeout_s: float = BROKER_TIMEOUT_S) -> Che
 
 
 # --- capture, models, accelerator, key ---------------------------------------------------------------
-def capture_check(config: UnitConfig, base_dir: Path | None) -> Check:
-    from device.vision.capture import CameraError, open_source
+def capture_check(config: UnitConfig) -> Check:
+    from device.vision.capture import open_source
+    from device.vision.capture.source import CameraError
 
     name = "capture"
     capture = config.capture
     try:
-        source = open_source(capture, base_dir=base_dir)
+        source = open_source(capture)
         source.open()
-    except ConfigError as error:
-        return Check(name, False, "; ".join(error.problems), "set capture.source (a camera or a video file)")
     except (CameraError, OSError) as error:
         return Check(
             name,
             False,
-            f"{capture.backend} source {capture.source or '(default)'} does not open: {error}",
+            f"{capture.backend} source {capture.source_label()} does not open: {error}",
             "check capture.backend and capture.source (is the camera plugged in, the file there?)",
         )
     source.close()
-    return Check(name, True, f"{capture.backend} source {capture.source or '(default)'} opens")
+    return Check(name, True, f"{capture.backend} source {capture.source_label()} opens")
 
 
 def models_check(config: UnitConfig) -> Check:
@@ -316,8 +315,7 @@ def unit_model_names(config: UnitConfig) -> tuple[str, ...]:
 def cpu_files_check(config: UnitConfig) -> Check:
     """Which CPU file (float or int8) each model runs and why, as chosen at the unit's first start and
     kept in ``<state_dir>/cpu_variant.json``; informative (a model not timed yet is timed at start)."""
-    from device.models.accelerator import cpu_files
-    from device.models.cpu_variant import ChoiceStore, choice_state_dir
+    from device.models.cpu_variant import ChoiceStore, choice_state_dir, cpu_files
     from device.models.manifest import load_manifest, model_entry
 
     name = "cpu files"
@@ -341,12 +339,8 @@ def cpu_files_check(config: UnitConfig) -> Check:
 
 
 def accelerator_check(config: UnitConfig) -> Check:
-    from device.models.accelerator import (
-        EdgeTpuUnavailableError,
-        load_edgetpu_delegate,
-        load_interpreter,
-        probe_edgetpu,
-    )
+    from device.models.accelerator import EdgeTpuUnavailableError, probe_edgetpu
+    from device.models.interpreter import load_edgetpu_delegate, load_interpreter
     from device.models.manifest import ModelFileError, load_manifest, model_entry
 
     models = config.models
@@ -386,7 +380,6 @@ def run_checks(
     config: UnitConfig,
     *,
     config_label: str,
-    base_dir: Path | None,
     reader: Reader | None = None,
     broker: Callable[[UnitConfig], Check] = broker_check,
 ) -> list[Check]:
@@ -401,7 +394,7 @@ def run_checks(
         checks.append(broker(config))
     else:
         checks.append(Check("mqtt", True, "disabled: decisions are printed, not published"))
-    checks.append(capture_check(config, base_dir))
+    checks.append(capture_check(config))
     models = models_check(config)
     checks.append(models)
     if models.ok:

@@ -15,8 +15,10 @@ import numpy as np
 
 from device.atomicio import write_atomically
 from device.config import UnitConfig
+from device.errors import UserError
 from device.types import Detection, RgbImage
-from device.vision.capture import CameraError, EndOfStream, open_source
+from device.vision.capture import open_source
+from device.vision.capture.source import CameraError, EndOfStream
 from device.vision.detect import FaceDetector, annotate
 
 SNAPSHOT_MODE = 0o600
@@ -24,7 +26,7 @@ ZONE_COLOUR = (255, 200, 0)  # RGB: amber, unlike the green face boxes
 FRAMES_TO_SETTLE = 5  # a camera's first frames are often dark while exposure settles
 
 
-class SnapshotError(Exception):
+class SnapshotError(UserError):
     pass
 
 
@@ -37,8 +39,8 @@ class Snapshot:
     in_zone: int
 
 
-def grab_frame(config: UnitConfig, base_dir: Path | None) -> RgbImage:
-    source = open_source(config.capture, base_dir=base_dir)
+def grab_frame(config: UnitConfig) -> RgbImage:
+    source = open_source(config.capture)
     try:
         source.open()
         frame = source.read()
@@ -46,7 +48,9 @@ def grab_frame(config: UnitConfig, base_dir: Path | None) -> RgbImage:
             for _ in range(FRAMES_TO_SETTLE):
                 frame = source.read()
     except (CameraError, EndOfStream) as error:
-        raise SnapshotError(f"capture {config.capture.backend} {config.capture.source!r}: {error}") from None
+        raise SnapshotError(
+            f"capture {config.capture.backend} {config.capture.source_label()!r}: {error}"
+        ) from None
     finally:
         source.close()
     return frame
@@ -63,10 +67,8 @@ def draw_zone(image: RgbImage, zone: list[tuple[float, float]]) -> RgbImage:
     return canvas
 
 
-def take_snapshot(
-    config: UnitConfig, detector: FaceDetector, out: Path, base_dir: Path | None, *, annotate_faces: bool
-) -> Snapshot:
-    image = grab_frame(config, base_dir)
+def take_snapshot(config: UnitConfig, detector: FaceDetector, out: Path, *, annotate_faces: bool) -> Snapshot:
+    image = grab_frame(config)
     faces = detector.detect(image)
     picture = draw_zone(annotate(image, faces), config.detection.zone) if annotate_faces else image
     ok, encoded = cv2.imencode(out.suffix or ".png", np.ascontiguousarray(picture[:, :, ::-1]))

@@ -47,10 +47,11 @@ from device.events.publish import Publisher
 from device.identity.claims import ClaimDrop
 from device.identity.decide import ClaimSlot, VisitBook, decide
 from device.identity.match import CachedIndex, GalleryView
+from device.runtime.sdnotify import Notifier
 from device.runtime.sysinfo import cpu_temperature_c
 from device.timing import LatencyRecorder
 from device.types import Decision, DecisionType, Detection, Frame, PadOutcome, RgbImage, Track, TrackState
-from device.vision.capture import CaptureThread
+from device.vision.capture.thread import CaptureThread
 from device.vision.faces import Aligner, Detector, Embedder, Stages
 from device.vision.liveness import LivenessStage, PadSample, pad_sample
 from device.vision.motion import MotionGate
@@ -71,6 +72,17 @@ class Chip:
 
     image: RgbImage
     pad: PadSample | None = None
+
+
+@dataclass(frozen=True)
+class DueVisit:
+    """A visit whose decision is due, with what the book gave up for it (its samples leave the book here)."""
+
+    track: Track
+    frames: int
+    samples: list[Chip]
+    claim: str | None
+    quality_reasons: tuple[str, ...]
 
 
 def detect_ahead_pays(detector_state: str, cpus: int | None, cpu_threads: int) -> tuple[bool, str]:
@@ -317,39 +329,39 @@ class Pipeline:
         if not tracks:
             return []
         armed = self.config.matching.require_claim
-        work: list[tuple[Track, int, list[Chip], str | None, tuple[str, ...]]] = []
+        work: list[DueVisit] = []
         for track in tracks:
             visit, samples = self._book.take_samples(track.id)
             claim = self.claims.take()
             if armed and claim is None:
                 log.debug("visit %d ended without a claim (armed mode): no decision", track.id)
                 continue
-            work.append((track, visit.frames, samples, claim, visit.samples.top_reasons()))
+            work.append(DueVisit(track, visit.frames, samples, claim, visit.samples.top_reasons()))
         if not work:
             return []
-        chips = [chip.image for _, _, samples, _, _ in work for chip in samples]
+        chips = [chip.image for due in work for chip in due.samples]
         vectors = self._embed(chips)
         with self.latencies.time("gallery"):  # rebuilt only when the enrolled set changed
             index, _ = self._index.current()
         available = self.gallery_state() != "no_gallery"
         decisions = []
         offset = 0
-        for track, frames, samples, claim, reasons in work:
-            own = vectors[offset : offset + len(samples)]
-            offset += len(samples)
+        for due in work:
+            own = vectors[offset : offset + len(due.samples)]
+            offset += len(due.samples)
             match = None
-            if samples:
+            if due.samples:
                 with self.latencies.time("match"):
-                    match = index.match(own, claim=claim)
-            pad = self._pad(samples)
+                    match = index.match(own, claim=due.claim)
+            pad = self._pad(due.samples)
             decision = decide(
-                track_id=track.id,
-                frames=frames,
-                samples=len(samples),
+                track_id=due.track.id,
+                frames=due.frames,
+                samples=len(due.samples),
                 match=match,
                 config=self.config.matching,
-                claim=claim,
-                quality_reasons=reasons,
+                claim=due.claim,
+                quality_reasons=due.quality_reasons,
                 gallery_available=available,
                 pad=pad,
                 liveness=self.config.liveness,
@@ -468,7 +480,7 @@ class Runner:
         publisher: Publisher,
         *,
         stop_event: threading.Event,
-        notifier: Any = None,
+        notifier: Notifier | None = None,
         claim_drop: ClaimDrop | None = None,
         health_interval_s: float = 30.0,
         on_decision: Callable[[Decision], None] | None = None,
@@ -506,7 +518,8 @@ class Runner:
     def run(self) -> int:
         """Runs until the clip ends or ``stop_event`` is set; returns 0, or 1 when capture failed."""
         self.capture.start()
-        self._notify("ready", f"running, gallery {self.pipeline.gallery_state()}")
+        if self._notifier is not None:
+            self._notifier.ready(f"running, gallery {self.pipeline.gallery_state()}")
         next_health = self._clock()  # a first report right away, then every interval
         next_claims = 0.0
         upcoming: Frame | None = None  # taken from the capture buffer early, its detection under way
@@ -521,7 +534,8 @@ class Runner:
                     self._choose_detect_ahead()
                     health = self.health()
                     self.publisher.publish_health(health)
-                    self._notify("status", summary_line(health))
+                    if self._notifier is not None:
+                        self._notifier.status(summary_line(health))
                     next_health = now + self._health_interval_s
                 frame = upcoming if upcoming is not None else self.capture.get(timeout_s=FRAME_WAIT_S)
                 upcoming = None
@@ -537,7 +551,8 @@ class Runner:
                         self.pipeline.prefetch(upcoming)
                 self._handle(self.pipeline.process(frame))
         finally:
-            self._notify("stopping", "stopping")
+            if self._notifier is not None:
+                self._notifier.stopping("stopping")
             self.capture.stop()
             self.pipeline.close()
             self._handle(self.pipeline.finish())
@@ -567,10 +582,6 @@ class Runner:
             return
         for claim in self._claim_drop.take():
             self.pipeline.claim(claim.subject_id)
-
-    def _notify(self, what: str, status: str) -> None:
-        if self._notifier is not None:
-            getattr(self._notifier, what)(status)
 
     def _notify_watchdog(self) -> None:
         if self._notifier is not None:

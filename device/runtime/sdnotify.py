@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,21 @@ def format_message(fields: Mapping[str, str]) -> bytes:
             raise ValueError(f"not a notify key: {key!r}")
         lines.append(f"{key}={value.replace(chr(10), ' ')}")
     return "\n".join(lines).encode("utf-8")
+
+
+class Notifier(Protocol):
+    """What the service loop tells its manager: ready, status, stopping, a watchdog tick per loop turn,
+    and the liveness checks that must hold for the watchdog to be fed."""
+
+    def ready(self, status: str | None = None) -> bool: ...
+
+    def stopping(self, status: str | None = None) -> bool: ...
+
+    def status(self, text: str) -> bool: ...
+
+    def watch(self, name: str, alive: Callable[[], bool]) -> None: ...
+
+    def __call__(self) -> None: ...
 
 
 @dataclass

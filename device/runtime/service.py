@@ -12,21 +12,24 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from types import FrameType
-from typing import Any
 
 from device.config import UnitConfig
+from device.errors import EXIT_USAGE, UserError
 from device.events.publish import Publisher, StdoutPublisher
 from device.identity.claims import ClaimDrop
 from device.identity.decide import ClaimSlot
-from device.identity.gallery import LastSeenRecorder, LiveGallery, claims_directory
+from device.identity.live_gallery import LastSeenRecorder, LiveGallery
 from device.identity.match import GalleryView
+from device.layout import StateLayout
 from device.runtime.pipeline import Pipeline, Runner
-from device.runtime.sdnotify import SystemdNotifier
+from device.runtime.sdnotify import Notifier, SystemdNotifier
 from device.timing import LatencyRecorder
 from device.types import Decision
-from device.vision.capture import CameraError, CaptureThread, open_source
+from device.vision.capture import open_source
+from device.vision.capture.source import CameraError
+from device.vision.capture.thread import CaptureThread
 from device.vision.faces import Stages, load_stages
 from device.vision.liveness import LivenessStage, open_liveness
 from device.vision.views import ViewSpec
@@ -34,8 +37,10 @@ from device.vision.views import ViewSpec
 log = logging.getLogger(__name__)
 
 
-class StartupError(Exception):
+class StartupError(UserError):
     """The unit cannot start with this config and these files; restarting will not help."""
+
+    exit_code = EXIT_USAGE
 
 
 def open_stages(config: UnitConfig, latencies: LatencyRecorder | None = None) -> Stages:
@@ -58,43 +63,69 @@ def open_liveness_stage(config: UnitConfig) -> LivenessStage | None:
         raise StartupError(f"cannot load the presentation-attack models: {error}") from None
 
 
-def make_publisher(config: UnitConfig) -> Publisher:
-    """MQTT when ``mqtt.enabled`` (durable outbox, TLS; started), else one JSON line per decision."""
+@dataclass(frozen=True)
+class UnitParts:
+    """What the publisher and the pipeline share, made before either so that the publisher gets its
+    command handlers at construction: the claim slot signed ``claim`` commands fill, the gallery whose
+    version every event names, and the models that decided."""
+
+    claims: ClaimSlot
+    gallery: GalleryView
+    models: dict[str, str]
+    gallery_given: bool = False  # a gallery handed in (demo, tests): no last-seen bookkeeping
+
+    @classmethod
+    def for_unit(cls, config: UnitConfig, stages: Stages, gallery: GalleryView | None = None) -> UnitParts:
+        return cls(
+            claims=ClaimSlot(config.matching.claim_window_s),
+            gallery=gallery if gallery is not None else LiveGallery.from_config(config),
+            models=model_labels(stages),
+            gallery_given=gallery is not None,
+        )
+
+
+def model_labels(stages: Stages) -> dict[str, str]:
+    """``role -> model@variant``, as events name the models that decided."""
+    return {role: f"{model.get('model')}@{model.get('variant')}" for role, model in stages.health().items()}
+
+
+def make_publisher(config: UnitConfig, parts: UnitParts | None = None) -> Publisher:
+    """MQTT when ``mqtt.enabled`` (durable outbox, TLS; started), else one JSON line per decision.
+
+    With ``parts``, signed claims reach the unit's claim slot and events name its models and gallery."""
     if not config.mqtt.enabled:
         return StdoutPublisher()
     try:
+        from device.events.command_gate import command_table
         from device.events.mqtt_publisher import MqttPublisher, MqttSetupError
     except ImportError as error:
         raise StartupError(f"mqtt.enabled is true but the MQTT publisher cannot load: {error}") from None
     try:
-        return MqttPublisher.from_config(config)
+        if parts is None:
+            return MqttPublisher(config).start()
+        gallery = parts.gallery
+        return MqttPublisher(
+            config,
+            commands=command_table(on_claim=parts.claims.set),
+            models=parts.models,
+            gallery_version=lambda: gallery.version,
+        ).start()
     except (MqttSetupError, OSError) as error:
         # A missing certificate or key file: fix the files, a restart will not.
         raise StartupError(f"mqtt: {error}") from None
 
 
-def bind_publisher(publisher: Publisher, runner: Runner, stages: Stages, gallery: GalleryView) -> None:
-    """Commands from the broker (claims) reach the pipeline; events name the models and gallery version."""
-    bind = getattr(publisher, "bind", None)
-    if not callable(bind):
-        return
-    models = {role: f"{model.get('model')}@{model.get('variant')}" for role, model in stages.health().items()}
-    bind(on_claim=runner.pipeline.claim, models=models, gallery_version=lambda: gallery.version)
+def watch_publisher(notifier: Notifier, publisher: Publisher) -> None:
+    """The publisher's I/O becomes part of the watchdog ping: a dead or hung I/O thread means the outbox
+    only grows and commands go unread, so systemd must restart the unit."""
+    notifier.watch("mqtt_io", publisher.io_alive)
 
 
-def watch_publisher(notifier: Any, publisher: Publisher) -> None:
-    """The publisher's I/O thread (when it has one) becomes part of the watchdog ping."""
-    watch = getattr(notifier, "watch", None)
-    io_alive = getattr(publisher, "io_alive", None)
-    if callable(watch) and callable(io_alive):
-        watch("mqtt_io", io_alive)
-
-
-def check_source(config: UnitConfig, base_dir: Path | None) -> None:
+def check_source(config: UnitConfig) -> None:
     """A file source that is missing or unreadable is a config problem: say so before starting."""
     if config.capture.backend != "file":
         return
-    source = open_source(config.capture, base_dir=base_dir)
+    source = open_source(config.capture)
     try:
         source.open()
     except CameraError as error:
@@ -109,26 +140,26 @@ def build_runner(
     stages: Stages,
     publisher: Publisher,
     stop_event: threading.Event,
+    parts: UnitParts | None = None,
     latencies: LatencyRecorder | None = None,
-    gallery: GalleryView | None = None,
-    base_dir: Path | None = None,
     on_decision: Callable[[Decision], None] | None = None,
-    notifier: Any = None,
+    notifier: Notifier | None = None,
     liveness: LivenessStage | None = None,
 ) -> Runner:
-    live_gallery = gallery if gallery is not None else LiveGallery.from_config(config)
+    """The service loop around the pipeline; ``parts`` are the ones the publisher was made with."""
+    parts = parts if parts is not None else UnitParts.for_unit(config, stages)
     pipeline = Pipeline.from_stages(
         config,
         stages,
-        gallery=live_gallery,
+        gallery=parts.gallery,
         publisher=publisher,
-        claims=ClaimSlot(config.matching.claim_window_s),
+        claims=parts.claims,
         latencies=latencies,
         liveness=liveness if liveness is not None else open_liveness_stage(config),
     )
     views = ViewSpec.for_unit(config, stages.detector.input_size)  # prepared by the camera side
     capture = CaptureThread(
-        open_source(config.capture, base_dir=base_dir, views=views),
+        open_source(config.capture, views=views),
         config.capture.reconnect_backoff_max_s,
         views=views,
     )
@@ -141,12 +172,11 @@ def build_runner(
         publisher,
         stop_event=stop_event,
         notifier=notifier,
-        claim_drop=ClaimDrop(claims_directory(config), config.matching.claim_window_s),
+        claim_drop=ClaimDrop(StateLayout.from_config(config).claims, config.matching.claim_window_s),
         health_interval_s=config.mqtt.health_interval_s,
         # the enrolled set's last-seen day (recognised subjects only); not for a gallery handed in (demo)
-        on_decision=on_decision if gallery is not None else LastSeenRecorder(config, then=on_decision),
+        on_decision=on_decision if parts.gallery_given else LastSeenRecorder(config, then=on_decision),
     )
-    bind_publisher(publisher, runner, stages, live_gallery)
     return runner
 
 

@@ -1,8 +1,9 @@
 """Face alignment: the detector's keypoints -> the 150x150 RGB chip dlib's embedder was trained on.
 
-Since issue 15 the unit aligns with dlib's own 5-point landmarks (``device.vision.landmarks5``, which uses
-``warp_to_chip`` and ``similarity_transform`` from here); ``align_face`` below, from BlazeFace's keypoints
-alone, is the earlier, cheaper method (chip 7 px from dlib's) and stays for comparison.
+Since issue 15 the unit aligns with dlib's own 5-point landmarks (``device.vision.shape_predictor5``,
+which uses ``warp_to_chip`` and ``similarity_transform`` from here); ``align_face`` below, from
+BlazeFace's keypoints alone, is the earlier, cheaper method (chip 7 px from dlib's) and stays for
+comparison.
 
 dlib cuts its chips with ``get_face_chip(img, shape5, size=150, padding=0.25)`` from its own 5-point
 landmarks (eye corners, base of the nose). The unit has BlazeFace's keypoints instead, so the chip is cut

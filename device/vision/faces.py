@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from device.config import DEFAULT_MAX_IMAGE_PIXELS, UnitConfig
+from device.errors import UserError
 from device.timing import LatencyRecorder, TimedModel
 from device.types import Detection, FrameViews, RgbImage, Vector
 from device.vision.picture_header import picture_dimensions
@@ -26,7 +27,7 @@ from device.vision.picture_header import picture_dimensions
 log = logging.getLogger(__name__)
 
 
-class ImageError(Exception):
+class ImageError(UserError):
     """A picture that cannot be read or decoded (wrong path, not an image, truncated file)."""
 
 
@@ -160,7 +161,7 @@ def load_stages(
     from device.models.cpu_variant import choice_state_dir
     from device.vision.detect import FaceDetector
     from device.vision.embed import FaceEmbedder
-    from device.vision.landmarks5 import load_landmark_aligner
+    from device.vision.shape_predictor5 import load_landmark_aligner
 
     if state_dir is None:
         state_dir = choice_state_dir(config.unit.state_dir)

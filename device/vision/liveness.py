@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 
 from device.config import UnitConfig
 from device.types import Box, PadOutcome, RgbImage
-from device.vision.landmarks import LEFT_EYE_CONTOUR, RIGHT_EYE_CONTOUR, FaceLandmarker
+from device.vision.face_mesh import LEFT_EYE_CONTOUR, RIGHT_EYE_CONTOUR, FaceLandmarker
 from device.vision.pad_texture import TextureCue, crop_box
 
 log = logging.getLogger(__name__)
@@ -482,7 +482,7 @@ def open_liveness(config: UnitConfig, *, state_dir: Path | None = None) -> Liven
     if config.liveness.mode == "off":
         return None
     from device.models.cpu_variant import choice_state_dir
-    from device.vision.landmarks import open_landmarker
+    from device.vision.face_mesh import open_landmarker
     from device.vision.pad_texture import open_texture_cue
 
     if state_dir is None:  # as for the detector: the CPU file choice is kept with the unit's state

@@ -10,8 +10,7 @@ import pytest
 
 from device import __version__
 from device.cli import main
-from device.config import UnitConfig, load_config
-from device.config_docs import described_schema
+from device.config import FileCapture, UnitConfig, config_json_schema, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,6 +71,69 @@ def test_a_bad_config_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     assert "'webcam'" in result.stderr
 
 
+def test_a_file_camera_without_a_source_fails_config_check_not_start_up(tmp_path: Path) -> None:
+    config = write(tmp_path / "unit.toml", '[capture]\nbackend = "file"\nrealtime = false\n')
+    result = run_device("--config", str(config), "config", "check")
+    assert result.returncode == 2
+    assert "capture.source: required (video file or picture folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+CAPTURE_REFUSALS = [
+    (
+        'backend = "file"\nsource = ""',
+        "capture.source = '': Value error, the file backend needs a video file",
+    ),
+    (
+        'backend = "opencv"\nsource = "0"\nloop = true',
+        'capture.loop: unknown key (only with backend = "file")',
+    ),
+    ('backend = "picamera2"\nrealtime = false', 'capture.realtime: unknown key (only with backend = "file")'),
+    ('backend = "picamera2"\nsource = "0"', 'capture.source: unknown key (only with backend = "opencv" or'),
+    ('source = "clip.mp4"', 'capture.source: unknown key (only with backend = "opencv" or'),  # default: Pi
+    (
+        'backend = "opencv"\nsource = "webcam please"',
+        "capture.source = 'webcam please': Value error, expected",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("section", "message"), CAPTURE_REFUSALS, ids=[m.split(":")[0] for _, m in CAPTURE_REFUSALS]
+)
+def test_capture_keys_are_checked_against_their_backend(
+    section: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path / "unit.toml", f"[capture]\n{section}\n")
+    assert main(["config", "check", "--config", str(config)]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("section", "backend"),
+    [
+        ("", "picamera2"),  # no [capture] table: the unit's own camera
+        ("[capture]\nrotation = 90\n", "picamera2"),
+        ('[capture]\nbackend = "opencv"\n', "opencv"),
+        ('[capture]\nbackend = "file"\nsource = "clip.mp4"\nloop = true\n', "file"),
+    ],
+)
+def test_each_backend_takes_its_own_keys(
+    section: str, backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path / "unit.toml", section)
+    assert main(["config", "check", "--config", str(config)]) == 0
+    assert f"capture {backend}" in capsys.readouterr().out
+
+
+def test_a_relative_file_source_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path / "unit.toml", '[capture]\nbackend = "file"\nsource = "clips/a.mp4"\n')
+    )
+    assert isinstance(config.capture, FileCapture)
+    assert config.capture.source == tmp_path / "clips" / "a.mp4"
+
+
 def test_a_missing_or_malformed_config_file_is_a_clear_error(tmp_path: Path) -> None:
     missing = run_device("--config", str(tmp_path / "nope.toml"), "config", "check")
     assert missing.returncode == 2
@@ -106,7 +168,7 @@ def test_shipped_defaults_file_equals_the_built_in_defaults() -> None:
 
 def test_shipped_schema_matches_the_config_model() -> None:
     shipped = json.loads((REPO / "firmware_config" / "unit-config.schema.json").read_text())
-    assert shipped == described_schema()
+    assert shipped == config_json_schema()
 
 
 @pytest.mark.parametrize(

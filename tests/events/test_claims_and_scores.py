@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from device.events.command_gate import command_table
 from device.events.mqtt_publisher import MqttPublisher
 from device.events.payloads import PayloadError, Topics, build_event, parse_command
 from device.identity.decide import ClaimSlot
@@ -46,15 +47,14 @@ def test_a_claim_queued_while_the_unit_was_offline_does_not_apply_on_reconnect(
     config = unit_config(mosquitto_broker, tmp_path, unit, session_expiry_s=600)
     claims = ClaimSlot(window_s=60)
     # The unit connects once so the broker keeps its session (and queues its commands), then goes away.
-    first = MqttPublisher(config, on_claim=claims.set).start()
-    assert wait_for(lambda: first.health_snapshot()["mqtt"]["connected"])
-    time.sleep(0.3)
+    first = MqttPublisher(config, commands=command_table(on_claim=claims.set)).start()
+    assert first.subscribed.wait(10)  # SUBACK: the cmd subscription is in place
     first.close()
     commander = Listener(mosquitto_broker, [f"entrance/{unit}/health"])
     try:
         commander.publish(f"entrance/{unit}/cmd/claim", claim_payload("s-stale", "r-1", ttl_s=1.0))
         time.sleep(1.5)  # the claim expires while queued
-        second = MqttPublisher(config, on_claim=claims.set).start()
+        second = MqttPublisher(config, commands=command_table(on_claim=claims.set)).start()
         try:
             assert wait_for(lambda: second.health_snapshot()["commands"]["rejected"] >= 1)
             # A fresh claim, then the same one again (replayed by whoever could publish it): used once.

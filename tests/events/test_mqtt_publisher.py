@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from device.config import UnitConfig, parse_config
 from device.consumers.consumer import Deduper, check_event
+from device.events.command_gate import command_table
 from device.events.mqtt_publisher import Backoff, MqttPublisher, MqttSetupError
 from device.events.payloads import PayloadError, decode
 from device.identity.decide import ClaimSlot
@@ -153,9 +154,8 @@ def test_events_made_while_the_broker_is_down_are_delivered_after_it_returns(
         mosquitto_broker.stop()
         for track in range(10):
             publisher.publish_decision(decision(track))
-        time.sleep(1.0)
+        assert wait_for(lambda: "broker_disconnected" in publisher.health_snapshot()["alarms"])
         assert publisher.outbox.stats().depth == 10
-        assert "broker_disconnected" in publisher.health_snapshot()["alarms"]
         mosquitto_broker.start()
         assert wait_for(lambda: publisher.outbox.stats().depth == 0, 15)
         for track in range(10, 15):
@@ -176,7 +176,7 @@ def test_a_refused_publish_keeps_the_event_raises_an_alarm_and_does_not_spin(
     try:
         publisher.publish_decision(decision(1))
         assert wait_for(lambda: publisher.health_snapshot()["mqtt"]["refused"] >= 1)
-        time.sleep(3.0)
+        time.sleep(3.0)  # an observation window (how often it retries), not a wait for a broker state
         health = publisher.health_snapshot()
     finally:
         publisher.close()
@@ -201,12 +201,10 @@ def test_commands_claim_reload_health_are_taken_and_anything_else_is_counted_as_
     commander.publish(f"{base}/cmd/reload", signed("reload"), retain=True)
     publisher = MqttPublisher(
         unit_config(mosquitto_broker, tmp_path, "unit-cmd"),
-        on_claim=claims.set,
-        on_reload=lambda: reloads.append(True),
+        commands=command_table(on_claim=claims.set, on_reload=lambda: reloads.append(True)),
     ).start()
     try:
-        assert wait_for(lambda: publisher.health_snapshot()["mqtt"]["connected"])
-        time.sleep(0.3)  # the unit's subscription is in place once it is connected and has looped once
+        assert publisher.subscribed.wait(10)  # SUBACK: the cmd subscription is in place
         commander.publish(f"{base}/cmd/claim", claim_payload("s-42", "r-1"))
         commander.publish(f"{base}/cmd/reload", signed("reload"))
         commander.publish(f"{base}/cmd/export", json.dumps({"command": "export"}).encode())
@@ -302,11 +300,11 @@ def test_consumers_drop_redeliveries_and_events_on_a_foreign_topic() -> None:
 
 
 def test_events_tail_prints_what_a_consumer_receives(mosquitto_broker: Any, tmp_path: Path) -> None:
-    from device.events.mqtt_publisher import event_key_path
     from device.events.signing import EventKey, registry_text
+    from device.layout import StateLayout
 
     config = unit_config(mosquitto_broker, tmp_path, "unit-tail")
-    public = EventKey.load_or_create(event_key_path(config)).public_text
+    public = EventKey.load_or_create(StateLayout.from_config(config).event_key).public_text
     (tmp_path / "keys.json").write_text(registry_text({"unit-tail": public}))
     cert, key = mosquitto_broker.cert_for("tail")
     tail = subprocess.Popen(

@@ -17,6 +17,7 @@ from command_support import signed
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from device.consumers.consumer import ConsumerSettings, EventConsumer, check_event
+from device.events.command_gate import command_table
 from device.events.mqtt_publisher import MqttPublisher
 from device.events.payloads import MAX_NESTING, PayloadError, Topics, decode, nesting_depth, parse_command
 from device.runtime.sdnotify import SystemdNotifier, WatchdogSettings
@@ -80,15 +81,16 @@ def test_poison_commands_leave_the_unit_delivering_events(mosquitto_broker: Any,
         reloads.append(1)
         raise RuntimeError("a handler bug")
 
-    publisher = MqttPublisher(unit_config(mosquitto_broker, tmp_path, unit), on_reload=failing_reload).start()
+    publisher = MqttPublisher(
+        unit_config(mosquitto_broker, tmp_path, unit), commands=command_table(on_reload=failing_reload)
+    ).start()
     attacker = RawClient(mosquitto_broker, "backend")
     received: list[dict[str, Any]] = []
     consumer = EventConsumer(consumer_settings(mosquitto_broker, unit), lambda e, _t: received.append(e))
     consumer.start()
     try:
         assert consumer.subscribed.wait(10)
-        assert wait_for(lambda: publisher.health_snapshot()["mqtt"]["connected"])
-        time.sleep(0.3)
+        assert publisher.subscribed.wait(10)  # SUBACK: the cmd subscription is in place
         for payload in POISON:
             attacker.publish(f"entrance/{unit}/cmd/claim", payload)
         attacker.publish(f"entrance/{unit}/cmd/reload", signed("reload"))

@@ -16,6 +16,7 @@ import pytest
 from command_support import TEST_COMMANDER, commander_key, signed
 
 from device.cli import main
+from device.events.command_gate import command_table
 from device.events.mqtt_publisher import MqttPublisher, MqttSetupError
 from device.events.payloads import PayloadError, Topics, parse_command
 from device.events.signing import CommandVerifier, SignatureError, load_registry
@@ -84,7 +85,9 @@ def test_over_a_real_broker_only_the_trusted_fresh_first_claim_applies(
         applied.append(subject)
         claims.set(subject)
 
-    publisher = MqttPublisher(unit_config(mosquitto_broker, tmp_path, unit), on_claim=take).start()
+    publisher = MqttPublisher(
+        unit_config(mosquitto_broker, tmp_path, unit), commands=command_table(on_claim=take)
+    ).start()
     attacker = Listener(mosquitto_broker, [f"entrance/{unit}/health"])  # a consumer certificate
     topic = f"entrance/{unit}/cmd/claim"
     tampered = json.loads(signed("claim", "s-good", request_id="r-t"))
@@ -93,8 +96,7 @@ def test_over_a_real_broker_only_the_trusted_fresh_first_claim_applies(
     del unsigned["sig"]
     valid = signed("claim", "s-good", request_id="r-ok")
     try:
-        assert wait_for(lambda: publisher.health_snapshot()["mqtt"]["connected"])
-        time.sleep(0.3)
+        assert publisher.subscribed.wait(10)  # SUBACK: the cmd subscription is in place
         attacker.publish(topic, json.dumps(unsigned).encode())
         attacker.publish(topic, signed("claim", "s-evil", key=commander_key(seed=2)))
         attacker.publish(topic, signed("claim", "s-evil", key=commander_key(seed=2), commander="intruder"))
@@ -124,14 +126,13 @@ def test_the_cli_makes_a_commander_key_and_sends_a_claim_the_unit_takes(
     unit = "unit-cli-claim"
     applied: list[str] = []
     config = unit_config(mosquitto_broker, tmp_path, unit, command_keys=str(trusted))
-    publisher = MqttPublisher(config, on_claim=applied.append).start()
+    publisher = MqttPublisher(config, commands=command_table(on_claim=applied.append)).start()
     cert, key = mosquitto_broker.cert_for("backend")
     common = ["--unit", unit, "--signing-key", str(key_file), "--name", "door-1", "--host", "localhost",
               "--port", str(mosquitto_broker.port), "--ca", str(mosquitto_broker.ca_file), "--prefix",
               "entrance"]  # fmt: skip
     try:
-        assert wait_for(lambda: publisher.health_snapshot()["mqtt"]["connected"])
-        time.sleep(0.3)
+        assert publisher.subscribed.wait(10)  # SUBACK: the cmd subscription is in place
         assert (
             main(["command", "send", "claim", "s-42", *common, "--cert", str(cert), "--key", str(key)]) == 0
         )

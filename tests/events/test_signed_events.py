@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from device.events.mqtt_publisher import MqttPublisher, event_key_path
+from device.events.mqtt_publisher import MqttPublisher
 from device.events.payloads import MAX_PAYLOAD_BYTES, PayloadError, build_event, decode, encode
 from device.events.signing import (
     EventKey,
@@ -27,6 +27,7 @@ from device.events.signing import (
     load_registry,
     registry_text,
 )
+from device.layout import StateLayout
 from device.types import Decision, DecisionType
 from tests.events.test_mqtt_publisher import REPO, Listener, decision, unit_config, wait_for
 from tests.events.test_poison_payloads import RawClient
@@ -107,7 +108,7 @@ def test_events_tail_prints_signed_events_and_rejects_each_forgery_with_one_line
 ) -> None:
     unit = "unit-signed"
     config = unit_config(mosquitto_broker, tmp_path, unit)
-    unit_key = EventKey.load_or_create(event_key_path(config))
+    unit_key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
     registry = registry_for(tmp_path / "keys.json", {unit: unit_key})
     capture = Listener(mosquitto_broker, [f"entrance/{unit}/events"])
     publisher = MqttPublisher(config).start()

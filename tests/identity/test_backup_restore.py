@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from gallery_helpers import Unit, enrol_random, init_unit, run_device
 
-from device.identity.gallery import GalleryError, LiveGallery
+from device.identity.gallery_records import GalleryError
+from device.identity.live_gallery import LiveGallery
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from device.identity.enrol import (
 )
 from device.progress import ProgressBar, progress_line
 from device.types import Box, Detection, RgbImage, Vector
-from device.vision.capture import FileSource
+from device.vision.capture.file import FileSource
 
 # obama.jpg (910x1137), labelled by hand (same labels as test_quality): box and BlazeFace keypoints.
 OBAMA_BOX = Box(370, 130, 620, 390)

@@ -13,7 +13,10 @@ from gallery_helpers import Unit, enrol_random, init_unit, random_templates, run
 
 from device.cli import main
 from device.identity.claims import ClaimDrop
-from device.identity.gallery import EnrolRequest, LiveGallery, claims_directory, utc_now
+from device.identity.gallery_records import utc_now
+from device.identity.gallery_store import EnrolRequest
+from device.identity.live_gallery import LiveGallery
+from device.layout import StateLayout
 
 
 @pytest.fixture
@@ -136,7 +139,7 @@ def test_claim_hands_a_subject_to_the_running_unit_through_the_state_dir(
 ) -> None:
     info, _ = enrol_random(unit.store(), "Claimer", seed=6)
     assert main(["--config", str(unit.config_path), "claim", info.subject_id]) == 0
-    directory = claims_directory(unit.config)
+    directory = StateLayout.from_config(unit.config).claims
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     drop = ClaimDrop(directory, unit.config.matching.claim_window_s)
     claims = drop.take()

@@ -12,15 +12,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gallery_helpers import Unit, enrol_random, init_unit, run_device
 
-from device.identity import gallery as gallery_module
-from device.identity.gallery import (
-    INDEX_KEY_PURPOSE,
-    WRAP_KEY_PURPOSE,
-    GallerySealer,
-    GalleryUnreadableError,
-    LiveGallery,
-)
+from device.identity import gallery_store as store_module
+from device.identity.gallery_file import INDEX_KEY_PURPOSE, WRAP_KEY_PURPOSE, GallerySealer
+from device.identity.gallery_records import GalleryUnreadableError
 from device.identity.keyring import keyring_path, read_keyring
+from device.identity.live_gallery import LiveGallery
 from device.identity.masterkey import MasterKey, load_master_key
 
 
@@ -164,8 +160,8 @@ def test_a_crash_in_the_middle_of_a_forget_leaves_a_loadable_gallery(
     store = unit.store()
     keep, _ = enrol_random(store, "Keeper", seed=41)
     gone, _ = enrol_random(store, "Erased", seed=42)
-    real_write_keyring = gallery_module.write_keyring
-    real_write = gallery_module.write_atomically
+    real_write_keyring = store_module.write_keyring
+    real_write = store_module.write_atomically
     keyring_writes = []
 
     def write_keyring(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -179,8 +175,8 @@ def test_a_crash_in_the_middle_of_a_forget_leaves_a_loadable_gallery(
             raise SimulatedCrashError()
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(gallery_module, "write_keyring", write_keyring)
-    monkeypatch.setattr(gallery_module, "write_atomically", write_gallery)
+    monkeypatch.setattr(store_module, "write_keyring", write_keyring)
+    monkeypatch.setattr(store_module, "write_atomically", write_gallery)
     with pytest.raises(SimulatedCrashError):
         store.forget(gone.subject_id, "tester")
     monkeypatch.undo()

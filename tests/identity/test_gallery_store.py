@@ -13,14 +13,9 @@ import pytest
 from gallery_helpers import Unit, enrol_random, init_unit, random_templates, state_file_bytes
 
 from device.identity.audit import AuditLog
-from device.identity.gallery import (
-    INDEX_KEY_PURPOSE,
-    EnrolRequest,
-    GalleryError,
-    GalleryStore,
-    SubjectNotFoundError,
-    utc_now,
-)
+from device.identity.gallery_file import INDEX_KEY_PURPOSE
+from device.identity.gallery_records import GalleryError, SubjectNotFoundError, utc_now
+from device.identity.gallery_store import EnrolRequest, GalleryStore
 from device.identity.keyring import keyring_path, read_keyring
 from device.identity.masterkey import MasterKey, load_master_key
 
@@ -246,7 +241,7 @@ def test_store_refuses_malformed_templates(unit: Unit) -> None:
 
 
 def test_the_running_unit_records_the_last_seen_day_of_recognised_subjects_only(unit: Unit) -> None:
-    from device.identity.gallery import LastSeenRecorder
+    from device.identity.live_gallery import LastSeenRecorder
     from device.types import Decision, DecisionType
 
     info, _ = enrol_random(unit.store(), "Seen Person", seed=21)

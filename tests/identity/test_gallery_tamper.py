@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from gallery_helpers import Unit, enrol_random, init_unit, run_device
 
-from device.identity.gallery import GalleryUnreadableError, LiveGallery
+from device.identity.gallery_records import GalleryUnreadableError
+from device.identity.live_gallery import LiveGallery
 from device.identity.masterkey import MasterKeyError, generate_master_key, load_master_key
 
 

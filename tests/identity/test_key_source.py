@@ -10,7 +10,8 @@ import pytest
 from gallery_helpers import Unit, enrol_random, run_device
 
 from device.config import load_config
-from device.identity.gallery import GalleryStore, LiveGallery
+from device.identity.gallery_store import GalleryStore
+from device.identity.live_gallery import LiveGallery
 from device.identity.masterkey import KEY_PREFIX, MasterKeyError, generate_master_key, load_master_key
 
 needs_systemd_creds = pytest.mark.skipif(shutil.which("systemd-creds") is None, reason="no systemd-creds")

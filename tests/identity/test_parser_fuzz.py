@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from device.config import ConfigError, load_config, parse_config
 from device.identity.audit import AuditError, AuditLog
 from device.identity.backup import BackupError, open_backup
-from device.identity.gallery import GallerySealer, GalleryUnreadableError
+from device.identity.gallery_file import GallerySealer
+from device.identity.gallery_records import GalleryUnreadableError
 from device.identity.keyring import KeyringError, fresh_keyring, open_keyring, seal_keyring
 from device.identity.masterkey import MasterKey
 from device.identity.sealed import SealedError, parse_enrolled_set, read_header
@@ -41,7 +42,7 @@ GALLERY_KEY = bytes(range(32, 64))
 
 
 def real_gallery_file() -> bytes:
-    from device.identity.gallery import GalleryContents
+    from device.identity.gallery_records import GalleryContents
 
     return GallerySealer(GALLERY_KEY).seal_file(GalleryContents(generation=3))
 

@@ -12,7 +12,7 @@ import pytest
 
 from device.cli import main
 from device.config import load_config
-from device.identity.gallery import GalleryStore
+from device.identity.gallery_store import GalleryStore
 
 
 def _signer(tmp_path: Path) -> Path:

@@ -15,7 +15,8 @@ from gallery_helpers import Unit, init_unit
 from device.config import UnitConfig
 from device.evaluation.fixtures import load_rgb
 from device.identity.decide import ClaimSlot
-from device.identity.gallery import EnrolRequest, LiveGallery
+from device.identity.gallery_store import EnrolRequest
+from device.identity.live_gallery import LiveGallery
 from device.lab.democlip import Walk, hallway, iter_script_frames, largest_face
 from device.runtime.pipeline import Pipeline
 from device.types import Decision, DecisionType, Frame, RgbImage
@@ -31,6 +32,9 @@ class Collect:
 
     def publish_health(self, health: Mapping[str, Any]) -> None:
         pass
+
+    def io_alive(self) -> bool:
+        return True
 
     def close(self) -> None:
         pass

@@ -16,7 +16,8 @@ from interpreter_support import ForwardingInterpreter, ManualClock
 from tamper_support import flip_one_bit
 
 from device.config import ModelsSection
-from device.models.accelerator import Interpreter, load_interpreter, open_model
+from device.models.accelerator import open_model
+from device.models.interpreter import Interpreter, load_interpreter
 from device.models.manifest import ModelFileError, load_manifest, sha256_file
 
 REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -242,7 +243,7 @@ def test_the_real_delegate_loader_without_a_tpu_falls_back(models_with_edgetpu: 
 
 
 def test_a_missing_library_is_reported_once_not_per_device(models_with_edgetpu: Path) -> None:
-    from device.models.accelerator import EdgeTpuLibraryMissingError
+    from device.models.interpreter import EdgeTpuLibraryMissingError
 
     asked: list[dict[str, str]] = []
 

@@ -19,7 +19,7 @@ from pipeline_support import RecordingPublisher, published_health, unit_config
 
 from device.config import ModelsSection
 from device.identity.match import InMemoryGallery
-from device.models.accelerator import Interpreter, load_interpreter, open_model
+from device.models.accelerator import open_model
 from device.models.cpu_variant import (
     BLOCKS,
     CPU_VARIANT_CACHE,
@@ -28,9 +28,10 @@ from device.models.cpu_variant import (
     CpuVariant,
     RememberedChoice,
     VariantTiming,
-    decide,
+    margin_rule,
     pairs_per_block,
 )
+from device.models.interpreter import Interpreter, load_interpreter
 from device.runtime.pipeline import Pipeline
 from device.vision.faces import load_stages
 
@@ -214,14 +215,14 @@ def timing(*blocks: float) -> VariantTiming:
 
 def test_the_margin_rule_needs_all_blocks_but_one_beyond_the_margin() -> None:
     margin = 0.3
-    assert decide(timing(1.4, 1.4, 1.4, 1.4, 1.4), previous=None, margin=margin).variant == "int8"
+    assert margin_rule(timing(1.4, 1.4, 1.4, 1.4, 1.4), previous=None, margin=margin).variant == "int8"
     # one disturbed block does not hide a clear winner; two do
-    assert decide(timing(1.4, 1.4, 1.1, 1.4, 1.4), previous="float", margin=margin).variant == "int8"
-    assert decide(timing(1.4, 1.2, 1.1, 1.4, 1.4), previous="float", margin=margin).variant == "float"
-    assert decide(timing(1.4, 1.2, 1.1, 1.4, 1.4), previous="int8", margin=margin).variant == "int8"
-    assert decide(timing(1.4, 1.2, 1.1, 1.4, 1.4), previous=None, margin=margin).variant == "float"
-    assert decide(timing(0.7, 0.75, 1.2, 0.7, 0.7), previous="int8", margin=margin).variant == "float"
-    assert decide(timing(0.7, 0.9, 0.8, 0.7, 0.7), previous="int8", margin=margin).variant == "int8"
+    assert margin_rule(timing(1.4, 1.4, 1.1, 1.4, 1.4), previous="float", margin=margin).variant == "int8"
+    assert margin_rule(timing(1.4, 1.2, 1.1, 1.4, 1.4), previous="float", margin=margin).variant == "float"
+    assert margin_rule(timing(1.4, 1.2, 1.1, 1.4, 1.4), previous="int8", margin=margin).variant == "int8"
+    assert margin_rule(timing(1.4, 1.2, 1.1, 1.4, 1.4), previous=None, margin=margin).variant == "float"
+    assert margin_rule(timing(0.7, 0.75, 1.2, 0.7, 0.7), previous="int8", margin=margin).variant == "float"
+    assert margin_rule(timing(0.7, 0.9, 0.8, 0.7, 0.7), previous="int8", margin=margin).variant == "int8"
 
 
 def test_the_probe_fits_its_budget_but_never_drops_below_a_median_worth_comparing() -> None:

@@ -170,7 +170,7 @@ def test_pixels_fed_directly_give_what_the_float_path_gives(load_face) -> None: 
 
 
 def test_pixels_for_the_int8_file_are_quantised_without_bias() -> None:
-    from device.models.accelerator import TensorSpec, pixel_preparer
+    from device.models.tensors import TensorSpec, pixel_preparer
 
     # The shipped int8 detector's input: real = (q - 127) / 127.5, while a pixel p means (p - 127.5) / 127.5,
     # so q should be p - 0.5: half the levels rounded down, half up, never more than one step off.
@@ -186,7 +186,7 @@ def test_pixels_for_the_int8_file_are_quantised_without_bias() -> None:
 @pytest.mark.parametrize(("dtype", "zero_point"), [(np.uint8, 127), (np.int8, -1), (np.int8, 3)])
 def test_the_pixel_table_gives_exactly_what_quantising_the_float_would(dtype: type, zero_point: int) -> None:
     """The table lookup (OpenCV's, on a whole frame) is the float round trip's result, bit for bit."""
-    from device.models.accelerator import TensorSpec, pixel_preparer, quantize
+    from device.models.tensors import TensorSpec, pixel_preparer, quantize
 
     frame = np.random.default_rng(7).integers(0, 256, size=(1, 96, 64, 3), dtype=np.uint8)
     spec = TensorSpec(0, frame.shape, np.dtype(dtype), 1 / 127.5, zero_point)

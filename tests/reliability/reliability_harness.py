@@ -63,6 +63,17 @@ def wait_for(predicate: Any, timeout: float, step: float = 0.05) -> bool:
     return bool(predicate())
 
 
+class PreconditionError(AssertionError):
+    """A state the next check depends on never came: the check would prove nothing, so the run fails."""
+
+
+def must(predicate: Any, timeout: float, step: float, what: str) -> None:
+    """``wait_for`` whose failure ends the run: for every wait a later check relies on (a unit back
+    online before a stale claim is judged, say), so that check can never pass vacuously."""
+    if not wait_for(predicate, timeout, step):
+        raise PreconditionError(f"{what} (waited {timeout:g} s)")
+
+
 @dataclass
 class Monitor:
     """A consumer (persistent session) that records and schema-checks everything units publish."""
@@ -327,7 +338,7 @@ def real_unit_kills(
         time.sleep(rng.uniform(0.1, 1.0))
         unit.kill()
     unit.start()
-    wait_for(lambda: unit.committed()[1] == 0, 30.0, 0.2)
+    must(lambda: unit.committed()[1] == 0, 30.0, 0.2, "the restarted unit emptied its outbox")
     unit.stop()
     result: dict[str, Any] = _drain(monitor, unit, 60.0)
     result["kills"] = kills
@@ -391,7 +402,7 @@ def unit_kills(
         unit.start()
         # Wait until this run has committed something, then kill at a random moment after that.
         before = unit.committed()[0]
-        wait_for(lambda before=before: unit.committed()[0] > before, 15.0, 0.05)
+        must(lambda before=before: unit.committed()[0] > before, 15.0, 0.05, "the emitter committed an event")
         time.sleep(rng.uniform(0.1, 0.6))
         unit.kill()
         committed_at_kill.append(unit.committed()[0])
@@ -492,7 +503,8 @@ def cross_unit(broker: Any, monitor: Monitor) -> dict[str, Any]:
     claim = json.dumps({"command": "claim", "subject_id": "s-1"}).encode()
     commander.publish(f"{prefix}/{b}/cmd/claim", claim, qos=1).wait_for_publish(5)
     commander.publish(f"{prefix}/{a}/cmd/claim", claim, qos=1).wait_for_publish(5)
-    wait_for(lambda: f"{prefix}/{a}/cmd/claim" in received, 3.0)
+    # The control: A's own command reaches A, so "nothing of B's reached A" below is not vacuous.
+    must(lambda: f"{prefix}/{a}/cmd/claim" in received, 3.0, 0.05, "unit A received its own command")
     time.sleep(0.5)
     commander.disconnect()
     commander.loop_stop()
@@ -522,7 +534,8 @@ def last_will(broker: Any, monitor: Monitor, workdir: Path, *, freeze: bool = Fa
     will_at = monitor.status_since(name, killed, "offline", "connection_lost")
     restart = time.monotonic()
     unit.start()
-    wait_for(lambda: monitor.status_since(name, restart, "online", "connected") is not None, 15.0)
+    must(lambda: monitor.status_since(name, restart, "online", "connected") is not None, 15.0, 0.05,
+         "the unit was online again before its clean stop")  # fmt: skip
     stopped = time.monotonic()
     unit.stop()
     clean = wait_for(lambda: monitor.status_since(name, stopped, "offline", "shutdown") is not None, 5.0)
@@ -534,7 +547,8 @@ def last_will(broker: Any, monitor: Monitor, workdir: Path, *, freeze: bool = Fa
         # a frozen process does: the broker must notice the silence itself.
         restart = time.monotonic()
         unit.start()
-        wait_for(lambda: monitor.status_since(name, restart, "online", "connected") is not None, 15.0)
+        must(lambda: monitor.status_since(name, restart, "online", "connected") is not None, 15.0, 0.05,
+             "the unit was online before it was frozen")  # fmt: skip
         time.sleep(1.0)
         frozen_at = time.monotonic()
         unit.freeze()
@@ -591,7 +605,7 @@ def trust(broker: Any, monitor: Monitor, workdir: Path) -> dict[str, Any]:
 
     try:
         unit.start()
-        wait_for(lambda: len(monitor.delivered_seqs(unit.unit)) >= 3, 20.0)
+        must(lambda: len(monitor.delivered_seqs(unit.unit)) >= 3, 20.0, 0.05, "the unit delivered events")
         # Forgery with a consumer certificate: as the unit, and as a "unit" named like the consumer.
         forged = b'{"forged": true}'
         forgery_codes = [
@@ -625,7 +639,9 @@ def trust(broker: Any, monitor: Monitor, workdir: Path) -> dict[str, Any]:
         time.sleep(2.0)
         unit.start()
         before = max(monitor.delivered_seqs(unit.unit), default=0)
-        wait_for(lambda: max(monitor.delivered_seqs(unit.unit), default=0) > before + 5, 20.0)
+        # Back online and delivering, so it had the chance to act on the queued stale claim.
+        must(lambda: max(monitor.delivered_seqs(unit.unit), default=0) > before + 5, 20.0, 0.05,
+             "the unit reconnected and delivered after the stale claim was queued")  # fmt: skip
         stale_applied = applied.exists() and "s-stale" in applied.read_text()
         unit.stop()
     finally:

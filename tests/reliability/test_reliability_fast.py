@@ -35,3 +35,12 @@ def test_no_event_is_lost_duplicated_or_reordered_and_units_stay_in_their_lane(
     assert not summary["trust"]["replayed_claim_applied"], summary["trust"]
     assert not summary["untrusted_claim_applied"], summary["trust"]
     assert summary["targets_met"]
+
+
+def test_a_wait_a_later_check_relies_on_fails_the_run_instead_of_passing_it() -> None:
+    import pytest
+    from reliability_harness import PreconditionError, must
+
+    must(lambda: True, 0.1, 0.01, "already there")
+    with pytest.raises(PreconditionError, match="the unit reconnected"):
+        must(lambda: False, 0.1, 0.01, "the unit reconnected")

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from device.config import load_config
+from device.events.command_gate import command_table
 from device.events.mqtt_publisher import MqttPublisher
 from device.identity.decide import ClaimSlot
 from device.types import Decision, DecisionType
@@ -77,7 +78,7 @@ def main() -> int:
 
     publisher = MqttPublisher(
         config,
-        on_claim=take_claim,
+        commands=command_table(on_claim=take_claim),
         models={"detector": "blazeface_full_range@int8", "embedder": "dlib_resnet_v1@int8"},
         gallery_version=lambda: "3-a1b2c3",
     ).start()

@@ -19,7 +19,8 @@ from device.identity.match import InMemoryGallery
 from device.lab.demo import make_demo_clip
 from device.runtime.pipeline import Pipeline, Runner
 from device.types import Decision
-from device.vision.capture import CaptureThread, FileSource
+from device.vision.capture.file import FileSource
+from device.vision.capture.thread import CaptureThread
 from device.vision.faces import FaceAnalyzer, Stages, load_stages
 from device.vision.liveness import LivenessStage, open_liveness
 from device.vision.views import ViewSpec

@@ -26,7 +26,7 @@ from device.lab.bench import MemorySource
 from device.lab.democlip import hallway
 from device.runtime.pipeline import Pipeline, Runner, detect_ahead_pays
 from device.types import Decision, Detection, Frame, FrameViews, RgbImage
-from device.vision.capture import CaptureThread
+from device.vision.capture.thread import CaptureThread
 from device.vision.faces import FaceAnalyzer, Stages
 from device.vision.views import ViewSpec
 

@@ -32,7 +32,7 @@ from mqtt_probe import connect_probe
 
 from device.config import load_config
 from device.evaluation.fixtures import astronaut_rgb, load_rgb
-from device.identity.gallery import EnrolRequest
+from device.identity.gallery_store import EnrolRequest
 from device.lab.democlip import ClipError, Walk, make_clip
 from device.vision.faces import FaceAnalyzer, load_stages
 from device.vision.liveness import open_liveness
@@ -146,10 +146,10 @@ def test_a_thousand_frames_of_strangers_write_nothing_but_outbox_events(
     )
     # The event signing key is made once at installation (the fleet playbook runs `device events key`
     # before it starts the service), not while strangers pass: make it before the traced run.
-    from device.events.mqtt_publisher import event_key_path
     from device.events.signing import EventKey
+    from device.layout import StateLayout
 
-    EventKey.load_or_create(event_key_path(load_config(run_config)))
+    EventKey.load_or_create(StateLayout.from_config(load_config(run_config)).event_key)
     outbox = load_config(run_config).mqtt.outbox_path
     allowed = {str(outbox) + suffix for suffix in ("", "-wal", "-shm", "-journal")}
     consumer = connect_probe(broker.host, broker.port, broker.ca_file, *broker.cert_for("backend"), "backend")

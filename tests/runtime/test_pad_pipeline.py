@@ -21,13 +21,15 @@ from pipeline_support import (
 from device.config import UnitConfig
 from device.evaluation import fixtures
 from device.events.payloads import build_event
-from device.identity.gallery import EnrolRequest, LiveGallery
+from device.identity.gallery_store import EnrolRequest
+from device.identity.live_gallery import LiveGallery
 from device.identity.match import InMemoryGallery
 from device.lab.democlip import write_mjpeg
 from device.lab.padattacks import attack_clip_frames, draw_params
 from device.runtime.pipeline import Pipeline, Runner
 from device.types import Decision, DecisionType, Frame
-from device.vision.capture import CaptureThread, FileSource
+from device.vision.capture.file import FileSource
+from device.vision.capture.thread import CaptureThread
 from device.vision.faces import FaceAnalyzer, Stages
 from device.vision.liveness import LivenessStage, open_liveness
 

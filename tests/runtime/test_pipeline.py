@@ -20,13 +20,16 @@ from pipeline_support import (
 from device.cli import main
 from device.config import UnitConfig
 from device.identity.decide import Reason
-from device.identity.gallery import EnrolRequest, LiveGallery, claims_directory
+from device.identity.gallery_store import EnrolRequest
+from device.identity.live_gallery import LiveGallery
 from device.identity.match import GalleryView, InMemoryGallery
 from device.lab.democlip import DemoClip
+from device.layout import StateLayout
 from device.runtime.pipeline import Pipeline, Runner
 from device.runtime.service import build_runner
 from device.types import Decision, DecisionType, Frame
-from device.vision.capture import CaptureThread, FileSource
+from device.vision.capture.file import FileSource
+from device.vision.capture.thread import CaptureThread
 from device.vision.faces import FaceAnalyzer, Stages
 
 
@@ -215,4 +218,4 @@ def test_a_claim_dropped_by_device_claim_reaches_the_running_unit_in_armed_mode(
     assert [(d.type, d.subject_id, d.reasons) for d in publisher.decisions] == [
         (DecisionType.RECOGNIZED, resident.subject_id, (Reason.CLAIM_VERIFIED.value,))
     ]
-    assert list(claims_directory(config).glob("*.claim")) == []  # the claim file was taken
+    assert list(StateLayout.from_config(config).claims.glob("*.claim")) == []  # the claim file was taken

@@ -22,6 +22,7 @@ from device.cli import main
 from device.events.outbox import Outbox
 from device.events.payloads import build_event, encode
 from device.lab.demo import toml_text
+from device.layout import StateLayout
 from device.types import Decision, DecisionType
 
 STARTUP_TIMEOUT_S = 90.0
@@ -139,5 +140,10 @@ def test_outbox_show_lists_and_drop_deletes_only_the_named_events_and_audits_it(
     drop = json.loads(audit_lines[-1])
     assert drop["event"] == "outbox_drop" and drop["actor"] == "installer"
     assert drop["details"] == {"count": 2, "reason": "seq 1,2"}
+    # The drop moved the unit's one audit head (beside the master key), not a second head of its own
+    # in the state folder that a restored state folder would carry back.
+    layout = StateLayout.from_config(load_config(config))
+    assert json.loads(layout.audit_head.read_text())["seq"] == drop["seq"]
+    assert not (config.parent / "state" / "audit.jsonl.head").exists()
     assert main(["status", "--config", str(config)]) == 0
     assert "outbox: 1 queued" in capsys.readouterr().out

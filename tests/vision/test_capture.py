@@ -13,23 +13,14 @@ import cv2
 import numpy as np
 import pytest
 
-from device.config import CaptureSection, ConfigError
+from device.config import ConfigError, OpenCvCapture, parse_config
 from device.types import Frame, RgbImage
-from device.vision.capture import (
-    CameraError,
-    CaptureThread,
-    EndOfStream,
-    FileSource,
-    LatestFrameBuffer,
-    OpenCvSource,
-    Picamera2Source,
-    ReconnectingSource,
-    backoff_delays,
-    open_source,
-    orient,
-    parse_opencv_source,
-    redact_url,
-)
+from device.vision.capture.file import FileSource
+from device.vision.capture.opencv import OpenCvSource, opencv_device, redact_url
+from device.vision.capture.picamera2 import Picamera2Source
+from device.vision.capture.reconnect import ReconnectingSource, backoff_delays
+from device.vision.capture.source import CameraError, EndOfStream, orient
+from device.vision.capture.thread import CaptureThread, LatestFrameBuffer
 
 
 def write_video(path: Path, frames: list[RgbImage], fps: float = 10.0) -> Path:
@@ -199,14 +190,18 @@ def test_picamera2_is_imported_only_when_used() -> None:
         Picamera2Source(640, 480, 15, False, False).open()
 
 
-def test_opencv_sources_are_parsed_and_bad_ones_are_config_errors() -> None:
-    assert parse_opencv_source("0") == 0
-    assert parse_opencv_source("/dev/video2") == "/dev/video2"
-    assert parse_opencv_source("rtsp://cam.local/stream") == "rtsp://cam.local/stream"
+def test_opencv_sources_are_checked_by_the_config_and_handed_to_opencv_as_index_or_text() -> None:
+    def device_of(source: str) -> int | str:
+        capture = parse_config({"capture": {"backend": "opencv", "source": source}}).capture
+        assert isinstance(capture, OpenCvCapture)
+        return opencv_device(capture.source)
+
+    assert device_of("0") == 0
+    assert device_of("") == 0  # as before the backends had their own sections: the first camera
+    assert device_of("/dev/video2") == "/dev/video2"
+    assert device_of("rtsp://cam.local/stream") == "rtsp://cam.local/stream"
     with pytest.raises(ConfigError, match=r"capture\.source"):
-        parse_opencv_source("webcam please")
-    with pytest.raises(ConfigError, match="needs a video file"):
-        open_source(CaptureSection(backend="file", source=""))
+        device_of("webcam please")
 
 
 def test_credentials_in_stream_urls_are_redacted() -> None:

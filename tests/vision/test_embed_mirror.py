@@ -11,7 +11,7 @@ from device.models.accelerator import open_model
 from device.vision.detect import FaceDetector
 from device.vision.embed import FaceEmbedder
 from device.vision.faces import FaceAnalyzer
-from device.vision.landmarks5 import load_landmark_aligner
+from device.vision.shape_predictor5 import load_landmark_aligner
 
 
 def test_the_mirrored_embedding_is_the_mean_of_both_views_and_the_same_for_a_mirror_image(

@@ -30,7 +30,7 @@ from device.types import RgbImage
 from device.vision.align import CHIP_TEMPLATE
 from device.vision.detect import FaceDetector
 from device.vision.embed import FaceEmbedder, cosine, l2_normalise
-from device.vision.landmarks5 import load_landmark_aligner
+from device.vision.shape_predictor5 import load_landmark_aligner
 
 pytestmark = pytest.mark.oracle
 pytest.importorskip("dlib", reason="the oracle needs dlib-bin (dev extra)")

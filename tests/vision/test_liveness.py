@@ -225,7 +225,7 @@ def test_geometry_abstains_when_the_face_only_slid_sideways() -> None:
 
 
 def eyes_mesh(openness: float) -> NDArray[np.float32]:
-    from device.vision.landmarks import LEFT_EYE_CONTOUR, RIGHT_EYE_CONTOUR
+    from device.vision.face_mesh import LEFT_EYE_CONTOUR, RIGHT_EYE_CONTOUR
 
     mesh = np.zeros((468, 3), np.float32)
     for contour, cx in ((RIGHT_EYE_CONTOUR, 100.0), (LEFT_EYE_CONTOUR, 160.0)):

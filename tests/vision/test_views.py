@@ -17,7 +17,10 @@ from pipeline_support import shipped_stages, unit_config
 from device.evaluation import fixtures
 from device.lab.democlip import hallway
 from device.types import Detection, FrameViews, RgbImage
-from device.vision.capture import CaptureThread, FileSource, Picamera2Source, open_source
+from device.vision.capture import open_source
+from device.vision.capture.file import FileSource
+from device.vision.capture.picamera2 import Picamera2Source
+from device.vision.capture.thread import CaptureThread
 from device.vision.detect import FaceDetector, is_grey, letterbox
 from device.vision.faces import Stages
 from device.vision.motion import MotionGate, downscaled_grey

@@ -26,7 +26,7 @@ from device.models.manifest import ModelFileError, load_manifest
 from device.types import RgbImage
 from device.vision.align import CHIP_SIZE, AlignmentError, similarity_transform
 from device.vision.detect import FaceDetector
-from device.vision.landmarks5 import (
+from device.vision.shape_predictor5 import (
     MODEL_NAME,
     Landmark5Aligner,
     ShapePredictor5,

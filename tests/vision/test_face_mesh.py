@@ -13,8 +13,7 @@ from numpy.typing import NDArray
 from device.config import UnitConfig
 from device.models.manifest import ModelFileError
 from device.types import Box, Detection, Keypoint, RgbImage
-from device.vision.faces import Detector, load_stages
-from device.vision.landmarks import (
+from device.vision.face_mesh import (
     LANDMARK_COUNT,
     LEFT_EYE_CONTOUR,
     MOUTH_OUTER,
@@ -23,6 +22,7 @@ from device.vision.landmarks import (
     FaceLandmarker,
     open_landmarker,
 )
+from device.vision.faces import Detector, load_stages
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS_DIR = REPO / "models"

@@ -1,0 +1,105 @@
+"""The defences the suite must notice losing: each mutant switches one off, and names the behavioural
+tests expected to fail without it (issue 30). ``make mutation-check`` applies them one at a time to a
+copy of the tree (tests/mutation/run.py); ``test_mutants.py`` keeps every anchor in step with the code.
+
+A mutant is a plain text edit: the ``anchor`` must occur exactly once in ``path`` and is replaced by
+``replacement``. Pinned-number tests (the demo-clip outcome, the PAD holdout figures) are deliberately
+not listed: a defence must be caught by a test of what it is for, not by a float moving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    defence: str
+    path: str
+    anchor: str
+    replacement: str
+    tests: tuple[str, ...]
+
+    def apply(self, source: str) -> str:
+        count = source.count(self.anchor)
+        if count != 1:
+            raise ValueError(f"mutant {self.name}: anchor found {count} times in {self.path} (want 1)")
+        return source.replace(self.anchor, self.replacement)
+
+
+def without_cue(cue: str, tests: tuple[str, ...]) -> Mutant:
+    """The fusion never hears from ``cue``: as if the cue were not built."""
+    return Mutant(
+        name=f"liveness_cue_{cue}",
+        defence=f"the {cue} liveness cue",
+        path="device/vision/liveness.py",
+        anchor="def fuse(cues: dict[str, CueResult]) -> Liveness:\n",
+        replacement=(
+            "def fuse(cues: dict[str, CueResult]) -> Liveness:\n"
+            f"    cues = {{name: cue for name, cue in cues.items() if name != {cue!r}}}  # MUTANT\n"
+        ),
+        tests=tests,
+    )
+
+
+LIVENESS_TESTS = ("tests/vision/test_liveness.py", "tests/runtime/test_pad_pipeline.py")
+
+MUTANTS: tuple[Mutant, ...] = (
+    without_cue("texture", LIVENESS_TESTS),
+    without_cue("frame_edges", LIVENESS_TESTS),
+    without_cue("spectrum", LIVENESS_TESTS),
+    without_cue("geometry", LIVENESS_TESTS),
+    without_cue("infrared", LIVENESS_TESTS),
+    Mutant(
+        name="event_signature",
+        defence="consumers check each event's signature against the unit's key",
+        path="device/events/signing.py",
+        anchor="        if not signed_by(key, signature, event):\n",
+        replacement="        if False:  # MUTANT: signature not checked\n",
+        tests=("tests/events/test_signed_events.py", "tests/consumers/test_door.py"),
+    ),
+    Mutant(
+        name="command_signature",
+        defence="the unit acts only on commands a trusted commander signed",
+        path="device/events/signing.py",
+        anchor="        if not signed_by(key, signature, payload):\n",
+        replacement="        if False:  # MUTANT: signature not checked\n",
+        tests=("tests/events/test_command_gate.py", "tests/events/test_signed_commands.py"),
+    ),
+    Mutant(
+        name="keyring_generation",
+        defence="a gallery file is opened only if the keyring vouches for its generation and digest",
+        path="device/identity/keyring.py",
+        anchor="if slot is not None and slot.generation == generation and slot.digest == digest:",
+        replacement="if slot is not None:  # MUTANT: any file opens with the current slot",
+        tests=("tests/identity/test_gallery_rollback.py", "tests/identity/test_gallery_tamper.py"),
+    ),
+    Mutant(
+        name="door_seq_reload",
+        defence="the door reloads each unit's last seq from its audit, so a replay after its restart fails",
+        path="device/commands/door.py",
+        anchor="    verifier.remember(audit.last_seqs())\n",
+        replacement="    pass  # MUTANT: the door forgets what it saw before a restart\n",
+        tests=("tests/consumers/test_door.py",),
+    ),
+    Mutant(
+        name="central_acl_building_prefix",
+        defence="on the central broker a building may publish only under its own prefix (issue 27)",
+        path="deploy/broker/bridge.py",
+        anchor='        lines += [f"topic write {own}/{pattern}" for pattern in OUTBOUND]\n',
+        replacement=(
+            '        lines += [f"topic write {site}/+/{prefix}/{pattern}" for pattern in OUTBOUND]'
+            "  # MUTANT: any building's prefix\n"
+        ),
+        tests=("tests/deploy/test_bridge.py",),
+    ),
+    Mutant(
+        name="archive_tombstone",
+        defence="a unit's subject_forgotten tombstones the subject in the rows an archive holds (issue 27)",
+        path="device/consumers/archive.py",
+        anchor="            steps.append((TOMBSTONE, (subject,)))\n",
+        replacement='            steps.append(("SELECT 1 WHERE 0 = ?", (0,)))  # MUTANT: rows keep the id\n',
+        tests=("tests/consumers/test_archive.py",),
+    ),
+)
