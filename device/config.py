@@ -225,6 +225,11 @@ class ModelsSection(Section):
         description="each face's embedding is the mean of its chip's and the mirror image's (one more "
         "embedder inference per face; README, Recognition on LFW)",
     )
+    embed_mirror_grey: bool = Field(
+        default=True,
+        description="the same for grey faces only (a NoIR camera at night): one more embedder inference "
+        "per grey face (README, Recognition on LFW)",
+    )
 
 
 class MotionSection(Section):

@@ -180,7 +180,11 @@ def cpu_analyzer(
     models = ModelsSection(dir=models_dir, accelerator="cpu", cpu_variant=cpu_file, cpu_threads=threads)
     return FaceAnalyzer(
         FaceDetector(open_model(models, DETECTOR), detection or DetectionSection()),
-        FaceEmbedder(open_model(models, EMBEDDER), mirror=models.embed_mirror if mirror is None else mirror),
+        FaceEmbedder(
+            open_model(models, EMBEDDER),
+            mirror=models.embed_mirror if mirror is None else mirror,
+            mirror_grey=models.embed_mirror_grey,
+        ),
         load_landmark_aligner(models_dir),
     )
 
