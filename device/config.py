@@ -220,6 +220,16 @@ class ModelsSection(Section):
         description="presentation-attack texture CNNs (manifest names); their P(real) is averaged",
     )
     landmarks: str = Field(default="face_landmark", min_length=1, description="dense 468-point face mesh")
+    embed_mirror: bool = Field(
+        default=False,
+        description="each face's embedding is the mean of its chip's and the mirror image's (one more "
+        "embedder inference per face; README, Recognition on LFW)",
+    )
+    embed_mirror_grey: bool = Field(
+        default=True,
+        description="the same for grey faces only (a NoIR camera at night): one more embedder inference "
+        "per grey face (README, Recognition on LFW)",
+    )
 
 
 class MotionSection(Section):
@@ -253,6 +263,16 @@ class DetectionSection(Section):
         lt=1.0,
         description="minimum face score on grey frames (NoIR/night), after the skin tint; between the "
         "strongest grey false detection (0.371) and the weakest grey fixture face (0.452) measured",
+    )
+    # Issue 28: BlazeFace full-range learnt faces a few tens of pixels tall; a face that fills the frame
+    # (a close-up, a portrait) may score under the threshold. On ../shared/lfw every face it missed scored
+    # 0.30-0.48 there and 0.57-0.81 with the frame shrunk to half (both CPU files; issue 28 commits).
+    retry_score: float = Field(
+        default=0.25,
+        gt=0.0,
+        le=1.0,
+        description="when no face reaches the threshold but a candidate scores at least this, detect again "
+        "on the frame shrunk to half of the detector input (same thresholds); 1 = never",
     )
     nms_iou: float = Field(
         default=0.3, gt=0.0, lt=1.0, description="overlap above which two detections are the same face"

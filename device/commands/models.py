@@ -37,6 +37,19 @@ def register(commands: CommandRegistry) -> None:
         "(dev extra)",
     )
     evaluate.add_argument(
+        "--lfw",
+        type=Path,
+        metavar="DIR",
+        help="instead: face verification by the LFW protocol on DIR (pairs.csv with fold,a,b,same): per "
+        "fold and overall accuracy, TAR at FAR 1e-3 and 1e-2, images without a face, ms per image; "
+        "colour, grey and colour-vs-grey, per CPU file",
+    )
+    evaluate.add_argument(
+        "--cpu-file",
+        choices=["float", "int8"],
+        help="with --lfw: only this CPU file (default: both)",
+    )
+    evaluate.add_argument(
         "--only",
         choices=["detector", "embedder", "pad"],
         help="measure one model only (the embedder part needs the dlib oracle, a dev extra)",
@@ -138,6 +151,11 @@ def selected_metrics(args: argparse.Namespace) -> dict[str, Any]:
     models_dir = _models_dir(args)
     if getattr(args, "detection_sweep", False):
         return detection_sweep_metrics(models_dir, config_from_args(args).detection)
+    if getattr(args, "lfw", None) is not None:
+        from device.evaluation.lfw import CPU_FILES, lfw_metrics
+
+        cpu_files = (args.cpu_file,) if getattr(args, "cpu_file", None) else CPU_FILES
+        return {"lfw": lfw_metrics(models_dir, args.lfw, cpu_files)}
     if getattr(args, "robustness", False):
         from device.evaluation.robustness import robustness_metrics
 
@@ -156,6 +174,10 @@ def eval_models(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     if args.json:
         print(json.dumps(metrics, sort_keys=True))
+    elif "lfw" in metrics:
+        from device.evaluation.lfw import report_lines
+
+        print("\n".join(report_lines(metrics["lfw"])))
     else:
         for key, value in sorted(metrics.items()):
             print(f"{key}: {value}")

@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from device.vision.align import CHIP_SIZE
+from device.vision.detect import is_grey
 
 DESCRIPTOR_SIZE = 128
 
@@ -28,13 +29,32 @@ class EmbeddingModel(Protocol):
 
 
 class FaceEmbedder:
-    def __init__(self, model: EmbeddingModel) -> None:
+    """Chips -> unit vectors; with ``mirror``, each vector is the mean of the chip's and its mirror image's.
+
+    dlib's ResNet learnt from chips and their mirror images alike, so a face and its mirror image are the
+    same person to it; averaging the two cancels part of what pose and light do to one side of the face
+    (issue 28, measured on ../shared/lfw in README). It costs a second inference per face; with
+    ``mirror_grey`` only grey chips (a NoIR camera at night) pay it, where it closes most of the gap to
+    colour.
+    """
+
+    def __init__(self, model: EmbeddingModel, *, mirror: bool = False, mirror_grey: bool = False) -> None:
         shape = tuple(model.input_shape)
         if shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
             raise ValueError(f"embedder model input must be (N, {CHIP_SIZE}, {CHIP_SIZE}, 3), has {shape}")
         self.model = model
+        self.mirror = mirror
+        self.mirror_grey = mirror_grey
         # The shipped files have a static batch of one (the Edge TPU needs static shapes).
         self._batch = max(1, int(shape[0]))
+
+    def mirrored(self, chips: NDArray[np.uint8]) -> NDArray[np.bool_]:
+        """Which chips get mirror averaging."""
+        if self.mirror:
+            return np.ones(len(chips), dtype=bool)
+        if self.mirror_grey:
+            return np.array([is_grey(chip) for chip in chips], dtype=bool)
+        return np.zeros(len(chips), dtype=bool)
 
     def embed(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
         """(N, 150, 150, 3) uint8 RGB chips -> (N, 128) float32 unit vectors."""
@@ -42,6 +62,16 @@ class FaceEmbedder:
             raise ValueError(
                 f"expected (N, {CHIP_SIZE}, {CHIP_SIZE}, 3) uint8 RGB chips, got {chips.dtype} {chips.shape}"
             )
+        vectors = l2_normalise(self.descriptors(chips))
+        chosen = np.flatnonzero(self.mirrored(chips))
+        if chosen.size:
+            # Each view normalised first, so that neither outweighs the other.
+            flipped = l2_normalise(self.descriptors(np.ascontiguousarray(chips[chosen][:, :, ::-1])))
+            vectors[chosen] = l2_normalise(vectors[chosen] + flipped)
+        return vectors
+
+    def descriptors(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """dlib's raw descriptors (not unit length), one inference per chip (static batch)."""
         vectors = np.empty((len(chips), DESCRIPTOR_SIZE), dtype=np.float32)
         for start in range(0, len(chips), self._batch):
             part = chips[start : start + self._batch].astype(np.float32)
@@ -52,7 +82,7 @@ class FaceEmbedder:
             if descriptors.shape[1] != DESCRIPTOR_SIZE:
                 raise ValueError(f"embedder model gave {descriptors.shape[1]} values per face, expected 128")
             vectors[start : start + count] = descriptors[:count]
-        return l2_normalise(vectors)
+        return vectors
 
 
 def l2_normalise(vectors: NDArray[np.float32]) -> NDArray[np.float32]:

@@ -173,7 +173,9 @@ def load_stages(
     log.info("detector on %s, embedder on %s", detector_model.state, embedder_model.state)
     return Stages(
         detector=FaceDetector(detector_model, config.detection, infrared=config.capture.infrared),
-        embedder=FaceEmbedder(embedder_model),
+        embedder=FaceEmbedder(
+            embedder_model, mirror=config.models.embed_mirror, mirror_grey=config.models.embed_mirror_grey
+        ),
         # dlib's 5-point alignment (issue 15): the chip lands where dlib's embedder expects it.
         aligner=load_landmark_aligner(config.models.dir),
         models={"detector": detector_model, "embedder": embedder_model},
