@@ -32,6 +32,7 @@ help:
 	@echo "make reliability - fault tests against a real broker (JSON summary in reliability.json)"
 	@echo "make fleet-bench - 100 units, building broker bridged to a central one, faults; JSON in fleet-bench.json"
 	@echo "make ha-check - the README's Home Assistant section against a real Home Assistant (Python 3.13)"
+	@echo "make ha-lock - re-resolve requirements/ha.lock (Home Assistant, Python 3.13) from requirements/ha.in"
 	@echo "make clean    - remove .venv, caches and bench.json"
 	@echo "make help     - this list"
 
