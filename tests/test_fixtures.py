@@ -52,6 +52,7 @@ def test_images_decode_as_rgb(face_images: dict[str, Path]) -> None:
     assert image.shape[2] == 3
 
 
+@pytest.mark.slow
 def test_a_damaged_cached_file_is_fetched_again(tmp_path: Path, face_images: dict[str, Path]) -> None:
     # Seed a private cache from the shared one, then damage one file: ensure_archive must restore it.
     target = fixtures.archive_dir(FACE_RECOGNITION_SDIST, tmp_path)

@@ -4,6 +4,8 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -57,6 +59,7 @@ def test_hardware_libraries_are_not_imported_at_package_import() -> None:
     assert result.stdout.strip() == "False", result.stderr
 
 
+@pytest.mark.slow
 def test_building_the_project_prints_no_deprecation_warning(tmp_path: Path) -> None:
     """`make setup` on a fresh clone stays quiet: the licence is an SPDX expression, not a TOML table."""
     import subprocess

@@ -49,6 +49,7 @@ def test_obama_matches_obama2_and_obama3_but_not_biden_at_the_default_threshold(
     assert min(same) >= threshold > other
 
 
+@pytest.mark.slow
 def test_two_images_on_the_command_line_give_one_result_and_text_output_says_match(
     face_images: dict[str, Path], config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -74,6 +75,7 @@ def test_a_picture_without_a_face_gives_similarity_null(
     ]
 
 
+@pytest.mark.slow
 def test_pairs_paths_are_relative_to_the_csv_and_a_missing_picture_is_reported(
     face_images: dict[str, Path], config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -92,6 +94,7 @@ def test_pairs_paths_are_relative_to_the_csv_and_a_missing_picture_is_reported(
     assert "gone.jpg" in captured.err and "Traceback" not in captured.err
 
 
+@pytest.mark.slow
 def test_a_same_column_adds_a_verification_summary(
     face_images: dict[str, Path], config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -119,6 +122,7 @@ def test_a_same_column_adds_a_verification_summary(
     assert last.startswith("summary: ") and "tar_at_far_1e-3 1.0" in last
 
 
+@pytest.mark.slow
 def test_pairs_without_a_same_column_print_no_summary(
     face_images: dict[str, Path], config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

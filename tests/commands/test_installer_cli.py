@@ -64,6 +64,7 @@ def test_an_environment_variable_naming_a_missing_file_is_an_error_not_the_defau
 @pytest.mark.parametrize(
     "command", [["subjects", "list"], ["run"], ["config", "check"], ["identify", "x.jpg"], ["doctor"]]
 )
+@pytest.mark.slow
 def test_commands_that_need_the_unit_say_no_config_given(tmp_path: Path, command: list[str]) -> None:
     result = device_cli(*command, cwd=tmp_path)
     assert result.returncode == 2
@@ -82,6 +83,7 @@ def test_models_default_to_the_installed_project_not_the_working_directory(tmp_p
 
 
 @pytest.mark.skipif(Path("/etc/entrance-camera/unit.toml").exists(), reason="this machine is a unit")
+@pytest.mark.slow
 def test_compare_works_from_any_directory_and_prints_no_banner_or_info_lines(
     tmp_path: Path, face_images: dict[str, Path]
 ) -> None:
@@ -98,6 +100,7 @@ def test_compare_works_from_any_directory_and_prints_no_banner_or_info_lines(
 
 
 @pytest.mark.skipif(Path("/etc/entrance-camera/unit.toml").exists(), reason="this machine is a unit")
+@pytest.mark.slow
 def test_identify_works_from_any_directory_without_the_banner(
     tmp_path: Path, face_images: dict[str, Path]
 ) -> None:
@@ -280,6 +283,7 @@ def test_every_config_key_is_described_in_the_defaults_file_and_the_schema() -> 
 
 
 # --- the demo: quiet, and it says what it does with its folder ---------------------------------------
+@pytest.mark.slow
 def test_the_demo_prints_no_banner_and_says_its_temporary_folder_is_removed(tmp_path: Path) -> None:
     import re
 

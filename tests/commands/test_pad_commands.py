@@ -44,6 +44,7 @@ def unit(tmp_path_factory: pytest.TempPathFactory) -> Unit:
     return unit
 
 
+@pytest.mark.slow
 def test_identify_reports_liveness_and_does_not_recognise_a_print(unit: Unit, tmp_path: Path) -> None:
     photo = fixtures.load_rgb("obama3.jpg")
     face = FaceAnalyzer.from_config(unit.config).largest(photo)

@@ -74,6 +74,7 @@ def test_a_pulse_switches_the_relay_on_then_off_even_when_interrupted(tmp_path: 
     door.close()
 
 
+@pytest.mark.slow
 def test_the_door_opens_only_for_verified_events_over_the_real_broker(
     mosquitto_broker: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -150,6 +151,7 @@ def run_door_cli(argv: list[str], result: list[int]) -> threading.Thread:
     return door
 
 
+@pytest.mark.slow
 def test_an_event_replayed_after_the_door_restarts_is_refused(
     mosquitto_broker: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,6 +11,8 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.deploy.test_readme_walkthrough import LINKED, REPO, Background
 
 SECTION = "## Many buildings"
@@ -29,6 +31,7 @@ def test_the_page_has_a_diagram_and_five_terminals() -> None:
     assert len(section_blocks(readme)) == 5
 
 
+@pytest.mark.slow
 def test_many_buildings_page_runs_on_one_machine_with_two_brokers(tmp_path: Path) -> None:
     from broker import free_port
 

@@ -77,6 +77,7 @@ class Background:
                 self.process.wait()
 
 
+@pytest.mark.slow
 def test_readme_walkthrough_puts_an_event_on_screen(tmp_path: Path) -> None:
     from broker import free_port
 

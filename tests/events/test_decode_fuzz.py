@@ -118,6 +118,7 @@ def holds_the_contract(kind: str, decoder: Callable[[bytes], dict[str, Any] | An
 
 
 @pytest.mark.parametrize("kind", ["event", "status", "health", "cmd"])
+@pytest.mark.slow
 def test_decode_refuses_cleanly_or_returns_a_valid_payload(kind: str) -> None:
     @FUZZ
     @given(hostile_bytes(kind))

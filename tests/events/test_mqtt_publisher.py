@@ -168,6 +168,7 @@ def test_events_made_while_the_broker_is_down_are_delivered_after_it_returns(
     assert [event["seq"] for event in received] == list(range(1, 16))
 
 
+@pytest.mark.slow
 def test_a_refused_publish_keeps_the_event_raises_an_alarm_and_does_not_spin(
     mosquitto_broker: Any, tmp_path: Path
 ) -> None:

@@ -169,6 +169,7 @@ def test_a_changed_config_is_recorded_once_before_the_next_change(unit: Unit) ->
     assert verify(unit)[0] == 0
 
 
+@pytest.mark.slow
 def test_a_cut_tail_fails_verification_even_with_the_gallery_put_back_too(unit: Unit) -> None:
     """Finding 2 of issue 14: cut the log to 4 lines and restore the matching old gallery."""
     gallery = unit.config.gallery.path
@@ -194,6 +195,7 @@ def test_an_older_log_put_back_fails_verification(unit: Unit) -> None:
     assert "head record" in err
 
 
+@pytest.mark.slow
 def test_an_edited_or_missing_head_record_fails_verification(unit: Unit) -> None:
     enrol_random(unit.store(), "Someone", seed=63)
     log = unit.store().audit

@@ -24,6 +24,7 @@ def device(unit: Unit, *args: str) -> tuple[int, str, str]:
     return result.returncode, result.stdout, result.stderr
 
 
+@pytest.mark.slow
 def test_a_lost_gallery_comes_back_from_its_backup(unit: Unit, tmp_path: Path) -> None:
     first, _ = enrol_random(unit.store(), "First", seed=71)
     second, _ = enrol_random(unit.store(), "Second", seed=72)
@@ -44,6 +45,7 @@ def test_a_lost_gallery_comes_back_from_its_backup(unit: Unit, tmp_path: Path) -
     assert "backup" in events and "restore" in events
 
 
+@pytest.mark.slow
 def test_a_backup_made_before_a_forget_can_never_be_restored(unit: Unit, tmp_path: Path) -> None:
     enrol_random(unit.store(), "Keeper", seed=73)
     gone, _ = enrol_random(unit.store(), "Forgotten", seed=74)

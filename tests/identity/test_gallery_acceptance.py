@@ -52,6 +52,7 @@ def unit(tmp_path_factory: pytest.TempPathFactory, face_images: dict[str, Path])
     return init_unit(tmp_path_factory.mktemp("acceptance"))
 
 
+@pytest.mark.slow
 def test_enrol_identify_forget_on_the_fixture_faces(unit: Unit, face_images: dict[str, Path]) -> None:
     obama, obama2, obama3, biden = (
         face_images[n] for n in ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")
@@ -159,6 +160,7 @@ def test_enrolment_from_the_camera_seam(unit: Unit, face_images: dict[str, Path]
     assert device(unit, "forget", subject_id, "--yes")[0] == 0
 
 
+@pytest.mark.slow
 def test_calibration_table_recommendation_and_plot(
     unit: Unit, face_images: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -24,6 +24,7 @@ def unit(tmp_path: Path) -> Unit:
     return init_unit(tmp_path)
 
 
+@pytest.mark.slow
 def test_init_creates_a_private_unit_and_prints_the_config_path_last(tmp_path: Path) -> None:
     result = run_device("init", "--dir", str(tmp_path / "fresh"), "--unit-id", "lobby-1")
     assert result.returncode == 0, result.stderr

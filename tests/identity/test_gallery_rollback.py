@@ -94,6 +94,7 @@ def test_a_script_with_the_current_master_key_recovers_nothing_from_an_old_copy(
             GallerySealer(key).open_file(stolen.read_bytes(), str(stolen))
 
 
+@pytest.mark.slow
 def test_an_old_gallery_put_back_is_refused_by_the_store_the_running_unit_and_the_cli(unit: Unit) -> None:
     old_copy = copy_from_before_an_erasure(unit, seed=35)
 

@@ -58,6 +58,7 @@ def unit(tmp_path: Path) -> Unit:
     return init_unit(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_small_png_that_decodes_to_a_gigabyte_is_refused_in_one_line(unit: Unit, tmp_path: Path) -> None:
     bomb = tmp_path / "bomb.png"
     decompression_bomb_png(bomb)
@@ -74,6 +75,7 @@ def test_a_small_png_that_decodes_to_a_gigabyte_is_refused_in_one_line(unit: Uni
     assert peak_mb < PEAK_RSS_LIMIT_MB, f"peak RSS {peak_mb:.0f} MB"
 
 
+@pytest.mark.slow
 def test_detect_refuses_the_same_picture(unit: Unit, tmp_path: Path) -> None:
     bomb = tmp_path / "bomb.png"
     decompression_bomb_png(bomb, side=9_000)
@@ -119,6 +121,7 @@ def test_a_deeply_nested_config_is_exit_2_and_one_line(tmp_path: Path) -> None:
     assert len([line for line in result.stderr.splitlines() if line.strip()]) <= 2  # file name + the problem
 
 
+@pytest.mark.slow
 def test_detect_out_writes_a_private_file_and_says_it_holds_a_face(unit: Unit, tmp_path: Path) -> None:
     from device.evaluation import fixtures
 
@@ -158,6 +161,7 @@ def test_init_refuses_someone_elses_world_writable_folder(tmp_path: Path) -> Non
     assert not (unit_dir / "secrets").exists()
 
 
+@pytest.mark.slow
 def test_a_root_run_unit_refuses_a_master_key_planted_by_another_user(unit: Unit) -> None:
     import os
 

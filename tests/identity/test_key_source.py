@@ -36,6 +36,7 @@ def test_a_host_sealed_key_works_and_is_no_plain_key_on_disk(tmp_path: Path) -> 
 
 
 @needs_systemd_creds
+@pytest.mark.slow
 def test_a_sealed_key_swapped_for_a_plain_one_is_refused(tmp_path: Path) -> None:
     """The downgrade: an attacker replaces the sealed key with a key of their own, in the clear."""
     code, unit, err = init(tmp_path, "host-credential")

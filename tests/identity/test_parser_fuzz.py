@@ -146,6 +146,7 @@ def test_the_config_loader_only_raises_config_errors(
 @given(
     data=st.dictionaries(st.sampled_from(["unit", "capture", "matching", "gallery", "mqtt", "x"]), JSONISH)
 )
+@pytest.mark.slow
 def test_parsed_config_tables_only_raise_config_errors(data: dict[str, object]) -> None:
     with contextlib.suppress(ConfigError):
         parse_config(data, "fuzz")

@@ -17,6 +17,7 @@ OBAMAS = ("obama.jpg", "obama2.jpg", "obama3.jpg")
 
 
 @pytest.mark.parametrize("variant", ["float", "int8"])
+@pytest.mark.slow
 def test_default_threshold_separates_the_documented_figures(
     variant: str, face_images: dict[str, Path]
 ) -> None:

@@ -84,6 +84,7 @@ def watch(
     return published.decisions, pipeline
 
 
+@pytest.mark.slow
 def test_without_a_claim_the_visitor_is_identified_one_to_many(setup) -> None:  # type: ignore[no-untyped-def]
     unit, stages, ids, frames = setup
     (decision,), _ = watch(unit, stages, frames)

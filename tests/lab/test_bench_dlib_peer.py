@@ -11,6 +11,7 @@ from device.lab.bench import dlib_per_face_ms
 
 
 @pytest.mark.oracle
+@pytest.mark.slow
 def test_the_dlib_peer_runs_when_the_oracle_extra_is_installed() -> None:
     if (
         importlib.util.find_spec("dlib") is None

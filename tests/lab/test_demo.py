@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_the_demo_recognises_the_resident_not_the_visitor_nor_the_print_and_the_subscriber_gets_all(
     tmp_path: Path,
 ) -> None:

@@ -32,6 +32,7 @@ def test_the_tune_and_holdout_splits_share_no_subject() -> None:
     assert not set(TUNE_PHOTOS) & set(HOLDOUT_PHOTOS)
 
 
+@pytest.mark.slow
 def test_the_set_is_reproducible_and_in_the_pad_eval_layout(stages: Stages, tmp_path: Path) -> None:
     photos = [("biden.jpg", fixtures.load_rgb("biden.jpg"))]
     first, second = tmp_path / "a", tmp_path / "b"
@@ -46,6 +47,7 @@ def test_the_set_is_reproducible_and_in_the_pad_eval_layout(stages: Stages, tmp_
     assert species == {"bona_fide", *SPECIES_STILL, *SPECIES_CLIP}
 
 
+@pytest.mark.slow
 def test_a_species_added_later_leaves_the_earlier_renders_as_they_were(
     stages: Stages, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -62,6 +64,7 @@ def test_a_species_added_later_leaves_the_earlier_renders_as_they_were(
         assert (tmp_path / "now" / relative).read_bytes() == (tmp_path / "before" / relative).read_bytes()
 
 
+@pytest.mark.slow
 def test_bench_reports_pad_cpu_per_visit_and_the_added_delay(stages: Stages, tmp_path: Path) -> None:
     config = unit_config()
     analyzer = FaceAnalyzer.from_stages(stages)

@@ -116,6 +116,7 @@ def float_slowed_for(fraction: float, float_ms: float, int8_ms: float, pairs: in
     return duration
 
 
+@pytest.mark.slow
 def test_close_files_give_the_same_choice_on_five_first_starts_despite_noise(tmp_path: Path) -> None:
     # Two files equally fast: which one looks faster is up to the noise of each start.
     noisy = busy_machine(float_ms=5.0, int8_ms=5.0)
@@ -128,6 +129,7 @@ def test_close_files_give_the_same_choice_on_five_first_starts_despite_noise(tmp
         assert "no previous choice, default float" in model.health()["cpu_variant_reason"]
 
 
+@pytest.mark.slow
 def test_five_restarts_on_one_state_dir_keep_the_first_choice_without_timing_again(tmp_path: Path) -> None:
     starts = [ScriptedStart(busy_machine(float_ms=6.0, int8_ms=2.0), seed) for seed in range(5)]
     first, *later = starts
@@ -150,6 +152,7 @@ def remember(state_dir: Path, variant: CpuVariant) -> None:
     )
 
 
+@pytest.mark.slow
 def test_close_files_keep_the_previous_choice_after_an_update(tmp_path: Path) -> None:
     for seed in range(5):
         # Each start follows an update (new files or runtime), so it times both files again.
@@ -200,6 +203,7 @@ def time_added_to_most_runs(float_ms: float, int8_ms: float, added_ms: float) ->
     return duration
 
 
+@pytest.mark.slow
 def test_other_work_adding_time_to_most_runs_does_not_hide_a_file_twice_as_fast(tmp_path: Path) -> None:
     # int8 is 2x faster; a busy machine adds 5 ms to most runs of either file: the median ratio falls to
     # about (4 + 5) / (2 + 5) = 1.3, inside the margin, and would leave the faster file unused.
@@ -236,6 +240,7 @@ def test_the_probe_fits_its_budget_but_never_drops_below_a_median_worth_comparin
 # AVX-512 (float kept by default there), so no basis is expected for it;
 # MiniFASNet's float file was 3-7x faster than its int8 one on every host measured.
 @pytest.mark.parametrize(("name", "expected_basis"), [(EMBEDDER, None), ("minifasnet_v2", "faster")])
+@pytest.mark.slow
 def test_five_first_starts_from_nothing_run_the_same_file_for_the_same_reason(
     tmp_path: Path, name: str, expected_basis: str | None
 ) -> None:

@@ -32,6 +32,7 @@ def test_shipped_thresholds_are_the_ones_measured() -> None:
 
 
 @pytest.mark.parametrize("variant", ["float", "int8"])
+@pytest.mark.slow
 def test_every_fixture_face_colour_grey_and_half_size_is_found_with_no_false_detection(
     sweeps: dict[str, SweepResult], variant: str
 ) -> None:

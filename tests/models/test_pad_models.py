@@ -47,6 +47,7 @@ def test_int8_texture_files_pass_the_edge_tpu_rules(name: str) -> None:
     assert report.ops["PRELU"] == 33  # PReLU stays one op (not NEG/RELU/MUL/ADD, which split the graph)
 
 
+@pytest.mark.slow
 def test_models_eval_reports_pad_int8_vs_float_agreement(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "eval", "--json", "--only", "pad", "--models-dir", str(REPO_MODELS)]) == 0
     metrics = json.loads(capsys.readouterr().out)

@@ -43,6 +43,7 @@ def test_pair_figures_leave_out_pictures_without_a_face() -> None:
 
 
 @pytest.mark.oracle
+@pytest.mark.slow
 def test_robustness_eval_reports_every_condition_for_us_and_dlib(
     face_images: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

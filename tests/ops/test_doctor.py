@@ -190,6 +190,7 @@ def cpu_files_line(lines: list[str]) -> str:
     return found[0]
 
 
+@pytest.mark.slow
 def test_doctor_says_which_cpu_file_each_model_runs_and_why_once_chosen(
     tmp_path: Path, mosquitto_broker: Any, face_images: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from fleet_harness import run_fleet
 
 
+@pytest.mark.slow
 def test_bridged_buildings_lose_and_duplicate_nothing_under_faults(tmp_path: Path) -> None:
     summary = run_fleet(tmp_path, units=5, rate=2.0, duration_s=15.0, cut_s=3.0, settle_s=60.0)
     shown = json.dumps(summary, indent=1)

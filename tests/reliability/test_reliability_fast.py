@@ -8,9 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from reliability_harness import run_all
 
 
+@pytest.mark.slow
 def test_no_event_is_lost_duplicated_or_reordered_and_units_stay_in_their_lane(
     mosquitto_broker: Any, tmp_path: Path
 ) -> None:

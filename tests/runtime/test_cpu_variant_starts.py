@@ -31,6 +31,7 @@ def report(unit_with_state: UnitConfig) -> dict[str, dict[str, Any]]:
     return cpu_variant_report({**stages.models, **pad_models(open_liveness(unit_with_state))})
 
 
+@pytest.mark.slow
 def test_bench_names_each_models_cpu_file_with_the_reason_and_timing(
     report: dict[str, dict[str, Any]],
 ) -> None:
@@ -59,6 +60,7 @@ def opened_at_start(config: UnitConfig) -> dict[str, Any]:
     return {**load_stages(config).models, **pad_models(open_liveness(config))}
 
 
+@pytest.mark.slow
 def test_five_consecutive_unit_starts_run_every_model_from_the_same_cpu_file(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     state_dir.mkdir()

@@ -127,6 +127,7 @@ def reference(demo: DemoSetting) -> list[Decision]:
     return [decision for _, decision in frame_by_frame(demo)[0]]
 
 
+@pytest.mark.slow
 def test_frame_by_frame_the_demo_clip_is_decided_as_pinned(demo: DemoSetting) -> None:
     timeline, pipeline = frame_by_frame(demo)
     assert [seq for seq, _ in timeline] == [visit.decided_at_frame for visit in PINNED]
@@ -135,6 +136,7 @@ def test_frame_by_frame_the_demo_clip_is_decided_as_pinned(demo: DemoSetting) ->
 
 
 @pytest.mark.parametrize("detect_ahead", [True, False], ids=["detect-ahead", "one-thread"])
+@pytest.mark.slow
 def test_the_service_loop_decides_the_demo_clip_as_frame_by_frame(
     demo: DemoSetting, reference: list[Decision], detect_ahead: bool
 ) -> None:

@@ -108,6 +108,7 @@ def stranger_walks() -> list[Walk]:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="strace is Linux only")
+@pytest.mark.slow
 def test_a_thousand_frames_of_strangers_write_nothing_but_outbox_events(
     tmp_path: Path,
     face_images: dict[str, Path],

@@ -185,6 +185,7 @@ def test_health_after_pad_visits_still_fits_the_published_schema(
     assert health["pipeline"]["decisions"].get("presentation_attack") == 1
 
 
+@pytest.mark.slow
 def test_a_real_unit_s_health_says_which_file_every_model_runs_and_why_untrimmed(
     tmp_path: Path,
     print_attack: list[Frame],

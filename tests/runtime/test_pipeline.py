@@ -191,6 +191,7 @@ def test_the_service_health_carries_the_cpu_temperature_within_the_published_sch
     assert health["pipeline"]["cpu_temp_c"] == 61.5
 
 
+@pytest.mark.slow
 def test_a_claim_dropped_by_device_claim_reaches_the_running_unit_in_armed_mode(
     clip: tuple[DemoClip, list[Frame]], stages: Stages, analyzer: FaceAnalyzer, tmp_path: Path
 ) -> None:

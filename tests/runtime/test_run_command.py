@@ -96,6 +96,7 @@ def listening_sockets_of(pid: int) -> list[str]:
     return lines
 
 
+@pytest.mark.slow
 def test_run_decides_listens_on_no_port_and_stops_cleanly_on_sigterm(clip: DemoClip, tmp_path: Path) -> None:
     config = unit_with_camera(tmp_path, clip.path, loop=True, realtime=True)
     # Plays systemd's part: the socket systemd would read READY/WATCHDOG/STOPPING from.
@@ -125,6 +126,7 @@ def test_run_decides_listens_on_no_port_and_stops_cleanly_on_sigterm(clip: DemoC
     assert messages.index("READY=1") < messages.index("STOPPING=1")
 
 
+@pytest.mark.slow
 def test_without_a_camera_the_unit_keeps_retrying_and_stops_on_sigterm(tmp_path: Path) -> None:
     unit = init_unit(tmp_path)
     with unit.config_path.open("a") as config:
@@ -147,6 +149,7 @@ def test_without_a_camera_the_unit_keeps_retrying_and_stops_on_sigterm(tmp_path:
     assert code == 0
 
 
+@pytest.mark.slow
 def test_without_a_master_key_the_unit_runs_in_no_gallery_mode_instead_of_crashing(
     clip: DemoClip, tmp_path: Path
 ) -> None:
@@ -204,6 +207,7 @@ def test_mqtt_enabled_without_the_tls_files_is_a_clear_startup_error(
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_a_tampered_model_file_stops_the_unit_with_exit_2(
     clip: DemoClip, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

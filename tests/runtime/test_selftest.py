@@ -108,6 +108,7 @@ def test_a_crash_in_the_tpu_runtime_is_reported_not_inherited(models: ModelsSect
     assert "matched pair" in result.detail
 
 
+@pytest.mark.slow
 def test_a_hung_tpu_runtime_is_a_broken_pairing(models: ModelsSection) -> None:
     result = check_model(models, DETECTOR, worker=hanging_tpu, timeout_s=3.0)
     assert result.verdict == "broken"

@@ -42,6 +42,7 @@ def unit_on_broker(tmp_path: Path, broker: Any, face_images: dict[str, Path], un
     return unit.config_path
 
 
+@pytest.mark.slow
 def test_status_shows_a_running_units_health(
     tmp_path: Path, mosquitto_broker: Any, face_images: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -99,6 +99,7 @@ ATTACKS: dict[Cue, tuple[Callable[[Detector, str], RgbImage], tuple[str, ...], b
 
 
 @pytest.mark.parametrize("cue", list(ATTACKS), ids=[str(cue) for cue in ATTACKS])
+@pytest.mark.slow
 def test_an_attack_only_this_cue_catches(cue: Cue, detector: Detector, stage: LivenessStage) -> None:
     render, faces, infrared = ATTACKS[cue]
     for name in faces:

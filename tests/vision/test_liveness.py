@@ -81,6 +81,7 @@ def largest_box(detector: Detector, image: RgbImage) -> Box:
 @pytest.mark.parametrize(
     ("name", "live"), [("image_F1.jpg", False), ("image_F2.jpg", False), ("image_T1.jpg", True)]
 )
+@pytest.mark.slow
 def test_public_samples_at_shipped_settings(
     name: str, live: bool, detector: Detector, stage: LivenessStage
 ) -> None:
