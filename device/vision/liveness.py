@@ -10,10 +10,11 @@ score in 0..1 (1 = looks live) or ``None`` when it cannot tell (it abstains):
 - *spectrum*: isolated high-frequency peaks in the face's spectrum (halftone dots, a screen's sub-pixel
   grid, moire), and a square lattice: peaks that come back when the spectrum is turned by 90 degrees
   (halftone cells and pixel grids are square; a face's fine detail is not);
-- *geometry*: over the visit, a flat picture moves as a plane, a head does not. Landmarks of the samples
-  are fitted with a similarity (2-D rigid + scale) and a homography; when the similarity already explains
-  the motion the head "moved too little to tell" and the cue abstains, otherwise a homography that
-  explains what the similarity could not says the face is flat;
+- *geometry*: over the visit, a flat picture moves as a plane, a head does not. Corners on the face are
+  followed from sample to sample by their pixels (``device.vision.face_flow``) and fitted with a
+  similarity (2-D rigid + scale) and a homography; when the similarity already explains the motion the
+  head "moved too little to tell" and the cue abstains, otherwise a homography that explains what the
+  similarity could not says the face is flat;
 - *blink*: eye openness from the landmarks over the visit; a blink is evidence for a live face, its
   absence is never a reason to reject;
 - *infrared* (``capture.infrared``, NoIR camera + IR illuminator): a screen emits no near-infrared, so
@@ -39,6 +40,7 @@ from numpy.typing import NDArray
 
 from device.config import UnitConfig
 from device.types import Box, PadOutcome, RgbImage
+from device.vision.face_flow import Correspondence, follow
 from device.vision.face_mesh import LEFT_EYE_CONTOUR, RIGHT_EYE_CONTOUR, FaceLandmarker
 from device.vision.pad_texture import TextureCue, crop_box
 
@@ -87,9 +89,13 @@ SPECTRUM_FACE_SIDE = 256
 LATTICE_RATIO = 45.0
 LATTICE_RINGS = tuple(round(0.25 + 0.05 * step, 2) for step in range(5))  # ring starts, 0.05 wide, to 0.5
 LATTICE_FACE_SCALE = 0.9  # the central square of the face box (less hair and background)
-# geometry: RMS residual (fraction of the inter-ocular distance)
-GEOMETRY_MIN_SIMILARITY_RESIDUAL = 0.04  # below: the motion is 2-D rigid, nothing to tell (abstain)
-GEOMETRY_PLANAR_RATIO = 0.35  # homography residual / similarity residual below this: a flat picture
+# geometry: RMS residual of the followed face points (fraction of the inter-ocular distance). The
+# tracker's own noise leaves a homography residual of about 0.003-0.008 on a flat poster; below three
+# times that the motion is 2-D rigid as far as anyone can tell, and the cue abstains.
+GEOMETRY_MIN_SIMILARITY_RESIDUAL = 0.025
+# homography residual / similarity residual below this: a flat picture. Kept from the landmark version of
+# the cue, not refitted: flat posters read 0.09-0.16, real heads that turned 0.73-0.93 (README, PAD).
+GEOMETRY_PLANAR_RATIO = 0.35
 # blink: eye aspect ratio dips to this fraction of the visit's most open eye
 BLINK_RATIO = 0.6
 # infrared: a face whose IR image has less contrast than this (grey-level std) is a screen
@@ -101,7 +107,6 @@ INFRARED_MIN_STD = 6.0
 # colour faces had at least 0.018; grey, tinted grey and tinted grey through JPEG at most 0.005.
 GREY_CHROMATICITY_STD = 0.008
 GREY_MIN_LEVEL = 60.0  # R+G+B: darker pixels' chromaticity is noise
-GEOMETRY_POINTS = (1, 33, 133, 263, 362, 61, 291, 199, 10, 152, 234, 454, 4, 168)
 
 
 class Cue(StrEnum):
@@ -445,20 +450,17 @@ def fit_residual(src: NDArray[np.float64], dst: NDArray[np.float64], *, homograp
     return float(np.sqrt(np.mean(np.sum((projected - dst) ** 2, axis=1))))
 
 
-def geometry_result(meshes: Sequence[NDArray[np.float32]]) -> CueResult:
-    """Planarity of the face's motion over the visit; abstains when a 2-D motion explains it all."""
-    if len(meshes) < 2:
-        return ABSTAIN
-    reference = meshes[0][list(GEOMETRY_POINTS), :2].astype(np.float64)
-    eye_distance = float(np.linalg.norm(meshes[0][33, :2] - meshes[0][263, :2]))
+def geometry_result(followed: Sequence[Correspondence], eye_distance: float) -> CueResult:
+    """Planarity of the face's motion over the visit, from surface points followed from the first sample
+    (``device.vision.face_flow``); abstains when a 2-D motion explains it all or nothing could be followed."""
     if eye_distance < 4.0:
         return ABSTAIN
     best: tuple[float, float] | None = None
-    for mesh in meshes[1:]:
-        points = mesh[list(GEOMETRY_POINTS), :2].astype(np.float64)
-        similarity = fit_residual(reference, points, homography=False) / eye_distance
+    for pair in followed:
+        first, later = pair.first.astype(np.float64), pair.later.astype(np.float64)
+        similarity = fit_residual(first, later, homography=False) / eye_distance
         if best is None or similarity > best[0]:
-            best = (similarity, fit_residual(reference, points, homography=True) / eye_distance)
+            best = (similarity, fit_residual(first, later, homography=True) / eye_distance)
     if best is None or not math.isfinite(best[0]) or best[0] < GEOMETRY_MIN_SIMILARITY_RESIDUAL:
         return CueResult(None, None, {} if best is None else {"similarity_residual": best[0]})
     ratio = best[1] / best[0]
@@ -467,6 +469,15 @@ def geometry_result(meshes: Sequence[NDArray[np.float32]]) -> CueResult:
         ratio >= GEOMETRY_PLANAR_RATIO,
         {"similarity_residual": best[0], "homography_ratio": ratio},
     )
+
+
+def geometry_of_visit(samples: Sequence[PadSample], meshes: Sequence[NDArray[np.float32]]) -> CueResult:
+    """The geometry cue on a visit: corners followed by optical flow, the mesh only as the first guess."""
+    if len(samples) < 2:
+        return ABSTAIN
+    landmarks = [mesh[:, :2].astype(np.float32) for mesh in meshes]
+    eye_distance = float(np.linalg.norm(meshes[0][33, :2] - meshes[0][263, :2]))
+    return geometry_result(follow(samples, landmarks), eye_distance)
 
 
 def eye_aspect_ratio(mesh: NDArray[np.float32]) -> float:
@@ -544,7 +555,7 @@ class LivenessStage:
         )
         if self.landmarker is not None and len(samples) >= 2:
             meshes = [self.frame_mesh(sample) for sample in samples]
-            cues[Cue.GEOMETRY] = geometry_result(meshes)
+            cues[Cue.GEOMETRY] = geometry_of_visit(samples, meshes)
             cues[Cue.BLINK] = blink_result(meshes)
         if any(sample.infrared for sample in samples):
             cues[Cue.INFRARED] = infrared_result(samples)

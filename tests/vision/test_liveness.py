@@ -15,6 +15,7 @@ from device.evaluation import fixtures
 from device.lab.padattacks import RenderParams, halftone, still_attack, subpixel_screen
 from device.types import Box, RgbImage
 from device.vision import liveness
+from device.vision.face_flow import Correspondence
 from device.vision.faces import Detector, load_image_rgb, load_stages
 from device.vision.liveness import (
     ABSTAIN,
@@ -216,18 +217,27 @@ def face_points(depth: float) -> NDArray[np.float64]:
     return points
 
 
+def followed(points_3d: NDArray[np.float64], yaw: float, shift: float) -> list[Correspondence]:
+    """The points seen straight on, then after a turn by ``yaw`` and a slide by ``shift``."""
+    return [Correspondence(mesh_from(points_3d, 0.0, 0)[:, :2], mesh_from(points_3d, yaw, shift)[:, :2])]
+
+
+EYE_DISTANCE = 60.0  # face_points puts the eye corners 60 px apart
+
+
 def test_geometry_calls_a_turning_head_live_and_a_turning_photo_flat() -> None:
-    head = face_points(depth=1.0)
-    photo = face_points(depth=0.0)
-    live = geometry_result([mesh_from(head, 0.0, 0), mesh_from(head, 0.6, 10)])
-    flat = geometry_result([mesh_from(photo, 0.0, 0), mesh_from(photo, 0.6, 10)])
+    live = geometry_result(followed(face_points(depth=1.0), 0.6, 10), EYE_DISTANCE)
+    flat = geometry_result(followed(face_points(depth=0.0), 0.6, 10), EYE_DISTANCE)
     assert live.passed is True
     assert flat.passed is False
 
 
 def test_geometry_abstains_when_the_face_only_slid_sideways() -> None:
-    head = face_points(depth=1.0)
-    assert geometry_result([mesh_from(head, 0.0, 0), mesh_from(head, 0.0, 25)]).passed is None
+    assert geometry_result(followed(face_points(depth=1.0), 0.0, 25), EYE_DISTANCE).passed is None
+
+
+def test_geometry_abstains_when_nothing_could_be_followed() -> None:
+    assert geometry_result([], EYE_DISTANCE).passed is None
 
 
 def eyes_mesh(openness: float) -> NDArray[np.float32]:
