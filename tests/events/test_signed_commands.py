@@ -296,3 +296,43 @@ def test_an_answer_to_another_request_or_from_long_ago_does_not_count() -> None:
     with pytest.raises(SignatureError, match="not 'unit-b'"):
         check_answer({**keys, "unit-b": keys["unit-a"]}, recorded, unit="unit-b", request_id="r-old")
     assert check_answer(keys, recorded, unit="unit-a", request_id="r-old")["outcome"] == "applied"
+
+
+def test_a_command_cannot_make_the_unit_answer_outside_its_answer_topics(
+    mosquitto_broker: Any, tmp_path: Path
+) -> None:
+    # The response topic is the sender's to choose. The unit's ACL lets it write its own events: an
+    # answer there would be a signed message on the topic every consumer reads as decisions.
+    unit = "unit-misdirected"
+    publisher = MqttPublisher(unit_config(mosquitto_broker, tmp_path, unit)).start()
+    listener = Listener(mosquitto_broker, [f"entrance/{unit}/events", f"entrance/{unit}/answers/backend"])
+    answers = f"entrance/{unit}/answers/backend"
+
+    def ask(response_topic: str | None, request_id: str) -> None:
+        request = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if response_topic is not None:
+            request.ResponseTopic = response_topic
+        request.CorrelationData = request_id.encode()
+        message = signed("health", unit=unit, request_id=request_id)
+        listener.client.publish(f"entrance/{unit}/cmd/health", message, qos=1, properties=request)
+
+    try:
+        assert publisher.subscribed.wait(10)
+        ask(f"entrance/{unit}/events", "r-events")
+        ask(f"entrance/{unit}/answers/+", "r-wildcard")
+        ask(f"entrance/{unit}/answers/backend/x", "r-deeper")
+        ask(None, "r-no-answer-asked")
+        listener.client.publish(f"entrance/{unit}/cmd/health", b"[[[", qos=1)  # malformed, no response topic
+        ask(answers, "r-barrier")  # commands are handled in order: its answer comes after the others'
+        assert wait_for(lambda: any(m.topic == answers for m in list(listener.messages)))
+        counts = publisher.health_snapshot()["commands"]
+    finally:
+        listener.close()
+        publisher.close()
+    assert [m.topic for m in listener.messages] == [answers]
+    assert json.loads(listener.messages[0].payload)["request_id"] == "r-barrier"
+    assert listener.messages[0].properties.CorrelationData == b"r-barrier"  # type: ignore[union-attr]
+    assert counts == {
+        "accepted": 5,
+        "rejected": 1,
+    }  # every health command acted; only the answers were withheld
