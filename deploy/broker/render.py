@@ -5,7 +5,8 @@
         --consumer backend [--consumer home-assistant] [--ha-discovery] [--prefix entrance]
 
 Topic layout (see docs/asyncapi.yaml): a unit with identity U (its certificate CN) may
-write `<prefix>/U/events`, `<prefix>/U/status`, `<prefix>/U/health` and read `<prefix>/U/cmd/#`.
+write `<prefix>/U/events`, `<prefix>/U/status`, `<prefix>/U/health` and read `<prefix>/U/cmd/#`;
+it answers commands on `<prefix>/U/answers/<consumer>`, which only that consumer may read.
 The unit rules are rendered per unit (`user U` blocks, from the PKI's index of unit certificates), not
 as `%u` patterns: Mosquitto applies a pattern to every client, so a pattern would let a consumer
 certificate write `<prefix>/<consumer>/events` as if it were a unit (issue 13). Adding a unit means
@@ -13,7 +14,8 @@ issuing its certificate, rendering again and reloading the broker (SIGHUP); the 
 With Home Assistant discovery it may also write `homeassistant/<component>/U/<object>/config`
 (HA's optional node_id level is the unit id). Units do not read HA's birth message: discovery configs
 are retained, so a restarted Home Assistant finds them without a re-announcement.
-A consumer reads every unit's events, status and health and may write any unit's cmd topics.
+A consumer reads every unit's events, status and health, may write any unit's cmd topics and reads
+the answers addressed to it (`<prefix>/+/answers/<itself>`), nobody else's.
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ def render_acl(
             f"topic write {prefix}/{unit}/status",
             f"topic write {prefix}/{unit}/health",
             f"topic read {prefix}/{unit}/cmd/#",
+            # Answers to commands (MQTT v5 response topics): <prefix>/<unit>/answers/<consumer>.
+            f"topic write {prefix}/{unit}/answers/+",
         ]
         if ha_discovery:
             # Home Assistant discovery: homeassistant/<component>/<unit>/<object>/config
@@ -123,6 +127,8 @@ def render_acl(
             f"topic read {prefix}/+/status",
             f"topic read {prefix}/+/health",
             f"topic write {prefix}/+/cmd/#",
+            # Its own answers only: another consumer's answers say what that one commanded.
+            f"topic read {prefix}/+/answers/{consumer}",
         ]
         if ha_discovery:
             lines += [f"topic read {HA_PREFIX}/#", f"topic write {HA_PREFIX}/status"]

@@ -61,6 +61,13 @@ def register(commands: CommandRegistry) -> None:
         metavar="FILE",
         help="a TOML file with the unit's [mqtt] section (e.g. the one `make dev-broker` writes) to use",
     )
+    parser.add_argument(
+        "--command-keys",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the trusted commanders file (`device command key --register`), as mqtt.command_keys",
+    )
     add_operator_option(parser)
 
 
@@ -95,8 +102,19 @@ def mqtt_section_text(path: Path) -> str:
 
 
 def config_text(
-    unit_id: str, models_dir: Path | None, mqtt_text: str | None = None, key_source: str = "file"
+    unit_id: str,
+    models_dir: Path | None,
+    mqtt_text: str | None = None,
+    key_source: str = "file",
+    command_keys: Path | None = None,
 ) -> str:
+    mqtt_lines = (
+        mqtt_text.rstrip("\n").splitlines() if mqtt_text else ["[mqtt]", 'outbox_path = "state/outbox.db"']
+    )
+    if command_keys is not None:
+        # Right under [mqtt]: the section's own keys come before its [mqtt.tls] table.
+        at = mqtt_lines.index("[mqtt]") + 1
+        mqtt_lines.insert(at, f"command_keys = {_toml_string(str(command_keys.resolve()))}")
     lines = [
         "# Unit config written by `device init`. Every key not set here has its default",
         "# (firmware_config/unit.defaults.toml). Relative paths are relative to this file.",
@@ -110,11 +128,7 @@ def config_text(
         'master_key_path = "secrets/master.key"',
         f'key_source = "{key_source}"',
         "",
-        *(
-            mqtt_text.rstrip("\n").splitlines()
-            if mqtt_text
-            else ["[mqtt]", 'outbox_path = "state/outbox.db"']
-        ),
+        *mqtt_lines,
     ]
     if models_dir is not None:
         lines += ["", "[models]", f"dir = {_toml_string(str(models_dir.resolve()))}"]
@@ -157,6 +171,11 @@ def initialise_unit(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
     models_dir = args.models_dir or shipped_models_dir()
     mqtt_text = mqtt_section_text(args.mqtt) if getattr(args, "mqtt", None) is not None else None
+    command_keys: Path | None = getattr(args, "command_keys", None)
+    if command_keys is not None and not command_keys.is_file():
+        print(f"error: no trusted commanders file {command_keys}: `device command key --register` makes it",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
 
     for directory, mode in (
         (unit_dir, UNIT_DIR_MODE),
@@ -169,7 +188,9 @@ def initialise_unit(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
         ensure_private_directory(directory, mode)
     create_exclusively(
-        config_path, config_text(args.unit_id, models_dir, mqtt_text, args.key_source).encode(), CONFIG_MODE
+        config_path,
+        config_text(args.unit_id, models_dir, mqtt_text, args.key_source, command_keys).encode(),
+        CONFIG_MODE,
     )
     try:
         master_key = generate_master_key(key_path, args.key_source)

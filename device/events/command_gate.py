@@ -1,10 +1,11 @@
 """The unit's command gate: what a message on ``<prefix>/<unit>/cmd/<name>`` must pass before anything acts.
 
-Three checks, in this order, each refusing with ``PayloadError`` (the publisher counts and logs it):
-the message parses as a command signed for this unit and is in time (``payloads.parse_command``), its
-signature is a trusted commander's (``signing.CommandVerifier``), and its request id has not acted
-before. Only then does the command reach its handler, looked up in a table the unit gives at
-construction; a name with no handler is refused, so a unit acts only on the commands it was built to take.
+Three checks, in this order, each refusing with ``CommandRefusedError`` and its reason code (the publisher
+counts and logs it, and answers it): the message parses as a command signed for this unit and is in time
+(``payloads.parse_command``), its signature is a trusted commander's (``signing.CommandVerifier``), and
+its request id has not acted before. Only then does the command reach its handler, looked up in a table
+the unit gives at construction; a name with no handler is refused, so a unit acts only on the commands it
+was built to take. ``decide`` turns all of that into a ``Verdict``: what the unit's answer says.
 
 Used request ids are written to the state folder (``UsedRequests``) before the command acts, and kept
 until the command has expired: a recording replayed after the unit restarts is refused too.
@@ -21,10 +22,20 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from device.atomicio import PRIVATE_FILE_MODE, ensure_private_directory, write_atomically
-from device.events.payloads import COMMAND_CLOCK_SKEW_S, Command, PayloadError, Topics, parse_command
+from device.events.payloads import (
+    COMMAND_CLOCK_SKEW_S,
+    Command,
+    CommandRefusedError,
+    PayloadError,
+    Refusal,
+    Topics,
+    command_fields,
+    parse_command,
+)
 from device.events.signing import CommandVerifier
 
 log = logging.getLogger(__name__)
@@ -113,7 +124,31 @@ class UsedRequests:
 
 
 CommandHandler = Callable[[Command], None]
-"""Acts on an admitted command; raises ``PayloadError`` to refuse it (the reason is logged)."""
+"""Acts on an admitted command; raises ``CommandRefusedError`` (or any ``PayloadError``: reason ``failed``) to
+refuse it."""
+
+
+class SubjectNotEnrolledError(ValueError):
+    """A claim for a subject this unit does not know (``on_claim`` raises it)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What became of one command message: applied, or refused with a reason code and the detail logged.
+
+    ``request_id`` and ``command`` are the message's own as far as it gives them (None when malformed
+    beyond reading); ``subject_id`` only when the command was read and named one.
+    """
+
+    request_id: str | None
+    command: str | None
+    refusal: Refusal | None
+    detail: str
+    subject_id: str | None = None
+
+    @property
+    def applied(self) -> bool:
+        return self.refusal is None
 
 
 class CommandGate:
@@ -137,43 +172,78 @@ class CommandGate:
         return bool(self._verifier.commanders)
 
     def admit(self, topic: str, payload: bytes, *, retained: bool) -> Command:
-        """The command, parsed, verified and marked used; ``PayloadError`` for anything else."""
+        """The command, parsed, verified and marked used; ``CommandRefusedError`` for anything else."""
         if retained:
-            raise PayloadError("retained commands are not accepted (they would replay on every connect)")
-        command = parse_command(self._topics, topic, payload)
-        self._verifier.verify(command.payload)
+            raise CommandRefusedError(
+                Refusal.RETAINED, "retained commands are not accepted (they would replay on every connect)"
+            )
+        try:
+            command = parse_command(self._topics, topic, payload)
+        except CommandRefusedError:
+            raise
+        except PayloadError as error:
+            raise CommandRefusedError(Refusal.MALFORMED, str(error)) from None
+        try:
+            self._verifier.verify(command.payload)
+        except PayloadError as error:
+            raise CommandRefusedError(Refusal.UNTRUSTED, str(error)) from None
         self._use_once(command)
         return command
 
     def handle(self, topic: str, payload: bytes, *, retained: bool) -> Command:
-        """Admits the command and runs its handler; ``PayloadError`` when refused at any step."""
+        """Admits the command and runs its handler; ``CommandRefusedError`` when refused at any step."""
         command = self.admit(topic, payload, retained=retained)
+        self._run(command)
+        return command
+
+    def decide(self, topic: str, payload: bytes, *, retained: bool) -> Verdict:
+        """``handle``, as the verdict the unit answers with; never raises for what a sender can send."""
+        try:
+            command = self.admit(topic, payload, retained=retained)
+        except CommandRefusedError as error:
+            request_id, name = command_fields(payload)
+            return Verdict(request_id, name, error.reason, str(error))
+        try:
+            self._run(command)
+        except CommandRefusedError as error:
+            return Verdict(command.request_id, command.name, error.reason, str(error), command.subject_id)
+        return Verdict(command.request_id, command.name, None, "applied", command.subject_id)
+
+    def _run(self, command: Command) -> None:
         handler = self._handlers.get(command.name)
         if handler is None:
-            raise PayloadError(f"this unit does not take {command.name} commands")
-        handler(command)
-        return command
+            raise CommandRefusedError(Refusal.UNSUPPORTED, f"this unit does not take {command.name} commands")
+        try:
+            handler(command)
+        except CommandRefusedError:
+            raise
+        except PayloadError as error:
+            raise CommandRefusedError(Refusal.FAILED, str(error)) from None
 
     def _use_once(self, command: Command) -> None:
         """A signed command replayed by whoever recorded it is refused: each request id acts once."""
         request = f"{command.commander}/{command.request_id}"
         if request in self._used:
-            raise PayloadError(
-                f"{command.name} {command.request_id!r} from {command.commander!r} was already used"
+            raise CommandRefusedError(
+                Refusal.REPLAYED,
+                f"{command.name} {command.request_id!r} from {command.commander!r} was already used",
             )
         self._used.mark(request, command.expires_at)
 
 
 def claim_handler(on_claim: Callable[[str], None]) -> CommandHandler:
-    """``claim``: the next decision window checks this subject only; a refusal (``ValueError``) is said."""
+    """``claim``: the next decision window checks this subject only; a refusal (``ValueError``) is said,
+    ``SubjectNotEnrolledError`` as its own reason."""
 
     def handle(command: Command) -> None:
         if command.subject_id is None:
-            raise PayloadError("a claim names no subject")
+            raise CommandRefusedError(Refusal.MALFORMED, "a claim names no subject")
         try:
             on_claim(command.subject_id)
+        except SubjectNotEnrolledError as error:
+            raise CommandRefusedError(Refusal.NOT_ENROLLED, f"claim refused: {error}") from error
         except ValueError as error:
-            raise PayloadError(f"claim refused: {error}") from error
+            raise CommandRefusedError(Refusal.FAILED, f"claim refused: {error}") from error
         log.info("claim from %s received for subject %s", command.commander, command.subject_id)
 
     return handle

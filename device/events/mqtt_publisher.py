@@ -16,7 +16,13 @@ The I/O thread:
   behind our back: the outbox is the only source of what is (re)sent, so order is always ``seq`` order.
   Consumers deduplicate the at-least-once redeliveries by ``event_id``;
 - publishes retained health every ``health_interval_s``; hands each command message to the command gate
-  (``command_gate``: parse, verify, use once, dispatch through the handler table given at construction).
+  (``command_gate``: parse, verify, use once, dispatch through the handler table given at construction)
+  and answers it (MQTT v5 request/response): ``applied``, or ``refused`` with the reason, signed with the
+  event key, on the command's response topic with its correlation data. Answers go out at once, not
+  through the outbox: they matter only while the sender waits. The response topic must be one of this
+  unit's answer topics (``<prefix>/<unit>/answers/<identity>``, readable only by that identity); a
+  command without one gets no answer (its refusal is logged), so no command can make the unit write
+  anywhere else.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from device import __version__
 from device.config import MqttSection, UnitConfig
 from device.errors import UserError
-from device.events.command_gate import CommandGate, CommandHandler, UsedRequests
+from device.events.command_gate import CommandGate, CommandHandler, UsedRequests, Verdict
 from device.events.connect_errors import explain_connect_error, explain_refusal
 from device.events.ha_discovery import discovery_configs
 from device.events.outbox import Outbox
@@ -52,6 +58,7 @@ from device.events.payloads import (
     HealthParts,
     PayloadError,
     Topics,
+    build_answer,
     build_event,
     build_health,
     build_status,
@@ -75,6 +82,8 @@ SHUTDOWN_DRAIN_S = 3.0
 IO_STALL_S = 60.0
 HA_PREFIX = "homeassistant"
 NOT_AUTHORIZED = 0x87  # MQTT v5 reason code: the broker's ACL refused this topic for this identity
+# MQTT v5 correlation data is the sender's to choose; anything longer than this is not a request id.
+MAX_CORRELATION_BYTES = 128
 
 
 class MqttSetupError(UserError):
@@ -544,7 +553,7 @@ class MqttPublisher:
                 with self._lock:
                     self._counters.alarms.pop("publish_refused", None)
             return
-        what = f"seq {seq}" if seq is not None else ("status/health" if control else f"mid {mid}")
+        what = f"seq {seq}" if seq is not None else ("status/health/answer" if control else f"mid {mid}")
         log.error("broker refused publish of %s: %s (0x%02x)", what, reason_code, reason_code.value)
         if reason_code.value == NOT_AUTHORIZED:
             self._report_problem(*explain_refusal(str(reason_code), self._settings, self._unit), alarm=None)
@@ -562,15 +571,55 @@ class MqttPublisher:
             self._inflight = {m: s for m, s in self._inflight.items() if s < seq}
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        try:
-            self._commands.handle(message.topic, bytes(message.payload), retained=message.retain)
-        except PayloadError as error:
-            with self._lock:
-                self._counters.commands_rejected += 1
-            log.warning("rejected command on %s (%d bytes): %s", message.topic, len(message.payload), error)
-            return
+        verdict = self._commands.decide(message.topic, bytes(message.payload), retained=message.retain)
         with self._lock:
-            self._counters.commands_accepted += 1
+            if verdict.applied:
+                self._counters.commands_accepted += 1
+            else:
+                self._counters.commands_rejected += 1
+        if not verdict.applied:
+            log.warning(
+                "rejected command on %s (%d bytes): %s: %s",
+                message.topic,
+                len(message.payload),
+                verdict.refusal,
+                verdict.detail,
+            )
+        self._answer(client, message, verdict)
+
+    def _answer(self, client: mqtt.Client, message: mqtt.MQTTMessage, verdict: Verdict) -> None:
+        """Publishes the signed answer on the command's response topic, if it gave a usable one."""
+        properties = message.properties
+        response_topic = getattr(properties, "ResponseTopic", None)
+        correlation = getattr(properties, "CorrelationData", None)
+        if response_topic is None:
+            log.info("command on %s asked for no answer (no response topic)", message.topic)
+            return
+        if self._topics.answer_reader(str(response_topic)) is None:
+            log.warning(
+                "command on %s asked for its answer on %r, not one of this unit's answer topics: no answer",
+                message.topic,
+                response_topic,
+            )
+            return
+        if correlation is not None and len(correlation) > MAX_CORRELATION_BYTES:
+            log.warning("command on %s: correlation data too long: no answer", message.topic)
+            return
+        answer = build_answer(
+            unit=self._unit,
+            request_id=verdict.request_id,
+            command=verdict.command,
+            refusal=verdict.refusal,
+            subject_id=verdict.subject_id,
+        )
+        reply = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if correlation is not None:
+            reply.CorrelationData = bytes(correlation)
+        info = client.publish(
+            str(response_topic), encode("answer", self._event_key.sign(answer)), qos=1, properties=reply
+        )
+        if info.rc == mqtt.MQTT_ERR_SUCCESS:
+            self._control_mids.add(info.mid)
 
     def _health_command(self, _command: Command) -> None:
         self._health_now.set()

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cache
 from importlib import resources
 from typing import Any, Literal
@@ -34,6 +36,7 @@ MAX_NESTING = 16
 EVENT_SCHEMA = "entrance-camera/event/1"
 STATUS_SCHEMA = "entrance-camera/status/1"
 HEALTH_SCHEMA = "entrance-camera/health/1"
+ANSWER_SCHEMA = "entrance-camera/answer/1"
 COMMANDS = ("claim", "reload", "health")
 # A command is for now: a claim is for the person at the door, minutes not hours (a long-lived claim
 # would be a standing order).
@@ -44,11 +47,40 @@ COMMAND_CLOCK_SKEW_S = 30.0
 # decide.Reason.CLAIM_NOT_MATCHED; events may not import identity (layering), so the value is named here.
 CLAIM_NOT_MATCHED = "claim_not_matched"
 
-PayloadKind = Literal["event", "status", "health", "cmd"]
+PayloadKind = Literal["event", "status", "health", "cmd", "answer"]
+
+# Who may read an answer: a broker identity (certificate CN), the PKI's rule, so no wildcard or level
+# separator can reach a topic.
+IDENTITY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+SUBJECT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class PayloadError(UserError, ValueError):
     """A payload that does not match its schema or is too large; it must not be published."""
+
+
+class Refusal(StrEnum):
+    """Why the unit did not act on a command: the reason code of its ``refused`` answer."""
+
+    MALFORMED = "malformed"  # not a command for this topic (schema, JSON, size, topic/payload mismatch)
+    RETAINED = "retained"  # a retained message would replay on every connect
+    WRONG_UNIT = "wrong_unit"  # signed for another unit
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"  # issued further ahead than the clock skew allowed
+    UNTRUSTED = "untrusted"  # no trusted commander's valid signature
+    REPLAYED = "replayed"  # its request id has acted before
+    UNSUPPORTED = "unsupported"  # this unit has no handler for it
+    NOT_ENROLLED = "not_enrolled"  # a claim for a subject the unit does not know
+    FAILED = "failed"  # the handler refused it for another reason
+
+
+class CommandRefusedError(PayloadError):
+    """A command the unit will not act on, with the reason code its answer carries."""
+
+    def __init__(self, reason: Refusal, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -80,6 +112,19 @@ class Topics:
 
     def cmd(self, name: str) -> str:
         return f"{self.base}/cmd/{name}"
+
+    def answers(self, identity: str) -> str:
+        """Where this unit answers the commands of broker identity ``identity`` (only it may read there)."""
+        return f"{self.base}/answers/{identity}"
+
+    def answer_reader(self, topic: str) -> str | None:
+        """The identity an answer topic belongs to, or None when ``topic`` is not exactly one of this
+        unit's answer topics: the unit never answers anywhere else, whatever a command asks."""
+        head = f"{self.base}/answers/"
+        if not topic.startswith(head):
+            return None
+        identity = topic[len(head) :]
+        return identity if IDENTITY_PATTERN.fullmatch(identity) else None
 
     def command_name(self, topic: str) -> str | None:
         """The command a topic addresses, or None when it is not exactly one of this unit's cmd topics."""
@@ -381,11 +426,15 @@ def epoch_seconds(timestamp: str) -> float:
 def check_command_times(name: str, issued_at: float, expires_at: float, now: float) -> None:
     """Refuses a command that has expired, is not yet issued, or lives too long."""
     if expires_at <= now:
-        raise PayloadError(f"stale {name}: expired {now - expires_at:.0f} s ago")
+        raise CommandRefusedError(Refusal.EXPIRED, f"stale {name}: expired {now - expires_at:.0f} s ago")
     if issued_at > now + COMMAND_CLOCK_SKEW_S:
-        raise PayloadError(f"{name} issued {issued_at - now:.0f} s in the future")
+        raise CommandRefusedError(
+            Refusal.NOT_YET_VALID, f"{name} issued {issued_at - now:.0f} s in the future"
+        )
     if not 0 < expires_at - issued_at <= MAX_COMMAND_LIFETIME_S:
-        raise PayloadError(f"{name} lifetime must be within (0, {MAX_COMMAND_LIFETIME_S:.0f}] s")
+        raise CommandRefusedError(
+            Refusal.MALFORMED, f"{name} lifetime must be within (0, {MAX_COMMAND_LIFETIME_S:.0f}] s"
+        )
 
 
 def parse_command(topics: Topics, topic: str, data: bytes, now: float | None = None) -> Command:
@@ -396,16 +445,23 @@ def parse_command(topics: Topics, topic: str, data: bytes, now: float | None = N
     """
     name = topics.command_name(topic)
     if name is None:
-        raise PayloadError(f"not one of this unit's command topics: {topic!r}")
+        raise CommandRefusedError(Refusal.MALFORMED, f"not one of this unit's command topics: {topic!r}")
     if name not in COMMANDS:
-        raise PayloadError(f"unknown command {name!r}")
-    payload = decode("cmd", data)
+        raise CommandRefusedError(Refusal.MALFORMED, f"unknown command {name!r}")
+    try:
+        payload = decode("cmd", data)
+    except PayloadError as error:
+        raise CommandRefusedError(Refusal.MALFORMED, str(error)) from None
     if payload["command"] != name:
-        raise PayloadError(f"payload command {payload['command']!r} does not match topic command {name!r}")
+        raise CommandRefusedError(
+            Refusal.MALFORMED, f"payload command {payload['command']!r} does not match topic command {name!r}"
+        )
     if payload["unit"] != topics.unit:
         # The signed unit id, not the topic: a command recorded on one unit's topic and replayed on
         # another's still names the first.
-        raise PayloadError(f"{name} is for unit {payload['unit']!r}, not this one ({topics.unit!r})")
+        raise CommandRefusedError(
+            Refusal.WRONG_UNIT, f"{name} is for unit {payload['unit']!r}, not this one ({topics.unit!r})"
+        )
     expires_at = epoch_seconds(payload["expires_at"])
     check_command_times(
         name, epoch_seconds(payload["issued_at"]), expires_at, time.time() if now is None else now
@@ -413,3 +469,46 @@ def parse_command(topics: Topics, topic: str, data: bytes, now: float | None = N
     return Command(
         name, payload.get("subject_id"), payload["request_id"], expires_at, payload["commander"], payload
     )
+
+
+def build_answer(
+    *,
+    unit: str,
+    request_id: str | None,
+    command: str | None,
+    refusal: Refusal | None,
+    subject_id: str | None = None,
+    when: float | None = None,
+) -> dict[str, Any]:
+    """The unit's answer to one command (signed by the caller): ``applied``, or ``refused`` with its
+    reason. It names the command and, only when the command itself named one, its subject: never
+    anything the unit saw."""
+    answer: dict[str, Any] = {
+        "schema": ANSWER_SCHEMA,
+        "unit": unit,
+        "ts": utc_timestamp(when),
+        "request_id": request_id,
+        "command": command,
+        "outcome": "applied" if refusal is None else "refused",
+        "reason": None if refusal is None else refusal.value,
+    }
+    if subject_id is not None:
+        answer["subject_id"] = subject_id
+    validate("answer", answer)
+    return answer
+
+
+def command_fields(data: bytes) -> tuple[str | None, str | None]:
+    """``(request_id, command)`` of a command that was refused, as far as its bytes give them, so that
+    even a malformed command's answer can name its request; anything unreadable is None."""
+    if len(data) > MAX_PAYLOAD_BYTES or nesting_depth(data) > MAX_NESTING:
+        return None, None
+    try:
+        payload = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None, None
+    if not isinstance(payload, dict):
+        return None, None
+    request, command = payload.get("request_id"), payload.get("command")
+    request_id = request if isinstance(request, str) and REQUEST_ID_PATTERN.fullmatch(request) else None
+    return request_id, command if command in COMMANDS else None

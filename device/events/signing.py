@@ -37,7 +37,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from device.atomicio import write_atomically
-from device.events.payloads import PayloadError, encode, utc_timestamp
+from device.events.payloads import (
+    MAX_COMMAND_LIFETIME_S,
+    PayloadError,
+    decode,
+    encode,
+    utc_timestamp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -278,3 +284,42 @@ class CommandVerifier:
             raise SignatureError(f"command from {commander!r}, whom this unit does not trust")
         if not signed_by(key, signature, payload):
             raise SignatureError(f"wrongly signed command claiming commander {commander!r}")
+
+
+# --- the unit's answers to commands ---------------------------------------------------------------------
+
+# An answer comes while its command is alive; one dated further back is a recording.
+MAX_ANSWER_AGE_S = MAX_COMMAND_LIFETIME_S + MAX_CLOCK_SKEW_S
+
+
+def check_answer(
+    keys: Mapping[str, Ed25519PublicKey],
+    data: bytes,
+    *,
+    unit: str,
+    request_id: str,
+    clock: Callable[[], float] = time.time,
+) -> dict[str, Any]:
+    """The answer of ``unit`` to the command ``request_id``, or ``SignatureError``/``PayloadError``.
+
+    Whoever can publish on the answer topic (a broker operator, a stolen certificate) could otherwise
+    tell a commander its claim applied: the answer must carry the unit's own signature (the key in the
+    unit key registry), name that unit and that request, and be from now.
+    """
+    answer = decode("answer", data)
+    signature = answer.get(SIGNATURE_FIELD)
+    if not isinstance(signature, str):
+        raise SignatureError(f"unsigned answer claiming unit {answer['unit']!r}")
+    if answer["unit"] != unit:
+        raise SignatureError(f"answer from unit {answer['unit']!r}, not {unit!r}")
+    key = keys.get(unit)
+    if key is None:
+        raise SignatureError(f"unit {unit!r} is not in the key registry: its answers cannot be checked")
+    if not signed_by(key, signature, answer):
+        raise SignatureError(f"wrongly signed answer claiming unit {unit!r}")
+    if answer["request_id"] != request_id:
+        raise SignatureError(f"answer to request {answer['request_id']!r}, not {request_id!r}")
+    age = clock() - _epoch(str(answer["ts"]))
+    if not -MAX_CLOCK_SKEW_S <= age <= MAX_ANSWER_AGE_S:
+        raise SignatureError(f"answer from {unit!r} dated {age:.0f} s from now")
+    return answer

@@ -84,6 +84,24 @@ class UnitParts:
         )
 
 
+def enrolled_claims(claims: ClaimSlot, gallery: GalleryView) -> Callable[[str], None]:
+    """``on_claim`` for signed claim commands: the claim slot, for subjects enrolled on this unit only.
+
+    A claim for anyone else could never match; refusing it at once (answer ``not_enrolled``, to a
+    commander the unit trusts) tells the door at once instead of after a visit that cannot succeed.
+    """
+
+    def claim(subject_id: str) -> None:
+        from device.events.command_gate import SubjectNotEnrolledError
+
+        _, enrolled = gallery.templates()
+        if subject_id not in enrolled:
+            raise SubjectNotEnrolledError(f"{subject_id} is not enrolled on this unit")
+        claims.set(subject_id)
+
+    return claim
+
+
 def model_labels(stages: Stages) -> dict[str, str]:
     """``role -> model@variant``, as events name the models that decided."""
     return {role: f"{model.get('model')}@{model.get('variant')}" for role, model in stages.health().items()}
@@ -106,7 +124,7 @@ def make_publisher(config: UnitConfig, parts: UnitParts | None = None) -> Publis
         gallery = parts.gallery
         return MqttPublisher(
             config,
-            commands=command_table(on_claim=parts.claims.set),
+            commands=command_table(on_claim=enrolled_claims(parts.claims, gallery)),
             models=parts.models,
             gallery_version=lambda: gallery.version,
         ).start()

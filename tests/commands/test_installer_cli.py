@@ -12,6 +12,7 @@ import pytest
 from pipeline_support import MODELS
 
 from device.cli import main
+from device.config import load_config
 from device.discovery import CONFIG_ENV, ConfigChoice, choose_config, load_chosen_config
 from device.models.manifest import load_manifest
 from device.models.native_stderr import split_banners
@@ -295,3 +296,22 @@ def test_the_demo_prints_no_banner_and_says_its_temporary_folder_is_removed(tmp_
     assert named is not None
     assert f"demo folder {named.group(1)} removed (--keep or --dir DIR keeps it)" in result.stdout
     assert not Path(named.group(1)).exists()
+
+
+def test_init_writes_the_trusted_commanders_file_into_the_mqtt_section(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trusted = tmp_path / "commanders.json"
+    assert main(["command", "key", "--signing-key", str(tmp_path / "op.key"), "--name", "operator",
+                 "--register", str(trusted)]) == 0  # fmt: skip
+    mqtt_block = tmp_path / "broker.mqtt.toml"
+    mqtt_block.write_text('[mqtt]\nhost = "broker.example"\n\n[mqtt.tls]\nca_file = "/etc/ca.crt"\n')
+    for name, extra in (("plain", []), ("with-broker", ["--mqtt", str(mqtt_block)])):
+        unit_dir = tmp_path / name
+        assert main(["init", "--dir", str(unit_dir), "--operator", "t", "--command-keys", str(trusted),
+                     *extra]) == 0  # fmt: skip
+        config = load_config(unit_dir / "unit.toml")
+        assert config.mqtt.command_keys == trusted.resolve()
+    capsys.readouterr()
+    assert main(["init", "--dir", str(tmp_path / "u"), "--command-keys", str(tmp_path / "none.json")]) == 1
+    assert "device command key --register" in capsys.readouterr().err

@@ -248,6 +248,32 @@ def test_a_consumer_certificate_cannot_publish_unit_topics_under_its_own_name(
         late.close()
 
 
+def test_a_unit_answers_a_consumer_where_only_that_consumer_reads(
+    mosquitto_broker: MosquittoBroker, clients: dict[str, Probe]
+) -> None:
+    backend, unit_a, unit_b = clients["backend"], clients["unit-a"], clients["unit-b"]
+    snoop = probe(mosquitto_broker, "tail")  # another consumer, curious about backend's commands
+    try:
+        for client in (backend, snoop, unit_b):
+            assert client.subscribe("entrance/+/answers/#") == [1]
+        snoop.subscribe("entrance/+/events")
+        # a unit writes answers under its own id only; a consumer cannot write answers at all
+        assert unit_a.publish("entrance/unit-b/answers/backend", b"forged") == NOT_AUTHORIZED
+        assert snoop.publish("entrance/unit-a/answers/backend", b"forged") == NOT_AUTHORIZED
+        assert unit_a.publish("entrance/unit-a/answers/tail", b"for tail") == 0
+        assert snoop.wait_for_message("entrance/unit-a/answers/tail").payload == b"for tail"
+        assert unit_a.publish("entrance/unit-a/answers/backend", b"for backend") == 0
+        assert backend.wait_for_message("entrance/unit-a/answers/backend").payload == b"for backend"
+        # the barrier: an event sent after backend's answer reached tail; backend's answer never did
+        assert unit_a.publish("entrance/unit-a/events", b"barrier") == 0
+        snoop.wait_for_message("entrance/unit-a/events")
+        assert snoop.topics() == ["entrance/unit-a/answers/tail", "entrance/unit-a/events"]
+        assert backend.topics() == ["entrance/unit-a/answers/backend"]
+        assert unit_b.topics() == []
+    finally:
+        snoop.close()
+
+
 def test_home_assistant_discovery_is_per_unit(clients: dict[str, Probe]) -> None:
     backend, unit_a = clients["backend"], clients["unit-a"]
     backend.subscribe("homeassistant/#")

@@ -145,11 +145,13 @@ def test_the_acl_confines_each_unit_to_its_own_topics() -> None:
         "topic write site/entrance/lobby-1/status",
         "topic write site/entrance/lobby-1/health",
         "topic read site/entrance/lobby-1/cmd/#",
+        "topic write site/entrance/lobby-1/answers/+",
         "user backend",
         "topic read site/entrance/+/events",
         "topic read site/entrance/+/status",
         "topic read site/entrance/+/health",
         "topic write site/entrance/+/cmd/#",
+        "topic read site/entrance/+/answers/backend",
     ]
     assert "homeassistant" not in acl
     with_ha = render_acl("entrance", ("backend",), ha_discovery=True, units=("lobby-1",))

@@ -1,7 +1,8 @@
 """README "First unit on a broker", run verbatim: the fenced blocks of that section, in order, in a
 scratch copy of the repository's entry points (Makefile, .venv, deploy/ by symlink), against the real
 Mosquitto that `make dev-broker` starts. Terminal 1 and 2 run in the background, terminal 3 to its end;
-the consumer in terminal 2 must then print the unit's event."""
+the consumer in terminal 2 must then print the unit's event. Then terminal 3's second block, a command
+sent while the unit runs again, must print the unit's answer, `applied`."""
 
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ def walkthrough_blocks(readme: str) -> list[str]:
     return re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
 
 
-def test_the_section_has_the_three_terminals() -> None:
+def test_the_section_has_the_three_terminals_and_a_command() -> None:
     blocks = walkthrough_blocks((REPO / "README.md").read_text())
-    assert [block.split()[0] for block in blocks] == ["make", "sh", ".venv/bin/device"]
+    assert [block.split()[0] for block in blocks] == ["make", "sh", ".venv/bin/device", ".venv/bin/device"]
+    assert blocks[3].split()[:3] == [".venv/bin/device", "command", "send"]
 
 
 class Background:
@@ -109,6 +111,17 @@ def test_readme_walkthrough_puts_an_event_on_screen(tmp_path: Path) -> None:
         assert "end of the file source: 1 decision; every event was delivered" in unit.stderr
         assert tail.wait_for(" demo-unit #1 unknown ", 30), "".join(tail.lines)
         assert "XNNPACK" not in unit.stderr
+        command = subprocess.run(
+            ["bash", "-e", "-c", blocks[3]],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert command.returncode == 0, command.stdout + command.stderr
+        assert "applied" in command.stdout.splitlines(), command.stdout + command.stderr
+        assert tail.wait_for(" demo-unit #2 unknown ", 30), "".join(tail.lines)
     finally:
         if tail is not None:
             tail.stop()

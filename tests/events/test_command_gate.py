@@ -6,13 +6,17 @@ attacks over a real Mosquitto); here each refusal is pinned to its step.
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from command_support import commander_key, signed, trust_file
 
-from device.events.command_gate import CommandGate, UsedRequests, command_table
-from device.events.payloads import PayloadError, Topics
+from device.events.command_gate import CommandGate, SubjectNotEnrolledError, UsedRequests, command_table
+from device.events.payloads import PayloadError, Refusal, Topics
 from device.events.signing import CommandVerifier
 
 TOPICS = Topics("entrance", "unit-gate")
@@ -110,3 +114,67 @@ def test_a_torn_last_line_is_skipped_not_fatal(tmp_path: Path) -> None:
     with record.open("a", encoding="utf-8") as torn:
         torn.write('{"request": "door/r-2", "expi')
     assert "door/r-1" in UsedRequests(record)
+
+
+# --- the verdict the unit answers with (issue 26) ---------------------------------------------------
+
+
+def enrolled_only(claimed: list[str]) -> Callable[[str], None]:
+    """A gate whose claim handler knows one resident, as the running unit's does (runtime.service)."""
+
+    def claim(subject: str) -> None:
+        if subject != "resident-1":
+            raise SubjectNotEnrolledError(f"{subject} is not enrolled")
+        claimed.append(subject)
+
+    return claim
+
+
+def claim(subject: str = "resident-1", **options: Any) -> bytes:
+    unit = options.pop("unit", TOPICS.unit)
+    return signed("claim", subject, unit=unit, **options)
+
+
+# Messages are made when the test runs, not at collection: a signed command lives 30 s.
+REFUSALS: dict[Refusal, tuple[str, Callable[[], bytes], bool]] = {
+    Refusal.MALFORMED: ("claim", lambda: b"{not json", False),
+    Refusal.RETAINED: ("claim", claim, True),
+    Refusal.WRONG_UNIT: ("claim", lambda: claim(unit="unit-next-door"), False),
+    Refusal.EXPIRED: ("claim", lambda: claim(issued=time.time() - 120, ttl_s=60), False),
+    Refusal.NOT_YET_VALID: ("claim", lambda: claim(issued=time.time() + 300), False),
+    Refusal.UNTRUSTED: ("claim", lambda: claim(key=commander_key(seed=7)), False),
+    Refusal.NOT_ENROLLED: ("claim", lambda: claim("stranger"), False),
+    Refusal.UNSUPPORTED: ("health", lambda: signed("health", unit=TOPICS.unit), False),
+}
+
+
+@pytest.mark.parametrize("reason", list(REFUSALS), ids=str)
+def test_every_refusal_is_a_verdict_with_its_reason(tmp_path: Path, reason: Refusal) -> None:
+    name, make, retained = REFUSALS[reason]
+    message = make()
+    claimed: list[str] = []
+    verifier = CommandVerifier.from_config(trust_file(tmp_path))
+    commands = CommandGate(TOPICS, verifier, command_table(on_claim=enrolled_only(claimed)))
+    verdict = commands.decide(TOPICS.cmd(name), message, retained=retained)
+    assert (verdict.applied, verdict.refusal) == (False, reason)
+    assert claimed == []
+    readable = json.loads(message) if message.startswith(b'{"') else {}
+    assert verdict.request_id == readable.get("request_id")  # the answer names the request it refuses
+
+
+def test_a_command_on_another_commands_topic_is_malformed(tmp_path: Path) -> None:
+    commands = CommandGate(TOPICS, CommandVerifier.from_config(trust_file(tmp_path)), command_table())
+    verdict = commands.decide(TOPICS.cmd("reload"), claim(request_id="r-x"), retained=False)
+    assert (verdict.refusal, verdict.request_id, verdict.command) == (Refusal.MALFORMED, "r-x", "claim")
+
+
+def test_a_replayed_command_is_refused_as_replayed_and_the_first_applied(tmp_path: Path) -> None:
+    claimed: list[str] = []
+    verifier = CommandVerifier.from_config(trust_file(tmp_path))
+    commands = CommandGate(TOPICS, verifier, command_table(on_claim=enrolled_only(claimed)))
+    message = signed("claim", "resident-1", unit=TOPICS.unit, request_id="r-once")
+    first = commands.decide(TOPICS.cmd("claim"), message, retained=False)
+    again = commands.decide(TOPICS.cmd("claim"), message, retained=False)
+    assert (first.applied, first.request_id, first.subject_id) == (True, "r-once", "resident-1")
+    assert (again.refusal, again.request_id) == (Refusal.REPLAYED, "r-once")
+    assert claimed == ["resident-1"]

@@ -212,7 +212,8 @@ def test_the_asyncapi_document_names_our_topics_and_schema_files() -> None:
     doc = (SCHEMAS.parents[2] / "docs" / "asyncapi.yaml").read_text()
     assert doc.startswith("#") and "\nasyncapi: 3.0.0\n" in doc
     topics = Topics("{prefix}", "{unit}")
-    for address in (topics.events, topics.status, topics.health, topics.cmd("{command}")):
+    for address in (topics.events, topics.status, topics.health, topics.cmd("{command}"),
+                    topics.answers("{identity}")):  # fmt: skip
         assert f"address: '{address}'" in doc
     referenced = set(re.findall(r"\$ref: '\.\./device/events/schemas/(\w+)\.json'", doc))
     assert referenced == {path.stem for path in SCHEMAS.glob("*.json")}

@@ -72,6 +72,22 @@ MUTANTS: tuple[Mutant, ...] = (
         tests=("tests/events/test_command_gate.py", "tests/events/test_signed_commands.py"),
     ),
     Mutant(
+        name="answer_signature",
+        defence="a commander takes only an answer the unit signed (issue 26)",
+        path="device/events/signing.py",
+        anchor="    if not signed_by(key, signature, answer):\n",
+        replacement="    if False:  # MUTANT: answer signature not checked\n",
+        tests=("tests/events/test_signed_commands.py",),
+    ),
+    Mutant(
+        name="answer_topic",
+        defence="a unit answers only on its own answer topics, whatever response topic a command names",
+        path="device/events/mqtt_publisher.py",
+        anchor="        if self._topics.answer_reader(str(response_topic)) is None:\n",
+        replacement="        if False:  # MUTANT: answers go wherever the command says\n",
+        tests=("tests/events/test_signed_commands.py",),
+    ),
+    Mutant(
         name="command_target_unit",
         defence="a command names the unit it is for, so a recording cannot be replayed on another unit",
         path="device/events/payloads.py",
