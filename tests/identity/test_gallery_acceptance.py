@@ -20,6 +20,7 @@ from gallery_helpers import Unit, init_unit
 
 from device.cli import main
 from device.evaluation.fixtures import load_rgb
+from device.identity.gallery_store import EnrolRequest
 
 NAME = "Barack Obama"
 SUBJECT_ID = re.compile(r"^s-[0-9a-f]{16}$")
@@ -220,3 +221,43 @@ def test_a_tampered_gallery_stops_identify_with_one_clear_line(
         assert "failed its integrity check" in err and out == ""
     finally:
         path.write_bytes(original)
+
+
+def test_calibrate_names_two_subjects_that_are_one_person_enrolled_twice(
+    tmp_path: Path, face_images: dict[str, Path]
+) -> None:
+    from gallery_helpers import enrol_random, random_templates
+
+    fresh = init_unit(tmp_path)
+    store = fresh.store()
+    first, ada = enrol_random(store, "Ada Resident", seed=1)
+    # The same person again under a second id: templates close to hers (similarity ~0.98), not equal.
+    close = ada + 0.1 * random_templates(3, seed=3)
+    again = store.enrol(
+        EnrolRequest(
+            name="A. Resident",
+            templates=close / np.linalg.norm(close, axis=1, keepdims=True),
+            consent_reference="FORM-2",
+            operator="tester",
+            purpose_version="v1",
+        )
+    )
+    enrol_random(store, "Bob Other", seed=2)
+    strangers = str(face_images["biden.jpg"])
+    code, out, err = device(fresh, "calibrate", "--target-far", "0.5", "--strangers", strangers)
+    assert code == 0, err
+    (warning,) = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert f"'Ada Resident' ({first.subject_id}) and 'A. Resident' ({again.subject_id})" in warning
+    assert "match each other (similarity 0.9" in warning and "one person enrolled twice" in warning
+    assert "Bob" not in out
+
+    code, out, err = device(fresh, "calibrate", "--json", "--target-far", "0.5", "--strangers", strangers)
+    assert code == 0, err
+    (pair,) = json.loads(out)["look_alikes"]
+    assert pair["names"] == ["Ada Resident", "A. Resident"] and 0.95 < pair["similarity"] < 1.0
+
+    # An exact duplicate leaves no threshold meeting a strict target: the refusal names the pair first.
+    enrol_random(store, "Ada R.", seed=1)
+    code, out, err = device(fresh, "calibrate", "--strangers", strangers)
+    assert code == 1 and "no threshold up to" in err
+    assert "'Ada Resident'" in err and "'Ada R.'" in err and "similarity 1.000" in err
