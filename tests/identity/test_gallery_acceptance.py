@@ -161,6 +161,24 @@ def test_enrolment_from_the_camera_seam(unit: Unit, face_images: dict[str, Path]
     assert device(unit, "forget", subject_id, "--yes")[0] == 0
 
 
+def test_a_picture_folder_that_runs_out_says_so_not_face_the_camera(
+    unit: Unit, face_images: dict[str, Path]
+) -> None:
+    frames = unit.dir / "short-camera"
+    frames.mkdir()
+    shutil.copy(face_images["biden.jpg"], frames / "00.jpg")
+    config = unit.dir / "short-camera.toml"
+    camera = '\n[capture]\nbackend = "file"\nsource = "short-camera"\nrealtime = false\n'
+    config.write_text(unit.config_path.read_text() + camera)
+    code, out, err = device(
+        config, "enroll", "--name", "Joe", "--from-camera", "2", "--frame-gap", "1", "--consent-ref", "F-6"
+    )
+    assert code == 1
+    assert "only 1 of 2 good frames" in err
+    assert "ran out after 1 frame(s)" in err and "short-camera" in err
+    assert "face the camera" not in err
+
+
 @pytest.mark.slow
 def test_calibration_table_recommendation_and_plot(
     unit: Unit, face_images: dict[str, Path], tmp_path: Path
