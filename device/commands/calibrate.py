@@ -122,6 +122,12 @@ def run_calibration(args: argparse.Namespace) -> int:
         strangers = stranger_embeddings(
             stranger_pictures(args.strangers, config.limits.max_image_pixels), analyzer.analyze, config
         )
+        if args.strangers is not None and len(strangers) == 0:
+            raise CalibrationError(
+                f"none of the {len(args.strangers)} --strangers picture(s) shows a face that passes the "
+                "quality gate, so there is no stranger to compare with; pass clear, frontal pictures of "
+                "people who are not enrolled (or leave out --strangers for the default set)"
+            )
         calibration = calibrate(collect_scores(by_subject, strangers), args.target_far)
         if args.plot is not None:
             draw_plot(calibration, configured, args.plot)

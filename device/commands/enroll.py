@@ -185,7 +185,7 @@ def judge_pictures(paths: Sequence[Path], analyze: Analyze, config: UnitConfig) 
         try:
             image = load_image_rgb(path, config.limits.max_image_pixels)
         except ImageError as error:
-            verdicts.append(unreadable(str(path), str(error)))
+            verdicts.append(unreadable(str(path), error.reason))
         else:
             verdicts.append(judge_picture(str(path), image, analyze(image), config.quality))
         progress.step(path.name)

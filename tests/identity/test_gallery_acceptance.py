@@ -142,6 +142,41 @@ def test_every_rejected_picture_says_why(unit: Unit, face_images: dict[str, Path
     assert "5/5" in err  # progress over all pictures
 
 
+def test_an_undecodable_picture_names_its_path_once(unit: Unit, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    code, out, err = device(unit, "identify", str(broken))
+    assert code == 1
+    assert out.splitlines() == [f"{broken}: error: not a decodable image (not a jpeg, png, bmp or webp picture)"]
+    code, out, err = device(unit, "enroll", "--name", "Nobody", "--consent-ref", "F-7", "--images", str(broken))
+    assert code == 1
+    (skip,) = [line for line in out.splitlines() if line.startswith("skip")]
+    assert skip.count(str(broken)) == 1 and "not a decodable image" in skip
+    code, out, err = device(unit, "identify", "--json", str(broken))
+    (report,) = json.loads(out)["images"]
+    assert report["image"] == str(broken) and str(broken) not in report["error"]
+
+
+def test_strangers_without_a_usable_face_are_refused_not_used_as_an_empty_set(
+    tmp_path: Path, face_images: dict[str, Path]
+) -> None:
+    from gallery_helpers import enrol_random
+
+    fresh = init_unit(tmp_path)
+    enrol_random(fresh.store(), "Ada Resident", seed=1)
+    enrol_random(fresh.store(), "Bob Other", seed=2)  # two subjects: calibration would run without strangers
+    wall = tmp_path / "wall.png"
+    cv2.imwrite(str(wall), np.full((480, 640, 3), 180, np.uint8))
+    code, out, err = device(fresh, "calibrate", "--target-far", "0.5", "--strangers", str(wall))
+    assert code == 1 and out == ""
+    assert "none of the 1 --strangers picture(s) shows a face that passes the quality gate" in err
+    # the same with a usable stranger face goes ahead
+    code, out, err = device(fresh, "calibrate", "--json", "--target-far", "0.5", "--strangers",
+                            str(wall), str(face_images["biden.jpg"]))  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["stranger_faces"] == 1
+
+
 def test_enrolment_from_the_camera_seam(unit: Unit, face_images: dict[str, Path], tmp_path: Path) -> None:
     frames = unit.dir / "camera"
     frames.mkdir()
