@@ -250,7 +250,7 @@ CAMERA_ADVICE = "have the person face the camera, closer and in good light"
 def ran_out_advice(config: UnitConfig, frames_read: int, frame_gap: int) -> str:
     """A video file or picture folder that ends is not a person to turn towards the camera."""
     source = getattr(config.capture, "source", None)
-    what = f"the {config.capture.backend} source {source}" if source else f"the {config.capture.backend} source"
+    what = f"the {config.capture.backend} source" + (f" {source}" if source else "")
     return (
         f"{what} ran out after {frames_read} frame(s), judged every {frame_gap}; "
         "give it more frames with a face (or a smaller --frame-gap), or use --images"

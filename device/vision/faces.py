@@ -77,7 +77,7 @@ def load_image_rgb(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Rg
         raise ImageError(
             path,
             f"the picture is {width}x{height} ({width * height / 1e6:.0f} Mpx), more than the "
-            f"limit of {max_pixels / 1e6:.0f} Mpx (limits.max_image_pixels); scale it down first"
+            f"limit of {max_pixels / 1e6:.0f} Mpx (limits.max_image_pixels); scale it down first",
         )
     decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if decoded is None:

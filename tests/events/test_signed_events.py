@@ -114,7 +114,9 @@ BROKEN_REGISTRIES = [
 
 
 @pytest.mark.parametrize(("text", "message"), BROKEN_REGISTRIES, ids=[text for text, _ in BROKEN_REGISTRIES])
-def test_a_broken_registry_is_one_line_saying_what_it_should_hold(tmp_path: Path, text: str, message: str) -> None:
+def test_a_broken_registry_is_one_line_saying_what_it_should_hold(
+    tmp_path: Path, text: str, message: str
+) -> None:
     path = tmp_path / "keys.json"
     path.write_text(text)
     with pytest.raises(PayloadError) as refused:
@@ -131,11 +133,12 @@ def test_the_door_given_an_empty_registry_says_so_in_a_line(
 
     keys = tmp_path / "keys.json"
     keys.write_text("{}")
-    for name in ("ca.crt", "door.crt", "door.key"):
+    broker_files = []
+    for option, name in (("--ca", "ca.crt"), ("--cert", "door.crt"), ("--key", "door.key")):
         (tmp_path / name).write_text("")
+        broker_files += [option, str(tmp_path / name)]
     code = main(
-        ["door", "--unit", "unit-a", "--relay-gpio", "17", "--keys", str(keys), "--ca", str(tmp_path / "ca.crt"),
-         "--cert", str(tmp_path / "door.crt"), "--key", str(tmp_path / "door.key")]
+        ["door", "--unit", "unit-a", "--relay-gpio", "17", "--keys", str(keys), *broker_files]
     )  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err

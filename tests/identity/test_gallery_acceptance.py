@@ -145,14 +145,16 @@ def test_every_rejected_picture_says_why(unit: Unit, face_images: dict[str, Path
 def test_an_undecodable_picture_names_its_path_once(unit: Unit, tmp_path: Path) -> None:
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
-    code, out, err = device(unit, "identify", str(broken))
+    code, out, _ = device(unit, "identify", str(broken))
     assert code == 1
-    assert out.splitlines() == [f"{broken}: error: not a decodable image (not a jpeg, png, bmp or webp picture)"]
-    code, out, err = device(unit, "enroll", "--name", "Nobody", "--consent-ref", "F-7", "--images", str(broken))
+    assert out.splitlines() == [
+        f"{broken}: error: not a decodable image (not a jpeg, png, bmp or webp picture)"
+    ]
+    code, out, _ = device(unit, "enroll", "--name", "Nobody", "--consent-ref", "F-7", "--images", str(broken))
     assert code == 1
     (skip,) = [line for line in out.splitlines() if line.startswith("skip")]
     assert skip.count(str(broken)) == 1 and "not a decodable image" in skip
-    code, out, err = device(unit, "identify", "--json", str(broken))
+    code, out, _ = device(unit, "identify", "--json", str(broken))
     (report,) = json.loads(out)["images"]
     assert report["image"] == str(broken) and str(broken) not in report["error"]
 
@@ -205,7 +207,7 @@ def test_a_picture_folder_that_runs_out_says_so_not_face_the_camera(
     config = unit.dir / "short-camera.toml"
     camera = '\n[capture]\nbackend = "file"\nsource = "short-camera"\nrealtime = false\n'
     config.write_text(unit.config_path.read_text() + camera)
-    code, out, err = device(
+    code, _out, err = device(
         config, "enroll", "--name", "Joe", "--from-camera", "2", "--frame-gap", "1", "--consent-ref", "F-6"
     )
     assert code == 1
