@@ -445,7 +445,7 @@ class MqttSection(Section):
         default=None,
         description=(
             "Ed25519 event signing key, made on first start (0600); "
-            "default <unit.state_dir>/secrets/event-signing.key"
+            "default <unit.state_dir>/signing/event-signing.key"
         ),
     )
 
@@ -602,9 +602,9 @@ def did_you_mean(location: tuple[int | str, ...]) -> str:
     if model is None:
         return " (not part of the config schema)"
     key = str(location[-1])
-    capture = issubclass(model, CaptureCommon)
+    capture = model if issubclass(model, CaptureCommon) else None
     if capture and any(key in variant.model_fields for variant in CAPTURE_BACKENDS.values()):
-        return capture_key_hint(key, model)
+        return capture_key_hint(key, capture)
     table = ".".join(str(part) for part in public_location(location[:-1]))
     elsewhere = [other for other in tables_holding(key) if other != table]
     if elsewhere:
@@ -613,7 +613,7 @@ def did_you_mean(location: tuple[int | str, ...]) -> str:
     if close:
         return f" (did you mean {close[0]!r}?)"
     if capture:
-        return capture_key_hint(key, model)
+        return capture_key_hint(key, capture)
     return f" (known here: {', '.join(model.model_fields)})"
 
 

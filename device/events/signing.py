@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from device.atomicio import write_atomically
 from device.events.payloads import PayloadError, encode, utc_timestamp
+from device.layout import StateLayout, move_legacy_event_key
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,13 @@ class EventKey:
 UNITS = "units"  # the consumers' registry of unit event keys
 COMMANDERS = "commanders"  # a unit's trusted commanders (mqtt.command_keys)
 KEY_FILE_NAMES = {UNITS: "unit key registry", COMMANDERS: "trusted commanders file"}
+
+
+def unit_event_key(layout: StateLayout) -> EventKey:
+    """The unit's own event signing key (made on first use), moved first from where a unit set up
+    before the key folder's rename kept it."""
+    move_legacy_event_key(layout)
+    return EventKey.load_or_create(layout.event_key)
 
 
 def load_registry(path: Path, section: str = UNITS) -> dict[str, Ed25519PublicKey]:

@@ -215,7 +215,7 @@ def test_events_key_prints_the_units_public_key(tmp_path: Path) -> None:
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True,
     )  # fmt: skip
     printed = json.loads(done.stdout)
-    key = EventKey.load_or_create(tmp_path / "state" / "secrets" / "event-signing.key")
+    key = EventKey.load_or_create(tmp_path / "state" / "signing" / "event-signing.key")
     assert printed == {"unit": "lobby-1", "public_key": key.public_text}
 
 
