@@ -216,6 +216,23 @@ def test_a_picture_folder_that_runs_out_says_so_not_face_the_camera(
     assert "face the camera" not in err
 
 
+def test_a_camera_that_keeps_giving_frames_without_a_face_still_asks_to_face_it(
+    unit: Unit, tmp_path: Path
+) -> None:
+    frames = unit.dir / "empty-hall"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "00.png"), np.full((240, 320, 3), 180, np.uint8))
+    config = unit.dir / "empty-hall.toml"
+    camera = '\n[capture]\nbackend = "file"\nsource = "empty-hall"\nloop = true\nrealtime = false\n'
+    config.write_text(unit.config_path.read_text() + camera)  # loops: it never runs out, like a camera
+    code, _, err = device(
+        config, "enroll", "--name", "Joe", "--from-camera", "1", "--frame-gap", "1", "--consent-ref", "F-8"
+    )
+    assert code == 1
+    assert "only 0 of 1 good frames from the camera (rejected: no_face x" in err
+    assert "have the person face the camera" in err and "ran out" not in err
+
+
 @pytest.mark.slow
 def test_calibration_table_recommendation_and_plot(
     unit: Unit, face_images: dict[str, Path], tmp_path: Path
