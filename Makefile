@@ -38,14 +38,25 @@ help:
 
 setup: $(STAMP)
 
+# Each step says what it does; the long one (the locked packages, minutes on a first setup) prints one
+# numbered line per package pip takes up, so a quiet terminal is never a hung one.
 # The editable install runs with -qq: setuptools prints an information-only note on every editable install.
 $(STAMP): pyproject.toml $(LOCKS) deploy/dev/system-packages.sh
-	bash deploy/dev/system-packages.sh
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
-	$(BIN)/python -m pip install --quiet --quiet --no-deps -e .
-	touch $@
+	@echo "setup [1/4] system packages (deploy/dev/system-packages.sh)"
+	@bash deploy/dev/system-packages.sh
+	@echo "setup [2/4] virtual environment $(VENV) and pip"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	@total=$$(grep -c '^[A-Za-z0-9]' $(LOCKS)); \
+	echo "setup [3/4] $$total locked packages from $(LOCKS) (a few minutes the first time)"; \
+	set -o pipefail; $(BIN)/python -m pip install --require-hashes -r $(LOCKS) \
+		| awk -v total=$$total \
+			'/^Collecting / { printf "  %d/%d %s\n", ++n, total, $$2; fflush() } \
+			/^Requirement already satisfied: / { printf "  %d/%d %s (already installed)\n", ++n, total, $$4; fflush() }'
+	@echo "setup [4/4] this project, editable"
+	@$(BIN)/python -m pip install --quiet --quiet --no-deps -e .
+	@touch $@
+	@echo "setup done: $(BIN)/device"
 
 fixtures: setup
 	$(BIN)/device fixtures

@@ -445,7 +445,7 @@ class MqttSection(Section):
         default=None,
         description=(
             "Ed25519 event signing key, made on first start (0600); "
-            "default <unit.state_dir>/secrets/event-signing.key"
+            "default <unit.state_dir>/signing/event-signing.key"
         ),
     )
 
@@ -596,17 +596,49 @@ def field_at(location: tuple[int | str, ...]) -> FieldInfo | None:
 
 
 def did_you_mean(location: tuple[int | str, ...]) -> str:
-    """' (did you mean X?)' for an unknown key close to a known one of its section, else a pointer."""
+    """A pointer for an unknown key: the backend or the table that takes it (`ha_discovery` under
+    `[unit]` belongs in `[mqtt]`), else ' (did you mean X?)' for one close to a key of its table."""
     model = model_at(location)
     if model is None:
         return " (not part of the config schema)"
     key = str(location[-1])
+    capture = model if issubclass(model, CaptureCommon) else None
+    if capture and any(key in variant.model_fields for variant in CAPTURE_BACKENDS.values()):
+        return capture_key_hint(key, capture)
+    table = ".".join(str(part) for part in public_location(location[:-1]))
+    elsewhere = [other for other in tables_holding(key) if other != table]
+    if elsewhere:
+        return belongs_in(elsewhere)
     close = close_match(key, list(model.model_fields))
     if close:
         return f" (did you mean {close[0]!r}?)"
-    if issubclass(model, CaptureCommon):
-        return capture_key_hint(key, model)
+    if capture:
+        return capture_key_hint(key, capture)
     return f" (known here: {', '.join(model.model_fields)})"
+
+
+def belongs_in(tables: list[str]) -> str:
+    return f" (it belongs in {' or '.join(f'[{table}]' for table in tables)})"
+
+
+def tables_holding(key: str) -> list[str]:
+    """The tables of the config file (`mqtt`, `mqtt.tls`, `capture`) that have a key of this name:
+    a key placed under the wrong table is most often one that belongs in another."""
+    tables: list[str] = []
+
+    def walk(model: type[BaseModel], table: str) -> None:
+        if table and key in model.model_fields and table not in tables:
+            tables.append(table)
+        for name, field in model.model_fields.items():
+            inner = f"{table}.{name}" if table else name
+            if model is UnitConfig and name == "capture":
+                for variant in CAPTURE_BACKENDS.values():
+                    walk(variant, inner)
+            elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                walk(field.annotation, inner)
+
+    walk(UnitConfig, "")
+    return tables
 
 
 def capture_key_hint(key: str, chosen: type[CaptureCommon]) -> str:

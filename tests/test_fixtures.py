@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +96,45 @@ def test_unknown_fixture_names_list_the_known_ones() -> None:
 def test_astronaut_comes_from_scikit_image() -> None:
     image = fixtures.astronaut_rgb()
     assert image.shape == (512, 512, 3)
+
+
+WITHOUT_SCIKIT_IMAGE = (
+    "import sys; sys.modules['skimage'] = None; from device.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def device_without_scikit_image(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI on a machine without the dev extra (a unit): scikit-image cannot be imported."""
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_SCIKIT_IMAGE, *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_device_fixtures_lists_the_astronaut_where_it_comes_from_as_the_readme_says(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from device.cli import main
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "`make fixtures` fetches the first two and lists all three" in readme
+    assert "The astronaut is not fetched or cached" in readme
+    assert main(["fixtures"]) == 0
+    out = capsys.readouterr().out
+    assert "\n  astronaut(), read from the installed package (not cached)\n" in out
+    assert not any(path.name.startswith("astronaut") for path in fixtures.cache_root().rglob("*"))
+
+    missing = device_without_scikit_image("fixtures")
+    assert missing.returncode == 0, missing.stderr
+    assert missing.stdout.splitlines()[-1].startswith("scikit-image astronaut(): not available here")
+
+
+def test_calibrate_says_when_the_astronaut_is_missing_from_the_default_strangers(tmp_path: Path) -> None:
+    from gallery_helpers import enrol_random, init_unit
+
+    unit = init_unit(tmp_path)
+    enrol_random(unit.store(), "Ada Resident", seed=1)
+    result = device_without_scikit_image(
+        "--config", str(unit.config_path), "calibrate", "--target-far", "0.5"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "note: the default strangers are without scikit-image's astronaut" in result.stderr

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import getpass
 import json
 import logging
@@ -30,6 +31,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from deploy.broker.bridge import BridgeSettings
 from deploy.broker.pki import Pki, Role
@@ -335,6 +337,42 @@ def _bridge_from_args(args: argparse.Namespace) -> BridgeSettings | None:
     )
 
 
+RUNNING_FILE = "running.lock"
+
+
+def claim_broker_dir(root: Path) -> IO[str] | str:
+    """Holds an exclusive lock on ``root`` for as long as this process runs (the kernel drops it when
+    the process ends, however it ends); a second broker on the same directory gets back what the first
+    wrote into the lock file (its pid and port) instead of the handle."""
+    root.mkdir(parents=True, exist_ok=True)
+    handle = (root / RUNNING_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "starting"
+        handle.close()
+        return holder
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
+
+
+def port_in_use(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.5):
+        return True
+    return False
+
+
+def note_port(claim: IO[str], port: int) -> None:
+    claim.seek(0)
+    claim.truncate()
+    claim.write(f"pid {os.getpid()}, port {port}")
+    claim.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="run a local Mosquitto with the fleet config (foreground)")
     parser.add_argument("--dir", type=Path, required=True, help="PKI, config and data (made once, reused)")
@@ -359,6 +397,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.bridge_to is not None:
         args.building = args.building[-1] if args.building else None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    claim = claim_broker_dir(args.dir)
+    if isinstance(claim, str):
+        print(
+            f"error: a broker is already running from {args.dir} ({claim}); use that one, "
+            "or stop it (Ctrl-C in its terminal) before starting another",
+            file=sys.stderr,
+        )
+        return 1
+    if args.port is not None and port_in_use(args.port):
+        print(
+            f"error: port {args.port} on {HOST} is taken (a broker started from another directory?); "
+            "stop it or pick another port (make dev-broker DEV_BROKER_PORT=...)",
+            file=sys.stderr,
+        )
+        return 1
     broker = LocalBroker(
         args.dir,
         prefix=args.prefix,
@@ -372,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         cert, key = broker.cert_for(identity)
         print(f"{broker.role_of(identity):9} {identity}: cert {cert} key {key}")
     broker.start()
+    note_port(claim, broker.port)
     for unit in args.unit:
         block = write_unit_block(broker, unit)
         print(f"\n[mqtt] block for unit {unit} (also in {block}; `device init --mqtt {block}` uses it):")

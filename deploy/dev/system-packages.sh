@@ -35,6 +35,58 @@ if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null 2>&1 || { echo "error: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
   sudo_cmd=(sudo)
 fi
+
+# Another apt or dpkg (unattended-upgrades on a fresh machine, a second terminal) holds the package
+# manager's locks: wait for it rather than fail at once. dpkg and apt take POSIX (fcntl) locks, which
+# flock(1) does not see, so the holder is asked for with F_GETLK. The lock files and the time to wait
+# can be changed (tests point them at a lock of their own).
+read -r -a lock_files <<<"${DPKG_LOCK_FILES:-/var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock}"
+lock_timeout_s=${DPKG_LOCK_TIMEOUT_S:-600}
+
+lock_holder() {  # prints the pid holding a POSIX lock on $1, nothing when it is free or unreadable
+  python3 - "$1" <<'PY'
+import fcntl, os, struct, sys
+try:
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+except OSError:
+    sys.exit(0)
+layout = "hhqqi4x"  # struct flock: type, whence, start, len, pid (Linux, 64-bit off_t)
+query = struct.pack(layout, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+kind, _, _, _, pid = struct.unpack(layout, fcntl.fcntl(fd, fcntl.F_GETLK, query))
+if kind != fcntl.F_UNLCK:
+    print(pid)
+PY
+}
+
+busy_lock() {  # prints "<pid> <file>" for the first held lock
+  local file holder
+  for file in "${lock_files[@]}"; do
+    holder=$(lock_holder "$file")
+    if [ -n "$holder" ]; then
+      echo "$holder $file"
+      return
+    fi
+  done
+}
+
+started=$SECONDS
+announced=
+while busy=$(busy_lock) && [ -n "$busy" ]; do
+  if [ $((SECONDS - started)) -ge "$lock_timeout_s" ]; then
+    echo "error: the package manager is still busy after ${lock_timeout_s} s (process ${busy% *} holds ${busy#* });" \
+      "let it finish (unattended-upgrades on a new machine can take a while) and run make setup again" >&2
+    exit 1
+  fi
+  if [ -z "$announced" ]; then
+    echo "waiting for the package manager: process ${busy% *} holds ${busy#* } (up to ${lock_timeout_s} s)"
+    announced=yes
+  fi
+  sleep 1
+done
+
 echo "installing system packages: ${missing[*]}"
-"${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-"${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+# apt waits for its locks too, should another apt start between the check above and here.
+apt_wait=(-o "DPkg::Lock::Timeout=${lock_timeout_s}")
+"${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "${apt_wait[@]}" update -q
+"${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "${apt_wait[@]}" install -y -q \
+  --no-install-recommends "${missing[@]}"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +23,14 @@ from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.config import UnitConfig
 from device.evaluation.fixtures import FixtureError
 from device.identity.calibrate import (
-    Calibration,
+    CalibrationError,
+    LookAlike,
     calibrate,
     collect_scores,
     draw_plot,
     format_table,
+    look_alike_subjects,
+    recommendation_lines,
 )
 from device.identity.enrol import Analyze, FaceLike
 from device.identity.gallery_store import GalleryStore
@@ -71,7 +73,8 @@ def default_strangers() -> Iterator[tuple[str, RgbImage]]:
     try:
         yield "astronaut", fixtures.astronaut_rgb()
     except fixtures.FixtureError as error:
-        log.info("astronaut picture not used: %s", error)
+        # Said, not only logged: the default stranger set is then one picture short of what it claims.
+        print(f"note: the default strangers are without scikit-image's astronaut: {error}", file=sys.stderr)
 
 
 def stranger_pictures(paths: list[Path] | None, max_pixels: int) -> Iterator[tuple[str, RgbImage]]:
@@ -109,6 +112,10 @@ def run_calibration(args: argparse.Namespace) -> int:
         for subject in dict.fromkeys(subject_ids)
     }
 
+    configured = config.matching.threshold
+    look_alikes = look_alike_subjects(by_subject, configured)
+    names = {subject: store.open_subject(subject).name for pair in look_alikes for subject in pair_ids(pair)}
+
     from device.vision.faces import FaceAnalyzer
 
     analyzer = FaceAnalyzer.from_config(config)
@@ -116,9 +123,15 @@ def run_calibration(args: argparse.Namespace) -> int:
         strangers = stranger_embeddings(
             stranger_pictures(args.strangers, config.limits.max_image_pixels), analyzer.analyze, config
         )
+        if args.strangers is not None and len(strangers) == 0:
+            raise CalibrationError(
+                f"none of the {len(args.strangers)} --strangers picture(s) shows a face that passes the "
+                "quality gate, so there is no stranger to compare with; pass clear, frontal pictures of "
+                "people who are not enrolled (or leave out --strangers for the default set)"
+            )
         calibration = calibrate(collect_scores(by_subject, strangers), args.target_far)
         if args.plot is not None:
-            draw_plot(calibration, config.matching.threshold, args.plot)
+            draw_plot(calibration, configured, args.plot)
     except FixtureError as error:
         print(
             f"error: the default stranger pictures are not available ({error}); "
@@ -126,10 +139,23 @@ def run_calibration(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
+    except CalibrationError:
+        # A duplicate enrolment can be the very reason no threshold meets the target: say it first.
+        for pair in look_alikes:
+            print(look_alike_warning(pair, names, configured), file=sys.stderr)
+        raise
 
-    configured = config.matching.threshold
     if args.json:
-        print(json.dumps(calibration.as_json(configured), indent=2))
+        report = calibration.as_json(configured)
+        report["look_alikes"] = [
+            {
+                "subjects": list(pair_ids(pair)),
+                "names": [names[subject] for subject in pair_ids(pair)],
+                "similarity": round(pair.similarity, 4),
+            }
+            for pair in look_alikes
+        ]
+        print(json.dumps(report, indent=2))
         return EXIT_OK
     scores = calibration.scores
     print(
@@ -141,6 +167,8 @@ def run_calibration(args: argparse.Namespace) -> int:
         print(line)
     for note in calibration.notes:
         print(f"note: {note}")
+    for pair in look_alikes:
+        print(look_alike_warning(pair, names, configured))
     if args.plot is not None:
         print(f"plot written to {args.plot}")
     for line in recommendation_lines(calibration, configured):
@@ -148,23 +176,19 @@ def run_calibration(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def recommendation_lines(calibration: Calibration, configured: float) -> list[str]:
-    """A threshold only when the data can support the target FAR; otherwise what it can support."""
-    impostors = len(calibration.scores.impostor)
-    achievable = (
-        f"achievable FAR with this data: {calibration.achievable_far:.2g} "
-        f"({impostors} impostor comparisons, 95% confidence)"
+def pair_ids(pair: LookAlike) -> tuple[str, str]:
+    return pair.first, pair.second
+
+
+def look_alike_warning(pair: LookAlike, names: dict[str, str | None], configured: float) -> str:
+    """Two subjects the unit cannot tell apart, by name: usually one person enrolled twice."""
+
+    def who(subject: str) -> str:
+        name = names.get(subject)
+        return f"{name!r} ({subject})" if name else subject
+
+    return (
+        f"warning: enrolled subjects {who(pair.first)} and {who(pair.second)} match each other "
+        f"(similarity {pair.similarity:.3f}, threshold {configured:.3f}): one person enrolled twice? "
+        "Their comparisons count as impostors; `forget` the duplicate, then calibrate again"
     )
-    if not calibration.supports_target:
-        needed = math.ceil(3.0 / calibration.target_far) if calibration.target_far > 0 else None
-        more = f"about {needed} impostor comparisons" if needed else "a FAR of exactly 0 cannot be shown"
-        return [
-            achievable,
-            f"not enough comparisons for FAR {calibration.target_far:g}; keep the default "
-            f"(configured: {configured:.3f}). For that target: {more} (add --strangers pictures)",
-        ]
-    return [
-        achievable,
-        f"recommended threshold {calibration.recommended:.3f} for FAR <= {calibration.target_far:g} "
-        f"(configured: {configured:.3f}; set [matching] threshold to change it)",
-    ]

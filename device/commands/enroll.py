@@ -185,7 +185,7 @@ def judge_pictures(paths: Sequence[Path], analyze: Analyze, config: UnitConfig) 
         try:
             image = load_image_rgb(path, config.limits.max_image_pixels)
         except ImageError as error:
-            verdicts.append(unreadable(str(path), str(error)))
+            verdicts.append(unreadable(str(path), error.reason))
         else:
             verdicts.append(judge_picture(str(path), image, analyze(image), config.quality))
         progress.step(path.name)
@@ -206,6 +206,8 @@ def judge_camera_frames(
     rejected: dict[str, int] = {}
     last_kept = -frame_gap
     limit = wanted * FRAMES_PER_WANTED
+    frames_read = 0
+    ran_out = False
     try:
         source.open()
         for index in range(limit):
@@ -214,7 +216,9 @@ def judge_camera_frames(
             try:
                 image = source.read()
             except EndOfStream:
+                ran_out = True
                 break
+            frames_read += 1
             if index - last_kept < frame_gap:
                 continue
             verdict = judge_picture(f"camera frame {index}", image, analyze(image), config.quality)
@@ -234,7 +238,20 @@ def judge_camera_frames(
         tally = ", ".join(f"{reason} x{count}" for reason, count in sorted(rejected.items())) or "none"
         raise EnrolmentError(
             f"only {len(accepted)} of {wanted} good frames from the camera (rejected: {tally}); "
-            "have the person face the camera, closer and in good light",
+            + (ran_out_advice(config, frames_read, frame_gap) if ran_out else CAMERA_ADVICE),
             code="no_usable_picture",
         )
     return accepted
+
+
+CAMERA_ADVICE = "have the person face the camera, closer and in good light"
+
+
+def ran_out_advice(config: UnitConfig, frames_read: int, frame_gap: int) -> str:
+    """A video file or picture folder that ends is not a person to turn towards the camera."""
+    source = getattr(config.capture, "source", None)
+    what = f"the {config.capture.backend} source" + (f" {source}" if source else "")
+    return (
+        f"{what} ran out after {frames_read} frame(s), judged every {frame_gap}; "
+        "give it more frames with a face (or a smaller --frame-gap), or use --images"
+    )

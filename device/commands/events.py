@@ -31,10 +31,10 @@ from device.consumers.consumer import EventConsumer
 from device.events.payloads import PayloadError
 from device.events.signing import (
     DEFAULT_MAX_AGE_S,
-    EventKey,
     EventVerifier,
     load_registry,
     register_key,
+    unit_event_key,
 )
 from device.layout import StateLayout
 
@@ -72,7 +72,7 @@ def register(commands: CommandRegistry) -> None:
 def print_event_key(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     try:
-        key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
+        key = unit_event_key(StateLayout.from_config(config))
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE

@@ -44,7 +44,7 @@ def identify(args: argparse.Namespace) -> int:
             image = load_image_rgb(path, config.limits.max_image_pixels)
         except ImageError as error:
             failed = True
-            reports.append({"image": str(path), "error": str(error), "faces": []})
+            reports.append({"image": str(path), "error": error.reason, "faces": []})
             continue
         faces = identify_faces(
             image,

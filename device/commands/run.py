@@ -53,19 +53,29 @@ def run_command(args: argparse.Namespace) -> int:
         latencies=latencies,
         on_decision=decided.append,
     )
-    stop_on_signals(stop_event)
+    signals: list[str] = []
+    stop_on_signals(stop_event, signals)
     try:
         code = runner.run()
     finally:
         publisher.close()
-    if config.capture.backend == "file" and not stop_event.is_set():
-        print(run_summary(config, len(decided)), file=sys.stderr)
+    # Whichever way the run ends (its file source done, SIGTERM from systemd, Ctrl-C, capture failed),
+    # the last line says what it did and what is still queued.
+    print(run_summary(config, len(decided), ending(config, signals, code)), file=sys.stderr)
     return code
 
 
-def run_summary(config: UnitConfig, decisions: int) -> str:
-    """What a run over a file did: decisions made, and events the broker has not acknowledged yet."""
-    line = f"end of the file source: {decisions} decision{'s' if decisions != 1 else ''}"
+def ending(config: UnitConfig, signals: list[str], code: int) -> str:
+    if signals:
+        return f"stopped by {signals[0]}"
+    if code != 0:
+        return "stopped: capture failed"
+    return "end of the file source" if config.capture.backend == "file" else "stopped"
+
+
+def run_summary(config: UnitConfig, decisions: int, how: str = "end of the file source") -> str:
+    """What a run did: how it ended, decisions made, and events the broker has not acknowledged yet."""
+    line = f"{how}: {decisions} decision{'s' if decisions != 1 else ''}"
     if not config.mqtt.enabled:
         return line + " (printed above; mqtt is disabled)"
     from device.events.outbox import Outbox, OutboxError

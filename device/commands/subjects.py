@@ -18,7 +18,7 @@ from device.config import UnitConfig
 from device.events.forgotten import ForgetReason, announce_forgotten
 from device.events.outbox import Outbox, OutboxError
 from device.events.payloads import PayloadError, Topics
-from device.events.signing import EventKey
+from device.events.signing import unit_event_key
 from device.identity.gallery_records import SubjectInfo, utc_now
 from device.identity.gallery_store import GalleryStore
 from device.layout import StateLayout
@@ -114,7 +114,7 @@ def announce(config: UnitConfig, subject_ids: list[str], reason: ForgetReason) -
     if not config.mqtt.enabled or not subject_ids:
         return EXIT_OK
     try:
-        key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
+        key = unit_event_key(StateLayout.from_config(config))
         outbox = Outbox(config.mqtt.outbox_path, max_rows=config.mqtt.outbox_max_rows)
     except (PayloadError, OutboxError, OSError) as error:
         print(f"error: subject_forgotten not queued, archives keep the subject id: {error}", file=sys.stderr)

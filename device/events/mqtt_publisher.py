@@ -64,7 +64,7 @@ from device.events.payloads import (
     build_status,
     encode,
 )
-from device.events.signing import CommandVerifier, EventKey
+from device.events.signing import CommandVerifier, unit_event_key
 from device.events.tls import TlsSetupError, client_tls_context
 from device.layout import StateLayout
 from device.types import Decision
@@ -164,7 +164,7 @@ class MqttPublisher:
         )
         self._session = secrets.token_hex(8)
         try:
-            self._event_key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
+            self._event_key = unit_event_key(StateLayout.from_config(config))
         except (PayloadError, OSError) as error:
             raise MqttSetupError(f"event signing key: {error}") from error
         try:

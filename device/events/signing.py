@@ -44,6 +44,7 @@ from device.events.payloads import (
     encode,
     utc_timestamp,
 )
+from device.layout import StateLayout, move_legacy_event_key
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +133,43 @@ COMMANDERS = "commanders"  # a unit's trusted commanders (mqtt.command_keys)
 KEY_FILE_NAMES = {UNITS: "unit key registry", COMMANDERS: "trusted commanders file"}
 
 
+def unit_event_key(layout: StateLayout) -> EventKey:
+    """The unit's own event signing key (made on first use), moved first from where a unit set up
+    before the key folder's rename kept it."""
+    move_legacy_event_key(layout)
+    return EventKey.load_or_create(layout.event_key)
+
+
 def load_registry(path: Path, section: str = UNITS) -> dict[str, Ed25519PublicKey]:
     """The public keys by name (unit id or commander); ``PayloadError`` when the file is unusable."""
+    keys = {}
+    for name, text in read_key_file(path, section).items():
+        try:
+            keys[name] = Ed25519PublicKey.from_public_bytes(_unb64(text))
+        except (ValueError, binascii.Error):
+            raise PayloadError(
+                f"{KEY_FILE_NAMES[section]} {path}: the key of {name!r} is not a base64url Ed25519 public key"
+            ) from None
+    return keys
+
+
+def read_key_file(path: Path, section: str) -> dict[str, str]:
+    """The names and key texts of a key file, or one line saying what is wrong with it (an empty `{}`
+    is a file without its section, not a ``KeyError``)."""
+    what = KEY_FILE_NAMES[section]
+    expected = f'expected {{"{section}": {{"<name>": "<base64url public key>", ...}}}}'
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        entries = data[section]
-        return {
-            str(name): Ed25519PublicKey.from_public_bytes(_unb64(str(key))) for name, key in entries.items()
-        }
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as error:
-        raise PayloadError(f"{KEY_FILE_NAMES[section]} {path}: {error!r}") from None
+    except OSError as error:
+        raise PayloadError(f"{what} {path}: cannot read it ({error.strerror})") from None
+    except ValueError as error:
+        raise PayloadError(f"{what} {path}: not JSON ({error}); {expected}") from None
+    entries = data.get(section) if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        raise PayloadError(f'{what} {path}: no "{section}" object in it; {expected}')
+    if not all(isinstance(key, str) for key in entries.values()):
+        raise PayloadError(f"{what} {path}: every key must be a string; {expected}")
+    return {str(name): key for name, key in entries.items()}
 
 
 def registry_text(keys: Mapping[str, str], section: str = UNITS) -> str:
@@ -151,12 +179,7 @@ def registry_text(keys: Mapping[str, str], section: str = UNITS) -> str:
 def register_key(path: Path, name: str, public_text: str, section: str = UNITS) -> None:
     """Adds one public key to a key file (made if missing); another key under the same name is refused."""
     what = KEY_FILE_NAMES[section]
-    keys: dict[str, str] = {}
-    if path.exists():
-        try:
-            keys = {str(k): str(v) for k, v in json.loads(path.read_text(encoding="utf-8"))[section].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise PayloadError(f"{what} {path}: {error!r}") from None
+    keys = read_key_file(path, section) if path.exists() else {}
     if keys.get(name, public_text) != public_text:
         raise PayloadError(f"{what} {path} already holds another key for {name!r}")
     keys[name] = public_text

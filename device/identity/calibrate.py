@@ -19,6 +19,7 @@ be seen; the report says so and gives the "rule of three" 95 % upper bound 3/n f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,28 @@ def collect_scores(
         subjects_with_pairs=sum(1 for rows in templates.values() if len(rows) >= 2),
         strangers=len(strangers),
     )
+
+
+@dataclass(frozen=True)
+class LookAlike:
+    """Two enrolled subjects whose templates match each other: most often one person enrolled twice."""
+
+    first: str
+    second: str
+    similarity: float
+
+
+def look_alike_subjects(templates: Mapping[str, NDArray[np.float32]], threshold: float) -> list[LookAlike]:
+    """Pairs of subjects with a template of one at or above ``threshold`` against a template of the other,
+    most similar first: the unit cannot tell them apart, and their comparisons count as impostors."""
+    subjects = list(templates)
+    pairs = []
+    for index, first in enumerate(subjects):
+        for second in subjects[index + 1 :]:
+            similarity = float((templates[first] @ templates[second].T).max())
+            if similarity >= threshold:
+                pairs.append(LookAlike(first, second, similarity))
+    return sorted(pairs, key=lambda pair: -pair.similarity)
 
 
 def threshold_grid() -> NDArray[np.float64]:
@@ -211,6 +234,41 @@ def calibrate(scores: ComparisonScores, target_far: float) -> Calibration:
     return Calibration(scores, rows, target_far, recommended, resolution, upper, notes)
 
 
+def recommendation_lines(calibration: Calibration, configured: float) -> list[str]:
+    """A threshold only when the data can support the target FAR; otherwise what it can support."""
+    impostors = len(calibration.scores.impostor)
+    achievable = (
+        f"achievable FAR with this data: {calibration.achievable_far:.2g} "
+        f"({impostors} impostor comparisons, 95% confidence)"
+    )
+    if not calibration.supports_target:
+        needed = math.ceil(3.0 / calibration.target_far) if calibration.target_far > 0 else None
+        more = f"about {needed} impostor comparisons" if needed else "a FAR of exactly 0 cannot be shown"
+        return [
+            achievable,
+            f"not enough comparisons for FAR {calibration.target_far:g}; keep the default "
+            f"(configured: {configured:.3f}). For that target: {more} (add --strangers pictures)",
+        ]
+    return [
+        achievable,
+        f"recommended threshold {calibration.recommended:.3f} for FAR <= {calibration.target_far:g} "
+        f"(configured: {configured:.3f}; set [matching] threshold to change it)",
+    ]
+
+
+def recommendation_verdict(calibration: Calibration, configured: float) -> str:
+    """The recommendation in a few words, as the plot shows it; the same as the text's last line."""
+    if not calibration.supports_target:
+        return f"not enough comparisons for FAR {calibration.target_far:g}: keep the default {configured:.3f}"
+    return f"recommended threshold {calibration.recommended:.3f} for FAR <= {calibration.target_far:g}"
+
+
+def recommended_label(calibration: Calibration) -> str:
+    """What the threshold meeting the target is called: "recommended" only when the data can show the
+    target FAR at all (the text table and the plot use this one word)."""
+    return "recommended" if calibration.supports_target else "meets the target here (too little data)"
+
+
 def format_table(calibration: Calibration, configured: float, start: float = 0.80) -> list[str]:
     """Text rows from ``start`` to the top of the grid, every 0.01, with the two thresholds marked."""
 
@@ -218,10 +276,7 @@ def format_table(calibration: Calibration, configured: float, start: float = 0.8
         return "    -" if value is None else f"{value:7.2%}"
 
     lines = ["threshold      FAR      FRR"]
-    # Marked "recommended" only when the data can show the target FAR at all.
-    label = (
-        "  <- recommended" if calibration.supports_target else "  <- meets the target here (too little data)"
-    )
+    label = f"  <- {recommended_label(calibration)}"
     marks = {round(calibration.recommended, 3): label, round(configured, 3): "  <- configured"}
     wanted = {round(t, 3) for t in np.arange(start, GRID_STOP + 1e-9, 0.01)} | set(marks)
     for row in calibration.rows:
@@ -238,7 +293,7 @@ def format_table(calibration: Calibration, configured: float, start: float = 0.8
 # --- the plot (OpenCV drawing only: no plotting library on the unit) ---------------------------------
 
 PLOT_SIZE = (720, 460)  # width, height
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 70, 20, 40, 60
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 70, 20, 60, 60
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
 GREY = (150, 150, 150)
@@ -246,6 +301,23 @@ LIGHT = (225, 225, 225)
 RED = (40, 40, 210)  # BGR: FAR
 BLUE = (200, 90, 20)  # BGR: FRR
 GREEN = (40, 150, 40)
+AMBER = (0, 140, 230)  # BGR: a threshold that meets the target on too little data to recommend it
+
+
+@dataclass(frozen=True)
+class PlotMark:
+    threshold: float
+    label: str
+    colour: tuple[int, int, int]
+
+
+def plot_marks(calibration: Calibration, configured: float) -> list[PlotMark]:
+    """The vertical lines of the plot, named as the text names them: green "recommended" only when the
+    text recommends that threshold, amber "too little data" when it says to keep the default."""
+    marked = PlotMark(calibration.recommended, f"recommended {calibration.recommended:.3f}", GREEN)
+    if not calibration.supports_target:
+        marked = PlotMark(calibration.recommended, f"too little data {calibration.recommended:.3f}", AMBER)
+    return [PlotMark(configured, f"configured {configured:.3f}", GREY), marked]
 
 
 def draw_plot(calibration: Calibration, configured: float, path: Path) -> None:
@@ -275,22 +347,12 @@ def draw_plot(calibration: Calibration, configured: float, path: Path) -> None:
         cv2.putText(canvas, f"{threshold:.2f}", (x - 16, label_y), font, 0.4, BLACK, 1, cv2.LINE_AA)
     cv2.rectangle(canvas, (MARGIN_LEFT, MARGIN_TOP), (width - MARGIN_RIGHT, height - MARGIN_BOTTOM), BLACK, 1)
 
-    for value, colour, label in (
-        (configured, GREY, "configured"),
-        (calibration.recommended, GREEN, "recommended"),
-    ):
-        x = to_px(value, 0.0)[0]
-        cv2.line(canvas, (x, MARGIN_TOP), (x, height - MARGIN_BOTTOM), colour, 1, cv2.LINE_AA)
-        cv2.putText(
-            canvas,
-            f"{label} {value:.3f}",
-            (x - 60, MARGIN_TOP - 8 if colour == GREEN else MARGIN_TOP - 22),
-            font,
-            0.4,
-            colour,
-            1,
-            cv2.LINE_AA,
-        )
+    for mark in plot_marks(calibration, configured):
+        x = to_px(mark.threshold, 0.0)[0]
+        cv2.line(canvas, (x, MARGIN_TOP), (x, height - MARGIN_BOTTOM), mark.colour, 1, cv2.LINE_AA)
+        label_y = MARGIN_TOP - 22 if mark.colour == GREY else MARGIN_TOP - 8
+        label_x = min(x - 60, width - MARGIN_RIGHT - 7 * len(mark.label))
+        cv2.putText(canvas, mark.label, (label_x, label_y), font, 0.4, mark.colour, 1, cv2.LINE_AA)
 
     for attribute, colour in (("far", RED), ("frr", BLUE)):
         points = [
@@ -311,6 +373,9 @@ def draw_plot(calibration: Calibration, configured: float, path: Path) -> None:
         f"{len(calibration.scores.genuine)} genuine, {len(calibration.scores.impostor)} impostor comparisons"
     )
     cv2.putText(canvas, counts, (MARGIN_LEFT, 16), font, 0.45, BLACK, 1, cv2.LINE_AA)
+    verdict = recommendation_verdict(calibration, configured)
+    colour = plot_marks(calibration, configured)[-1].colour
+    cv2.putText(canvas, verdict, (MARGIN_LEFT, 32), font, 0.45, colour, 1, cv2.LINE_AA)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), canvas):
         raise CalibrationError(f"could not write the plot to {path} (use a .png name)")

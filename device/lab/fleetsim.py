@@ -30,7 +30,7 @@ from typing import Any
 from device.config import UnitConfig, parse_config
 from device.events.forgotten import announce_forgotten
 from device.events.mqtt_publisher import MqttPublisher
-from device.events.signing import EventKey, register_key
+from device.events.signing import register_key, unit_event_key
 from device.layout import StateLayout
 from device.types import Decision, DecisionType
 
@@ -84,7 +84,7 @@ class SimUnit:
 def start_units(configs: list[UnitConfig], registry: Path) -> list[SimUnit]:
     units = []
     for config in configs:
-        key = EventKey.load_or_create(StateLayout.from_config(config).event_key)
+        key = unit_event_key(StateLayout.from_config(config))
         register_key(registry, config.unit.id, key.public_text)
         units.append(SimUnit(config, MqttPublisher(config).start()))
     return units
@@ -122,7 +122,7 @@ def run_visits(units: list[SimUnit], rate: float, duration_s: float, seed: int =
 def forget(units: list[SimUnit], subject: str) -> None:
     """Every unit queues a signed ``subject_forgotten`` in its outbox, as ``device forget`` does."""
     for unit in units:
-        key = EventKey.load_or_create(StateLayout.from_config(unit.config).event_key)
+        key = unit_event_key(StateLayout.from_config(unit.config))
         announce_forgotten(unit.publisher.outbox, key, unit.publisher.topics, subject, "forgotten_on_request")
         unit.committed += 1
 

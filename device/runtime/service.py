@@ -198,11 +198,15 @@ def build_runner(
     return runner
 
 
-def stop_on_signals(stop_event: threading.Event) -> None:
-    """SIGTERM (systemd stop) and SIGINT (Ctrl-C) end the loop after the current frame."""
+def stop_on_signals(stop_event: threading.Event, received: list[str] | None = None) -> None:
+    """SIGTERM (systemd stop) and SIGINT (Ctrl-C) end the loop after the current frame; the signal's
+    name goes into ``received`` (for the run's closing summary)."""
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        log.info("received %s: stopping", name)
+        if received is not None:
+            received.append(name)
         stop_event.set()
 
     signal.signal(signal.SIGTERM, handler)

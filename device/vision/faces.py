@@ -28,7 +28,15 @@ log = logging.getLogger(__name__)
 
 
 class ImageError(UserError):
-    """A picture that cannot be read or decoded (wrong path, not an image, truncated file)."""
+    """A picture that cannot be read or decoded (wrong path, not an image, truncated file).
+
+    The message names the path; ``reason`` is the same without it, for reports that list the path
+    already (so an undecodable picture names its path once)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 class Detector(Protocol):
@@ -60,19 +68,20 @@ def load_image_rgb(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Rg
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as error:
-        raise ImageError(f"{path}: cannot read the file ({error.strerror})") from None
+        raise ImageError(path, f"cannot read the file ({error.strerror})") from None
     dimensions = picture_dimensions(data.tobytes()[:65_536])
     if dimensions is None:
-        raise ImageError(f"{path}: not a decodable image (not a jpeg, png, bmp or webp picture)")
+        raise ImageError(path, "not a decodable image (not a jpeg, png, bmp or webp picture)")
     width, height = dimensions
     if width * height > max_pixels:
         raise ImageError(
-            f"{path}: the picture is {width}x{height} ({width * height / 1e6:.0f} Mpx), more than the "
-            f"limit of {max_pixels / 1e6:.0f} Mpx (limits.max_image_pixels); scale it down first"
+            path,
+            f"the picture is {width}x{height} ({width * height / 1e6:.0f} Mpx), more than the "
+            f"limit of {max_pixels / 1e6:.0f} Mpx (limits.max_image_pixels); scale it down first",
         )
     decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if decoded is None:
-        raise ImageError(f"{path}: not a decodable image (jpeg, png, bmp, webp)")
+        raise ImageError(path, "not a decodable image (jpeg, png, bmp, webp)")
     rgb: RgbImage = np.ascontiguousarray(decoded[:, :, ::-1])
     return rgb
 

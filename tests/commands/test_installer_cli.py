@@ -207,6 +207,22 @@ def test_a_typo_in_a_key_gets_did_you_mean(tmp_path: Path, capsys: pytest.Captur
     assert "matching.zzz: unknown key (known here: threshold," in err
 
 
+def test_a_key_under_the_wrong_table_says_which_table_it_belongs_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "unit.toml"
+    config.write_text(
+        'ha_discovery = true\n[unit]\nha_discovery = true\n[capture]\nbackend = "file"\nsource = "x.mp4"\n'
+        'ha_discovery = true\n[mqtt]\nca_file = "ca.crt"\n'
+    )
+    assert main(["config", "check", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "  - ha_discovery: unknown key (it belongs in [mqtt])" in err
+    assert "unit.ha_discovery: unknown key (it belongs in [mqtt])" in err
+    assert "capture.ha_discovery: unknown key (it belongs in [mqtt])" in err
+    assert "mqtt.ca_file: unknown key (it belongs in [mqtt.tls])" in err
+
+
 def test_messages_say_rules_in_words_not_regexes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "unit.toml"
     config.write_text('[unit]\nid = "Lobby 1"\n[mqtt]\ntopic_prefix = "a b"\n')

@@ -138,3 +138,38 @@ def test_the_status_line_names_files_dev_broker_makes(identity: str) -> None:
     assert Pki(Path("state/dev-broker/pki")).client_files(identity, "consumer").cert == Path(
         f"state/dev-broker/pki/consumers/{identity}.crt"
     )
+
+
+@pytest.mark.slow
+def test_make_dev_broker_twice_says_one_is_running_and_issues_the_ha_certificate(tmp_path: Path) -> None:
+    from broker import free_port
+
+    for name in LINKED:
+        (tmp_path / name).symlink_to(REPO / name)
+    port = free_port()
+    env = {**os.environ, "DEV_BROKER_PORT": str(port)}
+    first = Background("make dev-broker", tmp_path, env)
+    try:
+        assert first.wait_for("Ctrl-C stops", TIMEOUT_S), "".join(first.lines)
+        # The README's Home Assistant page connects with this consumer certificate.
+        assert "consumer  home-assistant: cert " in "".join(first.lines)
+        assert (tmp_path / "state/dev-broker/pki/consumers/home-assistant.crt").exists()
+        second = subprocess.run(
+            ["make", "dev-broker"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+        )
+        assert second.returncode != 0
+        assert "error: a broker is already running from state/dev-broker (pid " in second.stderr
+        assert f"port {port})" in second.stderr and "Traceback" not in second.stderr
+        # The same port from another directory: said plainly, not a Mosquitto log dump.
+        other = tmp_path / "elsewhere"
+        other.mkdir()
+        for name in LINKED:
+            (other / name).symlink_to(REPO / name)
+        third = subprocess.run(
+            ["make", "dev-broker"], cwd=other, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+        )
+        assert third.returncode != 0
+        assert f"error: port {port} on 127.0.0.1 is taken" in third.stderr and "Traceback" not in third.stderr
+        assert first.process.poll() is None  # the first broker still runs
+    finally:
+        first.stop()

@@ -103,6 +103,49 @@ def test_a_registry_with_a_broken_key_is_refused(tmp_path: Path) -> None:
         load_registry(path)
 
 
+BROKEN_REGISTRIES = [
+    ("{}", 'no "units" object in it; expected {"units": {"<name>": "<base64url public key>", ...}}'),
+    ("[]", 'no "units" object in it'),
+    ('{"units": []}', 'no "units" object in it'),
+    ('{"units": {"unit-a": 3}}', "every key must be a string"),
+    ("units: nope", "not JSON"),
+    ('{"units": {"unit-a": "not-a-key"}}', "the key of 'unit-a' is not a base64url Ed25519 public key"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BROKEN_REGISTRIES, ids=[text for text, _ in BROKEN_REGISTRIES])
+def test_a_broken_registry_is_one_line_saying_what_it_should_hold(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text(text)
+    with pytest.raises(PayloadError) as refused:
+        load_registry(path)
+    assert str(refused.value).startswith(f"unit key registry {path}: ")
+    assert message in str(refused.value)
+    assert "Error(" not in str(refused.value)  # no KeyError('units') or TypeError(...) repr
+
+
+def test_the_door_given_an_empty_registry_says_so_in_a_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from device.cli import main
+
+    keys = tmp_path / "keys.json"
+    keys.write_text("{}")
+    broker_files = []
+    for option, name in (("--ca", "ca.crt"), ("--cert", "door.crt"), ("--key", "door.key")):
+        (tmp_path / name).write_text("")
+        broker_files += [option, str(tmp_path / name)]
+    code = main(
+        ["door", "--unit", "unit-a", "--relay-gpio", "17", "--keys", str(keys), *broker_files]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f'error: unit key registry {keys}: no "units" object in it; '
+                                'expected {"units": {"<name>": "<base64url public key>", ...}}']  # fmt: skip
+
+
 def test_events_tail_prints_signed_events_and_rejects_each_forgery_with_one_line(
     mosquitto_broker: Any, tmp_path: Path
 ) -> None:
@@ -172,7 +215,7 @@ def test_events_key_prints_the_units_public_key(tmp_path: Path) -> None:
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True,
     )  # fmt: skip
     printed = json.loads(done.stdout)
-    key = EventKey.load_or_create(tmp_path / "state" / "secrets" / "event-signing.key")
+    key = EventKey.load_or_create(tmp_path / "state" / "signing" / "event-signing.key")
     assert printed == {"unit": "lobby-1", "public_key": key.public_text}
 
 

@@ -52,3 +52,28 @@ def test_the_ha_lock_pins_home_assistant_and_what_it_would_install_at_run_time()
     # The frontend (HA starts in recovery mode without it) and the MQTT integration's client.
     for name in ("home-assistant-frontend==", "paho-mqtt==2."):
         assert f"\n{name}" in lock, name
+
+
+def test_the_readme_names_every_event_type_discovery_publishes() -> None:
+    from device.events.ha_discovery import discovery_configs
+    from device.events.payloads import Topics
+
+    configs = discovery_configs(Topics("entrance", "lobby-1"), "lobby-1", {})
+    (published,) = [c["event_types"] for c in configs.values() if c is not None and "event_types" in c]
+    assert "presentation_attack" in published
+    section = readme_section((REPO / "README.md").read_text())
+    listed = section[section.index("`event_type`") : section.index("with `subject`")]
+    assert re.findall(r"`([a-z_]+)`", listed)[1:] == list(published)
+    triggers = section[section.index("**device triggers**") : section.index("no templates needed")]
+    assert re.findall(r'`"visit" ([a-z_]+)`', triggers) == list(published)
+
+
+def test_every_home_assistant_example_in_the_readme_uses_the_current_keys() -> None:
+    """Both the short example in the events section and the section's automations: `triggers:` with
+    `trigger:`, `actions:` with `action:` (HA 2024.10), never the older `platform:` or `service:`."""
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("- Home Assistant can do the same")
+    inline = readme[start : readme.index("\n- ", start + 1)]
+    assert "`triggers: {trigger: mqtt," in inline and "`actions: {action: " in inline
+    for text in (inline, readme_section(readme)):
+        assert "platform:" not in text and "service:" not in text and "trigger:" in text

@@ -16,6 +16,9 @@ from device.identity.calibrate import (
     format_table,
     genuine_scores,
     impostor_scores,
+    look_alike_subjects,
+    plot_marks,
+    recommendation_lines,
 )
 
 
@@ -95,3 +98,41 @@ def test_the_plot_is_drawn_locally_as_a_png_with_both_curves(tmp_path: Path) -> 
     red = np.all(image == (40, 40, 210), axis=2).sum()
     blue = np.all(image == (200, 90, 20), axis=2).sum()
     assert red > 100 and blue > 100  # both curves are drawn, not just the frame
+
+
+GREEN = (40, 150, 40)
+AMBER = (0, 140, 230)
+
+
+def column_has(image: np.ndarray, colour: tuple[int, int, int]) -> bool:
+    return bool(np.all(image == colour, axis=2).any())
+
+
+def test_the_plot_says_what_the_text_says_about_the_recommendation(tmp_path: Path) -> None:
+    templates = {"alice": np.concatenate([E0, vectors_at([0.96, 0.94])])}
+    few = calibrate(collect_scores(templates, vectors_at([0.6, 0.8], seed=6)), 0.001)
+    many = calibrate(collect_scores(templates, vectors_at([0.3] * 4000, seed=7)), 0.001)
+    for result, recommends in ((few, False), (many, True)):
+        text = recommendation_lines(result, 0.93)
+        assert any(line.startswith("recommended threshold") for line in text) is recommends
+        labels = [mark.label for mark in plot_marks(result, 0.93)]
+        assert any(label.startswith("recommended") for label in labels) is recommends
+        out = tmp_path / f"{recommends}.png"
+        draw_plot(result, 0.93, out)
+        image = cv2.imread(str(out))
+        # green is the colour of a recommendation; amber of a threshold met on too little data
+        assert column_has(image, GREEN) is recommends
+        assert column_has(image, AMBER) is not recommends
+
+
+def test_two_subjects_that_match_each_other_are_found_with_their_similarity() -> None:
+    ada = np.concatenate([E0, vectors_at([0.95], seed=8)])
+    templates = {
+        "s-ada": ada,
+        "s-ada-again": vectors_at([0.97], seed=9),  # the same face enrolled a second time
+        "s-bob": vectors_at([0.2], seed=10),
+    }
+    (pair,) = look_alike_subjects(templates, threshold=0.92)
+    assert (pair.first, pair.second) == ("s-ada", "s-ada-again")
+    assert pair.similarity == pytest.approx(0.97, abs=1e-5)
+    assert look_alike_subjects(templates, threshold=0.98) == []

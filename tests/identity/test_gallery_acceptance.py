@@ -20,6 +20,7 @@ from gallery_helpers import Unit, init_unit
 
 from device.cli import main
 from device.evaluation.fixtures import load_rgb
+from device.identity.gallery_store import EnrolRequest
 
 NAME = "Barack Obama"
 SUBJECT_ID = re.compile(r"^s-[0-9a-f]{16}$")
@@ -141,6 +142,43 @@ def test_every_rejected_picture_says_why(unit: Unit, face_images: dict[str, Path
     assert "5/5" in err  # progress over all pictures
 
 
+def test_an_undecodable_picture_names_its_path_once(unit: Unit, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    code, out, _ = device(unit, "identify", str(broken))
+    assert code == 1
+    assert out.splitlines() == [
+        f"{broken}: error: not a decodable image (not a jpeg, png, bmp or webp picture)"
+    ]
+    code, out, _ = device(unit, "enroll", "--name", "Nobody", "--consent-ref", "F-7", "--images", str(broken))
+    assert code == 1
+    (skip,) = [line for line in out.splitlines() if line.startswith("skip")]
+    assert skip.count(str(broken)) == 1 and "not a decodable image" in skip
+    code, out, _ = device(unit, "identify", "--json", str(broken))
+    (report,) = json.loads(out)["images"]
+    assert report["image"] == str(broken) and str(broken) not in report["error"]
+
+
+def test_strangers_without_a_usable_face_are_refused_not_used_as_an_empty_set(
+    tmp_path: Path, face_images: dict[str, Path]
+) -> None:
+    from gallery_helpers import enrol_random
+
+    fresh = init_unit(tmp_path)
+    enrol_random(fresh.store(), "Ada Resident", seed=1)
+    enrol_random(fresh.store(), "Bob Other", seed=2)  # two subjects: calibration would run without strangers
+    wall = tmp_path / "wall.png"
+    cv2.imwrite(str(wall), np.full((480, 640, 3), 180, np.uint8))
+    code, out, err = device(fresh, "calibrate", "--target-far", "0.5", "--strangers", str(wall))
+    assert code == 1 and out == ""
+    assert "none of the 1 --strangers picture(s) shows a face that passes the quality gate" in err
+    # the same with a usable stranger face goes ahead
+    code, out, err = device(fresh, "calibrate", "--json", "--target-far", "0.5", "--strangers",
+                            str(wall), str(face_images["biden.jpg"]))  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["stranger_faces"] == 1
+
+
 def test_enrolment_from_the_camera_seam(unit: Unit, face_images: dict[str, Path], tmp_path: Path) -> None:
     frames = unit.dir / "camera"
     frames.mkdir()
@@ -158,6 +196,41 @@ def test_enrolment_from_the_camera_seam(unit: Unit, face_images: dict[str, Path]
     (joe,) = [s for s in unit.store().subjects() if s.subject_id == subject_id]
     assert joe.template_count == 2
     assert device(unit, "forget", subject_id, "--yes")[0] == 0
+
+
+def test_a_picture_folder_that_runs_out_says_so_not_face_the_camera(
+    unit: Unit, face_images: dict[str, Path]
+) -> None:
+    frames = unit.dir / "short-camera"
+    frames.mkdir()
+    shutil.copy(face_images["biden.jpg"], frames / "00.jpg")
+    config = unit.dir / "short-camera.toml"
+    camera = '\n[capture]\nbackend = "file"\nsource = "short-camera"\nrealtime = false\n'
+    config.write_text(unit.config_path.read_text() + camera)
+    code, _out, err = device(
+        config, "enroll", "--name", "Joe", "--from-camera", "2", "--frame-gap", "1", "--consent-ref", "F-6"
+    )
+    assert code == 1
+    assert "only 1 of 2 good frames" in err
+    assert "ran out after 1 frame(s)" in err and "short-camera" in err
+    assert "face the camera" not in err
+
+
+def test_a_camera_that_keeps_giving_frames_without_a_face_still_asks_to_face_it(
+    unit: Unit, tmp_path: Path
+) -> None:
+    frames = unit.dir / "empty-hall"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "00.png"), np.full((240, 320, 3), 180, np.uint8))
+    config = unit.dir / "empty-hall.toml"
+    camera = '\n[capture]\nbackend = "file"\nsource = "empty-hall"\nloop = true\nrealtime = false\n'
+    config.write_text(unit.config_path.read_text() + camera)  # loops: it never runs out, like a camera
+    code, _, err = device(
+        config, "enroll", "--name", "Joe", "--from-camera", "1", "--frame-gap", "1", "--consent-ref", "F-8"
+    )
+    assert code == 1
+    assert "only 0 of 1 good frames from the camera (rejected: no_face x" in err
+    assert "have the person face the camera" in err and "ran out" not in err
 
 
 @pytest.mark.slow
@@ -220,3 +293,43 @@ def test_a_tampered_gallery_stops_identify_with_one_clear_line(
         assert "failed its integrity check" in err and out == ""
     finally:
         path.write_bytes(original)
+
+
+def test_calibrate_names_two_subjects_that_are_one_person_enrolled_twice(
+    tmp_path: Path, face_images: dict[str, Path]
+) -> None:
+    from gallery_helpers import enrol_random, random_templates
+
+    fresh = init_unit(tmp_path)
+    store = fresh.store()
+    first, ada = enrol_random(store, "Ada Resident", seed=1)
+    # The same person again under a second id: templates close to hers (similarity ~0.98), not equal.
+    close = ada + 0.1 * random_templates(3, seed=3)
+    again = store.enrol(
+        EnrolRequest(
+            name="A. Resident",
+            templates=close / np.linalg.norm(close, axis=1, keepdims=True),
+            consent_reference="FORM-2",
+            operator="tester",
+            purpose_version="v1",
+        )
+    )
+    enrol_random(store, "Bob Other", seed=2)
+    strangers = str(face_images["biden.jpg"])
+    code, out, err = device(fresh, "calibrate", "--target-far", "0.5", "--strangers", strangers)
+    assert code == 0, err
+    (warning,) = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert f"'Ada Resident' ({first.subject_id}) and 'A. Resident' ({again.subject_id})" in warning
+    assert "match each other (similarity 0.9" in warning and "one person enrolled twice" in warning
+    assert "Bob" not in out
+
+    code, out, err = device(fresh, "calibrate", "--json", "--target-far", "0.5", "--strangers", strangers)
+    assert code == 0, err
+    (pair,) = json.loads(out)["look_alikes"]
+    assert pair["names"] == ["Ada Resident", "A. Resident"] and 0.95 < pair["similarity"] < 1.0
+
+    # An exact duplicate leaves no threshold meeting a strict target: the refusal names the pair first.
+    enrol_random(store, "Ada R.", seed=1)
+    code, out, err = device(fresh, "calibrate", "--strangers", strangers)
+    assert code == 1 and "no threshold up to" in err
+    assert "'Ada Resident'" in err and "'Ada R.'" in err and "similarity 1.000" in err

@@ -90,6 +90,26 @@ def test_forget_from_the_cli(unit: Unit, capsys: pytest.CaptureFixture[str]) -> 
     assert (forget.event, forget.actor, forget.details["subject_id"]) == ("forget", "dpo", info.subject_id)
 
 
+def test_forget_off_a_terminal_needs_yes_as_the_readme_says(unit: Unit) -> None:
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert (
+        "off a terminal (a script, a cron job, `ssh host device\n  ...` without `-t`) it forgets nothing"
+        in readme
+    )
+    info, _ = enrol_random(unit.store(), "Kept Person", seed=3)
+    command = [sys.executable, "-m", "device", "--config", str(unit.config_path), "forget", info.subject_id]
+    refused = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert "not forgotten: forgetting Kept Person" in refused.stderr and "re-run with --yes" in refused.stderr
+    assert [s.subject_id for s in unit.store().subjects()] == [info.subject_id]
+    done = subprocess.run([*command, "--yes"], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert unit.store().subjects() == []
+
+
 def test_purge_expired_from_the_cli(unit: Unit, capsys: pytest.CaptureFixture[str]) -> None:
     keep, _ = enrol_random(unit.store(), "Keep", seed=3)
     assert main(["--config", str(unit.config_path), "purge-expired"]) == 0

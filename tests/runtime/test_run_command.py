@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -120,6 +121,12 @@ def test_run_decides_listens_on_no_port_and_stops_cleanly_on_sigterm(clip: DemoC
     assert code == 0, stderr
     assert "received SIGTERM: stopping" in stderr
     assert "Traceback" not in stderr
+    # README: `run` ends with a summary line however it stops.
+    assert re.fullmatch(
+        r"stopped by SIGTERM: \d+ decisions? \(printed above; mqtt is disabled\)", stderr.splitlines()[-1]
+    )
+    readme = (REPO_MODELS.parent / "README.md").read_text()
+    assert "`run` ends with a summary line however it stops (the end of the\nfile, SIGTERM, Ctrl-C)" in readme
     messages = notifications(manager)
     manager.close()
     assert "READY=1" in messages and "WATCHDOG=1" in messages
