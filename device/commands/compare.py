@@ -30,6 +30,7 @@ from device.errors import UserError
 from device.identity.verification import LabelledPair, verification_summary
 from device.runtime.service import open_stages
 from device.types import Vector
+from device.userfiles import read_capped
 from device.vision.faces import FaceAnalyzer, ImageError, load_image_rgb
 
 MAX_PAIRS_FILE_BYTES = 16 * 1024 * 1024
@@ -73,9 +74,7 @@ SAME_VALUES = {"1": True, "0": False}
 
 def read_pairs(path: Path) -> list[tuple[str, str, bool | None]]:
     try:
-        if path.stat().st_size > MAX_PAIRS_FILE_BYTES:
-            raise PairsFileError(f"{path}: larger than {MAX_PAIRS_FILE_BYTES // (1024 * 1024)} MiB")
-        text = path.read_text(encoding="utf-8")
+        text = read_capped(path, MAX_PAIRS_FILE_BYTES, "the pairs file").decode("utf-8")
     except OSError as error:
         raise PairsFileError(f"{path}: cannot read the file ({error.strerror})") from None
     except UnicodeDecodeError:

@@ -74,12 +74,13 @@ DEFAULT_MQTT_LINES = ["[mqtt]", 'outbox_path = "state/outbox.db"']
 
 def mqtt_section_text(path: Path) -> str:
     """The [mqtt] tables of ``path``, checked to be nothing else and a valid [mqtt] section."""
-    from device.config import ConfigError, MqttSection
+    from device.config import MAX_CONFIG_BYTES, ConfigError, MqttSection
     from device.lab.demo import toml_text
+    from device.userfiles import read_capped
 
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        data = tomllib.loads(read_capped(path, MAX_CONFIG_BYTES, "the [mqtt] file").decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as error:
         raise ConfigError(str(path), [f"cannot read it as TOML: {error}"]) from None
     others = sorted(set(data) - {"mqtt"})
     if others or not isinstance(data.get("mqtt"), dict):

@@ -21,6 +21,8 @@ from device.config import UnitConfig
 from device.identity.gallery_records import GalleryError
 from device.identity.gallery_store import EnrolRequest, GalleryStore, check_expiry, normalise_templates
 from device.identity.sealed import (
+    MAX_KEY_FILE_BYTES,
+    MAX_SEALED_BYTES,
     SIGNER_FILE_NAME,
     EnrolledSet,
     SealedError,
@@ -38,6 +40,7 @@ from device.identity.sealed import (
     signer_key_id,
 )
 from device.layout import StateLayout
+from device.userfiles import read_capped
 
 
 def register(commands: CommandRegistry) -> None:
@@ -104,7 +107,8 @@ def seal_set(args: argparse.Namespace) -> int:
     try:
         recipient = load_public_key(args.recipient)
         signer = load_signer_private(args.signing_key)
-        enrolled = parse_enrolled_set(args.source.read_bytes(), str(args.source))
+        source = read_capped(args.source, MAX_SEALED_BYTES, "the enrolled set")
+        enrolled = parse_enrolled_set(source, str(args.source))
         sealed = seal(enrolled, recipient, args.unit, signer)
         create_exclusively(args.out, sealed)
     except FileExistsError:
@@ -146,7 +150,9 @@ def trust_signer(args: argparse.Namespace) -> int:
             return _fail(
                 f"{pinned} already pins another enrolment signer; a pinned key is never replaced here"
             )
-        create_exclusively(pinned, args.public_key.read_bytes(), mode=0o644)
+        create_exclusively(
+            pinned, read_capped(args.public_key, MAX_KEY_FILE_BYTES, "the key file"), mode=0o644
+        )
     except OSError as error:
         return _fail(str(error))
     print(f"trusting enrolment signer {signer_key_id(public)} ({pinned})")
@@ -162,7 +168,7 @@ def _open(args: argparse.Namespace, config: UnitConfig) -> tuple[str, EnrolledSe
         )
     trusted = load_signer_public(pinned)
     try:
-        data = args.source.read_bytes()
+        data = read_capped(args.source, MAX_SEALED_BYTES, "the sealed set")
     except OSError as error:
         raise SealedError(f"cannot read {args.source}: {error.strerror}") from None
     bundle, enrolled = open_sealed(data, private, config.unit.id, str(args.source), trusted)

@@ -25,10 +25,15 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from device.userfiles import parse_json, read_capped
+
 log = logging.getLogger(__name__)
 
 OPENING_TYPE = "recognized"
 CLAIM_VERIFIED = "claim_verified"
+
+
+MAX_POLICY_BYTES = 1024 * 1024
 
 
 class DoorPolicy(BaseModel):
@@ -49,7 +54,7 @@ class DoorPolicy(BaseModel):
     def load(cls, path: Path | None) -> DoorPolicy:
         if path is None:
             return cls()
-        return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        return cls.model_validate(parse_json(read_capped(path, MAX_POLICY_BYTES, "door policy"), str(path)))
 
 
 def judge(policy: DoorPolicy, event: Mapping[str, Any], local_hour: int) -> str | None:

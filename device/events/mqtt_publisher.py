@@ -61,6 +61,7 @@ from device.events.signing import CommandVerifier, EventKey
 from device.events.tls import TlsSetupError, client_tls_context
 from device.layout import StateLayout
 from device.types import Decision
+from device.userfiles import InputFileError, read_capped
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ SHUTDOWN_DRAIN_S = 3.0
 IO_STALL_S = 60.0
 HA_PREFIX = "homeassistant"
 NOT_AUTHORIZED = 0x87  # MQTT v5 reason code: the broker's ACL refused this topic for this identity
+
+
+MAX_PASSWORD_FILE_BYTES = 4096
 
 
 class MqttSetupError(UserError):
@@ -119,9 +123,15 @@ def tls_context(settings: MqttSection) -> ssl.SSLContext:
 
 def _read_password(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
+        data = read_capped(path, MAX_PASSWORD_FILE_BYTES, "mqtt.password_file")
     except OSError as error:
         raise MqttSetupError(f"cannot read mqtt.password_file {path}: {error.strerror}") from error
+    except InputFileError as error:
+        raise MqttSetupError(str(error)) from error
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise MqttSetupError(f"mqtt.password_file {path} is not UTF-8 text") from None
 
 
 class MqttPublisher:
@@ -160,7 +170,7 @@ class MqttPublisher:
             raise MqttSetupError(f"event signing key: {error}") from error
         try:
             verifier = CommandVerifier.from_config(self._settings.command_keys)
-        except PayloadError as error:
+        except (PayloadError, InputFileError) as error:
             raise MqttSetupError(f"mqtt.command_keys: {error}") from error
         handlers = {**(commands or {}), "health": self._health_command}
         try:

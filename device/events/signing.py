@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from device.atomicio import write_atomically
 from device.events.payloads import PayloadError, encode, utc_timestamp
+from device.userfiles import InputFileError, parse_json, read_capped
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +124,14 @@ class EventKey:
 
 UNITS = "units"  # the consumers' registry of unit event keys
 COMMANDERS = "commanders"  # a unit's trusted commanders (mqtt.command_keys)
+MAX_KEY_REGISTRY_BYTES = 4 * 1024 * 1024  # ~60 bytes a unit: tens of thousands of units
 KEY_FILE_NAMES = {UNITS: "unit key registry", COMMANDERS: "trusted commanders file"}
 
 
 def load_registry(path: Path, section: str = UNITS) -> dict[str, Ed25519PublicKey]:
     """The public keys by name (unit id or commander); ``PayloadError`` when the file is unusable."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(read_capped(path, MAX_KEY_REGISTRY_BYTES, KEY_FILE_NAMES[section]), str(path))
         entries = data[section]
         return {
             str(name): Ed25519PublicKey.from_public_bytes(_unb64(str(key))) for name, key in entries.items()
@@ -148,7 +150,8 @@ def register_key(path: Path, name: str, public_text: str, section: str = UNITS) 
     keys: dict[str, str] = {}
     if path.exists():
         try:
-            keys = {str(k): str(v) for k, v in json.loads(path.read_text(encoding="utf-8"))[section].items()}
+            text = read_capped(path, MAX_KEY_REGISTRY_BYTES, what)
+            keys = {str(k): str(v) for k, v in parse_json(text, str(path))[section].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise PayloadError(f"{what} {path}: {error!r}") from None
     if keys.get(name, public_text) != public_text:
@@ -182,7 +185,7 @@ class EventVerifier:
         if key is None and self.registry_path is not None and self.registry_path.exists():
             try:
                 fresh = load_registry(self.registry_path)
-            except PayloadError:
+            except (PayloadError, InputFileError):  # a registry replaced by junk trusts no one new
                 return None
             self.keys = {**fresh, **self.keys}  # known units keep the key they were first trusted with
             key = self.keys.get(unit)
