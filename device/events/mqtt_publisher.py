@@ -411,6 +411,7 @@ class MqttPublisher:
         client = self._client
         assert client is not None
         rc = client.loop(timeout=LOOP_TIMEOUT_S)
+        self._outbox.erase_acknowledged()  # the events this read acknowledged leave no copy on disk
         if rc != mqtt.MQTT_ERR_SUCCESS and self._client is not None:
             self._drop_connection(f"connection lost ({mqtt.error_string(rc)})")
             return
@@ -549,7 +550,7 @@ class MqttPublisher:
         self._control_mids.discard(mid)
         if reason_code.value < 0x80:
             if seq is not None:
-                self._outbox.ack(seq)
+                self._outbox.ack(seq, erase_now=False)  # erased in _step, once for this read's acks
                 self._refusal_streak = 0
                 with self._lock:
                     self._counters.alarms.pop("publish_refused", None)
@@ -599,6 +600,7 @@ class MqttPublisher:
         ):
             self._pump()
             client.loop(timeout=LOOP_TIMEOUT_S)
+            self._outbox.erase_acknowledged()
         if self._client is None:
             return
         self._publish_control(
