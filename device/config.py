@@ -23,8 +23,8 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from device.atomicio import InputFileError, read_capped
 from device.errors import EXIT_USAGE, UserError
-from device.userfiles import InputFileError, read_capped
 
 OPENCV_URL = re.compile(r"^(rtsp|rtsps|http|https)://")
 UNIT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"

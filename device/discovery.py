@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from device.atomicio import InputFileError, read_capped
 from device.config import MAX_CONFIG_BYTES, ConfigError, UnitConfig, load_config
-from device.userfiles import InputFileError, read_capped
 
 CONFIG_ENV = "ENTRANCE_CAMERA_CONFIG"
 SYSTEM_CONFIG = Path("/etc/entrance-camera/unit.toml")

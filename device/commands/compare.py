@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from device.atomicio import read_capped
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
 from device.errors import UserError
 from device.identity.verification import LabelledPair, verification_summary
 from device.runtime.service import open_stages
 from device.types import Vector
-from device.userfiles import read_capped
 from device.vision.faces import FaceAnalyzer, ImageError, load_image_rgb
 
 MAX_PAIRS_FILE_BYTES = 16 * 1024 * 1024

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.atomicio import create_exclusively, ensure_private_directory
+from device.atomicio import create_exclusively, ensure_private_directory, read_capped
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import add_operator_option, default_operator
 from device.config import UnitConfig
@@ -40,7 +40,6 @@ from device.identity.sealed import (
     signer_key_id,
 )
 from device.layout import StateLayout
-from device.userfiles import read_capped
 
 
 def register(commands: CommandRegistry) -> None:

@@ -41,6 +41,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device import __version__
+from device.atomicio import InputFileError, read_capped
 from device.config import MqttSection, UnitConfig
 from device.errors import UserError
 from device.events.command_gate import CommandGate, CommandHandler, UsedRequests
@@ -61,7 +62,6 @@ from device.events.signing import CommandVerifier, EventKey
 from device.events.tls import TlsSetupError, client_tls_context
 from device.layout import StateLayout
 from device.types import Decision
-from device.userfiles import InputFileError, read_capped
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device.atomicio import ensure_private_directory
+from device.atomicio import UnsafeFileError, ensure_private_directory, open_unit_file
 from device.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,11 @@ def wal_files(path: Path) -> tuple[Path, Path]:
 
 def create_private_file(path: Path) -> None:
     """The db file made 0600 before SQLite opens it, whatever the umask: -wal and -shm inherit its mode."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    os.close(fd)
+    os.close(open_unit_file(path, os.O_WRONLY | os.O_CREAT))
+    for companion in wal_files(path):
+        # SQLite follows links when it opens these: a link planted here is refused before it does.
+        if companion.is_symlink():
+            raise UnsafeFileError(f"{companion} is a symbolic link; refusing to follow it")
 
 
 class Outbox:

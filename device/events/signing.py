@@ -36,9 +36,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from device.atomicio import write_atomically
+from device.atomicio import InputFileError, parse_json, read_capped, read_unit_file, write_atomically
 from device.events.payloads import PayloadError, encode, utc_timestamp
-from device.userfiles import InputFileError, parse_json, read_capped
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ class EventKey:
             )
             try:
                 # O_EXCL: two processes starting at once cannot each write a key and sign with different ones.
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             except FileExistsError:
                 pass
             else:
@@ -106,7 +105,7 @@ class EventKey:
         if mode & 0o077:
             raise PayloadError(f"{label} {path} is readable by others (mode {mode:o}); chmod 600 it")
         try:
-            raw = _unb64(path.read_text(encoding="ascii").strip())
+            raw = _unb64(read_unit_file(path).decode("ascii").strip())
             return cls(Ed25519PrivateKey.from_private_bytes(raw))
         except (ValueError, binascii.Error) as error:
             raise PayloadError(f"{label} {path} is not a key: {error}") from None

@@ -18,9 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.atomicio import ensure_private_directory, write_atomically
+from device.atomicio import (
+    InputFileError,
+    ensure_private_directory,
+    parse_json,
+    read_capped,
+    write_atomically,
+)
 from device.errors import UserError
-from device.userfiles import InputFileError, parse_json, read_capped
 
 log = logging.getLogger(__name__)
 

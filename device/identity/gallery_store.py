@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from device.atomicio import create_exclusively, ensure_private_directory, exclusive_lock, write_atomically
+from device.atomicio import (
+    create_exclusively,
+    ensure_private_directory,
+    exclusive_lock,
+    read_capped,
+    write_atomically,
+)
 from device.config import MAX_ENROLMENT_DAYS, UnitConfig
 from device.identity.audit import AuditAnchor, AuditLog, Scalar, record_config_change
 from device.identity.backup import (
@@ -66,7 +72,6 @@ from device.identity.keyring import (
 )
 from device.identity.masterkey import MasterKey, MasterKeyError, load_master_key
 from device.layout import StateLayout
-from device.userfiles import read_capped
 
 log = logging.getLogger(__name__)
 

@@ -48,10 +48,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from device.atomicio import create_exclusively
+from device.atomicio import create_exclusively, read_capped
 from device.config import UNIT_ID_PATTERN, describe_validation_error
 from device.errors import UserError
-from device.userfiles import read_capped
 
 FORMAT = "entrance-camera sealed enrolled set"
 FORMAT_VERSION = 1

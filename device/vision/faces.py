@@ -18,11 +18,11 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from device.atomicio import read_capped
 from device.config import DEFAULT_MAX_IMAGE_PIXELS, UnitConfig
 from device.errors import UserError
 from device.timing import LatencyRecorder, TimedModel
 from device.types import Detection, FrameViews, RgbImage, Vector
-from device.userfiles import read_capped
 from device.vision.picture_header import picture_dimensions
 
 log = logging.getLogger(__name__)

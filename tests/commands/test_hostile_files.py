@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from gallery_helpers import Unit, init_unit
 
-from device.userfiles import InputFileError, read_capped
+from device.atomicio import InputFileError, read_capped
 from tests.identity.test_hostile_inputs import peak_rss_mb_of
 
 GB = 1024**3

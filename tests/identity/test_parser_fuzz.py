@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from device.atomicio import InputFileError, read_capped
 from device.config import ConfigError, load_config, parse_config
 from device.consumers.door import DoorPolicy
 from device.events.payloads import PayloadError
@@ -27,7 +28,6 @@ from device.identity.gallery_records import GalleryUnreadableError
 from device.identity.keyring import KeyringError, fresh_keyring, open_keyring, seal_keyring
 from device.identity.masterkey import MasterKey
 from device.identity.sealed import SealedError, parse_enrolled_set, read_header
-from device.userfiles import InputFileError, read_capped
 from device.vision.picture_header import picture_dimensions
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
