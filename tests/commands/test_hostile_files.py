@@ -65,6 +65,7 @@ def unit(tmp_path: Path) -> Unit:
     return init_unit(tmp_path)
 
 
+@pytest.mark.slow  # a CLI that loads the models or connects (3.5 s or more here)
 @pytest.mark.parametrize(
     "command",
     [
@@ -86,6 +87,7 @@ def test_a_3_gb_file_with_a_png_header_is_refused_before_it_is_read(
     assert peak_mb < PEAK_RSS_LIMIT_MB, f"peak RSS {peak_mb:.0f} MB"
 
 
+@pytest.mark.slow  # a CLI that loads the models or connects (3.5 s or more here)
 def test_a_picture_whose_body_does_not_match_its_header_is_one_line(unit: Unit, tmp_path: Path) -> None:
     picture = sparse_file(tmp_path / "hollow.png", 1024 * 1024, png_head())  # a header, then zeros
     result = device("--config", str(unit.config_path), "identify", str(picture))
@@ -94,6 +96,7 @@ def test_a_picture_whose_body_does_not_match_its_header_is_one_line(unit: Unit, 
     assert "hollow.png: not a decodable image" in result.stdout + result.stderr
 
 
+@pytest.mark.slow  # a CLI that loads the models or connects (3.5 s or more here)
 def test_provision_import_of_4_gb_is_refused_before_it_is_read(unit: Unit, tmp_path: Path) -> None:
     assert device("--config", str(unit.config_path), "provision", "keygen").returncode == 0
     signer = tmp_path / "signer.key"
@@ -160,6 +163,7 @@ def test_a_deeply_nested_key_registry_given_to_events_tail_is_one_line(
     assert_one_line_exit_2(result, "nested too deeply", str(keys))
 
 
+@pytest.mark.slow  # a CLI that loads the models or connects (3.5 s or more here)
 def test_a_deeply_nested_door_policy_is_one_line(
     mosquitto_broker: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from device.events.mqtt_publisher import MqttPublisher
 from device.events.outbox import Outbox, wal_files
 from tests.events.test_mqtt_publisher import decision, unit_config, wait_for
@@ -23,6 +25,7 @@ def raw_outbox_bytes(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in (path, *wal_files(path)) if p.exists()}
 
 
+@pytest.mark.slow  # a broker outage and 50 events, about 5 s
 def test_acknowledged_events_are_gone_from_the_db_and_wal_while_one_is_still_queued(
     mosquitto_broker: Any, tmp_path: Path
 ) -> None:
