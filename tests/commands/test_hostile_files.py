@@ -22,6 +22,7 @@ import pytest
 from gallery_helpers import Unit, init_unit
 
 from device.atomicio import InputFileError, read_capped
+from device.errors import UserError
 from tests.identity.test_hostile_inputs import peak_rss_mb_of
 
 GB = 1024**3
@@ -208,3 +209,34 @@ def test_a_file_of_the_cap_is_read_and_one_byte_more_is_refused(tmp_path: Path) 
     path.write_bytes(b"x" * 11)
     with pytest.raises(InputFileError, match="11 bytes"):
         read_capped(path, 10, "the file")
+
+
+def loaders() -> dict[str, Any]:
+    """Every other reader of a file a person names, as the commands call it."""
+    from device.commands.compare import read_pairs
+    from device.consumers.door import DoorPolicy
+    from device.events.mqtt_publisher import _read_password
+    from device.events.signing import load_registry
+    from device.identity.sealed import load_public_key
+
+    return {
+        "pairs list": read_pairs,
+        "password file": _read_password,
+        "key registry": load_registry,
+        "door policy": DoorPolicy.load,
+        "provisioning public key": load_public_key,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(loaders()))
+@pytest.mark.parametrize("special", ["/dev/zero", "FIFO"])
+def test_every_named_file_that_is_no_regular_file_is_refused_without_reading(
+    tmp_path: Path, name: str, special: str
+) -> None:
+    path = Path("/dev/zero")
+    if special == "FIFO":
+        path = tmp_path / "named.pipe"
+        os.mkfifo(path)  # nobody writes: a blocking open would hang here for ever
+    with pytest.raises(UserError, match="not a regular file") as refused:
+        loaders()[name](path)
+    assert "Traceback" not in str(refused.value)
