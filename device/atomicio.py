@@ -114,6 +114,8 @@ def open_unit_file(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int
         problem = ownership_problem(path, info.st_uid)
         if problem:
             raise UnsafeFileError(f"{path} {problem}; refusing to use it")
+        if info.st_nlink > 1:  # a hard link to a file elsewhere (say root's) passes the owner check
+            raise UnsafeFileError(f"{path} has {info.st_nlink} hard links; refusing to use it")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)

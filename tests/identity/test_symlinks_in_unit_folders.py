@@ -48,6 +48,18 @@ def test_a_linked_gallery_lock_file_makes_no_file_elsewhere(unit: Unit, tmp_path
     assert not target.exists()
 
 
+def test_a_hard_linked_audit_log_is_not_appended_through(unit: Unit, tmp_path: Path) -> None:
+    audit_log = StateLayout.from_config(unit.config).audit_log
+    elsewhere = tmp_path / "root-owned-file-elsewhere"  # owned by the same user: only the link count tells
+    audit_log.rename(elsewhere)
+    os.link(elsewhere, audit_log)
+    before = elsewhere.read_bytes()
+    result = run_device("--config", str(unit.config_path), "purge-expired")
+    assert result.returncode == 2, result.stderr
+    assert "hard links" in result.stderr and "Traceback" not in result.stderr
+    assert elsewhere.read_bytes() == before
+
+
 def test_a_linked_audit_log_is_not_appended_through(unit: Unit, tmp_path: Path) -> None:
     audit_log = StateLayout.from_config(unit.config).audit_log
     moved = tmp_path / "outside-audit.jsonl"  # the real log moved away, a link left in its place
