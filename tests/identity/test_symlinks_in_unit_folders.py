@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gallery_helpers import Unit, init_unit, run_device
@@ -153,3 +154,22 @@ def test_init_accepts_its_own_existing_folder(tmp_path: Path) -> None:
     unit_dir.chmod(0o750)
     result = run_device("init", "--dir", str(unit_dir))
     assert result.returncode == 0, result.stderr
+
+
+def test_the_unit_publisher_refuses_a_linked_used_command_record(
+    mosquitto_broker: Any, tmp_path: Path
+) -> None:
+    """The running unit (real publisher, real Mosquitto) stops with one clear refusal instead of appending
+    the ids of the commands it takes to wherever the link points."""
+    from device.atomicio import UnsafeFileError
+    from device.events.mqtt_publisher import MqttPublisher
+    from tests.events.test_mqtt_publisher import unit_config
+
+    config = unit_config(mosquitto_broker, tmp_path, "unit-linked-record")
+    used = StateLayout.from_config(config).used_commands
+    used.parent.mkdir(parents=True, exist_ok=True)
+    target = tmp_path / "appended-by-the-unit"
+    used.symlink_to(target)
+    with pytest.raises(UnsafeFileError, match="symbolic link"):
+        MqttPublisher(config)
+    assert not target.exists()
