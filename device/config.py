@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from device.atomicio import InputFileError, read_capped
 from device.errors import EXIT_USAGE, UserError
 
 OPENCV_URL = re.compile(r"^(rtsp|rtsps|http|https)://")
@@ -673,13 +674,11 @@ def load_config(path: Path | None) -> UnitConfig:
     if path is None:
         return UnitConfig()
     try:
-        raw = path.read_bytes()
+        raw = read_capped(path, MAX_CONFIG_BYTES, "the unit config")
     except OSError as error:
         raise ConfigError(str(path), [f"cannot read the file: {error.strerror}"]) from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            str(path), [f"the file is {len(raw)} bytes; a unit config is at most {MAX_CONFIG_BYTES}"]
-        )
+    except InputFileError as error:  # /dev/zero, a FIFO, a 3 GB file: refused before reading
+        raise ConfigError(str(path), [str(error)]) from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.config import ConfigError, UnitConfig, load_config
+from device.atomicio import InputFileError, read_capped
+from device.config import MAX_CONFIG_BYTES, ConfigError, UnitConfig, load_config
 
 CONFIG_ENV = "ENTRANCE_CAMERA_CONFIG"
 SYSTEM_CONFIG = Path("/etc/entrance-camera/unit.toml")
@@ -59,8 +60,8 @@ def installed_models_dir() -> Path | None:
 
 def _sets_models_dir(path: Path) -> bool:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        data = tomllib.loads(read_capped(path, MAX_CONFIG_BYTES, "the unit config").decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, InputFileError, RecursionError):
         return True  # load_config already reported it; do not second-guess
     models = data.get("models")
     return isinstance(models, dict) and "dir" in models

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device.atomicio import read_capped
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
 from device.errors import UserError
 from device.identity.verification import LabelledPair, verification_summary
@@ -73,9 +74,7 @@ SAME_VALUES = {"1": True, "0": False}
 
 def read_pairs(path: Path) -> list[tuple[str, str, bool | None]]:
     try:
-        if path.stat().st_size > MAX_PAIRS_FILE_BYTES:
-            raise PairsFileError(f"{path}: larger than {MAX_PAIRS_FILE_BYTES // (1024 * 1024)} MiB")
-        text = path.read_text(encoding="utf-8")
+        text = read_capped(path, MAX_PAIRS_FILE_BYTES, "the pairs file").decode("utf-8")
     except OSError as error:
         raise PairsFileError(f"{path}: cannot read the file ({error.strerror})") from None
     except UnicodeDecodeError:

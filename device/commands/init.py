@@ -81,12 +81,13 @@ DEFAULT_MQTT_LINES = ["[mqtt]", 'outbox_path = "state/outbox.db"']
 
 def mqtt_section_text(path: Path) -> str:
     """The [mqtt] tables of ``path``, checked to be nothing else and a valid [mqtt] section."""
-    from device.config import ConfigError, MqttSection
+    from device.atomicio import read_capped
+    from device.config import MAX_CONFIG_BYTES, ConfigError, MqttSection
     from device.lab.demo import toml_text
 
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        data = tomllib.loads(read_capped(path, MAX_CONFIG_BYTES, "the [mqtt] file").decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as error:
         raise ConfigError(str(path), [f"cannot read it as TOML: {error}"]) from None
     others = sorted(set(data) - {"mqtt"})
     if others or not isinstance(data.get("mqtt"), dict):
@@ -136,19 +137,20 @@ def config_text(
 
 
 def secure_existing_directory(directory: Path, mode: int) -> str | None:
-    """An existing folder gets ``mode`` when it is ours (said on stderr); someone else's is refused."""
+    """An existing folder gets ``mode`` when it is ours (said on stderr); someone else's is refused,
+    whatever its mode: its owner could swap the key or the config init writes there (issue 25)."""
     try:
         info = directory.stat()
     except FileNotFoundError:
         return None
     current = stat.S_IMODE(info.st_mode)
-    if current == mode:
-        return None
     if info.st_uid != os.geteuid():
         return (
             f"{directory} has mode {current:04o} and belongs to user {info.st_uid}; "
             "fix it or use another folder"
         )
+    if current == mode:
+        return None
     directory.chmod(mode)
     print(f"note: {directory} had mode {current:04o}; changed to {mode:04o}", file=sys.stderr)
     return None

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from device.atomicio import create_exclusively, ensure_private_directory
+from device.atomicio import create_exclusively, ensure_private_directory, read_capped
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
 from device.commands._gallery_cli import add_operator_option, default_operator
 from device.config import UnitConfig
 from device.identity.gallery_records import GalleryError
 from device.identity.gallery_store import EnrolRequest, GalleryStore, check_expiry, normalise_templates
 from device.identity.sealed import (
+    MAX_KEY_FILE_BYTES,
+    MAX_SEALED_BYTES,
     SIGNER_FILE_NAME,
     EnrolledSet,
     SealedError,
@@ -104,7 +106,8 @@ def seal_set(args: argparse.Namespace) -> int:
     try:
         recipient = load_public_key(args.recipient)
         signer = load_signer_private(args.signing_key)
-        enrolled = parse_enrolled_set(args.source.read_bytes(), str(args.source))
+        source = read_capped(args.source, MAX_SEALED_BYTES, "the enrolled set")
+        enrolled = parse_enrolled_set(source, str(args.source))
         sealed = seal(enrolled, recipient, args.unit, signer)
         create_exclusively(args.out, sealed)
     except FileExistsError:
@@ -146,7 +149,9 @@ def trust_signer(args: argparse.Namespace) -> int:
             return _fail(
                 f"{pinned} already pins another enrolment signer; a pinned key is never replaced here"
             )
-        create_exclusively(pinned, args.public_key.read_bytes(), mode=0o644)
+        create_exclusively(
+            pinned, read_capped(args.public_key, MAX_KEY_FILE_BYTES, "the key file"), mode=0o644
+        )
     except OSError as error:
         return _fail(str(error))
     print(f"trusting enrolment signer {signer_key_id(public)} ({pinned})")
@@ -162,7 +167,7 @@ def _open(args: argparse.Namespace, config: UnitConfig) -> tuple[str, EnrolledSe
         )
     trusted = load_signer_public(pinned)
     try:
-        data = args.source.read_bytes()
+        data = read_capped(args.source, MAX_SEALED_BYTES, "the sealed set")
     except OSError as error:
         raise SealedError(f"cannot read {args.source}: {error.strerror}") from None
     bundle, enrolled = open_sealed(data, private, config.unit.id, str(args.source), trusted)

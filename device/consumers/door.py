@@ -25,10 +25,15 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from device.atomicio import open_unit_file, parse_json, read_capped, read_unit_file
+
 log = logging.getLogger(__name__)
 
 OPENING_TYPE = "recognized"
 CLAIM_VERIFIED = "claim_verified"
+
+
+MAX_POLICY_BYTES = 1024 * 1024
 
 
 class DoorPolicy(BaseModel):
@@ -49,7 +54,7 @@ class DoorPolicy(BaseModel):
     def load(cls, path: Path | None) -> DoorPolicy:
         if path is None:
             return cls()
-        return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        return cls.model_validate(parse_json(read_capped(path, MAX_POLICY_BYTES, "door policy"), str(path)))
 
 
 def judge(policy: DoorPolicy, event: Mapping[str, Any], local_hour: int) -> str | None:
@@ -95,7 +100,7 @@ class DoorAudit:
     def record(self, entry: Mapping[str, Any]) -> None:
         line = json.dumps({"at": time.time(), **entry}, sort_keys=True) + "\n"
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = open_unit_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
                 os.write(fd, line.encode("utf-8"))
                 os.fsync(fd)
@@ -107,7 +112,7 @@ class DoorAudit:
         seqs: dict[str, int] = {}
         if not self.path.exists():
             return seqs
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in read_unit_file(self.path).decode("utf-8").splitlines():
             try:
                 entry = json.loads(line)
                 unit, seq = str(entry["unit"]), int(entry["seq"])

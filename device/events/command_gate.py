@@ -25,7 +25,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.atomicio import PRIVATE_FILE_MODE, ensure_private_directory, write_atomically
+from device.atomicio import (
+    ensure_private_directory,
+    open_unit_file,
+    read_unit_file,
+    write_atomically,
+)
 from device.events.payloads import (
     COMMAND_CLOCK_SKEW_S,
     Command,
@@ -87,7 +92,7 @@ class UsedRequests:
 
     def _load(self, path: Path) -> None:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_unit_file(path).decode("utf-8")
         except FileNotFoundError:
             return
         except (OSError, UnicodeDecodeError) as error:
@@ -113,8 +118,7 @@ class UsedRequests:
             return
         line = (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")
         ensure_private_directory(self._path.parent)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-        fd = os.open(self._path, flags, PRIVATE_FILE_MODE)
+        fd = open_unit_file(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             os.write(fd, line)
             os.fsync(fd)

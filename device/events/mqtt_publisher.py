@@ -47,6 +47,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device import __version__
+from device.atomicio import InputFileError, read_capped
 from device.config import MqttSection, UnitConfig
 from device.errors import UserError
 from device.events.command_gate import CommandGate, CommandHandler, UsedRequests, Verdict
@@ -84,6 +85,9 @@ HA_PREFIX = "homeassistant"
 NOT_AUTHORIZED = 0x87  # MQTT v5 reason code: the broker's ACL refused this topic for this identity
 # MQTT v5 correlation data is the sender's to choose; anything longer than this is not a request id.
 MAX_CORRELATION_BYTES = 128
+
+
+MAX_PASSWORD_FILE_BYTES = 4096
 
 
 class MqttSetupError(UserError):
@@ -128,9 +132,15 @@ def tls_context(settings: MqttSection) -> ssl.SSLContext:
 
 def _read_password(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
+        data = read_capped(path, MAX_PASSWORD_FILE_BYTES, "mqtt.password_file")
     except OSError as error:
         raise MqttSetupError(f"cannot read mqtt.password_file {path}: {error.strerror}") from error
+    except InputFileError as error:
+        raise MqttSetupError(str(error)) from error
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise MqttSetupError(f"mqtt.password_file {path} is not UTF-8 text") from None
 
 
 class MqttPublisher:
@@ -169,7 +179,7 @@ class MqttPublisher:
             raise MqttSetupError(f"event signing key: {error}") from error
         try:
             verifier = CommandVerifier.from_config(self._settings.command_keys)
-        except PayloadError as error:
+        except (PayloadError, InputFileError) as error:
             raise MqttSetupError(f"mqtt.command_keys: {error}") from error
         handlers = {**(commands or {}), "health": self._health_command}
         try:
@@ -410,6 +420,7 @@ class MqttPublisher:
         client = self._client
         assert client is not None
         rc = client.loop(timeout=LOOP_TIMEOUT_S)
+        self._outbox.erase_acknowledged()  # the events this read acknowledged leave no copy on disk
         if rc != mqtt.MQTT_ERR_SUCCESS and self._client is not None:
             self._drop_connection(f"connection lost ({mqtt.error_string(rc)})")
             return
@@ -548,7 +559,7 @@ class MqttPublisher:
         self._control_mids.discard(mid)
         if reason_code.value < 0x80:
             if seq is not None:
-                self._outbox.ack(seq)
+                self._outbox.ack(seq, erase_now=False)  # erased in _step, once for this read's acks
                 self._refusal_streak = 0
                 with self._lock:
                     self._counters.alarms.pop("publish_refused", None)
@@ -638,6 +649,7 @@ class MqttPublisher:
         ):
             self._pump()
             client.loop(timeout=LOOP_TIMEOUT_S)
+            self._outbox.erase_acknowledged()
         if self._client is None:
             return
         self._publish_control(

@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from device.atomicio import write_atomically
+from device.atomicio import InputFileError, parse_json, read_capped, read_unit_file, write_atomically
 from device.events.payloads import (
     MAX_COMMAND_LIFETIME_S,
     PayloadError,
@@ -99,7 +99,7 @@ class EventKey:
             )
             try:
                 # O_EXCL: two processes starting at once cannot each write a key and sign with different ones.
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             except FileExistsError:
                 pass
             else:
@@ -112,7 +112,7 @@ class EventKey:
         if mode & 0o077:
             raise PayloadError(f"{label} {path} is readable by others (mode {mode:o}); chmod 600 it")
         try:
-            raw = _unb64(path.read_text(encoding="ascii").strip())
+            raw = _unb64(read_unit_file(path).decode("ascii").strip())
             return cls(Ed25519PrivateKey.from_private_bytes(raw))
         except (ValueError, binascii.Error) as error:
             raise PayloadError(f"{label} {path} is not a key: {error}") from None
@@ -130,6 +130,7 @@ class EventKey:
 
 UNITS = "units"  # the consumers' registry of unit event keys
 COMMANDERS = "commanders"  # a unit's trusted commanders (mqtt.command_keys)
+MAX_KEY_REGISTRY_BYTES = 4 * 1024 * 1024  # ~60 bytes a unit: tens of thousands of units
 KEY_FILE_NAMES = {UNITS: "unit key registry", COMMANDERS: "trusted commanders file"}
 
 
@@ -159,7 +160,7 @@ def read_key_file(path: Path, section: str) -> dict[str, str]:
     what = KEY_FILE_NAMES[section]
     expected = f'expected {{"{section}": {{"<name>": "<base64url public key>", ...}}}}'
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(read_capped(path, MAX_KEY_REGISTRY_BYTES, what), str(path))
     except OSError as error:
         raise PayloadError(f"{what} {path}: cannot read it ({error.strerror})") from None
     except ValueError as error:
@@ -211,7 +212,7 @@ class EventVerifier:
         if key is None and self.registry_path is not None and self.registry_path.exists():
             try:
                 fresh = load_registry(self.registry_path)
-            except PayloadError:
+            except (PayloadError, InputFileError):  # a registry replaced by junk trusts no one new
                 return None
             self.keys = {**fresh, **self.keys}  # known units keep the key they were first trusted with
             key = self.keys.get(unit)

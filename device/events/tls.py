@@ -13,6 +13,8 @@ from pathlib import Path
 
 from device.errors import UserError
 
+MAX_TLS_FILE_BYTES = 1024 * 1024  # a CA bundle of a few hundred certificates
+
 
 class TlsSetupError(UserError, ValueError):
     """The TLS files cannot work: one is not configured, missing, or not a certificate/key pair."""
@@ -24,6 +26,9 @@ def client_tls_context(ca_file: Path | None, cert_file: Path | None, key_file: P
     for path in (ca_file, cert_file, key_file):
         if not path.is_file():
             raise TlsSetupError(f"TLS file not found: {path}")
+        size = path.stat().st_size
+        if size > MAX_TLS_FILE_BYTES:  # OpenSSL would read all of it: a 3 GB "certificate" is refused here
+            raise TlsSetupError(f"TLS file {path} is {size} bytes, more than the 1 MiB a PEM file may be")
     try:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
     except (ssl.SSLError, OSError) as error:

@@ -27,7 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from device.atomicio import PRIVATE_FILE_MODE, exclusive_lock, fsync_directory, write_atomically
+from device.atomicio import (
+    PRIVATE_FILE_MODE,
+    exclusive_lock,
+    fsync_directory,
+    open_unit_file,
+    read_unit_file,
+    write_atomically,
+)
 from device.errors import UserError
 from device.identity.masterkey import MasterKey
 from device.layout import StateLayout
@@ -167,7 +174,7 @@ class AuditLog:
     def recorded_head(self) -> AuditAnchor | None:
         """The head written after the last append; None when there is none (a log from before heads)."""
         try:
-            record = json.loads(self.head_path.read_bytes())
+            record = json.loads(read_unit_file(self.head_path))
             seq, mac = int(record["seq"]), str(record["mac"])
             if not hmac.compare_digest(
                 self._mac({"head": {"seq": seq, "mac": mac}}), str(record["head_mac"])
@@ -224,7 +231,7 @@ class AuditLog:
 
     def _append_line(self, line: str) -> None:
         existed = self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+        fd = open_unit_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
         try:
             os.write(fd, (line + "\n").encode())
             os.fsync(fd)
@@ -241,7 +248,7 @@ class AuditLog:
 
     def _lines(self) -> list[tuple[int, str]]:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = read_unit_file(self.path).decode("utf-8")
         except FileNotFoundError:
             return []
         except (OSError, UnicodeDecodeError) as error:

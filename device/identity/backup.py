@@ -30,6 +30,7 @@ from device.identity.masterkey import MasterKey
 BACKUP_FORMAT = "entrance-camera-gallery-backup"
 BACKUP_VERSION = 1
 NONCE_BYTES = 12
+MAX_BACKUP_BYTES = 64 * 1024 * 1024  # thousands of residents' templates; a gallery of 300 is about 1 MiB
 
 
 class BackupError(UserError):

@@ -18,7 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.atomicio import ensure_private_directory, write_atomically
+from device.atomicio import (
+    InputFileError,
+    ensure_private_directory,
+    parse_json,
+    read_capped,
+    write_atomically,
+)
 from device.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -78,11 +84,10 @@ class ClaimDrop:
 
 def _read_claim(path: Path) -> Claim | None:
     try:
-        raw = path.read_bytes()[:MAX_CLAIM_FILE_BYTES]
-        data = json.loads(raw)
+        data = parse_json(read_capped(path, MAX_CLAIM_FILE_BYTES, "claim file"), "claim file")
         subject_id = str(data["subject_id"])
         created = float(data["created"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, InputFileError):
         return None
     if not SUBJECT_ID_PATTERN.match(subject_id):
         return None

@@ -34,6 +34,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from device.atomicio import read_unit_file
 from device.identity.audit import AuditAnchor, AuditError, AuditLog
 from device.identity.gallery_records import (
     TEMPLATE_DIM,
@@ -279,7 +280,7 @@ def open_gallery(path: Path, master_key: MasterKey, keys: Path) -> tuple[Gallery
     """
     keyring = checked_keyring(keys, master_key)
     try:
-        data = path.read_bytes()
+        data = read_unit_file(path)
     except FileNotFoundError:
         if keyring is not None and keyring.current.generation > 0:
             raise GalleryUnreadableError(

@@ -26,10 +26,23 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from device.atomicio import create_exclusively, ensure_private_directory, exclusive_lock, write_atomically
+from device.atomicio import (
+    create_exclusively,
+    ensure_private_directory,
+    exclusive_lock,
+    read_capped,
+    write_atomically,
+)
 from device.config import MAX_ENROLMENT_DAYS, UnitConfig
 from device.identity.audit import AuditAnchor, AuditLog, Scalar, record_config_change
-from device.identity.backup import BackupError, BackupInfo, new_backup_id, open_backup, seal_backup
+from device.identity.backup import (
+    MAX_BACKUP_BYTES,
+    BackupError,
+    BackupInfo,
+    new_backup_id,
+    open_backup,
+    seal_backup,
+)
 from device.identity.gallery_file import (
     GallerySealer,
     active_templates,
@@ -348,7 +361,8 @@ class GalleryStore:
         with exclusive_lock(self.lock_path):
             keyring = checked_keyring(self._keyring_file, self._master_key) or fresh_keyring()
             try:
-                info, gallery_key, gallery_bytes = open_backup(source.read_bytes(), keyring, self._master_key)
+                backup = read_capped(source, MAX_BACKUP_BYTES, "the backup")
+                info, gallery_key, gallery_bytes = open_backup(backup, keyring, self._master_key)
             except BackupError as error:
                 raise GalleryError(str(error)) from None
             except OSError as error:

@@ -32,7 +32,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from device.atomicio import write_atomically
+from device.atomicio import read_unit_file, write_atomically
 from device.errors import UserError
 from device.identity.masterkey import MasterKey
 from device.layout import KEYRING_FILE
@@ -164,7 +164,7 @@ def open_keyring(data: bytes, master_key: MasterKey, source: str) -> Keyring:
 def read_keyring(path: Path, master_key: MasterKey) -> Keyring | None:
     """The keyring, or None when the file does not exist (a unit that never had one)."""
     try:
-        data = path.read_bytes()
+        data = read_unit_file(path)
     except FileNotFoundError:
         return None
     except OSError as error:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import secrets
 import stat
 import subprocess
@@ -26,7 +25,7 @@ from typing import Literal
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from device.atomicio import create_exclusively
+from device.atomicio import UnsafeFileError, create_exclusively, ownership_problem, read_unit_file
 from device.errors import UserError
 
 KEY_BYTES = 32
@@ -111,11 +110,13 @@ def generate_master_key(path: Path, source: KeySource = "file") -> MasterKey:
 
 def load_master_key(path: Path, source: KeySource = "file") -> MasterKey:
     try:
-        info = path.stat()
+        info = path.lstat()
     except FileNotFoundError:
         raise MasterKeyError(f"master key file {path} does not exist (run `device init`)") from None
     except OSError as error:
         raise MasterKeyError(f"cannot read master key file {path}: {error.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise MasterKeyError(f"master key path {path} is a symbolic link; refusing to follow it")
     if not stat.S_ISREG(info.st_mode):
         raise MasterKeyError(f"master key path {path} is not a regular file")
     mode = stat.S_IMODE(info.st_mode)
@@ -124,12 +125,12 @@ def load_master_key(path: Path, source: KeySource = "file") -> MasterKey:
             f"master key file {path} has mode {mode:04o}: group/others may read it; "
             f"refusing to use it (chmod 600 {path})"
         )
-    problem = _ownership_problem(path, info.st_uid)
+    problem = ownership_problem(path, info.st_uid)
     if problem:
         raise MasterKeyError(f"master key file {path} {problem}; refusing to use it")
     try:
-        content = path.read_bytes()
-    except OSError as error:
+        content = read_unit_file(path)  # O_NOFOLLOW: not swapped for a link since the lstat above
+    except (OSError, UnsafeFileError) as error:
         raise MasterKeyError(f"cannot read master key file {path}: {error}") from None
     plain = KEY_PREFIX.encode() in content
     if source != "file":
@@ -149,23 +150,6 @@ def load_master_key(path: Path, source: KeySource = "file") -> MasterKey:
     except UnicodeDecodeError as error:
         raise MasterKeyError(f"cannot read master key file {path}: {error}") from None
     return MasterKey(_parse_key_text(text, path))
-
-
-def _ownership_problem(path: Path, owner: int) -> str | None:
-    """Whose key is it? Our own; or, for root (the operator's sudo), root's or the key folder owner's,
-    the folder writable by nobody else. Root used to accept any owner: any user able to place a file
-    there could have chosen the key the unit would then encrypt everything under."""
-    me = os.geteuid()
-    if owner == me:
-        return None
-    if me != 0:
-        return f"belongs to user {owner}, not to this user ({me})"
-    if owner == 0:
-        return None
-    folder = path.parent.stat()
-    if folder.st_uid == owner and not stat.S_IMODE(folder.st_mode) & 0o022:
-        return None  # the service user's own key in its own 0700 secrets folder
-    return f"belongs to user {owner}, who does not own its folder {path.parent}"
 
 
 def _parse_key_text(text: str, path: Path) -> bytes:

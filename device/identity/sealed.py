@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from device.atomicio import create_exclusively
+from device.atomicio import create_exclusively, read_capped
 from device.config import UNIT_ID_PATTERN, describe_validation_error
 from device.errors import UserError
 
@@ -63,6 +63,7 @@ PUBLIC_PREFIX = "ecpub1:"
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TEMPLATE_DIM = 128
+MAX_KEY_FILE_BYTES = 4096  # a comment line and one base64 key
 MAX_SEALED_BYTES = 16 * 1024 * 1024  # a few hundred residents x 5 templates is well under 2 MiB
 HKDF_INFO = b"entrance-camera sealed enrolled set v1"
 PRIVATE_HEADER = "# entrance-camera provisioning key. Keep mode 0600; never copy it off the unit.\n"
@@ -154,7 +155,7 @@ def generate_provision_key(private_path: Path) -> bytes:
 
 def _decode_key_file(path: Path, prefix: str) -> bytes:
     try:
-        lines = path.read_text().splitlines()
+        lines = read_capped(path, MAX_KEY_FILE_BYTES, "key file").decode("utf-8").splitlines()
     except FileNotFoundError:
         raise SealedError(f"key file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as error:

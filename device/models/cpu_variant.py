@@ -36,7 +36,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from device.atomicio import exclusive_lock, write_atomically
+from device.atomicio import UnsafeFileError, exclusive_lock, read_unit_file, write_atomically
 from device.config import ModelsSection
 from device.layout import CPU_VARIANT_FILE
 from device.models.interpreter import Backend, InterpreterFactory, invoke, load_interpreter, runtime_version
@@ -226,9 +226,9 @@ class ChoiceStore:
         if self.path is None:
             return {}
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}  # no file yet, or a damaged one: as if nothing had been chosen
+            data = json.loads(read_unit_file(self.path))
+        except (OSError, ValueError, RecursionError, UnsafeFileError):
+            return {}  # no file yet, a damaged or planted one: as if nothing had been chosen
         return data if isinstance(data, dict) else {}
 
     def get(self, name: str) -> RememberedChoice | None:

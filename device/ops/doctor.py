@@ -136,15 +136,21 @@ def certificate_check(config: UnitConfig, now: dt.datetime | None = None) -> Che
     from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import NameOID
 
+    from device.atomicio import InputFileError, read_capped
+    from device.events.tls import MAX_TLS_FILE_BYTES
+
     tls = config.mqtt.tls
     name = "certificate"
     if tls.ca_file is None or tls.cert_file is None or tls.key_file is None:
         return Check(name, False, "mqtt.tls needs ca_file, cert_file and key_file", "set all three")
     try:
-        ca = x509.load_pem_x509_certificate(tls.ca_file.read_bytes())
-        cert = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
-        key = serialization.load_pem_private_key(tls.key_file.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as error:
+        ca = x509.load_pem_x509_certificate(read_capped(tls.ca_file, MAX_TLS_FILE_BYTES, "mqtt.tls.ca_file"))
+        cert = x509.load_pem_x509_certificate(
+            read_capped(tls.cert_file, MAX_TLS_FILE_BYTES, "mqtt.tls.cert_file")
+        )
+        key_pem = read_capped(tls.key_file, MAX_TLS_FILE_BYTES, "mqtt.tls.key_file")
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (OSError, ValueError, TypeError, InputFileError) as error:
         return Check(name, False, f"cannot read the TLS files: {error}", "check the three mqtt.tls files")
     common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     cn = str(common_names[0].value) if common_names else ""

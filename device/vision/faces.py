@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from device.atomicio import read_capped
 from device.config import DEFAULT_MAX_IMAGE_PIXELS, UnitConfig
 from device.errors import UserError
 from device.timing import LatencyRecorder, TimedModel
@@ -59,6 +60,14 @@ class AnalyzedFace:
     embedding: Vector  # (128,) float32, L2-normalised
 
 
+PICTURE_HEADER_ALLOWANCE = 1024 * 1024  # metadata (EXIF, ICC profile) beside the pixels
+
+
+def max_picture_file_bytes(max_pixels: int) -> int:
+    """No picture within ``max_pixels`` needs more bytes than 24-bit BMP, uncompressed, plus its metadata."""
+    return 3 * max_pixels + PICTURE_HEADER_ALLOWANCE
+
+
 def load_image_rgb(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> RgbImage:
     """Reads a picture as RGB; raises ``ImageError`` with the path and the reason.
 
@@ -66,10 +75,11 @@ def load_image_rgb(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Rg
     that would decode to gigabytes is refused without allocating them.
     """
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        raw = read_capped(path, max_picture_file_bytes(max_pixels), "the picture")
     except OSError as error:
         raise ImageError(path, f"cannot read the file ({error.strerror})") from None
-    dimensions = picture_dimensions(data.tobytes()[:65_536])
+    data = np.frombuffer(raw, dtype=np.uint8)
+    dimensions = picture_dimensions(raw[:65_536])
     if dimensions is None:
         raise ImageError(path, "not a decodable image (not a jpeg, png, bmp or webp picture)")
     width, height = dimensions
@@ -79,7 +89,10 @@ def load_image_rgb(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Rg
             f"the picture is {width}x{height} ({width * height / 1e6:.0f} Mpx), more than the "
             f"limit of {max_pixels / 1e6:.0f} Mpx (limits.max_image_pixels); scale it down first",
         )
-    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error:  # a header that promises what the body does not hold
+        decoded = None
     if decoded is None:
         raise ImageError(path, "not a decodable image (jpeg, png, bmp, webp)")
     rgb: RgbImage = np.ascontiguousarray(decoded[:, :, ::-1])

@@ -145,3 +145,32 @@ def test_the_db_and_its_wal_and_shm_are_private_whatever_the_umask(tmp_path: Pat
         os.umask(previous)
     assert {"outbox.db", "outbox.db-wal", "outbox.db-shm"} <= set(modes)
     assert set(modes.values()) == {0o600}, modes
+
+
+def test_acknowledged_events_leave_no_copy_while_others_are_still_queued(tmp_path: Path) -> None:
+    """Issue 25, point 6: with 50 queued and 49 acknowledged, all 49 were readable in outbox.db-wal."""
+    outbox = Outbox(tmp_path / "outbox.db")
+    marker = b"visit-of-resident-4471-delivered-"
+    for _ in range(50):
+        outbox.append("entrance/u/events", lambda seq: (f"id-{seq}", marker + b"%03d" % seq))
+    for seq in range(1, 50):
+        assert outbox.ack(seq)
+    raw = b"".join(path.read_bytes() for path in sorted(tmp_path.iterdir()) if path.is_file())
+    assert marker + b"050" in raw  # the one still queued is there: the search can find a payload
+    left = [seq for seq in range(1, 50) if marker + b"%03d" % seq in raw]
+    assert left == [], f"acknowledged events still readable on disk: {left}"
+    outbox.close()
+
+
+def test_a_batch_acknowledged_without_erasing_is_erased_by_erase_acknowledged(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db")
+    marker = b"batched-ack-"
+    for _ in range(5):
+        outbox.append("entrance/u/events", lambda seq: (f"id-{seq}", marker + b"%d" % seq))
+    for seq in range(1, 5):
+        assert outbox.ack(seq, erase_now=False)
+    outbox.erase_acknowledged()
+    raw = b"".join(path.read_bytes() for path in sorted(tmp_path.iterdir()) if path.is_file())
+    assert marker + b"5" in raw
+    assert [seq for seq in range(1, 5) if marker + b"%d" % seq in raw] == []
+    outbox.close()

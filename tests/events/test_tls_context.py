@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 import subprocess
 import sys
@@ -53,3 +54,13 @@ def test_events_tail_with_a_missing_ca_says_so_in_one_line(tmp_path: Path) -> No
     assert result.stderr.strip().splitlines() == [
         f"error: cannot connect to 127.0.0.1:1: TLS file not found: {missing}"
     ]
+
+
+def test_a_3_gb_certificate_is_refused_before_openssl_reads_it(mosquitto_broker: Any, tmp_path: Path) -> None:
+    """Issue 25, point 7: TLS files are files the CLI takes too (``--ca/--cert/--key``, ``[mqtt.tls]``)."""
+    _, key = mosquitto_broker.cert_for("tail")
+    huge = tmp_path / "cert.pem"
+    huge.write_bytes(b"-----BEGIN CERTIFICATE-----\n")
+    os.truncate(huge, 3 * 1024**3)
+    with pytest.raises(TlsSetupError, match=f"TLS file {huge} is 3221225472 bytes"):
+        client_tls_context(Path(mosquitto_broker.ca_file), huge, Path(key))

@@ -16,7 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from device.atomicio import InputFileError, read_capped
 from device.config import ConfigError, load_config, parse_config
+from device.consumers.door import DoorPolicy
+from device.events.payloads import PayloadError
+from device.events.signing import COMMANDERS, UNITS, load_registry
 from device.identity.audit import AuditError, AuditLog
 from device.identity.backup import BackupError, open_backup
 from device.identity.gallery_file import GallerySealer
@@ -157,6 +161,54 @@ def test_parsed_config_tables_only_raise_config_errors(data: dict[str, object]) 
 def test_the_picture_header_reader_never_raises(data: bytes) -> None:
     result = picture_dimensions(data)
     assert result is None or all(isinstance(side, int) and side >= 0 for side in result)
+
+
+def json_file_contents() -> st.SearchStrategy[bytes]:
+    """Random bytes, JSON of every shape, and JSON nested up to 100,000 deep (issue 25, point 7)."""
+    return st.one_of(
+        st.binary(max_size=4096),
+        JSONISH.map(lambda value: __import__("json").dumps(value).encode()),
+        JSONISH.map(lambda value: __import__("json").dumps({"units": value, "commanders": value}).encode()),
+        st.integers(1, 100_000).map(lambda depth: b'{"units": ' + b"[" * depth + b"]" * depth + b"}"),
+    )
+
+
+@FUZZ
+@given(data=json_file_contents())
+def test_the_key_registry_loader_only_raises_its_own_errors(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes
+) -> None:
+    """``--keys`` and ``mqtt.command_keys``: a PayloadError or an InputFileError (exit 2), nothing else."""
+    path = tmp_path_factory.mktemp("keys") / "keys.json"
+    path.write_bytes(data)
+    for section in (UNITS, COMMANDERS):
+        with contextlib.suppress(PayloadError, InputFileError):
+            load_registry(path, section)
+
+
+@FUZZ
+@given(data=json_file_contents())
+def test_the_door_policy_loader_only_raises_value_errors_or_input_file_errors(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes
+) -> None:
+    """``door --policy``: the door command turns a ValueError (pydantic's too) into one line and exit 2."""
+    path = tmp_path_factory.mktemp("policy") / "policy.json"
+    path.write_bytes(data)
+    with contextlib.suppress(ValueError, InputFileError):
+        DoorPolicy.load(path)
+
+
+@FUZZ
+@given(data=st.binary(max_size=2048), cap=st.integers(0, 2048))
+def test_the_capped_reader_returns_the_file_or_refuses_it_by_size(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, cap: int
+) -> None:
+    path = tmp_path_factory.mktemp("capped") / "file"
+    path.write_bytes(data)
+    try:
+        assert read_capped(path, cap, "fuzz") == data and len(data) <= cap
+    except InputFileError:
+        assert len(data) > cap
 
 
 def test_the_defaults_file_parses_as_the_fuzzed_loader_expects() -> None:
