@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from device.atomicio import PRIVATE_FILE_MODE, ensure_private_directory, write_atomically
+from device.errors import shown
 from device.events.payloads import COMMAND_CLOCK_SKEW_S, Command, PayloadError, Topics, parse_command
 from device.events.signing import CommandVerifier
 
@@ -110,6 +111,56 @@ class UsedRequests:
         finally:
             os.close(fd)
         self._lines += 1
+
+
+class RejectionLog:
+    """Logs refused commands without letting whoever sends them write the unit's log.
+
+    Any consumer certificate can publish on a unit's cmd topics: 20,000 junk commands must not become
+    20,000 WARNING lines that bury everything else and fill the card. The first ``burst`` refusals of
+    each ``interval_s`` are logged one line each (their text escaped: a commander name or request id
+    carrying ``\\n`` or ESC cannot forge a line or steer a terminal); the rest are counted and said in one
+    summary line when the interval is over (``tick``). Every refusal is counted in health regardless.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        burst: int = 10,
+        interval_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._burst = burst
+        self._interval_s = interval_s
+        self._clock = clock
+        self._window_start = clock()
+        self._logged = 0
+        self._suppressed = 0
+        self.unlogged = 0  # refusals never given their own line, since start
+
+    def rejected(self, topic: str, size: int, reason: str) -> None:
+        self.tick()
+        if self._logged < self._burst:
+            self._logged += 1
+            self._log.warning("rejected command on %s (%d bytes): %s", shown(topic), size, shown(reason))
+            return
+        self._suppressed += 1
+        self.unlogged += 1
+
+    def tick(self) -> None:
+        """Closes the interval once it is over: one summary line if refusals went unlogged in it."""
+        now = self._clock()
+        if now - self._window_start < self._interval_s:
+            return
+        if self._suppressed:
+            self._log.warning(
+                "%d more commands rejected in the last %.0f s without a line each (health: commands)",
+                self._suppressed,
+                now - self._window_start,
+            )
+        self._window_start, self._logged, self._suppressed = now, 0, 0
 
 
 CommandHandler = Callable[[Command], None]

@@ -43,7 +43,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from device import __version__
 from device.config import MqttSection, UnitConfig
 from device.errors import UserError
-from device.events.command_gate import CommandGate, CommandHandler, UsedRequests
+from device.events.command_gate import CommandGate, CommandHandler, RejectionLog, UsedRequests
 from device.events.connect_errors import explain_connect_error, explain_refusal
 from device.events.ha_discovery import discovery_configs
 from device.events.outbox import Outbox
@@ -178,6 +178,9 @@ class MqttPublisher:
         self._started = time.monotonic()
         self._lock = threading.Lock()  # guards the counters and the pipeline's health report
         self._counters = _Counters()
+        self._rejections = RejectionLog(
+            log, burst=self._settings.rejected_log_burst, interval_s=self._settings.rejected_log_interval_s
+        )
         self._pipeline_health: dict[str, Any] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -282,11 +285,15 @@ class MqttPublisher:
                     "refused": counters.refused,
                     "last_refusal": counters.last_refusal,
                 },
-                commands={"accepted": counters.commands_accepted, "rejected": counters.commands_rejected},
+                commands={
+                    "accepted": counters.commands_accepted,
+                    "rejected": counters.commands_rejected,
+                    "rejected_unlogged": self._rejections.unlogged,
+                },
                 alarms=alarms,
             )
             pipeline = dict(self._pipeline_health)
-        health, problems = build_health(parts, pipeline)
+        health, problems = build_health(parts, pipeline, presence=self._settings.health_presence)
         for problem in problems:
             log.warning("health: %s", problem)
         return health
@@ -407,6 +414,8 @@ class MqttPublisher:
         if not self._connected:
             return
         self._pump()
+        with self._lock:
+            self._rejections.tick()
         now = time.monotonic()
         if self._health_now.is_set() or now >= self._next_health:
             self._health_now.clear()
@@ -567,7 +576,7 @@ class MqttPublisher:
         except PayloadError as error:
             with self._lock:
                 self._counters.commands_rejected += 1
-            log.warning("rejected command on %s (%d bytes): %s", message.topic, len(message.payload), error)
+                self._rejections.rejected(message.topic, len(message.payload), str(error))
             return
         with self._lock:
             self._counters.commands_accepted += 1

@@ -308,11 +308,20 @@ class HealthParts:
     alarms: Sequence[str]
 
 
-def build_health(parts: HealthParts, pipeline: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+# Pipeline health fields that say someone is at the door right now. Health is retained, so the broker
+# hands the latest copy to every consumer certificate that subscribes, at any time: presence stays out
+# unless the unit's config asks for it (``mqtt.health_presence``).
+PRESENCE_FIELDS = frozenset({"active_tracks", "claim_pending"})
+
+
+def build_health(
+    parts: HealthParts, pipeline: Mapping[str, Any] | None, *, presence: bool = False
+) -> tuple[dict[str, Any], list[str]]:
     """The health payload and the problems found in the pipeline's part.
 
     A pipeline report that does not fit the schema is left out (and named in the alarms) rather than
     blocking health altogether: the outbox and connection state matter most when something is wrong.
+    ``presence`` keeps the ``PRESENCE_FIELDS`` of the pipeline's report; by default they are dropped.
     """
     problems: list[str] = []
     health: dict[str, Any] = {
@@ -328,7 +337,8 @@ def build_health(parts: HealthParts, pipeline: Mapping[str, Any] | None) -> tupl
     if pipeline:
         raw_alarms = pipeline.get("alarms", ())
         extra_alarms = [str(alarm) for alarm in raw_alarms] if isinstance(raw_alarms, list | tuple) else []
-        report = {key: value for key, value in pipeline.items() if key != "alarms"}
+        left_out = {"alarms"} if presence else {"alarms", *PRESENCE_FIELDS}
+        report = {key: value for key, value in pipeline.items() if key not in left_out}
         candidate = {**health, "pipeline": report, "alarms": [*health["alarms"], *extra_alarms][:16]}
         try:
             validate("health", candidate)

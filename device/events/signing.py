@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -136,6 +137,29 @@ def load_registry(path: Path, section: str = UNITS) -> dict[str, Ed25519PublicKe
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as error:
         raise PayloadError(f"{KEY_FILE_NAMES[section]} {path}: {error!r}") from None
+
+
+def check_trust_file(path: Path, what: str) -> None:
+    """A file that says whom to trust may be read by anyone (public keys) but changed only by its owner,
+    who must be this user or root: anyone else who can write it can make themselves a trusted commander.
+    ``PayloadError`` when that does not hold."""
+    try:
+        info = path.stat()
+    except OSError as error:
+        raise PayloadError(f"{what} {path}: {error.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise PayloadError(f"{what} {path} is not a regular file")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022:
+        raise PayloadError(
+            f"{what} {path} has mode {mode:04o}: group/others may change whom the unit trusts; "
+            f"refusing it (chmod 644 {path})"
+        )
+    if info.st_uid not in {os.geteuid(), 0}:
+        raise PayloadError(
+            f"{what} {path} belongs to user {info.st_uid}, neither this user ({os.geteuid()}) nor root; "
+            "refusing it (chown it to root or the service user)"
+        )
 
 
 def registry_text(keys: Mapping[str, str], section: str = UNITS) -> str:
@@ -264,7 +288,10 @@ class CommandVerifier:
     @classmethod
     def from_config(cls, path: Path | None) -> CommandVerifier:
         """No file configured: no commander is trusted and every command is refused."""
-        return cls({} if path is None else load_registry(path, COMMANDERS))
+        if path is None:
+            return cls({})
+        check_trust_file(path, KEY_FILE_NAMES[COMMANDERS])
+        return cls(load_registry(path, COMMANDERS))
 
     def verify(self, payload: Mapping[str, Any]) -> None:
         commander = str(payload.get("commander"))

@@ -228,7 +228,7 @@ def test_commands_claim_reload_health_are_taken_and_anything_else_is_counted_as_
         commander.publish(f"{base}/cmd/reload", b"", retain=True)  # clear the retained command
     assert claims.peek() == "s-42"
     assert reloads == [True]
-    assert counts == {"accepted": 3, "rejected": 4}
+    assert counts == {"accepted": 3, "rejected": 4, "rejected_unlogged": 0}
 
 
 def claim_payload(

@@ -115,7 +115,7 @@ def test_over_a_real_broker_only_the_trusted_fresh_first_claim_applies(
         attacker.close()
         publisher.close()
     assert applied == ["s-good"]
-    assert counts == {"accepted": 1, "rejected": 6}
+    assert counts == {"accepted": 1, "rejected": 6, "rejected_unlogged": 0}
 
 
 def test_the_cli_makes_a_commander_key_and_sends_a_claim_the_unit_takes(
