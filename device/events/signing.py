@@ -135,7 +135,15 @@ def load_registry(path: Path, section: str = UNITS) -> dict[str, Ed25519PublicKe
         return {
             str(name): Ed25519PublicKey.from_public_bytes(_unb64(str(key))) for name, key in entries.items()
         }
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as error:
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        RecursionError,
+        binascii.Error,
+    ) as error:
         raise PayloadError(f"{KEY_FILE_NAMES[section]} {path}: {error!r}") from None
 
 
