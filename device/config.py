@@ -453,6 +453,13 @@ class MqttSection(Section):
     rejected_log_interval_s: float = Field(
         default=60.0, ge=1.0, le=86_400.0, description="the interval of rejected_log_burst, seconds"
     )
+    clock_check: Literal["kernel", "off"] = Field(
+        default="kernel",
+        description=(
+            'refuse commands (they expire) until the kernel says NTP set the clock; "off" only where the '
+            "kernel cannot tell (containers): a clock that is behind makes a recorded command look fresh"
+        ),
+    )
     health_presence: bool = Field(
         default=False,
         description=(

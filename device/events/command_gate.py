@@ -1,8 +1,9 @@
 """The unit's command gate: what a message on ``<prefix>/<unit>/cmd/<name>`` must pass before anything acts.
 
-Three checks, in this order, each refusing with ``PayloadError`` (the publisher counts and logs it):
+Four checks, in this order, each refusing with ``PayloadError`` (the publisher counts and logs it):
 the message parses as a command signed for this unit and is in time (``payloads.parse_command``), its
-signature is a trusted commander's (``signing.CommandVerifier``), and its request id has not acted
+signature is a trusted commander's (``signing.CommandVerifier``), the unit's clock is synchronised
+(``clock``: an expiry means nothing on a clock that is behind), and its request id has not acted
 before. Only then does the command reach its handler, looked up in a table the unit gives at
 construction; a name with no handler is refused, so a unit acts only on the commands it was built to take.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from device.atomicio import PRIVATE_FILE_MODE, ensure_private_directory, write_atomically
 from device.errors import shown
+from device.events.clock import ClockProbe, always_synchronised
 from device.events.payloads import COMMAND_CLOCK_SKEW_S, Command, PayloadError, Topics, parse_command
 from device.events.signing import CommandVerifier
 
@@ -177,7 +179,9 @@ class CommandGate:
         handlers: Mapping[str, CommandHandler],
         *,
         used: UsedRequests | None = None,
+        clock_synchronised: ClockProbe = always_synchronised,
     ) -> None:
+        self._clock_synchronised = clock_synchronised
         self._topics = topics
         self._verifier = verifier
         self._handlers = dict(handlers)
@@ -193,6 +197,11 @@ class CommandGate:
             raise PayloadError("retained commands are not accepted (they would replay on every connect)")
         command = parse_command(self._topics, topic, payload)
         self._verifier.verify(command.payload)
+        if not self._clock_synchronised():
+            # Checked after parsing: with the clock behind, an expired recording would look fresh.
+            raise PayloadError(
+                f"{command.name} refused: clock not synchronised (time-bound commands wait for NTP)"
+            )
         self._use_once(command)
         return command
 

@@ -43,6 +43,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from device import __version__
 from device.config import MqttSection, UnitConfig
 from device.errors import UserError
+from device.events.clock import ClockProbe, always_synchronised, kernel_clock_synchronised
 from device.events.command_gate import CommandGate, CommandHandler, RejectionLog, UsedRequests
 from device.events.connect_errors import explain_connect_error, explain_refusal
 from device.events.ha_discovery import discovery_configs
@@ -139,8 +140,13 @@ class MqttPublisher:
         models: Mapping[str, str] | None = None,
         gallery_version: Callable[[], str | None] | None = None,
         rng: random.Random | None = None,
+        clock_synchronised: ClockProbe | None = None,
     ) -> None:
         self._settings = config.mqtt
+        self._clock_checked = clock_synchronised is not None or self._settings.clock_check == "kernel"
+        self._clock_synchronised = clock_synchronised or (
+            kernel_clock_synchronised if self._settings.clock_check == "kernel" else always_synchronised
+        )
         self._unit = config.unit.id
         self._topics = Topics(self._settings.topic_prefix, self._unit)
         self._model_names = {"detector": config.models.detector, "embedder": config.models.embedder}
@@ -167,7 +173,9 @@ class MqttPublisher:
             used = UsedRequests(StateLayout.from_config(config).used_commands)
         except PayloadError as error:
             raise MqttSetupError(str(error)) from error
-        self._commands = CommandGate(self._topics, verifier, handlers, used=used)
+        self._commands = CommandGate(
+            self._topics, verifier, handlers, used=used, clock_synchronised=self._clock_synchronised
+        )
         if not self._commands.trusts_anyone:
             log.info("no trusted commanders (mqtt.command_keys): this unit refuses every command")
         self._outbox = Outbox(
@@ -266,6 +274,7 @@ class MqttPublisher:
         return self._outbox
 
     def health_snapshot(self) -> dict[str, Any]:
+        synchronised = self._clock_synchronised()
         with self._lock:
             counters = self._counters
             alarms = sorted(
@@ -273,6 +282,7 @@ class MqttPublisher:
                     *counters.alarms,
                     *(["outbox_dropped"] if self._outbox_dropped() else []),
                     *([] if self._connected else ["broker_disconnected"]),
+                    *([] if synchronised else ["clock_unsynchronised"]),
                 }
             )
             parts = HealthParts(
@@ -291,6 +301,7 @@ class MqttPublisher:
                     "rejected_unlogged": self._rejections.unlogged,
                 },
                 alarms=alarms,
+                clock_synchronised=synchronised if self._clock_checked else None,
             )
             pipeline = dict(self._pipeline_health)
         health, problems = build_health(parts, pipeline, presence=self._settings.health_presence)

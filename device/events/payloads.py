@@ -306,6 +306,7 @@ class HealthParts:
     mqtt: Mapping[str, Any]
     commands: Mapping[str, int]
     alarms: Sequence[str]
+    clock_synchronised: bool | None = None  # None: not checked (mqtt.clock_check = "off")
 
 
 # Pipeline health fields that say someone is at the door right now. Health is retained, so the broker
@@ -334,6 +335,8 @@ def build_health(
         "commands": dict(parts.commands),
         "alarms": list(parts.alarms),
     }
+    if parts.clock_synchronised is not None:
+        health["clock_synchronised"] = parts.clock_synchronised
     if pipeline:
         raw_alarms = pipeline.get("alarms", ())
         extra_alarms = [str(alarm) for alarm in raw_alarms] if isinstance(raw_alarms, list | tuple) else []
