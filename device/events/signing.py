@@ -174,19 +174,37 @@ def registry_text(keys: Mapping[str, str], section: str = UNITS) -> str:
     return json.dumps({section: dict(sorted(keys.items()))}, indent=2) + "\n"
 
 
-def register_key(path: Path, name: str, public_text: str, section: str = UNITS) -> None:
-    """Adds one public key to a key file (made if missing); another key under the same name is refused."""
+def register_key(
+    path: Path, name: str, public_text: str, section: str = UNITS, *, rotate: bool = False
+) -> str:
+    """Adds one public key to a key file (made if missing), keeping every other entry; says
+    ``registered``, ``unchanged`` or ``rotated``. Another key under the same name is refused unless
+    ``rotate``: a unit whose key changed unannounced may be a swapped unit, not a regenerated one."""
     what = KEY_FILE_NAMES[section]
+    try:
+        Ed25519PublicKey.from_public_bytes(_unb64(public_text))
+    except (ValueError, binascii.Error) as error:
+        raise PayloadError(
+            f"{what} {path}: the key given for {name!r} is not an Ed25519 public key: {error}"
+        ) from None
     keys: dict[str, str] = {}
     if path.exists():
         try:
             keys = {str(k): str(v) for k, v in json.loads(path.read_text(encoding="utf-8"))[section].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise PayloadError(f"{what} {path}: {error!r}") from None
-    if keys.get(name, public_text) != public_text:
-        raise PayloadError(f"{what} {path} already holds another key for {name!r}")
+    known = keys.get(name)
+    if known == public_text:
+        return "unchanged"
+    if known is not None and not rotate:
+        raise PayloadError(
+            f"{what} {path} already holds another key for {name!r}: if that key was regenerated on "
+            "purpose, register the new one with --rotate (the fleet playbook: -e rotate_event_key=true "
+            "--limit the unit)"
+        )
     keys[name] = public_text
     write_atomically(path, registry_text(keys, section).encode(), mode=0o644)
+    return "registered" if known is None else "rotated"
 
 
 @dataclass
