@@ -1,4 +1,5 @@
-"""``device door --unit ID --relay-gpio N [--policy FILE]``: the reference door consumer.
+"""``device door --unit ID --relay-gpio N [--policy FILE] [--audit FILE] [--start-fresh]``: the reference
+door consumer.
 
 Subscribes to one unit's events with a consumer certificate, verifies each (signature against the key
 registry, unit, freshness, ``seq`` order), applies the policy (``device.consumers.door``) and pulses the
@@ -58,6 +59,12 @@ def register(commands: CommandRegistry) -> None:
     parser.add_argument("--timeout", type=float, default=0.0, help="exit after this many seconds (0: never)")
 
 
+class DoorStartError(UserError):
+    """The door would start without its record of each unit's last seq."""
+
+    exit_code = EXIT_USAGE
+
+
 DEFAULT_DOOR_STATE = Path("/var/lib/entrance-door")
 AUDIT_FILE_NAME = "door-audit.jsonl"
 
@@ -90,10 +97,6 @@ def open_seq_record(path: Path, *, start_fresh: bool) -> DoorAudit:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         create_exclusively(path, b"")
     return DoorAudit(path)
-
-
-class DoorStartError(UserError):
-    exit_code = EXIT_USAGE
 
 
 def run_door(args: argparse.Namespace, *, pin_factory: object = None) -> int:

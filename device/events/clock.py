@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 from collections.abc import Callable
 
 ClockProbe = Callable[[], bool]
@@ -21,15 +22,24 @@ TIME_ERROR = 5  # adjtimex's return value while the kernel's clock is not synchr
 TIMEX_BYTES = 512  # more than struct timex on any Linux ABI; all zero means "read, change nothing"
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """Loaded once: ``find_library`` runs ``ldconfig``, far too slow for every command and health."""
+    name = ctypes.util.find_library("c")
+    try:
+        return None if name is None else ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+
+
 def kernel_clock_synchronised() -> bool:
     """The kernel's view through ``adjtimex``; an error is taken as unsynchronised (fail closed)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
+    libc = _libc()
+    if libc is None:
         return False
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
         state = int(libc.adjtimex(ctypes.create_string_buffer(TIMEX_BYTES)))
-    except (OSError, AttributeError):
+    except AttributeError:
         return False
     return state not in (-1, TIME_ERROR)
 
