@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,6 @@ from device.events.signing import EventKey, load_registry, registry_text
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = REPO / "deploy/fleet/site.yml"
-DEVICE = REPO / ".venv/bin/device"
 REGISTRY_TASK = "- name: The consumers' unit key registry"
 
 
@@ -51,7 +51,9 @@ def playbook_argv(unit: str, public_key: str, build_dir: Path, *, rotate: bool) 
             item = item.replace(placeholder, value)
         assert "{{" not in item, f"unhandled template in {item}"
         argv.append(item)
-    return argv
+    # the controller's venv entry point; this interpreter runs the same CLI (also in a copy of the tree)
+    assert argv[0] == f"{PLAYBOOK.parent}/../../.venv/bin/device"
+    return [sys.executable, "-m", "device", *argv[1:]]
 
 
 def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
