@@ -103,3 +103,16 @@ def test_names_stored_before_the_check_are_printed_escaped_one_row_each(
 def test_escaping_leaves_ordinary_names_alone() -> None:
     for name in ["Zoë Ĺukáš-O'Brien", "李小龙", "محمد\u200cرضا", "A. Resident (FORM-2026-0042)"]:
         assert shown(name) == name
+
+
+def test_enroll_prints_a_hostile_picture_name_escaped(
+    unit: Unit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    picture = tmp_path / "visitor\x1b]0;owned\x07\nok   all.jpg"  # a file name is typed by someone too
+    picture.write_bytes(b"not a picture")
+    capsys.readouterr()
+    main(["--config", str(unit.config_path), "enroll", "--name", "Anna", "--consent-ref", "F-1",
+          "--images", str(picture)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.startswith("skip ") and len(out.splitlines()) == 1, out
+    assert "\x1b" not in out and "\\x1b]0;owned\\x07\\x0aok   all.jpg" in out
