@@ -196,7 +196,8 @@ fleet-bench: setup
 .PHONY: fuzz
 # Hypothesis fuzz targets at 100,000 cases each (make test runs a few hundred each): the MQTT payload
 # decoders and the parsers of files an attacker can hand the unit (gallery, keyring, backup, sealed set,
-# audit, config, picture header, key registry, door policy, the capped file reader).
+# audit, config, picture header, key registry, door policy, the capped file reader, trusted commanders
+# file, door seq record) and typed-text escaping.
 FUZZ_EXAMPLES ?= 100000
 fuzz: setup
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/events/test_decode_fuzz.py tests/identity/test_parser_fuzz.py \

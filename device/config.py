@@ -442,6 +442,32 @@ class MqttSection(Section):
             "--register`); a command counts only when one of them signed it. Unset: every command is refused"
         ),
     )
+    rejected_log_burst: int = Field(
+        default=10,
+        ge=0,
+        le=10_000,
+        description=(
+            "refused commands logged one line each per rejected_log_interval_s; the rest get one summary "
+            "line (all are counted in health: commands.rejected)"
+        ),
+    )
+    rejected_log_interval_s: float = Field(
+        default=60.0, ge=1.0, le=86_400.0, description="the interval of rejected_log_burst, seconds"
+    )
+    clock_check: Literal["kernel", "off"] = Field(
+        default="kernel",
+        description=(
+            'refuse commands (they expire) until the kernel says NTP set the clock; "off" only where the '
+            "kernel cannot tell (containers): a clock that is behind makes a recorded command look fresh"
+        ),
+    )
+    health_presence: bool = Field(
+        default=False,
+        description=(
+            "also publish active_tracks (someone is at the door now) in the retained health; every consumer "
+            "certificate can read it, so it is off unless a consumer needs presence"
+        ),
+    )
     event_key_path: Path | None = Field(
         default=None,
         description=(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import getpass
 
+from device.errors import require_plain
+
 
 def default_operator() -> str:
     try:
@@ -20,3 +22,9 @@ def add_operator_option(parser: argparse.ArgumentParser) -> None:
         metavar="WHO",
         help="who performs this (recorded in the audit log; default: the logged-in user)",
     )
+
+
+def operator_of(args: argparse.Namespace) -> str:
+    """The ``--operator`` given, or the logged-in user; refused with control characters in it (it is
+    printed by ``subjects list`` and ``audit export`` and written to the audit log)."""
+    return require_plain(args.operator or default_operator(), "--operator")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from device.cli import EXIT_OK, CommandRegistry, config_from_args
-from device.commands._gallery_cli import add_operator_option, default_operator
+from device.commands._gallery_cli import add_operator_option, operator_of
 from device.identity.gallery_store import GalleryStore
 
 
@@ -30,7 +30,7 @@ def register(commands: CommandRegistry) -> None:
 
 def make_backup(args: argparse.Namespace) -> int:
     store = GalleryStore.from_config(config_from_args(args))
-    info = store.backup(args.out, args.operator or default_operator())
+    info = store.backup(args.out, operator_of(args))
     print(
         f"backup {info.backup_id}: {info.subjects} subject(s), gallery generation {info.generation}, "
         f"written to {args.out} (mode 0600; opens only on this unit, and only until the next forget or purge)"
@@ -40,8 +40,6 @@ def make_backup(args: argparse.Namespace) -> int:
 
 def restore_backup(args: argparse.Namespace) -> int:
     store = GalleryStore.from_config(config_from_args(args))
-    restored = store.restore(
-        args.source, args.operator or default_operator(), replace_newer=args.replace_newer
-    )
+    restored = store.restore(args.source, operator_of(args), replace_newer=args.replace_newer)
     print(f"restored {len(restored)} subject(s) from {args.source}")
     return EXIT_OK

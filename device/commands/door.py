@@ -1,4 +1,5 @@
-"""``device door --unit ID --relay-gpio N [--policy FILE]``: the reference door consumer.
+"""``device door --unit ID --relay-gpio N [--policy FILE] [--audit FILE] [--start-fresh]``: the reference
+door consumer.
 
 Subscribes to one unit's events with a consumer certificate, verifies each (signature against the key
 registry, unit, freshness, ``seq`` order), applies the policy (``device.consumers.door``) and pulses the
@@ -9,12 +10,15 @@ own audit (JSON lines) of every open, every refusal and every rejected payload.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from device.atomicio import create_exclusively
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
 from device.commands._broker_cli import (
     add_broker_options,
@@ -26,6 +30,7 @@ from device.commands._broker_cli import (
 )
 from device.consumers.consumer import EventConsumer
 from device.consumers.door import Door, DoorAudit, DoorPolicy, gpio_relay
+from device.errors import UserError
 from device.events.payloads import PayloadError
 from device.events.signing import DEFAULT_MAX_AGE_S, EventVerifier, load_registry
 
@@ -36,11 +41,62 @@ def register(commands: CommandRegistry) -> None:
     parser.add_argument("--relay-gpio", type=int, required=True, help="BCM pin number of the relay")
     parser.add_argument("--policy", type=Path, help="JSON policy: subjects, hours, claim_required, pulse_s")
     parser.add_argument("--keys", type=Path, required=True, help="unit key registry (fleet playbook)")
-    parser.add_argument("--audit", type=Path, default=Path("door-audit.jsonl"), help="the door's audit file")
+    parser.add_argument(
+        "--audit",
+        type=Path,
+        default=None,
+        help="the door's audit file, also its record of each unit's last seq "
+        f"(default: $STATE_DIRECTORY or {DEFAULT_DOOR_STATE}, /{AUDIT_FILE_NAME})",
+    )
+    parser.add_argument(
+        "--start-fresh",
+        action="store_true",
+        help="first start only: make the audit file; without it the door refuses to start with none",
+    )
     add_broker_options(parser, cert_help="consumer certificate", key_help="consumer private key")
     add_share_option(parser)
     parser.add_argument("--max-age", type=float, default=60.0, help="refuse events older than this (s)")
     parser.add_argument("--timeout", type=float, default=0.0, help="exit after this many seconds (0: never)")
+
+
+class DoorStartError(UserError):
+    """The door would start without its record of each unit's last seq."""
+
+    exit_code = EXIT_USAGE
+
+
+DEFAULT_DOOR_STATE = Path("/var/lib/entrance-door")
+AUDIT_FILE_NAME = "door-audit.jsonl"
+
+
+def default_audit_path(environ: Mapping[str, str]) -> Path:
+    """In the door's state folder (systemd's ``StateDirectory=``, else ``DEFAULT_DOOR_STATE``), never
+    relative to whatever folder the door happened to be started from: started elsewhere, it would find
+    no record of the last seq and take a replay."""
+    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return (Path(state) if state else DEFAULT_DOOR_STATE) / AUDIT_FILE_NAME
+
+
+def open_seq_record(path: Path, *, start_fresh: bool) -> DoorAudit:
+    """The door's audit; a missing one is made only on ``--start-fresh``, which an existing one refuses.
+
+    Without its record of each unit's last ``seq`` the door would take any recorded event younger than
+    ``--max-age`` once more: a lost or misplaced record must be noticed, not silently begun again."""
+    if path.exists() and start_fresh:
+        raise DoorStartError(
+            f"--start-fresh, but the door's seq record {path} exists: start without --start-fresh "
+            "(keep --start-fresh out of service files; it is for the first start only)"
+        )
+    if not path.exists():
+        if not start_fresh:
+            raise DoorStartError(
+                f"the door's seq record {path} does not exist: without it a replayed event younger than "
+                "--max-age would open the door. Give the right --audit, or on the very first start "
+                "(or after knowingly losing the record) add --start-fresh"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        create_exclusively(path, b"")
+    return DoorAudit(path)
 
 
 def run_door(args: argparse.Namespace, *, pin_factory: object = None) -> int:
@@ -54,7 +110,8 @@ def run_door(args: argparse.Namespace, *, pin_factory: object = None) -> int:
     except (OSError, ValueError, ValidationError, PayloadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    audit = DoorAudit(args.audit)
+    audit_path = args.audit if args.audit is not None else default_audit_path(os.environ)
+    audit = open_seq_record(audit_path, start_fresh=getattr(args, "start_fresh", False))
     verifier.remember(audit.last_seqs())
     door = Door(policy, gpio_relay(args.relay_gpio, pin_factory), audit)
     settings = consumer_settings(args, config, ca_file, unit=args.unit, share_group=args.share)

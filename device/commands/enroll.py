@@ -19,8 +19,9 @@ from datetime import date
 from pathlib import Path
 
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.commands._gallery_cli import add_operator_option, default_operator
+from device.commands._gallery_cli import add_operator_option, operator_of
 from device.config import UnitConfig
+from device.errors import require_plain, shown
 from device.identity.audit import Scalar
 from device.identity.enrol import (
     AlreadyEnrolledError,
@@ -87,7 +88,9 @@ def register(commands: CommandRegistry) -> None:
 
 
 def enroll(args: argparse.Namespace) -> int:
-    consent: str = (args.consent_ref or "").strip()
+    consent: str = require_plain((args.consent_ref or "").strip(), "--consent-ref")
+    require_plain(args.name, "--name")
+    operator_of(args)
     if not consent:
         print(
             "error: enrolment needs --consent-ref REF, the reference of the person's signed consent form; "
@@ -117,7 +120,7 @@ def enroll(args: argparse.Namespace) -> int:
         )
     for verdict in verdicts:
         mark = "ok  " if verdict.accepted else "skip"
-        print(f"{mark} {verdict.source}: {verdict.message}")
+        print(f"{mark} {shown(verdict.source)}: {shown(verdict.message)}")
     try:
         plan = plan_enrolment(
             verdicts,
@@ -140,7 +143,7 @@ def enroll(args: argparse.Namespace) -> int:
             name=args.name,
             templates=plan.templates,
             consent_reference=consent,
-            operator=args.operator or default_operator(),
+            operator=operator_of(args),
             purpose_version=config.gallery.consent_purpose_version,
             expires=args.expires,
             forced=plan.existing is not None,
@@ -150,7 +153,7 @@ def enroll(args: argparse.Namespace) -> int:
     )
     print(
         f"enrolled {info.subject_id}: {info.template_count} template(s) from {plan.used} usable of "
-        f"{len(plan.verdicts)} picture(s), consent {info.consent.reference}, expires {info.expires}"
+        f"{len(plan.verdicts)} picture(s), consent {shown(info.consent.reference)}, expires {info.expires}"
     )
     print(info.subject_id)
     return EXIT_OK
@@ -173,7 +176,7 @@ def record_refusal(
     }
     if isinstance(error, AlreadyEnrolledError):
         details["subject_id"] = error.match.subject_id
-    store.audit.append("enrol_refused", args.operator or default_operator(), details)
+    store.audit.append("enrol_refused", operator_of(args), details)
 
 
 def judge_pictures(paths: Sequence[Path], analyze: Analyze, config: UnitConfig) -> list[Verdict]:

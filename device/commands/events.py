@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import threading
 from pathlib import Path
@@ -37,6 +38,8 @@ from device.events.signing import (
     unit_event_key,
 )
 from device.layout import StateLayout
+
+UNIT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # the events schema's unit pattern
 
 
 def register(commands: CommandRegistry) -> None:
@@ -67,6 +70,31 @@ def register(commands: CommandRegistry) -> None:
         metavar="REGISTRY",
         help="also add it to this key registry file",
     )
+    merge = group.add(
+        "register-key", register_unit_key, "add one unit's public event key to a registry (fleet controller)"
+    )
+    merge.add_argument("--keys", type=Path, required=True, help="the unit key registry to merge into")
+    merge.add_argument("--unit", required=True, help="unit id")
+    merge.add_argument("--public-key", required=True, help="its public key (`device events key` on the unit)")
+    merge.add_argument(
+        "--rotate",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="replace a different key already registered for the unit (after regenerating it on purpose)",
+    )
+
+
+def register_unit_key(args: argparse.Namespace) -> int:
+    """On the fleet controller: merges one unit's public key into the registry, never drops the others."""
+    outcome = register_key(args.keys, require_unit_id(args.unit), args.public_key, rotate=args.rotate)
+    print(f"{outcome}: {args.unit} in {args.keys}")
+    return EXIT_OK
+
+
+def require_unit_id(unit: str) -> str:
+    if not UNIT_ID.fullmatch(unit):
+        raise PayloadError(f"{unit!a} is not a unit id (lower-case letters, digits and -)")
+    return unit
 
 
 def print_event_key(args: argparse.Namespace) -> int:

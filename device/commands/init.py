@@ -23,7 +23,7 @@ from pathlib import Path
 
 from device.atomicio import PRIVATE_DIR_MODE, create_exclusively, ensure_private_directory
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry
-from device.commands._gallery_cli import add_operator_option, default_operator
+from device.commands._gallery_cli import add_operator_option, operator_of
 from device.config import UNIT_ID_PATTERN, UNIT_ID_RULE, load_config
 from device.identity.audit import AuditLog, record_config_change
 from device.identity.gallery_store import config_digest, initialise_keyring
@@ -204,7 +204,7 @@ def initialise_unit(args: argparse.Namespace) -> int:
     config = load_config(config_path)
     layout = StateLayout.from_config(config)
     audit = AuditLog.of_unit(layout, master_key)
-    operator = args.operator or default_operator()
+    operator = operator_of(args)
     audit.append("init", operator, {"unit": config.unit.id})
     audit.append("key_generated", operator, {"key_id": master_key.key_id})
     record_config_change(audit, config_digest(config), operator)

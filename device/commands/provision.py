@@ -16,7 +16,7 @@ import numpy as np
 
 from device.atomicio import create_exclusively, ensure_private_directory, read_capped
 from device.cli import EXIT_FAILURE, EXIT_OK, CommandRegistry, config_from_args
-from device.commands._gallery_cli import add_operator_option, default_operator
+from device.commands._gallery_cli import add_operator_option, operator_of
 from device.config import UnitConfig
 from device.identity.gallery_records import GalleryError
 from device.identity.gallery_store import EnrolRequest, GalleryStore, check_expiry, normalise_templates
@@ -212,7 +212,7 @@ def import_sealed(args: argparse.Namespace) -> int:
         print(f"already imported: bundle {bundle}")
         return EXIT_OK
     store = GalleryStore.from_config(config)
-    operator = args.operator or default_operator()
+    operator = operator_of(args)
     for subject in enrolled.subjects:
         store.enrol(
             EnrolRequest(

@@ -27,6 +27,7 @@ from device.commands._broker_cli import (
 )
 from device.config import UnitConfig
 from device.consumers.status_reader import read_retained
+from device.errors import require_plain
 from device.events.outbox import Outbox, OutboxEntry, OutboxError
 from device.layout import StateLayout
 
@@ -208,7 +209,11 @@ def drop_from_outbox(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     seqs = sorted(set(args.seqs))
     listing = ",".join(str(s) for s in seqs)
-    audit.append("outbox_drop", args.operator, {"count": len(seqs), "reason": f"seq {listing}"[:200]})
+    audit.append(
+        "outbox_drop",
+        require_plain(args.operator, "--operator"),
+        {"count": len(seqs), "reason": f"seq {listing}"[:200]},
+    )
     dropped = [seq for seq in seqs if outbox.ack(seq)]
     outbox.close()
     print(f"dropped {len(dropped)} queued event(s): {', '.join(f'#{s}' for s in dropped)} (audited)")

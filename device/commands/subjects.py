@@ -13,8 +13,9 @@ from datetime import date
 from typing import Any
 
 from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
-from device.commands._gallery_cli import add_operator_option, default_operator
+from device.commands._gallery_cli import add_operator_option, operator_of
 from device.config import UnitConfig
+from device.errors import require_plain, shown
 from device.events.forgotten import ForgetReason, announce_forgotten
 from device.events.outbox import Outbox, OutboxError
 from device.events.payloads import PayloadError, Topics
@@ -76,13 +77,13 @@ def list_subjects(args: argparse.Namespace) -> int:
     header = ("SUBJECT", "NAME", "TEMPLATES", "EXPIRES", "LAST SEEN", "CONSENT", "OPERATOR")
     table = [header] + [
         (
-            row["subject_id"],
-            row["name"] or "-",
+            shown(row["subject_id"]),
+            shown(row["name"] or "-"),
             str(row["templates"]),
             row["expires"] + (" (expired)" if row["expired"] else ""),
             row["last_seen"] or "-",
-            f"{row['consent']['reference']} ({row['consent']['purpose_version']})",
-            row["consent"]["operator"],
+            shown(f"{row['consent']['reference']} ({row['consent']['purpose_version']})"),
+            shown(row["consent"]["operator"]),
         )
         for row in rows
     ]
@@ -93,9 +94,10 @@ def list_subjects(args: argparse.Namespace) -> int:
 
 
 def forget_subject(args: argparse.Namespace) -> int:
+    operator, reason = operator_of(args), require_plain(args.reason, "--reason")
     store = GalleryStore.from_config(config_from_args(args, required=True))
     name = store.open_subject(args.subject_id).name
-    who = f"{name} ({args.subject_id})" if name else args.subject_id
+    who = shown(f"{name} ({args.subject_id})" if name else args.subject_id)
     if not getattr(args, "yes", False) and not confirmed_on_terminal(f"Forget {who}? This cannot be undone."):
         print(
             f"not forgotten: forgetting {who} cannot be undone; re-run with --yes to confirm",
@@ -103,7 +105,7 @@ def forget_subject(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     config = config_from_args(args, required=True)
-    store.forget(args.subject_id, args.operator or default_operator(), reason=args.reason)
+    store.forget(args.subject_id, operator, reason=reason)
     print(f"forgot {who}: its data key, templates and name are destroyed (crypto-erase)")
     return announce(config, [args.subject_id], "forgotten_on_request")
 
@@ -142,7 +144,7 @@ def confirmed_on_terminal(question: str) -> bool:
 
 def purge_expired(args: argparse.Namespace) -> int:
     store = GalleryStore.from_config(config_from_args(args, required=True))
-    purged = store.purge_expired(args.operator or default_operator())
+    purged = store.purge_expired(operator_of(args))
     for subject_id in purged:
         print(f"purged {subject_id} (enrolment expired)")
     print(f"purged {len(purged)} expired subject(s)")

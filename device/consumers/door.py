@@ -112,12 +112,12 @@ class DoorAudit:
         seqs: dict[str, int] = {}
         if not self.path.exists():
             return seqs
-        for line in read_unit_file(self.path).decode("utf-8").splitlines():
+        for line in read_unit_file(self.path).splitlines():
             try:
                 entry = json.loads(line)
                 unit, seq = str(entry["unit"]), int(entry["seq"])
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn last line after a power cut, or a rejection without a seq
+            except (ValueError, KeyError, TypeError, RecursionError):
+                continue  # a torn last line after a power cut (half a UTF-8 character), or no seq
             seqs[unit] = max(seq, seqs.get(unit, 0))
         return seqs
 

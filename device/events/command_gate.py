@@ -1,11 +1,13 @@
 """The unit's command gate: what a message on ``<prefix>/<unit>/cmd/<name>`` must pass before anything acts.
 
-Three checks, in this order, each refusing with ``CommandRefusedError`` and its reason code (the publisher
-counts and logs it, and answers it): the message parses as a command signed for this unit and is in time
-(``payloads.parse_command``), its signature is a trusted commander's (``signing.CommandVerifier``), and
-its request id has not acted before. Only then does the command reach its handler, looked up in a table
-the unit gives at construction; a name with no handler is refused, so a unit acts only on the commands it
-was built to take. ``decide`` turns all of that into a ``Verdict``: what the unit's answer says.
+Four checks, in this order, each refusing with ``CommandRefusedError`` and its reason code (the publisher
+counts it, logs it without letting a flood write the log, and answers it): the message parses as a command
+signed for this unit and is in time (``payloads.parse_command``), its signature is a trusted commander's
+(``signing.CommandVerifier``), the unit's clock is synchronised (``clock``: an expiry means nothing on a
+clock that is behind), and its request id has not acted before. Only then does the command reach its
+handler, looked up in a table the unit gives at construction; a name with no handler is refused, so a unit
+acts only on the commands it was built to take. ``decide`` turns all of that into a ``Verdict``: what the
+unit's answer says.
 
 Used request ids are written to the state folder (``UsedRequests``) before the command acts, and kept
 until the command has expired: a recording replayed after the unit restarts is refused too.
@@ -31,6 +33,8 @@ from device.atomicio import (
     read_unit_file,
     write_atomically,
 )
+from device.errors import shown
+from device.events.clock import ClockProbe, always_synchronised
 from device.events.payloads import (
     COMMAND_CLOCK_SKEW_S,
     Command,
@@ -127,6 +131,56 @@ class UsedRequests:
         self._lines += 1
 
 
+class RejectionLog:
+    """Logs refused commands without letting whoever sends them write the unit's log.
+
+    Any consumer certificate can publish on a unit's cmd topics: 20,000 junk commands must not become
+    20,000 WARNING lines that bury everything else and fill the card. The first ``burst`` refusals of
+    each ``interval_s`` are logged one line each (their text escaped: a commander name or request id
+    carrying ``\\n`` or ESC cannot forge a line or steer a terminal); the rest are counted and said in one
+    summary line when the interval is over (``tick``). Every refusal is counted in health regardless.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        burst: int = 10,
+        interval_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._burst = burst
+        self._interval_s = interval_s
+        self._clock = clock
+        self._window_start = clock()
+        self._logged = 0
+        self._suppressed = 0
+        self.unlogged = 0  # refusals never given their own line, since start
+
+    def rejected(self, topic: str, size: int, reason: str) -> None:
+        self.tick()
+        if self._logged < self._burst:
+            self._logged += 1
+            self._log.warning("rejected command on %s (%d bytes): %s", shown(topic), size, shown(reason))
+            return
+        self._suppressed += 1
+        self.unlogged += 1
+
+    def tick(self) -> None:
+        """Closes the interval once it is over: one summary line if refusals went unlogged in it."""
+        now = self._clock()
+        if now - self._window_start < self._interval_s:
+            return
+        if self._suppressed:
+            self._log.warning(
+                "%d more commands rejected in the last %.0f s without a line each (health: commands)",
+                self._suppressed,
+                now - self._window_start,
+            )
+        self._window_start, self._logged, self._suppressed = now, 0, 0
+
+
 CommandHandler = Callable[[Command], None]
 """Acts on an admitted command; raises ``CommandRefusedError`` (or any ``PayloadError``: reason ``failed``) to
 refuse it."""
@@ -165,7 +219,9 @@ class CommandGate:
         handlers: Mapping[str, CommandHandler],
         *,
         used: UsedRequests | None = None,
+        clock_synchronised: ClockProbe = always_synchronised,
     ) -> None:
+        self._clock_synchronised = clock_synchronised
         self._topics = topics
         self._verifier = verifier
         self._handlers = dict(handlers)
@@ -191,6 +247,12 @@ class CommandGate:
             self._verifier.verify(command.payload)
         except PayloadError as error:
             raise CommandRefusedError(Refusal.UNTRUSTED, str(error)) from None
+        if not self._clock_synchronised():
+            # Checked after parsing: with the clock behind, an expired recording would look fresh.
+            raise CommandRefusedError(
+                Refusal.CLOCK_UNSYNCHRONISED,
+                f"{command.name} refused: clock not synchronised (time-bound commands wait for NTP)",
+            )
         self._use_once(command)
         return command
 

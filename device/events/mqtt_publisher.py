@@ -49,8 +49,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from device import __version__
 from device.atomicio import InputFileError, read_capped
 from device.config import MqttSection, UnitConfig
-from device.errors import UserError
-from device.events.command_gate import CommandGate, CommandHandler, UsedRequests, Verdict
+from device.errors import UserError, shown
+from device.events.clock import ClockProbe, always_synchronised, kernel_clock_synchronised
+from device.events.command_gate import CommandGate, CommandHandler, RejectionLog, UsedRequests, Verdict
 from device.events.connect_errors import explain_connect_error, explain_refusal
 from device.events.ha_discovery import discovery_configs
 from device.events.outbox import Outbox
@@ -158,8 +159,13 @@ class MqttPublisher:
         models: Mapping[str, str] | None = None,
         gallery_version: Callable[[], str | None] | None = None,
         rng: random.Random | None = None,
+        clock_synchronised: ClockProbe | None = None,
     ) -> None:
         self._settings = config.mqtt
+        self._clock_checked = clock_synchronised is not None or self._settings.clock_check == "kernel"
+        self._clock_synchronised = clock_synchronised or (
+            kernel_clock_synchronised if self._settings.clock_check == "kernel" else always_synchronised
+        )
         self._unit = config.unit.id
         self._topics = Topics(self._settings.topic_prefix, self._unit)
         self._model_names = {"detector": config.models.detector, "embedder": config.models.embedder}
@@ -186,7 +192,9 @@ class MqttPublisher:
             used = UsedRequests(StateLayout.from_config(config).used_commands)
         except PayloadError as error:
             raise MqttSetupError(str(error)) from error
-        self._commands = CommandGate(self._topics, verifier, handlers, used=used)
+        self._commands = CommandGate(
+            self._topics, verifier, handlers, used=used, clock_synchronised=self._clock_synchronised
+        )
         if not self._commands.trusts_anyone:
             log.info("no trusted commanders (mqtt.command_keys): this unit refuses every command")
         self._outbox = Outbox(
@@ -197,6 +205,9 @@ class MqttPublisher:
         self._started = time.monotonic()
         self._lock = threading.Lock()  # guards the counters and the pipeline's health report
         self._counters = _Counters()
+        self._rejections = RejectionLog(
+            log, burst=self._settings.rejected_log_burst, interval_s=self._settings.rejected_log_interval_s
+        )
         self._pipeline_health: dict[str, Any] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -282,6 +293,7 @@ class MqttPublisher:
         return self._outbox
 
     def health_snapshot(self) -> dict[str, Any]:
+        synchronised = self._clock_synchronised()
         with self._lock:
             counters = self._counters
             alarms = sorted(
@@ -289,6 +301,7 @@ class MqttPublisher:
                     *counters.alarms,
                     *(["outbox_dropped"] if self._outbox_dropped() else []),
                     *([] if self._connected else ["broker_disconnected"]),
+                    *([] if synchronised else ["clock_unsynchronised"]),
                 }
             )
             parts = HealthParts(
@@ -301,11 +314,16 @@ class MqttPublisher:
                     "refused": counters.refused,
                     "last_refusal": counters.last_refusal,
                 },
-                commands={"accepted": counters.commands_accepted, "rejected": counters.commands_rejected},
+                commands={
+                    "accepted": counters.commands_accepted,
+                    "rejected": counters.commands_rejected,
+                    "rejected_unlogged": self._rejections.unlogged,
+                },
                 alarms=alarms,
+                clock_synchronised=synchronised if self._clock_checked else None,
             )
             pipeline = dict(self._pipeline_health)
-        health, problems = build_health(parts, pipeline)
+        health, problems = build_health(parts, pipeline, presence=self._settings.health_presence)
         for problem in problems:
             log.warning("health: %s", problem)
         return health
@@ -427,6 +445,8 @@ class MqttPublisher:
         if not self._connected:
             return
         self._pump()
+        with self._lock:
+            self._rejections.tick()
         now = time.monotonic()
         if self._health_now.is_set() or now >= self._next_health:
             self._health_now.clear()
@@ -588,14 +608,10 @@ class MqttPublisher:
                 self._counters.commands_accepted += 1
             else:
                 self._counters.commands_rejected += 1
-        if not verdict.applied:
-            log.warning(
-                "rejected command on %s (%d bytes): %s: %s",
-                message.topic,
-                len(message.payload),
-                verdict.refusal,
-                verdict.detail,
-            )
+                # rate-limited and escaped: any consumer certificate can send junk here
+                self._rejections.rejected(
+                    message.topic, len(message.payload), f"{verdict.refusal}: {verdict.detail}"
+                )
         self._answer(client, message, verdict)
 
     def _answer(self, client: mqtt.Client, message: mqtt.MQTTMessage, verdict: Verdict) -> None:
@@ -604,9 +620,11 @@ class MqttPublisher:
         response_topic = getattr(properties, "ResponseTopic", None)
         correlation = getattr(properties, "CorrelationData", None)
         if response_topic is None:
-            log.info("command on %s asked for no answer (no response topic)", message.topic)
+            log.debug("command on %s asked for no answer (no response topic)", shown(message.topic))
             return
         if self._topics.answer_reader(str(response_topic)) is None:
+            if not verdict.applied:
+                return  # its refusal is logged (rate-limited); a junk response topic adds nothing
             log.warning(
                 "command on %s asked for its answer on %r, not one of this unit's answer topics: no answer",
                 message.topic,
@@ -614,7 +632,8 @@ class MqttPublisher:
             )
             return
         if correlation is not None and len(correlation) > MAX_CORRELATION_BYTES:
-            log.warning("command on %s: correlation data too long: no answer", message.topic)
+            if verdict.applied:
+                log.warning("command on %s: correlation data too long: no answer", message.topic)
             return
         answer = build_answer(
             unit=self._unit,

@@ -72,6 +72,7 @@ class Refusal(StrEnum):
     REPLAYED = "replayed"  # its request id has acted before
     UNSUPPORTED = "unsupported"  # this unit has no handler for it
     NOT_ENROLLED = "not_enrolled"  # a claim for a subject the unit does not know
+    CLOCK_UNSYNCHRONISED = "clock_not_synchronised"  # the unit cannot tell a fresh command from a recording
     FAILED = "failed"  # the handler refused it for another reason
 
 
@@ -351,13 +352,23 @@ class HealthParts:
     mqtt: Mapping[str, Any]
     commands: Mapping[str, int]
     alarms: Sequence[str]
+    clock_synchronised: bool | None = None  # None: not checked (mqtt.clock_check = "off")
 
 
-def build_health(parts: HealthParts, pipeline: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+# Pipeline health fields that say someone is at the door right now. Health is retained, so the broker
+# hands the latest copy to every consumer certificate that subscribes, at any time: presence stays out
+# unless the unit's config asks for it (``mqtt.health_presence``).
+PRESENCE_FIELDS = frozenset({"active_tracks", "claim_pending"})
+
+
+def build_health(
+    parts: HealthParts, pipeline: Mapping[str, Any] | None, *, presence: bool = False
+) -> tuple[dict[str, Any], list[str]]:
     """The health payload and the problems found in the pipeline's part.
 
     A pipeline report that does not fit the schema is left out (and named in the alarms) rather than
     blocking health altogether: the outbox and connection state matter most when something is wrong.
+    ``presence`` keeps the ``PRESENCE_FIELDS`` of the pipeline's report; by default they are dropped.
     """
     problems: list[str] = []
     health: dict[str, Any] = {
@@ -370,10 +381,13 @@ def build_health(parts: HealthParts, pipeline: Mapping[str, Any] | None) -> tupl
         "commands": dict(parts.commands),
         "alarms": list(parts.alarms),
     }
+    if parts.clock_synchronised is not None:
+        health["clock_synchronised"] = parts.clock_synchronised
     if pipeline:
         raw_alarms = pipeline.get("alarms", ())
         extra_alarms = [str(alarm) for alarm in raw_alarms] if isinstance(raw_alarms, list | tuple) else []
-        report = {key: value for key, value in pipeline.items() if key != "alarms"}
+        left_out = {"alarms"} if presence else {"alarms", *PRESENCE_FIELDS}
+        report = {key: value for key, value in pipeline.items() if key not in left_out}
         candidate = {**health, "pipeline": report, "alarms": [*health["alarms"], *extra_alarms][:16]}
         try:
             validate("health", candidate)

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -173,18 +174,59 @@ def read_key_file(path: Path, section: str) -> dict[str, str]:
     return {str(name): key for name, key in entries.items()}
 
 
+def check_trust_file(path: Path, what: str) -> None:
+    """A file that says whom to trust may be read by anyone (public keys) but changed only by its owner,
+    who must be this user or root: anyone else who can write it can make themselves a trusted commander.
+    ``PayloadError`` when that does not hold."""
+    try:
+        info = path.stat()
+    except OSError as error:
+        raise PayloadError(f"{what} {path}: {error.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise PayloadError(f"{what} {path} is not a regular file")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022:
+        raise PayloadError(
+            f"{what} {path} has mode {mode:04o}: group/others may change whom the unit trusts; "
+            f"refusing it (chmod 644 {path})"
+        )
+    if info.st_uid not in {os.geteuid(), 0}:
+        raise PayloadError(
+            f"{what} {path} belongs to user {info.st_uid}, neither this user ({os.geteuid()}) nor root; "
+            "refusing it (chown it to root or the service user)"
+        )
+
+
 def registry_text(keys: Mapping[str, str], section: str = UNITS) -> str:
     return json.dumps({section: dict(sorted(keys.items()))}, indent=2) + "\n"
 
 
-def register_key(path: Path, name: str, public_text: str, section: str = UNITS) -> None:
-    """Adds one public key to a key file (made if missing); another key under the same name is refused."""
+def register_key(
+    path: Path, name: str, public_text: str, section: str = UNITS, *, rotate: bool = False
+) -> str:
+    """Adds one public key to a key file (made if missing), keeping every other entry; says
+    ``registered``, ``unchanged`` or ``rotated``. Another key under the same name is refused unless
+    ``rotate``: a unit whose key changed unannounced may be a swapped unit, not a regenerated one."""
     what = KEY_FILE_NAMES[section]
+    try:
+        Ed25519PublicKey.from_public_bytes(_unb64(public_text))
+    except (ValueError, binascii.Error) as error:
+        raise PayloadError(
+            f"{what} {path}: the key given for {name!r} is not an Ed25519 public key: {error}"
+        ) from None
     keys = read_key_file(path, section) if path.exists() else {}
-    if keys.get(name, public_text) != public_text:
-        raise PayloadError(f"{what} {path} already holds another key for {name!r}")
+    known = keys.get(name)
+    if known == public_text:
+        return "unchanged"
+    if known is not None and not rotate:
+        raise PayloadError(
+            f"{what} {path} already holds another key for {name!r}: if that key was regenerated on "
+            "purpose, register the new one with --rotate (the fleet playbook: -e rotate_event_key=true "
+            "--limit the unit)"
+        )
     keys[name] = public_text
     write_atomically(path, registry_text(keys, section).encode(), mode=0o644)
+    return "registered" if known is None else "rotated"
 
 
 @dataclass
@@ -294,7 +336,10 @@ class CommandVerifier:
     @classmethod
     def from_config(cls, path: Path | None) -> CommandVerifier:
         """No file configured: no commander is trusted and every command is refused."""
-        return cls({} if path is None else load_registry(path, COMMANDERS))
+        if path is None:
+            return cls({})
+        check_trust_file(path, KEY_FILE_NAMES[COMMANDERS])
+        return cls(load_registry(path, COMMANDERS))
 
     def verify(self, payload: Mapping[str, Any]) -> None:
         commander = str(payload.get("commander"))

@@ -35,7 +35,7 @@ from device.atomicio import (
     read_unit_file,
     write_atomically,
 )
-from device.errors import UserError
+from device.errors import UserError, require_plain
 from device.identity.masterkey import MasterKey
 from device.layout import StateLayout
 
@@ -141,6 +141,8 @@ def _check_details(details: Mapping[str, Scalar]) -> None:
             raise AuditError(f"audit detail {key!r} must be a scalar, got {type(value).__name__}")
         if isinstance(value, str) and len(value) > MAX_DETAIL_CHARS:
             raise AuditError(f"audit detail {key!r} is longer than {MAX_DETAIL_CHARS} characters")
+        if isinstance(value, str):
+            require_plain(value, f"audit detail {key!r}")
 
 
 def utc_now_text() -> str:
@@ -216,6 +218,7 @@ class AuditLog:
             raise AuditError(f"unknown audit event {event!r}")
         details = dict(details or {})
         _check_details(details)
+        require_plain(actor, "the operator")
         with exclusive_lock(self.lock_path):
             problem = self.head_problem()
             if problem is not None:

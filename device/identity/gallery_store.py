@@ -34,6 +34,7 @@ from device.atomicio import (
     write_atomically,
 )
 from device.config import MAX_ENROLMENT_DAYS, UnitConfig
+from device.errors import require_plain
 from device.identity.audit import AuditAnchor, AuditLog, Scalar, record_config_change
 from device.identity.backup import (
     MAX_BACKUP_BYTES,
@@ -247,6 +248,10 @@ class GalleryStore:
     def enrol(self, request: EnrolRequest) -> SubjectInfo:
         if not request.consent_reference.strip():
             raise GalleryError("enrolment needs a consent reference (the signed form)")
+        require_plain(request.consent_reference, "the consent reference")
+        require_plain(request.operator, "the operator")
+        if request.name is not None:
+            require_plain(request.name, "the name")
         templates = normalise_templates(request.templates)[: self.max_templates]
         now = utc_now()
         today = now.date()

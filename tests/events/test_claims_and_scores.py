@@ -71,7 +71,7 @@ def test_a_claim_queued_while_the_unit_was_offline_does_not_apply_on_reconnect(
     finally:
         commander.close()
     assert claims.peek() is None
-    assert counts == {"accepted": 1, "rejected": 2}
+    assert counts == {"accepted": 1, "rejected": 2, "rejected_unlogged": 0}
 
 
 def decision(kind: DecisionType, reasons: tuple[str, ...]) -> Decision:

@@ -134,7 +134,7 @@ def test_over_a_real_broker_only_the_trusted_fresh_first_claim_applies(
         attacker.close()
         publisher.close()
     assert applied == ["s-good"]
-    assert counts == {"accepted": 1, "rejected": 6}
+    assert counts == {"accepted": 1, "rejected": 6, "rejected_unlogged": 0}
 
 
 def unit_key_registry(config: UnitConfig, directory: Path) -> Path:

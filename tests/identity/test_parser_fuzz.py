@@ -1,4 +1,4 @@
-"""Hypothesis fuzz targets for every parser of files an attacker can hand the unit (issue 14).
+"""Hypothesis fuzz targets for every parser of files an attacker can hand the unit (issues 14, 25).
 
 The property is the same for all: whatever bytes are in the file, the parser returns a value or raises
 its own error type with a message; nothing else escapes (no RecursionError, KeyError, UnicodeError...).
@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 
 from device.atomicio import InputFileError, read_capped
 from device.config import ConfigError, load_config, parse_config
-from device.consumers.door import DoorPolicy
+from device.consumers.door import DoorAudit, DoorPolicy
+from device.errors import UnsafeTextError, require_plain, shown, unsafe_characters
 from device.events.payloads import PayloadError
-from device.events.signing import COMMANDERS, UNITS, load_registry
+from device.events.signing import COMMANDERS, UNITS, CommandVerifier, load_registry, registry_text
 from device.identity.audit import AuditError, AuditLog
 from device.identity.backup import BackupError, open_backup
 from device.identity.gallery_file import GallerySealer
@@ -218,3 +219,50 @@ def test_the_defaults_file_parses_as_the_fuzzed_loader_expects() -> None:
     assert tomllib.loads(text)
     tmp = repo / "firmware_config" / "unit.defaults.toml"
     assert load_config(tmp).unit.id
+
+
+# --- issue 25: typed text, the trusted commanders file, the door's seq record ------------------------------
+@FUZZ
+@given(text=st.text(max_size=200))
+def test_typed_text_is_refused_exactly_when_unsafe_and_always_shown_on_one_line(text: str) -> None:
+    unsafe = unsafe_characters(text)
+    try:
+        require_plain(text, "fuzz")
+    except UnsafeTextError:
+        assert unsafe
+    else:
+        assert not unsafe
+    escaped = shown(text)
+    assert unsafe_characters(escaped) == [] and len(escaped.splitlines()) <= 1
+    assert escaped == text or unsafe
+
+
+@FUZZ
+@given(
+    data=st.one_of(
+        mutations(registry_text({"door-1": "A" * 43, "keypad": "B" * 43}, COMMANDERS).encode()),
+        st.integers(1, 100_000).map(lambda depth: b'{"commanders": ' + b"[" * depth + b"]" * depth + b"}"),
+    )
+)
+def test_the_trusted_commanders_file_parser_only_raises_its_own_error(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes
+) -> None:
+    path = tmp_path_factory.mktemp("trust") / "commanders.json"
+    path.write_bytes(data)
+    with contextlib.suppress(PayloadError):
+        CommandVerifier.from_config(path)
+
+
+@FUZZ
+@given(
+    data=st.one_of(
+        mutations(b'{"action": "open", "event_id": "e", "seq": 7, "unit": "lobby-1"}\n' * 3),
+        st.integers(1, 100_000).map(lambda depth: b"[" * depth + b"]" * depth + b"\n"),
+    )
+)
+def test_the_doors_seq_record_reader_never_raises(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes
+) -> None:
+    audit = DoorAudit(tmp_path_factory.mktemp("door") / "door-audit.jsonl")
+    audit.path.write_bytes(data)
+    assert all(isinstance(seq, int) for seq in audit.last_seqs().values())
