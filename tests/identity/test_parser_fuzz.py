@@ -249,7 +249,7 @@ def test_the_trusted_commanders_file_parser_only_raises_its_own_error(
 ) -> None:
     path = tmp_path_factory.mktemp("trust") / "commanders.json"
     path.write_bytes(data)
-    with contextlib.suppress(PayloadError):
+    with contextlib.suppress(PayloadError, InputFileError):  # InputFileError: nested too deep, exit 2
         CommandVerifier.from_config(path)
 
 
