@@ -13,7 +13,9 @@ issuing its certificate, rendering again and reloading the broker (SIGHUP); the 
 With Home Assistant discovery it may also write `homeassistant/<component>/U/<object>/config`
 (HA's optional node_id level is the unit id). Units do not read HA's birth message: discovery configs
 are retained, so a restarted Home Assistant finds them without a re-announcement.
-A consumer reads every unit's events, status and health and may write any unit's cmd topics.
+A consumer reads every unit's events, status and health and may write any unit's cmd topics; it reads
+and writes its own access probe `<prefix>/consumers/C/probe`, writes its own retained status
+`<prefix>/consumers/C/status` (the door's online/offline) and reads the other consumers' status.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "mosquitto.conf.in"
 TOPIC_PREFIX_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-/")
 HA_PREFIX = "homeassistant"
+CONSUMERS_LEVEL = "consumers"
 
 
 class RenderError(Exception):
@@ -76,6 +79,12 @@ def _check_prefix(prefix: str) -> str:
     if not prefix or any(not part for part in parts) or set(prefix) - TOPIC_PREFIX_CHARS:
         raise RenderError(f"topic prefix {prefix!r}: use letters, digits, '_', '-' and '/' between levels")
     return prefix
+
+
+def consumer_topic(prefix: str, identity: str, leaf: str) -> str:
+    """``<prefix>/consumers/<identity>/<leaf>``: a consumer's own topics (``probe``, ``status``).
+    Four levels, so none of the units' ``<prefix>/+/<leaf>`` rules reaches them."""
+    return f"{prefix}/{CONSUMERS_LEVEL}/{identity}/{leaf}"
 
 
 def render_acl(
@@ -123,6 +132,12 @@ def render_acl(
             f"topic read {prefix}/+/status",
             f"topic read {prefix}/+/health",
             f"topic write {prefix}/+/cmd/#",
+            # Its own corner, written by no one else: the access probe a consumer sends itself to
+            # prove the broker delivers to it (Mosquitto grants every SUBSCRIBE and filters delivery),
+            # and its retained status (a door's online/offline with its last will).
+            f"topic readwrite {consumer_topic(prefix, consumer, 'probe')}",
+            f"topic write {consumer_topic(prefix, consumer, 'status')}",
+            f"topic read {consumer_topic(prefix, '+', 'status')}",
         ]
         if ha_discovery:
             lines += [f"topic read {HA_PREFIX}/#", f"topic write {HA_PREFIX}/status"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
+from device.cli import EXIT_FAILURE, EXIT_USAGE, CommandRegistry, config_from_args
 from device.commands._broker_cli import (
     add_broker_options,
     add_share_option,
@@ -72,7 +72,6 @@ def run_door(args: argparse.Namespace, *, pin_factory: object = None) -> int:
         print_cannot_connect(settings, error)
         return EXIT_FAILURE
     try:
-        listen(consumer, stop, args.timeout, subscribe_wait_s=30.0, label="door listening on")
+        return listen(consumer, stop, args.timeout, label="door listening on")
     finally:
         door.close()
-    return EXIT_OK

@@ -150,6 +150,9 @@ def test_the_acl_confines_each_unit_to_its_own_topics() -> None:
         "topic read site/entrance/+/status",
         "topic read site/entrance/+/health",
         "topic write site/entrance/+/cmd/#",
+        "topic readwrite site/entrance/consumers/backend/probe",
+        "topic write site/entrance/consumers/backend/status",
+        "topic read site/entrance/consumers/+/status",
     ]
     assert "homeassistant" not in acl
     with_ha = render_acl("entrance", ("backend",), ha_discovery=True, units=("lobby-1",))
