@@ -95,11 +95,13 @@ def listen(
     *,
     label: str,
     ready_wait_s: float = READY_WAIT_S,
+    on_listening: Callable[[], None] | None = None,
     while_listening: Callable[[], None] | None = None,
 ) -> int:
     """Waits (at most ``ready_wait_s``) until the broker confirmed the subscription, says ``<label>
-    <topic filter>`` on stderr, then runs until ``until`` is set, ``timeout_s`` has passed (0: no limit)
-    or Ctrl-C, calling ``while_listening`` about every ``POLL_S``; stops the consumer after.
+    <topic filter>`` on stderr and calls ``on_listening``, then runs until ``until`` is set,
+    ``timeout_s`` has passed (0: no limit) or Ctrl-C, calling ``while_listening`` about every
+    ``POLL_S`` (connected or not); stops the consumer after.
 
     EXIT_OK then; EXIT_FAILURE after one ``error:`` line when the consumer cannot listen (the broker
     refused it, hung up before the subscription was confirmed, never confirmed it, or refused it later)."""
@@ -116,6 +118,8 @@ def listen(
             _say_error(consumer.failure)
             return EXIT_FAILURE
         print(f"{label} {consumer.topic_filter}", file=sys.stderr, flush=True)
+        if on_listening is not None:
+            on_listening()
         while not until.wait(POLL_S):
             if consumer.failure is not None:
                 _say_error(consumer.failure)

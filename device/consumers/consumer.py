@@ -57,6 +57,9 @@ class ConsumerSettings:
     # MQTT v5 shared subscription (``$share/<group>/<filter>``): the broker hands each event to one
     # member of the group, so several instances split the load and the others carry on when one dies.
     share_group: str = ""
+    # A service (the door) announces itself: ``online`` retained on its status topic once it listens,
+    # ``offline`` on a clean stop and as its last will when it dies or loses the broker.
+    announce_status: bool = False
 
 
 @dataclass
@@ -132,6 +135,11 @@ def probe_topic(settings: ConsumerSettings, identity: str) -> str | None:
     return consumer_topic(settings.prefix, identity, "probe")
 
 
+STATUS_ONLINE = b"online"
+STATUS_OFFLINE = b"offline"
+STATUS_STOP_WAIT_S = 2.0
+
+
 def tls_context(settings: ConsumerSettings) -> ssl.SSLContext:
     """The project's one client context (``events.tls``): the same checks as the unit's publisher."""
     return client_tls_context(settings.ca_file, settings.cert_file, settings.key_file)
@@ -161,6 +169,11 @@ class EventConsumer:
         self._settled = threading.Event()
         self.identity = certificate_common_name(settings.cert_file)
         self.probe_topic = probe_topic(settings, self.identity)
+        self.status_topic = (
+            consumer_topic(settings.prefix, self.identity, "status")
+            if settings.announce_status and self.probe_topic is not None
+            else None
+        )
         self._on_event = on_event
         self._on_invalid = on_invalid
         self._on_connection = on_connection
@@ -174,6 +187,7 @@ class EventConsumer:
         self._subscription_mids: dict[int, str] = {}
         self._probe_mid: int | None = None
         self._probe_nonce = b""
+        self._status_mid: int | None = None
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
@@ -181,6 +195,9 @@ class EventConsumer:
         )
         self._client.tls_set_context(tls_context(settings))
         self._client.reconnect_delay_set(1, 4)
+        if self.status_topic is not None:
+            # Sent by the broker when this consumer dies or drops off (keepalive), not on a clean stop.
+            self._client.will_set(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
         self._client.on_connect = self._guarded(self._connected)
         self._client.on_disconnect = self._guarded(self._disconnected)
         self._client.on_subscribe = self._guarded(self._subscribed)
@@ -236,6 +253,13 @@ class EventConsumer:
     def stop(self) -> None:
         self._stopping = True
         self.subscribed.clear()
+        if self.status_topic is not None and self._online:
+            # A clean DISCONNECT discards the will, so the service says ``offline`` itself.
+            info = self._client.publish(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
+            try:
+                info.wait_for_publish(STATUS_STOP_WAIT_S)
+            except (RuntimeError, ValueError) as error:
+                log.warning("could not publish offline on %s: %s", self.status_topic, error)
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -254,6 +278,10 @@ class EventConsumer:
                 self._tell(f"reconnected to {self.where}; listening again on {self.topic_filter}")
             self.subscribed.set()
             self._settled.set()
+            if self.status_topic is not None:
+                self._status_mid = self._client.publish(
+                    self.status_topic, STATUS_ONLINE, qos=1, retain=True
+                ).mid
 
     def _connected(
         self,
@@ -330,7 +358,15 @@ class EventConsumer:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if mid != self._probe_mid or not reason_code.is_failure:
+        if not reason_code.is_failure:
+            return
+        if mid == self._status_mid:
+            self._fail(
+                f"the broker at {self.where} refused {self._identity_text()} its status topic "
+                f"{self.status_topic} ({reason_code}); render the broker ACL again (deploy/broker/render.py)"
+            )
+            return
+        if mid != self._probe_mid:
             return
         self._fail(
             f"the broker at {self.where} does not let {self._identity_text()} act as a consumer: its access "

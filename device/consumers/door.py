@@ -124,6 +124,8 @@ class Door:
     audit: DoorAudit
     local_hour: Callable[[], int] = lambda: dt.datetime.now().hour
     sleep: Callable[[float], None] = time.sleep
+    # One line per decision for whoever runs the door (the audit file keeps the full record).
+    report: Callable[[str], None] = lambda _line: None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -133,10 +135,13 @@ class Door:
         """A verified event: open if the policy allows, record either way."""
         why_not = judge(self.policy, event, self.local_hour())
         entry = {"unit": event.get("unit"), "seq": event.get("seq"), "event_id": event.get("event_id")}
+        visit = f"{event.get('unit')} #{event.get('seq')} {event.get('type')}"
         if why_not is not None:
             self.audit.record({**entry, "action": "stay_shut", "why": why_not})
+            self.report(f"{visit}: kept shut ({why_not})")
             return
         self.audit.record({**entry, "action": "open", "subject": event.get("subject")})
+        self.report(f"{visit}: opened for {event.get('subject')}")
         self.pulse()
 
     def on_rejected(self, topic: str, problem: str) -> None:
