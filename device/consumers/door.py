@@ -18,12 +18,15 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from device.errors import EXIT_USAGE, UserError
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +79,37 @@ class Relay(Protocol):
     def close(self) -> None: ...
 
 
-def gpio_relay(pin: int, pin_factory: Any = None) -> Relay:
-    """A gpiozero output, off at start and when closed (fail-secure: a dead process leaves it shut)."""
-    from gpiozero import DigitalOutputDevice
+MOCK_PINS_HINT = "for a trial without a relay set GPIOZERO_PIN_FACTORY=mock"
 
-    device: Relay = DigitalOutputDevice(pin, active_high=True, initial_value=False, pin_factory=pin_factory)
+
+class RelayError(UserError):
+    """The relay's GPIO pin cannot be driven here (no pin factory, a pin in use or unknown)."""
+
+    exit_code = EXIT_USAGE  # the machine or the pin number must change: a restart cannot help
+
+
+def gpio_relay(pin: int, pin_factory: Any = None) -> Relay:
+    """A gpiozero output, off at start and when closed (fail-secure: a dead process leaves it shut).
+
+    Off a Raspberry Pi (or without lgpio) gpiozero tries each pin factory, warns once per failure and
+    ends in ``BadPinFactory``: that becomes one ``RelayError`` line naming the mock pin factory."""
+    from gpiozero import DigitalOutputDevice
+    from gpiozero.exc import BadPinFactory, GPIOZeroError, PinFactoryFallback
+
+    with warnings.catch_warnings(record=True) as fallbacks:
+        warnings.simplefilter("always", PinFactoryFallback)
+        try:
+            device: Relay = DigitalOutputDevice(
+                pin, active_high=True, initial_value=False, pin_factory=pin_factory
+            )
+        except BadPinFactory as error:
+            tried = "; ".join(str(w.message) for w in fallbacks if issubclass(w.category, PinFactoryFallback))
+            raise RelayError(
+                f"no GPIO pin factory works on this machine ({tried or error}); on a Raspberry Pi install "
+                f"lgpio (apt install python3-lgpio); {MOCK_PINS_HINT}"
+            ) from None
+        except GPIOZeroError as error:
+            raise RelayError(f"the relay on GPIO {pin}: {error}") from None
     return device
 
 

@@ -202,3 +202,32 @@ def test_the_watchdog_is_fed_only_while_the_subscription_is_alive(
         notify.close()
     assert result == [0], stderr.lines
     assert notify.messages[-1][1].startswith("STOPPING=1")
+
+
+def on_a_raspberry_pi() -> bool:
+    model = Path("/proc/device-tree/model")
+    return model.exists() and "Raspberry Pi" in model.read_text(errors="replace")
+
+
+@pytest.mark.skipif(on_a_raspberry_pi(), reason="a Pi has a working pin factory")
+def test_off_a_pi_the_door_says_in_one_line_how_to_try_it_with_mock_pins(tmp_path: Path) -> None:
+    # No broker is needed: the relay is opened before the door connects.
+    argv = door_argv_offline(tmp_path)
+    env = {key: value for key, value in os.environ.items() if key != "GPIOZERO_PIN_FACTORY"}
+    result = subprocess.run([DEVICE, *argv], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # no traceback, no four fallback warnings
+    assert lines[0].startswith("error: no GPIO pin factory works on this machine")
+    assert "GPIOZERO_PIN_FACTORY=mock" in lines[0]
+
+
+def door_argv_offline(tmp_path: Path) -> list[str]:
+    key = EventKey.load_or_create(tmp_path / "unit.key")
+    registry = tmp_path / "keys.json"
+    registry.write_text(registry_text({"unit-x": key.public_text}))
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not used: the relay fails first\n")
+    return ["door", "--unit", "unit-x", "--relay-gpio", "17", "--keys", str(registry),
+            "--audit", str(tmp_path / "audit.jsonl"), "--host", "localhost", "--port", "1",
+            "--ca", str(ca), "--cert", str(tmp_path / "c.crt"), "--key", str(tmp_path / "c.key")]  # fmt: skip
