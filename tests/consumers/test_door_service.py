@@ -64,6 +64,7 @@ def mock_pins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
 
 
+@pytest.mark.slow
 def test_the_door_says_online_while_it_listens_and_offline_when_it_stops(
     mosquitto_broker: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], watcher: Probe, mock_pins: None
 ) -> None:
@@ -209,6 +210,7 @@ def on_a_raspberry_pi() -> bool:
     return model.exists() and "Raspberry Pi" in model.read_text(errors="replace")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(on_a_raspberry_pi(), reason="a Pi has a working pin factory")
 def test_off_a_pi_the_door_says_in_one_line_how_to_try_it_with_mock_pins(tmp_path: Path) -> None:
     # No broker is needed: the relay is opened before the door connects.
