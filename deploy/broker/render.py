@@ -104,6 +104,9 @@ def render_acl(
     both = sorted(set(units) & set(consumers))
     if both:
         raise RenderError(f"identities cannot be both unit and consumer: {', '.join(both)}")
+    if CONSUMERS_LEVEL in units:
+        # A unit of that name would own <prefix>/consumers/cmd/# and the like: the consumers' corner.
+        raise RenderError(f"a unit cannot be called {CONSUMERS_LEVEL!r}: that topic level is the consumers'")
     lines = [
         "# Rendered by deploy/broker/render.py.",
         "# A user is the client's certificate CN (use_identity_as_username).",

@@ -173,6 +173,12 @@ def test_an_identity_cannot_be_both_unit_and_consumer_in_the_acl() -> None:
         render_acl("entrance", ("lobby-1",), ha_discovery=False, units=("lobby-1",))
 
 
+def test_no_unit_may_take_the_name_of_the_consumers_corner() -> None:
+    # A unit called "consumers" would read <prefix>/consumers/cmd/#: consumer "cmd"'s probe topic.
+    with pytest.raises(RenderError, match="consumers"):
+        render_acl("entrance", ("cmd",), ha_discovery=False, units=("consumers",))
+
+
 def test_units_in_the_acl_come_from_the_pki_index_without_revoked_ones(pki: Pki, tmp_path: Path) -> None:
     pki.issue_client("lobby-1", "unit")
     pki.issue_client("lobby-2", "unit")
