@@ -15,7 +15,9 @@ With Home Assistant discovery it may also write `homeassistant/<component>/U/<ob
 (HA's optional node_id level is the unit id). Units do not read HA's birth message: discovery configs
 are retained, so a restarted Home Assistant finds them without a re-announcement.
 A consumer reads every unit's events, status and health, may write any unit's cmd topics and reads
-the answers addressed to it (`<prefix>/+/answers/<itself>`), nobody else's.
+the answers addressed to it (`<prefix>/+/answers/<itself>`), nobody else's; it reads and writes its own
+access probe `<prefix>/consumers/C/probe`, writes its own retained status `<prefix>/consumers/C/status`
+(the door's online/offline) and reads the other consumers' status.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "mosquitto.conf.in"
 TOPIC_PREFIX_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-/")
 HA_PREFIX = "homeassistant"
+CONSUMERS_LEVEL = "consumers"
 
 
 class RenderError(Exception):
@@ -80,6 +83,12 @@ def _check_prefix(prefix: str) -> str:
     return prefix
 
 
+def consumer_topic(prefix: str, identity: str, leaf: str) -> str:
+    """``<prefix>/consumers/<identity>/<leaf>``: a consumer's own topics (``probe``, ``status``).
+    Four levels, so none of the units' ``<prefix>/+/<leaf>`` rules reaches them."""
+    return f"{prefix}/{CONSUMERS_LEVEL}/{identity}/{leaf}"
+
+
 def render_acl(
     prefix: str, consumers: tuple[str, ...], ha_discovery: bool, units: tuple[str, ...] = ()
 ) -> str:
@@ -97,6 +106,9 @@ def render_acl(
     both = sorted(set(units) & set(consumers))
     if both:
         raise RenderError(f"identities cannot be both unit and consumer: {', '.join(both)}")
+    if CONSUMERS_LEVEL in units:
+        # A unit of that name would own <prefix>/consumers/cmd/# and the like: the consumers' corner.
+        raise RenderError(f"a unit cannot be called {CONSUMERS_LEVEL!r}: that topic level is the consumers'")
     lines = [
         "# Rendered by deploy/broker/render.py.",
         "# A user is the client's certificate CN (use_identity_as_username).",
@@ -129,6 +141,12 @@ def render_acl(
             f"topic write {prefix}/+/cmd/#",
             # Its own answers only: another consumer's answers say what that one commanded.
             f"topic read {prefix}/+/answers/{consumer}",
+            # Its own corner, written by no one else: the access probe a consumer sends itself to
+            # prove the broker delivers to it (Mosquitto grants every SUBSCRIBE and filters delivery),
+            # and its retained status (a door's online/offline with its last will).
+            f"topic readwrite {consumer_topic(prefix, consumer, 'probe')}",
+            f"topic write {consumer_topic(prefix, consumer, 'status')}",
+            f"topic read {consumer_topic(prefix, '+', 'status')}",
         ]
         if ha_discovery:
             lines += [f"topic read {HA_PREFIX}/#", f"topic write {HA_PREFIX}/status"]

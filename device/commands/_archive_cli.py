@@ -142,13 +142,13 @@ def run_archive(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(f"archiving to {_shown(args.db)}, keeping {args.keep_days:g} days", file=sys.stderr, flush=True)
     try:
-        listen(consumer, threading.Event(), args.timeout, subscribe_wait_s=30.0, label="archive listening on")
+        listened = listen(consumer, threading.Event(), args.timeout, label="archive listening on")
     finally:
         sweeper.stop()
         archive.close()
     with lock:
         print(json.dumps({**counts, "swept": sweeper.swept}), flush=True)
-    return EXIT_OK
+    return listened
 
 
 def _shown(target: str) -> str:

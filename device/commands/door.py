@@ -4,7 +4,13 @@ door consumer.
 Subscribes to one unit's events with a consumer certificate, verifies each (signature against the key
 registry, unit, freshness, ``seq`` order), applies the policy (``device.consumers.door``) and pulses the
 relay through gpiozero. Fail-secure: the relay is off at start, after each pulse and on exit. Keeps its
-own audit (JSON lines) of every open, every refusal and every rejected payload.
+own audit (JSON lines) of every open, every refusal and every rejected payload, and prints one line per
+decision (opened / kept shut and why).
+
+A service (deploy/systemd/entrance-camera-door.service): it announces ``online`` (retained) on
+``<prefix>/consumers/<its certificate's CN>/status`` once it listens, ``offline`` on a clean stop and
+as its last will; under systemd it reports READY=1 once subscribed and feeds the watchdog only while
+the subscription is confirmed, so a door that lost its broker for longer than WatchdogSec is restarted.
 """
 
 from __future__ import annotations
@@ -13,13 +19,13 @@ import argparse
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from device.atomicio import create_exclusively
-from device.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandRegistry, config_from_args
+from device.cli import EXIT_FAILURE, EXIT_USAGE, CommandRegistry, config_from_args
 from device.commands._broker_cli import (
     add_broker_options,
     add_share_option,
@@ -33,6 +39,7 @@ from device.consumers.door import Door, DoorAudit, DoorPolicy, gpio_relay
 from device.errors import UserError
 from device.events.payloads import PayloadError
 from device.events.signing import DEFAULT_MAX_AGE_S, EventVerifier, load_registry
+from device.runtime.sdnotify import Notifier, SystemdNotifier
 
 
 def register(commands: CommandRegistry) -> None:
@@ -99,7 +106,10 @@ def open_seq_record(path: Path, *, start_fresh: bool) -> DoorAudit:
     return DoorAudit(path)
 
 
-def run_door(args: argparse.Namespace, *, pin_factory: object = None) -> int:
+def run_door(
+    args: argparse.Namespace, *, pin_factory: object = None, notifier: Notifier | None = None
+) -> int:
+    """``notifier``: the service manager (default: systemd's, from the environment; silent outside it)."""
     config = config_from_args(args)
     ca_file = required_ca_file(args, config)
     if ca_file is None:
@@ -113,14 +123,16 @@ def run_door(args: argparse.Namespace, *, pin_factory: object = None) -> int:
     audit_path = args.audit if args.audit is not None else default_audit_path(os.environ)
     audit = open_seq_record(audit_path, start_fresh=getattr(args, "start_fresh", False))
     verifier.remember(audit.last_seqs())
-    door = Door(policy, gpio_relay(args.relay_gpio, pin_factory), audit)
-    settings = consumer_settings(args, config, ca_file, unit=args.unit, share_group=args.share)
+    door = Door(policy, gpio_relay(args.relay_gpio, pin_factory), audit, report=_say)
+    settings = consumer_settings(
+        args, config, ca_file, unit=args.unit, share_group=args.share, announce_status=True
+    )
     stop = threading.Event()
     try:
         consumer = EventConsumer(
             settings,
             door.on_event,
-            on_invalid=door.on_rejected,
+            on_invalid=_rejected(door),
             on_connection=lambda what: print(what, file=sys.stderr, flush=True),
             verifier=verifier,
         ).start()
@@ -128,8 +140,36 @@ def run_door(args: argparse.Namespace, *, pin_factory: object = None) -> int:
         door.close()
         print_cannot_connect(settings, error)
         return EXIT_FAILURE
+    manager = notifier if notifier is not None else SystemdNotifier.from_environment()
+    # The watchdog is fed only while the broker has confirmed the subscription: a door that cannot hear
+    # its unit is not alive, however well its process runs.
+    manager.watch("door subscription", consumer.subscribed.is_set)
     try:
-        listen(consumer, stop, args.timeout, subscribe_wait_s=30.0, label="door listening on")
+        return listen(
+            consumer,
+            stop,
+            args.timeout,
+            label="door listening on",
+            on_listening=lambda: _ready(manager, consumer),
+            while_listening=manager,
+        )
     finally:
+        manager.stopping("door stopping")
         door.close()
-    return EXIT_OK
+
+
+def _ready(manager: Notifier, consumer: EventConsumer) -> None:
+    manager.ready(f"listening on {consumer.topic_filter}")
+
+
+def _say(line: str) -> None:
+    # ascii(): text from an event (a subject id, a type) never reaches the terminal raw.
+    print(ascii(line)[1:-1], flush=True)
+
+
+def _rejected(door: Door) -> Callable[[str, str], None]:
+    def rejected(topic: str, problem: str) -> None:
+        door.on_rejected(topic, problem)
+        print(f"rejected on {ascii(topic)[1:-1]}: {ascii(problem)[1:-1]}", file=sys.stderr, flush=True)
+
+    return rejected

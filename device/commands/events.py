@@ -170,5 +170,6 @@ def tail_events(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print_cannot_connect(settings, error)
         return EXIT_FAILURE
-    listen(consumer, done, args.timeout, subscribe_wait_s=args.timeout or 30.0, label="listening on")
+    if listen(consumer, done, args.timeout, label="listening on") != EXIT_OK:
+        return EXIT_FAILURE
     return EXIT_OK if not args.count or printed >= args.count else EXIT_FAILURE

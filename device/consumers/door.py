@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from device.atomicio import open_unit_file, parse_json, read_capped, read_unit_file
+from device.errors import EXIT_USAGE, UserError
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +83,37 @@ class Relay(Protocol):
     def close(self) -> None: ...
 
 
-def gpio_relay(pin: int, pin_factory: Any = None) -> Relay:
-    """A gpiozero output, off at start and when closed (fail-secure: a dead process leaves it shut)."""
-    from gpiozero import DigitalOutputDevice
+MOCK_PINS_HINT = "for a trial without a relay set GPIOZERO_PIN_FACTORY=mock"
 
-    device: Relay = DigitalOutputDevice(pin, active_high=True, initial_value=False, pin_factory=pin_factory)
+
+class RelayError(UserError):
+    """The relay's GPIO pin cannot be driven here (no pin factory, a pin in use or unknown)."""
+
+    exit_code = EXIT_USAGE  # the machine or the pin number must change: a restart cannot help
+
+
+def gpio_relay(pin: int, pin_factory: Any = None) -> Relay:
+    """A gpiozero output, off at start and when closed (fail-secure: a dead process leaves it shut).
+
+    Off a Raspberry Pi (or without lgpio) gpiozero tries each pin factory, warns once per failure and
+    ends in ``BadPinFactory``: that becomes one ``RelayError`` line naming the mock pin factory."""
+    from gpiozero import DigitalOutputDevice
+    from gpiozero.exc import BadPinFactory, GPIOZeroError, PinFactoryFallback
+
+    with warnings.catch_warnings(record=True) as fallbacks:
+        warnings.simplefilter("always", PinFactoryFallback)
+        try:
+            device: Relay = DigitalOutputDevice(
+                pin, active_high=True, initial_value=False, pin_factory=pin_factory
+            )
+        except BadPinFactory as error:
+            tried = "; ".join(str(w.message) for w in fallbacks if issubclass(w.category, PinFactoryFallback))
+            raise RelayError(
+                f"no GPIO pin factory works on this machine ({tried or error}); on a Raspberry Pi install "
+                f"lgpio (apt install python3-lgpio); {MOCK_PINS_HINT}"
+            ) from None
+        except GPIOZeroError as error:
+            raise RelayError(f"the relay on GPIO {pin}: {error}") from None
     return device
 
 
@@ -129,6 +157,8 @@ class Door:
     audit: DoorAudit
     local_hour: Callable[[], int] = lambda: dt.datetime.now().hour
     sleep: Callable[[float], None] = time.sleep
+    # One line per decision for whoever runs the door (the audit file keeps the full record).
+    report: Callable[[str], None] = lambda _line: None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -138,10 +168,13 @@ class Door:
         """A verified event: open if the policy allows, record either way."""
         why_not = judge(self.policy, event, self.local_hour())
         entry = {"unit": event.get("unit"), "seq": event.get("seq"), "event_id": event.get("event_id")}
+        visit = f"{event.get('unit')} #{event.get('seq')} {event.get('type')}"
         if why_not is not None:
             self.audit.record({**entry, "action": "stay_shut", "why": why_not})
+            self.report(f"{visit}: kept shut ({why_not})")
             return
         self.audit.record({**entry, "action": "open", "subject": event.get("subject")})
+        self.report(f"{visit}: opened for {event.get('subject')}")
         self.pulse()
 
     def on_rejected(self, topic: str, problem: str) -> None:

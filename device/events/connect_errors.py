@@ -9,6 +9,7 @@ import socket
 import ssl
 
 from device.config import MqttSection
+from device.events.tls import certificate_common_name
 
 
 def explain_connect_error(error: BaseException, settings: MqttSection) -> tuple[str, str]:
@@ -45,11 +46,22 @@ def explain_connect_error(error: BaseException, settings: MqttSection) -> tuple[
 
 
 def explain_refusal(reason: str, settings: MqttSection, unit_id: str) -> tuple[str, str]:
-    """(what happened, the fix) when the broker answers but refuses the unit (CONNACK or PUBACK)."""
+    """(what happened, the fix) when the broker answers but refuses the unit (CONNACK or PUBACK, e.g.
+    0x87 Not authorized): the certificate's CN against ``unit.id``, as ``device doctor``'s certificate
+    check puts it, since the broker's ACL knows the unit only by that CN."""
     where = f"{settings.host}:{settings.port}"
     cert = settings.tls.cert_file
+    cn = certificate_common_name(cert) if cert is not None else ""
+    if cn and cn != unit_id:
+        return (
+            f"the broker at {where} refused the unit ({reason}): its certificate {cert} is issued to "
+            f"{cn!r} but unit.id is {unit_id!r}, and the broker's ACL lets {cn!r} write only "
+            f"{settings.topic_prefix}/{cn}/...",
+            f"set [unit] id = {cn!r}, or issue a certificate for {unit_id!r}; `device doctor` checks both",
+        )
+    named = f"issued to {cn!r} = unit.id" if cn else "the certificate's name (CN) must be the unit id"
     return (
-        f"the broker at {where} refused the unit ({reason}) with certificate {cert}",
-        f"the certificate's name (CN) must be the unit id {unit_id!r}, issued by the broker's CA; "
-        "`device doctor` checks both",
+        f"the broker at {where} refused the unit ({reason}) with certificate {cert} ({named})",
+        f"the certificate must be issued by the broker's CA, and the broker's ACL must list {unit_id!r} "
+        "(render it again after issuing the certificate); `device doctor` checks the certificate",
     )

@@ -41,3 +41,17 @@ def client_tls_context(ca_file: Path | None, cert_file: Path | None, key_file: P
     except (ssl.SSLError, OSError) as error:
         raise TlsSetupError(f"cannot load the client certificate {cert_file}: {error}") from error
     return context
+
+
+def certificate_common_name(cert_file: Path) -> str:
+    """The CN of a PEM certificate: the identity the broker maps it to (``use_identity_as_username``);
+    "" when the file has none or cannot be read (the TLS setup reports that file on its own)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except (OSError, ValueError):
+        return ""
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""

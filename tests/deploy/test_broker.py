@@ -197,6 +197,33 @@ def test_another_units_retained_status_is_not_delivered(clients: dict[str, Probe
     assert backend.wait_for_message("entrance/unit-b/status").payload == b"online"
 
 
+def test_only_a_consumer_writes_its_own_status_and_probe(
+    mosquitto_broker: MosquittoBroker, clients: dict[str, Probe]
+) -> None:
+    # A door's status (online/offline, retained) must come from that door's identity alone: neither a
+    # unit nor another consumer may write it, or a dead door could be made to look online.
+    backend, unit_a = clients["backend"], clients["unit-a"]
+    other_consumer = probe(mosquitto_broker, "tail")
+    try:
+        other_consumer.subscribe("entrance/consumers/+/status")
+        for forger in (unit_a, other_consumer):
+            forged = forger.publish("entrance/consumers/backend/status", b"online", retain=True)
+            assert forged == NOT_AUTHORIZED
+            assert forger.publish("entrance/consumers/backend/probe") == NOT_AUTHORIZED
+        # A unit's certificate has no corner of its own either: this is how a consumer run with a
+        # unit's certificate learns it is not authorised (the broker grants its SUBSCRIBE regardless).
+        assert unit_a.publish("entrance/consumers/unit-a/probe") == NOT_AUTHORIZED
+        assert backend.subscribe("entrance/consumers/backend/probe") == [1]
+        assert backend.publish("entrance/consumers/backend/probe", b"hello me") == 0
+        assert backend.wait_for_message("entrance/consumers/backend/probe").payload == b"hello me"
+        assert backend.publish("entrance/consumers/backend/status", b"online", retain=True) == 0
+        assert other_consumer.wait_for_message("entrance/consumers/backend/status").payload == b"online"
+        assert other_consumer.topics() == ["entrance/consumers/backend/status"]
+    finally:
+        backend.publish("entrance/consumers/backend/status", b"", retain=True)  # clear the retained copy
+        other_consumer.close()
+
+
 def test_a_consumer_cannot_speak_for_a_unit(clients: dict[str, Probe]) -> None:
     backend, unit_a = clients["backend"], clients["unit-a"]
     unit_a.subscribe("entrance/#")

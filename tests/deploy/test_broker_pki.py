@@ -152,6 +152,9 @@ def test_the_acl_confines_each_unit_to_its_own_topics() -> None:
         "topic read site/entrance/+/health",
         "topic write site/entrance/+/cmd/#",
         "topic read site/entrance/+/answers/backend",
+        "topic readwrite site/entrance/consumers/backend/probe",
+        "topic write site/entrance/consumers/backend/status",
+        "topic read site/entrance/consumers/+/status",
     ]
     assert "homeassistant" not in acl
     with_ha = render_acl("entrance", ("backend",), ha_discovery=True, units=("lobby-1",))
@@ -170,6 +173,12 @@ def test_no_acl_rule_applies_to_every_identity() -> None:
 def test_an_identity_cannot_be_both_unit_and_consumer_in_the_acl() -> None:
     with pytest.raises(RenderError):
         render_acl("entrance", ("lobby-1",), ha_discovery=False, units=("lobby-1",))
+
+
+def test_no_unit_may_take_the_name_of_the_consumers_corner() -> None:
+    # A unit called "consumers" would read <prefix>/consumers/cmd/#: consumer "cmd"'s probe topic.
+    with pytest.raises(RenderError, match="consumers"):
+        render_acl("entrance", ("cmd",), ha_discovery=False, units=("consumers",))
 
 
 def test_units_in_the_acl_come_from_the_pki_index_without_revoked_ones(pki: Pki, tmp_path: Path) -> None:

@@ -124,7 +124,13 @@ def test_the_installer_config_is_valid_and_keeps_state_where_the_sandbox_allows(
 
 
 @pytest.mark.parametrize(
-    "name", ["entrance-camera.service", "entrance-camera-selftest.service", "entrance-camera-purge.service"]
+    "name",
+    [
+        "entrance-camera.service",
+        "entrance-camera-selftest.service",
+        "entrance-camera-purge.service",
+        "entrance-camera-door.service",
+    ],
 )
 def test_no_unit_may_write_a_core_file(name: str) -> None:
     """Issue 14, finding 6: a core file would hold keys, templates and frames."""
@@ -143,3 +149,62 @@ def test_the_device_process_is_not_dumpable() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "0", result.stdout + result.stderr
+
+
+DOOR = SYSTEMD / "entrance-camera-door.service"
+# Where the door's machine legitimately differs from the camera's: its own user, paths and devices
+# (GPIO instead of camera and Coral), its settings file, and no netlink (no USB hotplug to watch).
+DOOR_DIFFERS = {
+    "User",
+    "Group",
+    "SupplementaryGroups",
+    "WorkingDirectory",
+    "Environment",
+    "EnvironmentFile",
+    "ReadWritePaths",
+    "StateDirectory",
+    "DeviceAllow",
+    "RestrictAddressFamilies",
+}
+
+
+def test_the_door_is_a_notify_service_with_a_watchdog_and_no_crash_loop() -> None:
+    assert values(DOOR, "Type") == ["notify"]
+    assert values(DOOR, "NotifyAccess") == ["main"]
+    assert values(DOOR, "WatchdogSec") == ["30"]  # as the README says
+    assert values(DOOR, "Restart") == ["on-failure"]
+    assert values(DOOR, "StartLimitBurst") and values(DOOR, "StartLimitIntervalSec")
+    assert values(DOOR, "RestartPreventExitStatus") == [str(EXIT_USAGE)]
+
+
+def test_the_door_keeps_the_cameras_sandbox_but_reaches_only_gpio() -> None:
+    camera = [(k, v) for k, v in sandbox(SYSTEMD / "entrance-camera.service") if k not in DOOR_DIFFERS]
+    door = [(k, v) for k, v in sandbox(DOOR) if k not in DOOR_DIFFERS]
+    assert door == camera
+    assert values(DOOR, "User") == ["entrance-door"]
+    assert values(DOOR, "DevicePolicy") == ["closed"]
+    assert values(DOOR, "DeviceAllow") == ["char-gpiochip rw"]
+    assert values(DOOR, "RestrictAddressFamilies") == ["AF_UNIX AF_INET AF_INET6"]
+    assert values(DOOR, "ReadWritePaths") == ["/var/lib/entrance-camera-door"]
+
+
+def test_the_doors_command_line_is_one_the_cli_accepts_with_its_audit_in_the_writable_folder() -> None:
+    from device.cli import build_parser
+    from device.commands.door import run_door
+
+    settings = {
+        "DOOR_UNIT": "lobby-1",
+        "DOOR_RELAY_GPIO": "17",
+        "MQTT_HOST": "broker.lan",
+        "MQTT_PORT": "8883",
+    }
+    exec_start = values(DOOR, "ExecStart")[0]
+    for name, value in settings.items():
+        exec_start = exec_start.replace("${" + name + "}", value)
+    program, *argv = exec_start.split()
+    assert program == "/opt/entrance-camera/venv/bin/device"
+    args = build_parser().parse_args(argv)
+    assert args.handler is run_door
+    assert (args.unit, args.relay_gpio, args.host, args.port) == ("lobby-1", 17, "broker.lan", 8883)
+    assert args.timeout == 0.0  # a service runs until stopped
+    assert Path(values(DOOR, "ReadWritePaths")[0]) in args.audit.parents

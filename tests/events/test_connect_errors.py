@@ -94,3 +94,27 @@ def test_a_certificate_named_for_another_unit_gets_the_name_hint_once(
     hints = [e for e in broker_records(caplog, logging.ERROR) if "'unit-fake2'" in e]
     assert len(hints) == 1, broker_records(caplog, logging.ERROR)
     assert "certificate" in hints[0] and str(config.mqtt.tls.cert_file) in hints[0]
+
+
+def test_a_run_time_not_authorized_names_the_cn_against_unit_id_as_doctor_does(
+    mosquitto_broker: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The broker accepts the connection (a valid certificate) and refuses every event with 0x87: its ACL
+    # knows this unit only by the certificate's CN, which is another unit's name.
+    from device.ops.doctor import certificate_check
+
+    config = unit_config(mosquitto_broker, tmp_path, "unit-fake3", cert_identity="unit-real3")
+    caplog.set_level(logging.INFO, logger="device.events")
+    publisher = MqttPublisher(config).start()
+    try:
+        publisher.publish_decision(decision(1))
+        assert wait_for(lambda: publisher.health_snapshot()["mqtt"]["refused"] >= 1)
+    finally:
+        publisher.close()
+    mismatch = "issued to 'unit-real3' but unit.id is 'unit-fake3'"
+    hints = [e for e in broker_records(caplog, logging.ERROR) if mismatch in e]
+    assert len(hints) == 1, broker_records(caplog, logging.ERROR)
+    assert "Not authorized" in hints[0] and "`device doctor`" in hints[0]
+    assert "set [unit] id = 'unit-real3', or issue a certificate for 'unit-fake3'" in hints[0]
+    doctor = certificate_check(config)
+    assert not doctor.ok and mismatch in doctor.detail  # the same words as doctor's own check

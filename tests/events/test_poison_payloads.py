@@ -188,7 +188,8 @@ def test_the_consumer_says_when_the_connection_is_lost_and_back(mosquitto_broker
         mosquitto_broker.stop()
         assert wait_for(lambda: any(line.startswith("connection lost") for line in lines), 10)
         mosquitto_broker.start()
-        assert wait_for(lambda: "reconnected" in lines, 15)
+        assert wait_for(lambda: any(line.startswith("reconnected") for line in lines), 15)
     finally:
         consumer.stop()
     assert [line.split(" ")[0] for line in lines] == ["connection", "reconnected"]
+    assert lines[-1].endswith("listening again on entrance/unit-any/events")

@@ -144,6 +144,22 @@ MUTANTS: tuple[Mutant, ...] = (
         tests=("tests/consumers/test_door.py",),
     ),
     Mutant(
+        name="door_watchdog_subscription",
+        defence="the door feeds systemd's watchdog only while its subscription is confirmed (issue 26)",
+        path="device/commands/door.py",
+        anchor='    manager.watch("door subscription", consumer.subscribed.is_set)\n',
+        replacement="    pass  # MUTANT: the watchdog is fed whether the door hears its unit or not\n",
+        tests=("tests/consumers/test_door_service.py",),
+    ),
+    Mutant(
+        name="consumer_access_probe",
+        defence="a consumer listens only once its own probe came back: a unit certificate fails (issue 26)",
+        path="device/consumers/consumer.py",
+        anchor='    if not identity or "+" in settings.prefix or "#" in settings.prefix:\n',
+        replacement="    if True:  # MUTANT: no access probe, a granted SUBACK alone counts as listening\n",
+        tests=("tests/consumers/test_consumers_never_deaf.py",),
+    ),
+    Mutant(
         name="central_acl_building_prefix",
         defence="on the central broker a building may publish only under its own prefix (issue 27)",
         path="deploy/broker/bridge.py",
