@@ -49,6 +49,7 @@ def consumer_argv(command: str, tmp_path: Path, connection: list[str]) -> list[s
         "17",
         "--audit",
         str(tmp_path / "audit.jsonl"),
+        "--start-fresh",  # a first start: the door refuses to start without its seq record
         *common,
     ]
 

@@ -38,8 +38,10 @@ def door_argv(broker: Any, tmp_path: Path, unit: str, timeout_s: float) -> list[
     if not registry.exists():
         key = EventKey.load_or_create(tmp_path / "unit.key")
         registry.write_text(registry_text({unit: key.public_text}))
+    audit = tmp_path / "door-audit.jsonl"
+    first_start = [] if audit.exists() else ["--start-fresh"]  # the door refuses to start without it
     return ["door", "--unit", unit, "--relay-gpio", "17", "--keys", str(registry),
-            "--audit", str(tmp_path / "door-audit.jsonl"), *connection(broker, DOOR_IDENTITY),
+            "--audit", str(audit), *first_start, *connection(broker, DOOR_IDENTITY),
             "--timeout", str(timeout_s)]  # fmt: skip
 
 
@@ -231,5 +233,5 @@ def door_argv_offline(tmp_path: Path) -> list[str]:
     ca = tmp_path / "ca.crt"
     ca.write_text("not used: the relay fails first\n")
     return ["door", "--unit", "unit-x", "--relay-gpio", "17", "--keys", str(registry),
-            "--audit", str(tmp_path / "audit.jsonl"), "--host", "localhost", "--port", "1",
+            "--audit", str(tmp_path / "audit.jsonl"), "--start-fresh", "--host", "localhost", "--port", "1",
             "--ca", str(ca), "--cert", str(tmp_path / "c.crt"), "--key", str(tmp_path / "c.key")]  # fmt: skip
