@@ -40,8 +40,10 @@ from deploy.broker.render import BrokerSettings, write_broker_config
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-# home-assistant: the README's Home Assistant section uses this certificate against `make dev-broker`.
-DEFAULT_CONSUMERS = ("backend", "tail", "home-assistant")
+# home-assistant: the README's Home Assistant section uses this certificate against `make dev-broker`;
+# door: the README's first unit runs the reference door consumer (door.sh) under its own name, so its
+# status topic is its own.
+DEFAULT_CONSUMERS = ("backend", "tail", "home-assistant", "door")
 # Mosquitto logs "mosquitto version X running" once its listeners are bound.
 RUNNING_MARKER = " running"
 ADDRESS_IN_USE = "Address already in use"
@@ -289,7 +291,11 @@ def mqtt_block(broker: LocalBroker, unit: str) -> str:
     tls = section.pop("tls")
     assert isinstance(tls, dict)
     lines = ["[mqtt]", *(f"{key} = {_toml_value(value)}" for key, value in section.items())]
-    lines += ['outbox_path = "state/outbox.db"', "", "[mqtt.tls]"]
+    lines += ['outbox_path = "state/outbox.db"']
+    # A development machine's kernel often never hears that NTP set the clock (containers, VMs whose
+    # host keeps the time), and the unit would refuse every command; an installed unit keeps the check.
+    lines += ["# development only: commands are taken without the kernel's word that NTP set the clock"]
+    lines += ['clock_check = "off"', "", "[mqtt.tls]"]
     # Absolute: the unit's config lives elsewhere, and its relative paths are relative to itself.
     lines += [f"{key} = {_toml_value(Path(str(value)).resolve())}" for key, value in tls.items()]
     return "\n".join(lines) + "\n"
@@ -314,6 +320,31 @@ def write_tail_script(broker: LocalBroker, unit: str) -> Path:
     ]  # fmt: skip
     path = broker.root / "tail.sh"
     path.write_text(" ".join(shlex.quote(part) for part in command) + ' "$@"\n')
+    return path
+
+
+def write_door_script(broker: LocalBroker, unit: str) -> Path:
+    """A script running the reference door consumer (`device door`) with the `door` certificate, its
+    audit beside it and gpiozero's mock pins (no relay on a development machine: the printed lines say
+    what the relay would have done). Its first run makes the audit (`--start-fresh`); later runs use it."""
+    cert, key = broker.cert_for("door")
+    device = Path(sys.executable).with_name("device")
+    audit = (broker.root / "door-audit.jsonl").resolve()
+    command = [
+        str(device) if device.exists() else "device", "door",
+        "--host", broker.host, "--port", str(broker.port), "--ca", str(broker.ca_file.resolve()),
+        "--cert", str(cert.resolve()), "--key", str(key.resolve()), "--prefix", broker.prefix, "--unit", unit,
+        "--keys", str((broker.root / "unit-keys.json").resolve()),
+        "--relay-gpio", "17", "--audit", str(audit),
+    ]  # fmt: skip
+    registry = broker.root / "unit-keys.json"
+    if not registry.exists():  # the door reads it at start; `device events key --register` fills it
+        registry.write_text('{\n  "units": {}\n}\n')
+    path = broker.root / "door.sh"
+    path.write_text(
+        f'[ -e {shlex.quote(str(audit))} ] || set -- --start-fresh "$@"\n'
+        "GPIOZERO_PIN_FACTORY=mock exec " + " ".join(shlex.quote(part) for part in command) + ' "$@"\n'
+    )
     return path
 
 
@@ -433,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.central is None and "tail" in broker.consumers:
         tail = write_tail_script(broker, args.unit[0] if len(args.unit) == 1 else "+")
         print(f"\nevents as a consumer sees them: sh {tail}\n  ({tail.read_text().strip()})")
+    if args.central is None and "door" in broker.consumers and len(args.unit) == 1:
+        door = write_door_script(broker, args.unit[0])
+        print(f"the reference door for unit {args.unit[0]} (mock relay): sh {door}")
     if broker.bridge is not None:
         print(
             f"bridged to {broker.bridge.central_host}:{broker.bridge.central_port}"

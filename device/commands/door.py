@@ -116,7 +116,11 @@ def run_door(
         return EXIT_USAGE
     try:
         policy = DoorPolicy.load(args.policy)
-        verifier = EventVerifier(load_registry(args.keys), max_age_s=min(args.max_age, DEFAULT_MAX_AGE_S))
+        # registry_path: a unit registered after the door started (the first unit's walkthrough) is read
+        # from the same file when its first event comes; a key once trusted is never replaced that way.
+        verifier = EventVerifier(
+            load_registry(args.keys), max_age_s=min(args.max_age, DEFAULT_MAX_AGE_S), registry_path=args.keys
+        )
     except (OSError, ValueError, ValidationError, PayloadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,8 +1,9 @@
 """README "First unit on a broker", run verbatim: the fenced blocks of that section, in order, in a
 scratch copy of the repository's entry points (Makefile, .venv, deploy/ by symlink), against the real
-Mosquitto that `make dev-broker` starts. Terminal 1 and 2 run in the background, terminal 3 to its end;
-the consumer in terminal 2 must then print the unit's event. Then terminal 3's second block, a command
-sent while the unit runs again, must print the unit's answer, `applied`."""
+Mosquitto that `make dev-broker` starts. Terminals 1, 2 and 4 (broker, events, door) run in the
+background, terminal 3 to its end; the consumer in terminal 2 must then print the unit's event and the
+door in terminal 4 its decision. Then terminal 3's second block, a command sent while the unit runs
+again, must print the unit's answer, `applied`."""
 
 from __future__ import annotations
 
@@ -29,10 +30,20 @@ def walkthrough_blocks(readme: str) -> list[str]:
     return re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
 
 
-def test_the_section_has_the_three_terminals_and_a_command() -> None:
+BROKER, TAIL, DOOR, UNIT, COMMAND = range(5)  # the section's blocks, in the README's order
+
+
+def test_the_section_has_the_four_terminals_and_a_command() -> None:
     blocks = walkthrough_blocks((REPO / "README.md").read_text())
-    assert [block.split()[0] for block in blocks] == ["make", "sh", ".venv/bin/device", ".venv/bin/device"]
-    assert blocks[3].split()[:3] == [".venv/bin/device", "command", "send"]
+    assert [block.split()[0] for block in blocks] == [
+        "make",
+        "sh",
+        "sh",
+        ".venv/bin/device",
+        ".venv/bin/device",
+    ]
+    assert blocks[DOOR].split() == ["sh", "state/dev-broker/door.sh"]
+    assert blocks[COMMAND].split()[:3] == [".venv/bin/device", "command", "send"]
 
 
 class Background:
@@ -90,16 +101,21 @@ def test_readme_walkthrough_puts_an_event_on_screen(tmp_path: Path) -> None:
         **{k: v for k, v in os.environ.items() if k != "ENTRANCE_CAMERA_CONFIG"},
         "DEV_BROKER_PORT": str(free_port()),  # make's `?=` default (8883) may be taken on a shared host
     }
-    broker = Background(blocks[0], tmp_path, env)
+    broker = Background(blocks[BROKER], tmp_path, env)
     tail: Background | None = None
+    door: Background | None = None
     try:
         assert broker.wait_for("Ctrl-C stops", TIMEOUT_S), "".join(broker.lines)
         printed = "".join(broker.lines)
-        assert "[mqtt]" in printed and "[mqtt.tls]" in printed and "tail.sh" in printed
-        tail = Background(blocks[1], tmp_path, env)
+        assert (
+            "[mqtt]" in printed and "[mqtt.tls]" in printed and "tail.sh" in printed and "door.sh" in printed
+        )
+        tail = Background(blocks[TAIL], tmp_path, env)
         assert tail.wait_for("listening on", 30), "".join(tail.lines)
+        door = Background(blocks[DOOR], tmp_path, env)
+        assert door.wait_for("door listening on", 30), "".join(door.lines)
         unit = subprocess.run(
-            ["bash", "-e", "-c", blocks[2]],
+            ["bash", "-e", "-c", blocks[UNIT]],
             cwd=tmp_path,
             env=env,
             capture_output=True,
@@ -110,9 +126,12 @@ def test_readme_walkthrough_puts_an_event_on_screen(tmp_path: Path) -> None:
         assert "✗" not in unit.stdout and "all " in unit.stdout  # doctor passed
         assert "end of the file source: 1 decision; every event was delivered" in unit.stderr
         assert tail.wait_for(" demo-unit #1 unknown ", 30), "".join(tail.lines)
+        assert door.wait_for("demo-unit #1 unknown: kept shut (type 'unknown' never opens)", 30), "".join(
+            door.lines
+        )
         assert "XNNPACK" not in unit.stderr
         command = subprocess.run(
-            ["bash", "-e", "-c", blocks[3]],
+            ["bash", "-e", "-c", blocks[COMMAND]],
             cwd=tmp_path,
             env=env,
             capture_output=True,
@@ -123,8 +142,9 @@ def test_readme_walkthrough_puts_an_event_on_screen(tmp_path: Path) -> None:
         assert "applied" in command.stdout.splitlines(), command.stdout + command.stderr
         assert tail.wait_for(" demo-unit #2 unknown ", 30), "".join(tail.lines)
     finally:
-        if tail is not None:
-            tail.stop()
+        for consumer in (tail, door):
+            if consumer is not None:
+                consumer.stop()
         broker.stop()
 
 

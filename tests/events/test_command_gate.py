@@ -162,6 +162,17 @@ def test_every_refusal_is_a_verdict_with_its_reason(tmp_path: Path, reason: Refu
     assert verdict.request_id == readable.get("request_id")  # the answer names the request it refuses
 
 
+def test_a_unit_whose_clock_is_not_set_answers_clock_not_synchronised(tmp_path: Path) -> None:
+    claimed: list[str] = []
+    verifier = CommandVerifier.from_config(trust_file(tmp_path))
+    commands = CommandGate(
+        TOPICS, verifier, command_table(on_claim=enrolled_only(claimed)), clock_synchronised=lambda: False
+    )
+    verdict = commands.decide(TOPICS.cmd("claim"), claim(), retained=False)
+    assert (verdict.applied, verdict.refusal) == (False, Refusal.CLOCK_UNSYNCHRONISED)
+    assert claimed == []
+
+
 def test_a_command_on_another_commands_topic_is_malformed(tmp_path: Path) -> None:
     commands = CommandGate(TOPICS, CommandVerifier.from_config(trust_file(tmp_path)), command_table())
     verdict = commands.decide(TOPICS.cmd("reload"), claim(request_id="r-x"), retained=False)
