@@ -5,12 +5,17 @@ never installs anything at run time) is onboarded through its HTTP API, its MQTT
 through the integration's own config flow (TLS with the project's CA, the ``home-assistant`` client
 certificate, MQTT 5) against the project's broker config, and the automations are exactly the YAML
 blocks of the README's "Home Assistant" section (only the resident's subject id is replaced by the one
-this run enrols). A unit (id ``lobby-1``, ``ha_discovery = true``) then runs the demo clip (resident,
+this run enrols). A unit (id ``lobby-1``, ``ha_discovery`` and ``ha_last_seen`` on) then runs the demo clip (resident,
 visitor, print attack), and everything is asserted through HA's own APIs:
 
 - HA's config check accepts the configuration; every README automation is loaded and enabled;
 - the device (manufacturer, sw_version, serial number), its entities and its four device triggers;
 - the event entity's states carry each decision; the sensors have states, not ``unknown``;
+- the diagnostic sensors (fps, outbox depth, alarms, presentation attacks) are numbers, the CPU
+  temperature a number or ``unknown``; with ``ha_last_seen = true`` the resident's "Last seen" sensor
+  shows the minute of the recognition;
+- the README's id -> name mapping puts "Alice" in the logbook once per recognition, and nothing Home
+  Assistant's broker identity can read of the unit carries that name or the one it was enrolled with;
 - each README automation fires exactly once per matching event the unit published, and never on a
   unit restart (SIGTERM), a last-will disconnect (SIGKILL) or a Home Assistant restart; a control
   automation with the plain state trigger the README used to show does fire there, so the check can
@@ -693,6 +698,11 @@ def run(args: argparse.Namespace) -> Results:
                 f"{name} fired {total.get(name, 0)} times for {expected} matching events",
             )
         recognized = sum(1 for e in events.events if e["type"] == "recognized")
+        # The recorder writes the logbook every few seconds: wait for it, then count.
+        with contextlib.suppress(CheckError):
+            wait_until(
+                "the logbook entries", lambda: len(named_logbook_entries(ha, check_started)) >= recognized, 30
+            )
         named = named_logbook_entries(ha, check_started)
         results.expect(
             len(named) == recognized and recognized > 0,
