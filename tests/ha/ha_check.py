@@ -5,8 +5,8 @@ never installs anything at run time) is onboarded through its HTTP API, its MQTT
 through the integration's own config flow (TLS with the project's CA, the ``home-assistant`` client
 certificate, MQTT 5) against the project's broker config, and the automations are exactly the YAML
 blocks of the README's "Home Assistant" section (only the resident's subject id is replaced by the one
-this run enrols). A unit (id ``lobby-1``, ``ha_discovery`` and ``ha_last_seen`` on) then runs the demo clip (resident,
-visitor, print attack), and everything is asserted through HA's own APIs:
+this run enrols). A unit (id ``lobby-1``, ``ha_discovery`` and ``ha_last_seen`` on) then runs the
+demo clip (resident, visitor, print attack), and everything is asserted through HA's own APIs:
 
 - HA's config check accepts the configuration; every README automation is loaded and enabled;
 - the device (manufacturer, sw_version, serial number), its entities and its four device triggers;
