@@ -428,6 +428,14 @@ class MqttSection(Section):
         default=False,
         description="announce the unit to Home Assistant (event entity, device triggers, sensors)",
     )
+    ha_last_seen: bool = Field(
+        default=False,
+        description=(
+            "with ha_discovery: a 'Last seen <subject id>' sensor per recognised subject, its time "
+            "retained on the broker; a presence disclosure (who came in when), only where the building "
+            "opted in. Off: no such sensor or topic"
+        ),
+    )
     unknown_scores: bool = Field(
         default=False,
         description=(

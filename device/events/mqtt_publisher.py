@@ -53,7 +53,8 @@ from device.errors import UserError, shown
 from device.events.clock import ClockProbe, always_synchronised, kernel_clock_synchronised
 from device.events.command_gate import CommandGate, CommandHandler, RejectionLog, UsedRequests, Verdict
 from device.events.connect_errors import explain_connect_error, explain_refusal
-from device.events.ha_discovery import discovery_configs
+from device.events.forgotten import FORGOTTEN_TYPE
+from device.events.ha_discovery import discovery_configs, forget_last_seen, last_seen_configs
 from device.events.outbox import Outbox
 from device.events.payloads import (
     Command,
@@ -65,11 +66,12 @@ from device.events.payloads import (
     build_health,
     build_status,
     encode,
+    utc_timestamp,
 )
 from device.events.signing import CommandVerifier, unit_event_key
 from device.events.tls import TlsSetupError, client_tls_context
 from device.layout import StateLayout
-from device.types import Decision
+from device.types import Decision, DecisionType
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +211,9 @@ class MqttPublisher:
             log, burst=self._settings.rejected_log_burst, interval_s=self._settings.rejected_log_interval_s
         )
         self._pipeline_health: dict[str, Any] = {}
+        # Opt-in "last seen" (subject id -> when), and subjects forgotten since: sent by the I/O thread.
+        self._last_seen: dict[str, str] = {}
+        self._last_seen_cleared: list[str] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._health_now = threading.Event()
@@ -257,7 +262,13 @@ class MqttPublisher:
                 self._counters.invalid_events += 1
                 self._counters.alarms["event_invalid"] = str(error)[:200]
             return
+        if self._announces_last_seen() and decision.type is DecisionType.RECOGNIZED and decision.subject_id:
+            with self._lock:
+                self._last_seen[decision.subject_id] = utc_timestamp()
         self._wake.set()
+
+    def _announces_last_seen(self) -> bool:
+        return self._settings.ha_discovery and self._settings.ha_last_seen
 
     def publish_health(self, health: Mapping[str, Any]) -> None:
         """Records the pipeline's latest health report; it goes out with the next periodic health, the
@@ -447,6 +458,7 @@ class MqttPublisher:
         self._pump()
         with self._lock:
             self._rejections.tick()
+        self._publish_last_seen()
         now = time.monotonic()
         if self._health_now.is_set() or now >= self._next_health:
             self._health_now.clear()
@@ -483,6 +495,36 @@ class MqttPublisher:
                 return  # the connection is going away; the next connection replays from the outbox
             self._inflight[info.mid] = entry.seq
             self._cursor = entry.seq
+            if self._settings.ha_discovery and FORGOTTEN_TYPE.encode() in entry.payload:
+                self._forget_last_seen(entry.payload)
+
+    def _forget_last_seen(self, payload: bytes) -> None:
+        """A forgotten subject's "last seen" leaves the broker with it, whether or not the opt-in is
+        still on (it may have been on when the subject was last recognised)."""
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return
+        if event.get("type") == FORGOTTEN_TYPE and isinstance(event.get("subject"), str):
+            with self._lock:
+                self._last_seen.pop(event["subject"], None)
+                self._last_seen_cleared.append(event["subject"])
+
+    def _publish_last_seen(self) -> None:
+        with self._lock:
+            seen, self._last_seen = self._last_seen, {}
+            cleared, self._last_seen_cleared = self._last_seen_cleared, []
+        for subject_id, seen_at in seen.items():
+            try:
+                messages = last_seen_configs(self._topics, self._unit, subject_id, seen_at, __version__)
+            except ValueError as error:
+                log.warning("last seen not announced: %s", error)
+                continue
+            for topic, payload in messages.items():
+                self._publish_control(topic, payload)
+        for subject_id in cleared:
+            for topic, payload in forget_last_seen(self._unit, subject_id).items():
+                self._publish_control(topic, payload)
 
     def _publish_control(self, topic: str, payload: bytes) -> None:
         if self._client is None:

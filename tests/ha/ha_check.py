@@ -5,12 +5,17 @@ never installs anything at run time) is onboarded through its HTTP API, its MQTT
 through the integration's own config flow (TLS with the project's CA, the ``home-assistant`` client
 certificate, MQTT 5) against the project's broker config, and the automations are exactly the YAML
 blocks of the README's "Home Assistant" section (only the resident's subject id is replaced by the one
-this run enrols). A unit (id ``lobby-1``, ``ha_discovery = true``) then runs the demo clip (resident,
-visitor, print attack), and everything is asserted through HA's own APIs:
+this run enrols). A unit (id ``lobby-1``, ``ha_discovery`` and ``ha_last_seen`` on) then runs the
+demo clip (resident, visitor, print attack), and everything is asserted through HA's own APIs:
 
 - HA's config check accepts the configuration; every README automation is loaded and enabled;
 - the device (manufacturer, sw_version, serial number), its entities and its four device triggers;
 - the event entity's states carry each decision; the sensors have states, not ``unknown``;
+- the diagnostic sensors (fps, outbox depth, alarms, presentation attacks) are numbers, the CPU
+  temperature a number or ``unknown``; with ``ha_last_seen = true`` the resident's "Last seen" sensor
+  shows the minute of the recognition;
+- the README's id -> name mapping puts "Alice" in the logbook once per recognition, and nothing Home
+  Assistant's broker identity can read of the unit carries that name or the one it was enrolled with;
 - each README automation fires exactly once per matching event the unit published, and never on a
   unit restart (SIGTERM), a last-will disconnect (SIGKILL) or a Home Assistant restart; a control
   automation with the plain state trigger the README used to show does fire there, so the check can
@@ -53,6 +58,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from deploy.broker.local import HOST, LocalBroker, free_port  # noqa: E402
+from device.lab.demo import DEMO_NAME  # noqa: E402
 
 UNIT = "lobby-1"
 README_SUBJECT = "s-7f3a9c"  # the README's example resident; replaced by the one this run enrols
@@ -71,7 +77,12 @@ EXPECTED: dict[str, Callable[[dict[str, Any], str], bool]] = {
     "lobby_resident_door": lambda e, resident: e["type"] == "recognized" and e["subject"] == resident,
     "lobby_attack_alert": lambda e, _r: e["type"] == "presentation_attack",
     "lobby_unknown_visitor": lambda e, _r: e["type"] == "unknown",
+    "lobby_resident_named": lambda e, resident: e["type"] == "recognized" and e["subject"] == resident,
 }
+README_NAME = "Alice"  # the name the README's mapping gives the resident, in Home Assistant only
+# The diagnostic sensors from the unit's health: a number once the unit reported (the CPU temperature
+# may be unknown: a machine without a thermal zone).
+DIAGNOSTICS = ("frames_per_second", "outbox_depth", "alarms", "presentation_attacks")
 
 # The check's own Home Assistant config around the README's automations: HTTP on loopback, the APIs the
 # check uses, a template lock for the README's lock.lobby_door, and the control automation.
@@ -87,6 +98,7 @@ http:
   server_port: {port}
 api:
 config:
+logbook:
 websocket_api:
 logger:
   default: warning
@@ -365,6 +377,30 @@ class EventLog:
         self.client.loop_stop()
 
 
+class BrokerView:
+    """Every payload Home Assistant's broker identity can read of the unit (events, status, health and
+    all of its discovery topics): what an attacker holding that identity would see."""
+
+    def __init__(self, broker: LocalBroker) -> None:
+        self.payloads: list[bytes] = []
+        self._ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+        cert, key = broker.cert_for("home-assistant")
+        self.client.tls_set(str(broker.ca_file), str(cert), str(key))
+        self.client.on_message = lambda _c, _u, m: self.payloads.append(bytes(m.payload))
+        self.client.on_subscribe = lambda *_: self._ready.set()
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        topics = ["homeassistant/#", *(f"{broker.prefix}/{UNIT}/{t}" for t in ("events", "status", "health"))]
+        self.client.subscribe([(topic, 1) for topic in topics])
+        if not self._ready.wait(10):
+            raise CheckError("the broker view could not subscribe")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
 @dataclass(frozen=True)
 class UnitConfigs:
     demo: Path  # the demo clip: resident, visitor, print attack
@@ -382,7 +418,7 @@ def prepare_unit(work: Path, broker: LocalBroker) -> tuple[UnitConfigs, str]:
     from device.runtime.service import open_stages
     from device.vision.faces import FaceAnalyzer
 
-    mqtt_section = {**broker.mqtt_config(UNIT), "ha_discovery": True}
+    mqtt_section = {**broker.mqtt_config(UNIT), "ha_discovery": True, "ha_last_seen": True}
     unit, stages, clip, resident = prepare(
         work / "unit",
         open_stages,
@@ -439,6 +475,34 @@ def run_to_end(config: Path, log: Path) -> None:
         wait_until("the unit to finish its clip", lambda: unit.poll() is not None, 180)
     if unit.returncode != 0:
         raise CheckError(f"the unit exited {unit.returncode}; see {log}")
+
+
+def diagnostic_states(ha: HomeAssistant) -> dict[str, str]:
+    """The health's diagnostic sensors, when every one is a number (CPU temperature: or unknown)."""
+    states = ha.states()
+    found = {
+        name: states.get(f"sensor.entrance_camera_lobby_1_{name}", {}).get("state") for name in DIAGNOSTICS
+    }
+    temperature = states.get("sensor.entrance_camera_lobby_1_cpu_temperature", {}).get("state")
+
+    def number(value: Any) -> bool:
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    ok = all(number(value) for value in found.values()) and (number(temperature) or temperature == "unknown")
+    return {**found, "cpu_temperature": temperature} if ok else {}
+
+
+def last_seen_entity(resident: str) -> str:
+    return "sensor.entrance_camera_lobby_1_last_seen_" + resident.lower().replace("-", "_")
+
+
+def named_logbook_entries(ha: HomeAssistant, since: str) -> list[dict[str, Any]]:
+    entries = ha.request("GET", f"/api/logbook/{urllib.parse.quote(since)}")
+    return [e for e in entries if e.get("name") == README_NAME and "lobby" in str(e.get("message"))]
 
 
 def accelerator_states(ha: HomeAssistant) -> dict[str, str]:
@@ -508,6 +572,7 @@ def run(args: argparse.Namespace) -> Results:
     ha = HomeAssistant(args.ha_python, work / "ha", free_port())
     watcher: Watcher | None = None
     events: EventLog | None = None
+    view: BrokerView | None = None
     started = time.monotonic()
     try:
         configs, resident = prepare_unit(work, broker)
@@ -542,6 +607,8 @@ def run(args: argparse.Namespace) -> Results:
         watcher = Watcher(ha)
         watcher.start()
         events = EventLog(broker)
+        view = BrokerView(broker)
+        check_started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
         logs = work / "unit.log"
 
         step("unit: the demo clip (resident, visitor, print attack)")
@@ -558,6 +625,17 @@ def run(args: argparse.Namespace) -> Results:
         results.expect(
             seen == published, f"{VISIT} changed once per event, with its type and subject: {seen}"
         )
+        seen_entity = last_seen_entity(resident)
+        last_seen = wait_until(
+            "the resident's last seen",
+            lambda: ha.state(seen_entity) not in (None, "unknown", "unavailable") and ha.state(seen_entity),
+            30,
+        )
+        recognised_at = next(e["ts"] for e in events.events if e["type"] == "recognized")
+        results.expect(
+            str(last_seen)[:16] == recognised_at[:16],
+            f"{seen_entity}: {last_seen} (recognised at {recognised_at})",
+        )
 
         step("unit: the resident alone (the door's event is the last one before the restarts)")
         run_to_end(configs.resident, logs)
@@ -570,6 +648,8 @@ def run(args: argparse.Namespace) -> Results:
             online = {n: s["state"] for n, s in ha.states().items() if "entrance_camera_lobby_1" in n}
             results.figures["entities_online"] = online
             results.expect(bool(accelerator_states(ha)), f"accelerator sensors have states: {online}")
+            diagnostics = wait_until("the diagnostic sensors", lambda: diagnostic_states(ha), 15)
+            results.expect(bool(diagnostics), f"diagnostic sensors have numbers: {diagnostics}")
             results.expect(online.get(PROBLEM) in ("on", "off"), f"problem sensor: {online.get(PROBLEM)}")
             time.sleep(2)
             unit.send_signal(signal.SIGTERM)
@@ -618,6 +698,22 @@ def run(args: argparse.Namespace) -> Results:
                 f"{name} fired {total.get(name, 0)} times for {expected} matching events",
             )
         recognized = sum(1 for e in events.events if e["type"] == "recognized")
+        # The recorder writes the logbook every few seconds: wait for it, then count.
+        with contextlib.suppress(CheckError):
+            wait_until(
+                "the logbook entries", lambda: len(named_logbook_entries(ha, check_started)) >= recognized, 30
+            )
+        named = named_logbook_entries(ha, check_started)
+        results.expect(
+            len(named) == recognized and recognized > 0,
+            f"the logbook names {README_NAME} {len(named)} times for {recognized} recognised visits",
+        )
+        names = (README_NAME, DEMO_NAME)  # the unit holds the second (enrolled with it), encrypted
+        unit_said = [m for m in view.payloads if any(name.encode() in m for name in names)]
+        results.expect(
+            bool(view.payloads) and not unit_said,
+            f"none of {len(view.payloads)} messages HA's identity can read names {names}: {unit_said[:1]}",
+        )
         results.expect(
             total[CONTROL] > recognized,
             f"control (plain state trigger) fired {total[CONTROL]} times for {recognized} recognized visits: "
@@ -635,6 +731,8 @@ def run(args: argparse.Namespace) -> Results:
     finally:
         if events is not None:
             events.close()
+        if view is not None:
+            view.close()
         if watcher is not None:
             watcher.stop()
         ha.stop()

@@ -77,3 +77,33 @@ def test_every_home_assistant_example_in_the_readme_uses_the_current_keys() -> N
     assert "`triggers: {trigger: mqtt," in inline and "`actions: {action: " in inline
     for text in (inline, readme_section(readme)):
         assert "platform:" not in text and "service:" not in text and "trigger:" in text
+
+
+def test_the_readme_names_every_diagnostic_sensor_discovery_publishes() -> None:
+    from device.events.ha_discovery import DIAGNOSTIC_SENSORS
+
+    section = readme_section((REPO / "README.md").read_text())
+    listed = section[
+        section.index("the diagnostic sensors a Frigate user looks for") : section.index("Machine figures")
+    ]
+    assert [sensor["name"] for sensor in DIAGNOSTIC_SENSORS.values()] == [
+        " ".join(name.split()) for name in re.findall(r'"([^"]+)"', listed)
+    ]
+    assert all(
+        sensor.get("entity_category", "diagnostic") == "diagnostic" for sensor in DIAGNOSTIC_SENSORS.values()
+    )
+
+
+def test_the_readme_keeps_display_names_in_home_assistant_and_last_seen_opt_in() -> None:
+    """The id -> name mapping is Home Assistant configuration (the README's automation), never a unit
+    setting; the unit's "last seen" is an opt-in that is off by default."""
+    from device.config import UnitConfig
+
+    named = [item for item in readme_items() if "residents:" in item]
+    assert len(named) == 1 and f"{README_SUBJECT}: Alice" in named[0]
+    assert "residents.get(trigger.payload_json.subject" in named[0]
+    mqtt = UnitConfig().mqtt
+    assert mqtt.ha_last_seen is False
+    assert not [key for key in type(mqtt).model_fields if "name" in key and key != "username"]
+    section = readme_section((REPO / "README.md").read_text())
+    assert "`ha_last_seen = true`" in section and "presence disclosure" in section
