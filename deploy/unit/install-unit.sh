@@ -4,6 +4,7 @@
 # it again after an update of the source tree only changes what changed. Run as root from a checkout:
 #
 #   sudo deploy/unit/install-unit.sh [--unit-id ID] [--coral usb|pci|none] [--coral-pair DIR]
+#                                    [--key-source file|host-credential|tpm2]
 #                                    [--boot-fragments camera,pi5-m2-coral] [--no-start] [--dry-run]
 #
 # What it sets up (see deploy/README.md for the reasons):
@@ -13,7 +14,10 @@
 #   /opt/entrance-camera/venv   venv --system-site-packages (picamera2/libcamera come from apt),
 #                               dependencies from requirements/unit-<codename>.lock, hash-checked
 #   /etc/entrance-camera        0750 root:entrance-camera, unit.toml 0640
-#   /etc/entrance-camera/secrets 0700 entrance-camera, master.key 0600 (generated once, never replaced)
+#   /etc/entrance-camera/secrets 0700 entrance-camera, master.key 0600 (generated once, never replaced);
+#                  sealed by systemd-creds with --key-source host-credential|tpm2, and then handed to the
+#                  services decrypted by systemd itself (LoadCredentialEncrypted= drop-ins), since the
+#                  service user may not unseal it
 #   /var/lib/entrance-camera    0700 entrance-camera (gallery, audit log, outbox)
 #   systemd        entrance-camera.service, -selftest.service, -purge.service/.timer
 #   udev           Coral rule (USB ids 1a6e:089a and 18d1:9302, /dev/apex_*) for the service group
@@ -35,6 +39,7 @@ SOURCE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 UNIT_ID=""
 CORAL=none
 CORAL_PAIR_DIR=""
+KEY_SOURCE=file
 TRUST_CORAL_FILES=no
 BOOT_FRAGMENTS=""
 START=yes
@@ -57,6 +62,10 @@ Options:
   --coral usb|pci|none    which Coral the unit has (default: none); usb/pci need --coral-pair
   --coral-pair DIR        folder with the libedgetpu .deb and tflite_runtime wheel named for this OS in
                           deploy/unit/coral-pairs.txt (checked against the sha256 pinned there)
+  --key-source SOURCE     file (default), host-credential or tpm2: how the gallery's master key is kept.
+                          host-credential and tpm2 seal it with systemd-creds (systemd 250+; tpm2 needs
+                          a TPM) and have systemd unseal it for the services (LoadCredentialEncrypted=);
+                          chosen once, with the key (an existing key is never replaced)
   --trust-coral-files     accept Coral pair files whose sha256 is not pinned yet (prints it; record it
                           in deploy/unit/coral-pairs.txt afterwards)
   --boot-fragments LIST   comma-separated firmware_config/boot/*.txt fragments to add to
@@ -93,6 +102,7 @@ while [ $# -gt 0 ]; do
     --unit-id) UNIT_ID=$2; shift 2 ;;
     --coral) CORAL=$2; shift 2 ;;
     --coral-pair) CORAL_PAIR_DIR=$2; shift 2 ;;
+    --key-source) KEY_SOURCE=$2; shift 2 ;;
     --trust-coral-files) TRUST_CORAL_FILES=yes; shift ;;
     --boot-fragments) BOOT_FRAGMENTS=$2; shift 2 ;;
     --no-start) START=no; shift ;;
@@ -108,6 +118,7 @@ while [ $# -gt 0 ]; do
 done
 
 case "$CORAL" in usb|pci|none) ;; *) die "--coral must be usb, pci or none" ;; esac
+case "$KEY_SOURCE" in file|host-credential|tpm2) ;; *) die "--key-source must be file, host-credential or tpm2" ;; esac
 if [ -n "$UNIT_ID" ] && ! [[ "$UNIT_ID" =~ ^[a-z0-9][a-z0-9-]{0,62}$ ]]; then
   die "unit id '$UNIT_ID': use 1 to 63 lowercase letters, digits and '-', starting with a letter or digit"
 fi
@@ -264,15 +275,23 @@ CONFIG=$CONFIG_DIR/unit.toml
 if [ ! -e "$CONFIG" ]; then
   unit_id=${UNIT_ID:-$(hostname -s | tr 'A-Z_' 'a-z-')}
   tmp=$(mktemp)
-  sed -e "s/@UNIT_ID@/$unit_id/" "$SOURCE_DIR/deploy/unit/unit.toml.in" >"$tmp"
+  sed -e "s/@UNIT_ID@/$unit_id/" -e "s/@KEY_SOURCE@/$KEY_SOURCE/" "$SOURCE_DIR/deploy/unit/unit.toml.in" >"$tmp"
   run install -m 0640 -o root -g "$SERVICE_USER" "$tmp" "$CONFIG"
   rm -f "$tmp"
 fi
-if [ ! -e "$CONFIG_DIR/secrets/master.key" ]; then
+MASTER_KEY=$CONFIG_DIR/secrets/master.key
+if [ ! -e "$MASTER_KEY" ] && [ "$KEY_SOURCE" = file ]; then
   # Generated as the service user so the 0600 file is its own from the first byte.
   run runuser -u "$SERVICE_USER" -- "$VENV/bin/python" -c \
     'import sys, pathlib; from device.identity.masterkey import generate_master_key; generate_master_key(pathlib.Path(sys.argv[1]))' \
-    "$CONFIG_DIR/secrets/master.key"
+    "$MASTER_KEY"
+elif [ ! -e "$MASTER_KEY" ]; then
+  # Sealed by root (systemd-creds needs the host key or the TPM), then given to the service user: it
+  # keeps the file, systemd unseals it into the services' credentials folder.
+  run "$VENV/bin/python" -c \
+    'import sys, pathlib; from device.identity.masterkey import generate_master_key; generate_master_key(pathlib.Path(sys.argv[1]), sys.argv[2])' \
+    "$MASTER_KEY" "$KEY_SOURCE"
+  run chown "$SERVICE_USER:$SERVICE_USER" "$MASTER_KEY"
 fi
 run runuser -u "$SERVICE_USER" -- "$VENV/bin/device" --config "$CONFIG" config check
 
@@ -280,6 +299,22 @@ run runuser -u "$SERVICE_USER" -- "$VENV/bin/device" --config "$CONFIG" config c
 for unit in entrance-camera.service entrance-camera-selftest.service entrance-camera-purge.service \
   entrance-camera-purge.timer; do
   run install -m 0644 "$SOURCE_DIR/deploy/systemd/$unit" "$SYSTEMD_DIR/$unit"
+done
+# The key's credential for every service that opens the gallery: systemd (root) unseals it into the
+# service's own credentials folder ($CREDENTIALS_DIRECTORY), which `device` reads; without the drop-in a
+# sealed key cannot be opened by the service user at all. A plain key file needs none (removed if there).
+for unit in entrance-camera.service entrance-camera-selftest.service entrance-camera-purge.service; do
+  dropin=$SYSTEMD_DIR/$unit.d/master-key.conf
+  if [ "$KEY_SOURCE" = file ]; then
+    [ ! -e "$dropin" ] || run rm -f "$dropin"
+  else
+    run install -d -m 0755 "$SYSTEMD_DIR/$unit.d"
+    tmp=$(mktemp)
+    printf '[Service]\nLoadCredentialEncrypted=entrance-camera-master-key:%s\n' "$MASTER_KEY" >"$tmp"
+    log "$dropin: LoadCredentialEncrypted=entrance-camera-master-key:$MASTER_KEY"
+    run install -m 0644 "$tmp" "$dropin"
+    rm -f "$tmp"
+  fi
 done
 run systemctl daemon-reload
 run systemctl enable entrance-camera-selftest.service entrance-camera.service entrance-camera-purge.timer

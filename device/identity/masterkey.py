@@ -15,9 +15,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import secrets
 import stat
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -108,7 +110,15 @@ def generate_master_key(path: Path, source: KeySource = "file") -> MasterKey:
     return MasterKey(material)
 
 
-def load_master_key(path: Path, source: KeySource = "file") -> MasterKey:
+def load_master_key(
+    path: Path, source: KeySource = "file", environ: Mapping[str, str] = os.environ
+) -> MasterKey:
+    """The unit's master key from ``path``; a sealed key (``host-credential``, ``tpm2``) is taken from the
+    service's credentials folder when systemd unsealed it there (``LoadCredentialEncrypted=``, what the
+    installer sets up: the service user may not unseal it itself), else unsealed with systemd-creds."""
+    unsealed = unsealed_by_systemd(environ) if source != "file" else None
+    if unsealed is not None:
+        return unsealed
     try:
         info = path.lstat()
     except FileNotFoundError:
@@ -149,6 +159,26 @@ def load_master_key(path: Path, source: KeySource = "file") -> MasterKey:
         text = content.decode("ascii")
     except UnicodeDecodeError as error:
         raise MasterKeyError(f"cannot read master key file {path}: {error}") from None
+    return MasterKey(_parse_key_text(text, path))
+
+
+def unsealed_by_systemd(environ: Mapping[str, str]) -> MasterKey | None:
+    """The key systemd put in ``$CREDENTIALS_DIRECTORY`` (a private, read-only folder of this service run
+    that only PID 1 writes), or None outside such a service or without that credential."""
+    folder = environ.get("CREDENTIALS_DIRECTORY")
+    if not folder:
+        return None
+    path = Path(folder) / CREDENTIAL_NAME
+    try:
+        content = read_unit_file(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, UnsafeFileError) as error:
+        raise MasterKeyError(f"cannot read the master key credential {path}: {error}") from None
+    try:
+        text = content.decode("ascii")
+    except UnicodeDecodeError as error:
+        raise MasterKeyError(f"the master key credential {path} is not a key: {error}") from None
     return MasterKey(_parse_key_text(text, path))
 
 

@@ -247,7 +247,8 @@ def test_example_configs_use_the_paths_the_installer_writes() -> None:
     import tomllib
 
     repo = MODELS.parent
-    template = tomllib.loads((repo / "deploy/unit/unit.toml.in").read_text().replace("@UNIT_ID@", "x"))
+    text = (repo / "deploy/unit/unit.toml.in").read_text()
+    template = tomllib.loads(text.replace("@UNIT_ID@", "x").replace("@KEY_SOURCE@", "file"))
     installed_paths = {
         ("unit", "state_dir"): template["unit"]["state_dir"],
         ("models", "dir"): template["models"]["dir"],

@@ -106,11 +106,16 @@ def test_the_udev_rule_covers_both_coral_usb_identities(ids: str) -> None:
     )
 
 
-def test_the_installer_config_is_valid_and_keeps_state_where_the_sandbox_allows(tmp_path: Path) -> None:
-    text = (ROOT / "deploy" / "unit" / "unit.toml.in").read_text().replace("@UNIT_ID@", "lobby-1")
+@pytest.mark.parametrize("key_source", ["file", "host-credential", "tpm2"])
+def test_the_installer_config_is_valid_and_keeps_state_where_the_sandbox_allows(
+    tmp_path: Path, key_source: str
+) -> None:
+    template = (ROOT / "deploy" / "unit" / "unit.toml.in").read_text()
+    text = template.replace("@UNIT_ID@", "lobby-1").replace("@KEY_SOURCE@", key_source)
     path = tmp_path / "unit.toml"
     path.write_text(text)
     config = load_config(path)
+    assert config.gallery.key_source == key_source
     writable = [Path(p) for p in values(SYSTEMD / "entrance-camera.service", "ReadWritePaths")[0].split()]
     for state_path in (config.unit.state_dir, config.gallery.path, config.mqtt.outbox_path):
         assert any(state_path == folder or folder in state_path.parents for folder in writable)

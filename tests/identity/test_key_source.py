@@ -12,7 +12,13 @@ from gallery_helpers import Unit, enrol_random, run_device
 from device.config import load_config
 from device.identity.gallery_store import GalleryStore
 from device.identity.live_gallery import LiveGallery
-from device.identity.masterkey import KEY_PREFIX, MasterKeyError, generate_master_key, load_master_key
+from device.identity.masterkey import (
+    CREDENTIAL_NAME,
+    KEY_PREFIX,
+    MasterKeyError,
+    generate_master_key,
+    load_master_key,
+)
 
 needs_systemd_creds = pytest.mark.skipif(shutil.which("systemd-creds") is None, reason="no systemd-creds")
 
@@ -68,3 +74,44 @@ def test_tpm2_without_a_tpm_is_one_clear_line_and_leaves_nothing_behind(tmp_path
     assert "systemd-creds could not seal the master key" in err
     assert "Traceback" not in err
     assert not unit.config_path.exists() and not (unit.dir / "secrets" / "master.key").exists()
+
+
+@needs_systemd_creds
+def test_a_service_given_its_key_by_systemd_opens_the_gallery_without_unsealing_it(tmp_path: Path) -> None:
+    """Issue 25 point 4. The service user may not unseal a host credential ("Failed to determine local
+    credential key: Permission denied"); the installer has systemd unseal it into the service's credentials
+    folder (LoadCredentialEncrypted=). Here that folder is made as PID 1 would (decrypted as root), and the
+    real CLI runs with no systemd-creds on its PATH: it must read the folder, never try to unseal."""
+    import os
+    import subprocess
+    import sys
+
+    code, unit, err = init(tmp_path, "host-credential")
+    assert code == 0, err
+    enrol_random(unit.store(), "Sealed Key Person", seed=92)
+    sealed = unit.config.gallery.master_key_path.read_bytes()
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    unsealed = subprocess.run(
+        ["systemd-creds", "decrypt", f"--name={CREDENTIAL_NAME}", "-", "-"], input=sealed, capture_output=True
+    )
+    assert unsealed.returncode == 0, unsealed.stderr
+    (credentials / CREDENTIAL_NAME).write_bytes(unsealed.stdout)
+    (credentials / CREDENTIAL_NAME).chmod(0o400)
+    no_creds = tmp_path / "bin"  # a PATH with python only: systemd-creds cannot be called
+    no_creds.mkdir()
+    (no_creds / "python").symlink_to(sys.executable)
+    environment = {**os.environ, "PATH": str(no_creds), "CREDENTIALS_DIRECTORY": str(credentials)}
+    listed = subprocess.run(
+        [sys.executable, "-m", "device", "--config", str(unit.config_path), "subjects", "list"],
+        capture_output=True, text=True, timeout=120, env=environment,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert "Sealed Key Person" in listed.stdout
+    # without the credential the same call has to unseal, and cannot here: the folder was what worked
+    environment.pop("CREDENTIALS_DIRECTORY")
+    refused = subprocess.run(
+        [sys.executable, "-m", "device", "--config", str(unit.config_path), "subjects", "list"],
+        capture_output=True, text=True, timeout=120, env=environment,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "systemd-creds" in refused.stderr
