@@ -521,6 +521,14 @@ class LivenessSection(Section):
         lt=1.0,
         description="the texture cue passes a face when the models' mean P(real) is at least this",
     )
+    uncertain: Literal["second_factor", "allow"] = Field(
+        default="second_factor",
+        description=(
+            "a recognised visit PAD could not vouch for (no cue rejected, none saw a live face: a grey face "
+            "at night that did not move) is marked second_factor_required, which the door takes only with a "
+            "verified claim (badge, keypad); allow: recognised as any other"
+        ),
+    )
 
 
 class UnitConfig(Section):

@@ -146,6 +146,9 @@ class PadOutcome:
     score: float | None
     cues: dict[str, float | None] = field(default_factory=dict)
     failed: tuple[str, ...] = ()  # the cues that rejected the face
+    # "attack" (a cue rejected), "pass" (none did, and one saw a live face), "uncertain" (none did, and
+    # none could tell: the texture CNN abstained on a grey face and nothing moved); None without PAD
+    assurance: str | None = None
 
 
 @dataclass(frozen=True)

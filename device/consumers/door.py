@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 OPENING_TYPE = "recognized"
 CLAIM_VERIFIED = "claim_verified"
+SECOND_FACTOR_REQUIRED = "second_factor_required"  # the unit's reason: PAD uncertain, no claim
 
 
 MAX_POLICY_BYTES = 1024 * 1024
@@ -72,6 +73,9 @@ def judge(policy: DoorPolicy, event: Mapping[str, Any], local_hour: int) -> str 
         return f"hour {local_hour} outside the allowed hours"
     if policy.claim_required and CLAIM_VERIFIED not in event.get("reasons", ()):
         return "no verified claim"
+    if SECOND_FACTOR_REQUIRED in event.get("reasons", ()):
+        # The unit recognised the face but its PAD could not vouch for a person in front of it.
+        return "second factor required: liveness uncertain, no verified claim"
     return None
 
 

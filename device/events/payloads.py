@@ -319,11 +319,14 @@ def build_event(
         "gallery_version": gallery_version,
     }
     if decision.pad is not None:
-        event["liveness"] = {
+        liveness: dict[str, Any] = {
             "passed": decision.pad.passed,
             "score": _rounded(decision.pad.score),
             "cues": {name: _rounded(score) for name, score in decision.pad.cues.items()},
         }
+        if decision.pad.assurance is not None:
+            liveness["assurance"] = decision.pad.assurance
+        event["liveness"] = liveness
     validate("event", event)
     return event
 

@@ -32,6 +32,8 @@ class Reason(StrEnum):
     GALLERY_EMPTY = "gallery_empty"
     NO_GALLERY = "no_gallery"  # the enrolled set could not be loaded
     NO_USABLE_SAMPLE = "no_usable_sample"
+    # recognised, but PAD could not vouch for a live face: the door wants a verified claim as well
+    SECOND_FACTOR_REQUIRED = "second_factor_required"
 
 
 def decide(
@@ -67,9 +69,26 @@ def decide(
         return decision
     decision = replace(decision, pad=pad)
     mode = liveness.mode if liveness is not None else "enforce"
-    if pad.passed is not False or mode != "enforce" or decision.type is DecisionType.INSUFFICIENT_QUALITY:
+    if mode != "enforce" or decision.type is DecisionType.INSUFFICIENT_QUALITY:
         return decision
+    if pad.passed is not False:
+        return with_second_factor_if_uncertain(decision, pad, liveness)
     return presentation_attack(decision, pad, match, config, liveness)
+
+
+def with_second_factor_if_uncertain(
+    decision: Decision, pad: PadOutcome, liveness: LivenessSection | None
+) -> Decision:
+    """A recognised visit that PAD could not vouch for says so, unless a verified claim is its second factor
+    already (``liveness.uncertain = "allow"`` turns this off)."""
+    if (
+        decision.type is not DecisionType.RECOGNIZED
+        or pad.assurance != "uncertain"
+        or (liveness is not None and liveness.uncertain == "allow")
+        or Reason.CLAIM_VERIFIED.value in decision.reasons
+    ):
+        return decision
+    return replace(decision, reasons=(*decision.reasons, Reason.SECOND_FACTOR_REQUIRED.value))
 
 
 def presentation_attack(

@@ -118,6 +118,18 @@ class Cue(StrEnum):
     INFRARED = "infrared"
 
 
+class Assurance(StrEnum):
+    LIVE = "pass"  # the issue's word for it; LIVE because that is what it vouches for
+    UNCERTAIN = "uncertain"
+    ATTACK = "attack"
+
+
+# The cues whose "live" is evidence of a person. Frame edges and spectrum passing only say no border and no
+# dot pattern was seen (a clean borderless poster passes both); texture calls a face live, geometry saw it
+# move in depth, a blink is a blink, and a face under the IR lamp has skin's contrast.
+EVIDENCE_OF_LIFE = (Cue.TEXTURE, Cue.GEOMETRY, Cue.BLINK, Cue.INFRARED)
+
+
 @dataclass(frozen=True)
 class CueResult:
     """One cue's say: ``score`` 0..1 (1 = live) or None (abstained); ``passed`` False when it rejects."""
@@ -159,6 +171,16 @@ class Liveness:
             "cues": {name: cue.as_json() for name, cue in self.cues.items()},
         }
 
+    @property
+    def assurance(self) -> Assurance:
+        """How sure PAD is: ``attack`` when a cue rejected; ``pass`` when none did and a cue that can see a
+        live face said so; ``uncertain`` when none rejected and none of those could tell."""
+        if self.passed is False:
+            return Assurance.ATTACK
+        if any(self.cues[name].passed for name in EVIDENCE_OF_LIFE if name in self.cues):
+            return Assurance.LIVE
+        return Assurance.UNCERTAIN
+
     def outcome(self) -> PadOutcome:
         """The scores that travel in a decision event (no picture, no landmark)."""
         return PadOutcome(
@@ -166,6 +188,7 @@ class Liveness:
             None if self.score is None else round(self.score, 4),
             {str(name): None if c.score is None else round(c.score, 4) for name, c in self.cues.items()},
             tuple(str(name) for name in self.failed_cues),
+            str(self.assurance) if self.cues else None,
         )
 
 

@@ -58,6 +58,13 @@ def test_the_policy_checks_subjects_hours_and_claims() -> None:
     assert "claim" in str(judge(policy, recognized(), 8))
 
 
+def test_a_resident_pad_could_not_vouch_for_does_not_open_the_door() -> None:
+    """The unit recognised the face, but no cue saw a live person (a grey print at night, held still)."""
+    unsure = recognized(reasons=("above_threshold", "second_factor_required"))
+    assert "second factor required" in str(judge(DoorPolicy(), unsure, 12))
+    assert judge(DoorPolicy(), recognized(reasons=("claim_verified",)), 12) is None  # badge + face
+
+
 def test_a_pulse_switches_the_relay_on_then_off_even_when_interrupted(tmp_path: Path) -> None:
     factory = MockFactory()
     watch = PinWatch(factory)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from device.config import MatchingSection, QualitySection
+from device.config import LivenessSection, MatchingSection, QualitySection
 from device.identity.decide import ClaimSlot, Reason, VisitBook, decide
-from device.types import DecisionType, Match
+from device.types import Decision, DecisionType, Match, PadOutcome
 
 CONFIG = MatchingSection(threshold=0.9, min_margin=0.02)
 
@@ -105,3 +105,38 @@ def test_a_visit_is_ready_once_it_has_enough_good_samples_and_is_decided_only_on
     assert len(book.visit(1).samples) == 0
     ended = book.end(1)
     assert ended is not None and ended.decided and ended.frames == 4
+
+
+def pad(assurance: str) -> PadOutcome:
+    passed = {"pass": True, "uncertain": True, "attack": False}[assurance]
+    return PadOutcome(passed, 0.9 if passed else 0.1, {}, () if passed else ("texture",), assurance)
+
+
+def decided_with_pad(assurance: str, *, claim: str | None = None, **liveness: str) -> Decision:
+    return decide(
+        track_id=7, frames=12, samples=3, match=Match("alice", 0.95, 0.1), config=CONFIG, claim=claim,
+        pad=pad(assurance), liveness=LivenessSection.model_validate(liveness),
+    )  # fmt: skip
+
+
+def test_a_resident_pad_could_not_vouch_for_needs_a_second_factor() -> None:
+    uncertain = decided_with_pad("uncertain")
+    assert (uncertain.type, uncertain.subject_id) == (DecisionType.RECOGNIZED, "alice")
+    assert Reason.SECOND_FACTOR_REQUIRED in uncertain.reasons
+    assert Reason.SECOND_FACTOR_REQUIRED not in decided_with_pad("pass").reasons
+
+
+def test_a_verified_claim_is_the_second_factor_already() -> None:
+    claimed = decided_with_pad("uncertain", claim="alice")
+    assert claimed.reasons == (Reason.CLAIM_VERIFIED,)
+
+
+def test_uncertain_may_be_allowed_and_report_mode_changes_no_decision() -> None:
+    assert Reason.SECOND_FACTOR_REQUIRED not in decided_with_pad("uncertain", uncertain="allow").reasons
+    assert Reason.SECOND_FACTOR_REQUIRED not in decided_with_pad("uncertain", mode="report").reasons
+
+
+def test_an_attack_is_never_recognized_and_needs_no_second_factor() -> None:
+    attack = decided_with_pad("attack")
+    assert (attack.type, attack.subject_id) == (DecisionType.PRESENTATION_ATTACK, None)
+    assert Reason.SECOND_FACTOR_REQUIRED not in attack.reasons

@@ -28,7 +28,15 @@ from device.evaluation import fixtures
 from device.lab.padattacks import RenderParams, still_attack
 from device.types import Box, RgbImage
 from device.vision.faces import Detector, load_image_rgb, load_stages
-from device.vision.liveness import Cue, Liveness, LivenessStage, PadSample, open_liveness, pad_sample
+from device.vision.liveness import (
+    Assurance,
+    Cue,
+    Liveness,
+    LivenessStage,
+    PadSample,
+    open_liveness,
+    pad_sample,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PAD_SAMPLES = REPO / "tests" / "data" / "pad_samples"
@@ -115,6 +123,16 @@ def test_the_same_people_in_person_pass_every_cue(detector: Detector, stage: Liv
         photo = fixtures.load_rgb(name)
         assert judged(stage, detector, photo).passed is True, name
         assert judged(stage, detector, grey(photo), infrared=True).passed is True, name
+
+
+def test_a_grey_face_without_the_ir_lamp_is_uncertain_not_live(
+    detector: Detector, stage: LivenessStage
+) -> None:
+    """A grey stream (a NoIR camera at night with its lamp unknown to the unit): the texture CNN abstains,
+    nothing rejects, nothing vouches. Not an attack, not a pass: a recognised visit wants a second factor."""
+    for name in FACES:
+        verdict = judged(stage, detector, grey(fixtures.load_rgb(name)))
+        assert (verdict.passed, verdict.assurance) == (True, Assurance.UNCERTAIN), name
 
 
 def turned_poster(photo: RgbImage, yaw: float, size: tuple[int, int] = (640, 480)) -> RgbImage:

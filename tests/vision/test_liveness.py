@@ -20,7 +20,9 @@ from device.vision.faces import Detector, load_image_rgb, load_stages
 from device.vision.liveness import (
     ABSTAIN,
     LATTICE_RATIO,
+    NOT_CHECKED,
     SPECTRUM_FACE_SIDE,
+    Assurance,
     Cue,
     CueResult,
     LivenessStage,
@@ -265,6 +267,22 @@ def test_fusion_any_veto_fails_and_blink_never_rejects_nor_rescues() -> None:
     assert failed.passed is False and failed.reasons() == ("pad_frame_edges",)
     assert fuse({Cue.TEXTURE: ABSTAIN, Cue.BLINK: CueResult(1.0, True)}).passed is None
     assert fuse({Cue.TEXTURE: good, Cue.BLINK: CueResult(0.0, False)}).passed is True
+
+
+def test_assurance_is_attack_on_a_veto_pass_on_evidence_of_life_and_uncertain_without_either() -> None:
+    good, bad = CueResult(0.9, True), CueResult(0.1, False)
+    assert fuse({Cue.TEXTURE: good, Cue.SPECTRUM: good}).assurance is Assurance.LIVE
+    assert fuse({Cue.TEXTURE: good, Cue.FRAME_EDGES: bad}).assurance is Assurance.ATTACK
+    # no border, no dots, and the texture CNN abstained (a grey face): nothing saw a person
+    assert (
+        fuse({Cue.TEXTURE: ABSTAIN, Cue.SPECTRUM: good, Cue.FRAME_EDGES: good}).assurance
+        is Assurance.UNCERTAIN
+    )
+    # ... until the face turned in depth, or blinked
+    assert fuse({Cue.TEXTURE: ABSTAIN, Cue.SPECTRUM: good, Cue.GEOMETRY: good}).assurance is Assurance.LIVE
+    assert fuse({Cue.TEXTURE: ABSTAIN, Cue.BLINK: CueResult(1.0, True)}).assurance is Assurance.LIVE
+    assert fuse({Cue.TEXTURE: ABSTAIN}).outcome().assurance == "uncertain"
+    assert NOT_CHECKED.outcome().assurance is None  # no PAD ran: no claim either way
 
 
 def test_infrared_check_rejects_a_flat_face_and_accepts_a_textured_one() -> None:
