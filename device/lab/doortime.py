@@ -53,8 +53,8 @@ from device.timing import LatencyRecorder
 from device.types import Decision, Frame, RgbImage
 from device.vision.capture.file import FileSource
 from device.vision.capture.thread import CaptureThread
-from device.vision.faces import FaceAnalyzer, Stages
-from device.vision.liveness import open_liveness
+from device.vision.faces import Aligner, FaceAnalyzer, Stages
+from device.vision.liveness import LivenessStage, open_liveness
 from device.vision.views import ViewSpec
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class VisitClock:
     """The benchmark's side of the pipeline: which frame first gave a usable face (the aligner is handed
     exactly the faces the quality gate accepted), and when each decision went to the publisher."""
 
-    def __init__(self, publisher: MqttPublisher, aligner: Any) -> None:
+    def __init__(self, publisher: MqttPublisher, aligner: Aligner) -> None:
         self._publisher = publisher
         self._aligner = aligner
         self.pipeline: TimedPipeline | None = None
@@ -132,8 +132,7 @@ class VisitClock:
     def align(self, image: RgbImage, keypoints: NDArray[np.float32]) -> RgbImage:
         if self.first_usable is None and self.pipeline is not None:
             self.first_usable = self.pipeline.current
-        chip: RgbImage = self._aligner(image, keypoints)
-        return chip
+        return self._aligner(image, keypoints)
 
     # the Publisher protocol, around the unit's MQTT publisher
     def publish_decision(self, decision: Decision) -> None:
@@ -393,7 +392,7 @@ def run_once(
     fps: float,
     gallery: InMemoryGallery,
     publisher: MqttPublisher,
-    liveness: Any,
+    liveness: LivenessStage | None,
 ) -> tuple[list[Published], int]:
     """One pass of the clip through the unit's loop; the decisions as published, and frames dropped."""
     clock = VisitClock(publisher, stages.aligner)
