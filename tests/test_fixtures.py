@@ -66,6 +66,7 @@ def test_a_damaged_cached_file_is_fetched_again(tmp_path: Path, face_images: dic
     assert digest == FACE_RECOGNITION_SDIST.members["biden.jpg"].sha256
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_an_archive_that_does_not_match_its_pin_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     tampered = fixtures.Archive(
         registry=FACE_RECOGNITION_SDIST.registry,
@@ -128,6 +129,7 @@ def test_device_fixtures_lists_the_astronaut_where_it_comes_from_as_the_readme_s
     assert missing.stdout.splitlines()[-1].startswith("scikit-image astronaut(): not available here")
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_calibrate_says_when_the_astronaut_is_missing_from_the_default_strangers(tmp_path: Path) -> None:
     from gallery_helpers import enrol_random, init_unit
 

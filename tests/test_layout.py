@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from gallery_helpers import init_unit
 
 from device.events.signing import EventKey
@@ -39,6 +40,7 @@ def event_key(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_one_folder_of_a_unit_is_called_secrets(tmp_path: Path) -> None:
     unit = init_unit(tmp_path)
     assert event_key(unit.config_path).returncode == 0
@@ -51,6 +53,7 @@ def test_one_folder_of_a_unit_is_called_secrets(tmp_path: Path) -> None:
     assert "default `<unit.state_dir>/signing/event-signing.key`" in readme
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_a_unit_set_up_with_the_old_folder_name_keeps_its_event_key(tmp_path: Path) -> None:
     unit = init_unit(tmp_path)
     layout = StateLayout.from_config(unit.config)

@@ -50,6 +50,7 @@ def test_the_unrelated_pypi_pycoral_is_never_a_dependency() -> None:
         assert "pycoral" not in locked_packages(lock)
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_hardware_libraries_are_not_imported_at_package_import() -> None:
     import subprocess
     import sys

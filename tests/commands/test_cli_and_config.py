@@ -33,6 +33,7 @@ def test_help_lists_the_commands() -> None:
     assert "config" in result.stdout
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "device"
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
@@ -134,6 +135,7 @@ def test_a_relative_file_source_is_relative_to_the_config_file(tmp_path: Path) -
     assert config.capture.source == tmp_path / "clips" / "a.mp4"
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_a_missing_or_malformed_config_file_is_a_clear_error(tmp_path: Path) -> None:
     missing = run_device("--config", str(tmp_path / "nope.toml"), "config", "check")
     assert missing.returncode == 2

@@ -128,6 +128,7 @@ def test_restore_of_2_gb_is_refused_before_it_is_read(unit: Unit, tmp_path: Path
 
 
 @pytest.mark.parametrize("special", ["/dev/zero", "FIFO", "DIRECTORY"])
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_a_config_that_is_no_regular_file_is_refused_without_reading(tmp_path: Path, special: str) -> None:
     path = {"/dev/zero": Path("/dev/zero"), "FIFO": tmp_path / "unit.toml", "DIRECTORY": tmp_path}[special]
     if special == "FIFO":
@@ -138,6 +139,7 @@ def test_a_config_that_is_no_regular_file_is_refused_without_reading(tmp_path: P
     assert "not a regular file" in result.stderr
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_a_3_gb_config_is_refused_before_it_is_read(tmp_path: Path) -> None:
     config = sparse_file(tmp_path / "unit.toml", 3 * GB)
     result, peak_mb = peak_rss_mb_of(

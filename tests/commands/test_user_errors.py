@@ -26,6 +26,7 @@ def empty_models(tmp_path: Path) -> Path:
     return config
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_a_picture_that_is_not_one(tmp_path: Path) -> None:
     picture = tmp_path / "x.jpg"
     picture.write_text("not an image")
@@ -36,6 +37,7 @@ def test_a_picture_that_is_not_one(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_a_model_folder_without_its_manifest(empty_models: Path, tmp_path: Path) -> None:
     picture = tmp_path / "x.jpg"
     picture.write_bytes(b"")

@@ -80,6 +80,7 @@ def test_connection_refused_names_host_and_port(tmp_path: Path, caplog: pytest.L
     assert any(f"nothing accepts connections on localhost:{NoBroker.port}" in e for e in errors), errors
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_a_certificate_named_for_another_unit_gets_the_name_hint_once(
     mosquitto_broker: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -96,6 +97,7 @@ def test_a_certificate_named_for_another_unit_gets_the_name_hint_once(
     assert "certificate" in hints[0] and str(config.mqtt.tls.cert_file) in hints[0]
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_a_run_time_not_authorized_names_the_cn_against_unit_id_as_doctor_does(
     mosquitto_broker: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from device.config import parse_config
 from device.events.mqtt_publisher import MqttPublisher
 from device.lab.devbroker import start_dev_broker
@@ -16,6 +18,7 @@ from device.types import Decision, DecisionType
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_a_unit_and_a_tail_consumer_meet_on_the_dev_broker(tmp_path: Path) -> None:
     dev = start_dev_broker(tmp_path / "dev-broker", unit_id="demo-unit")
     try:

@@ -337,6 +337,7 @@ def test_consumers_drop_redeliveries_and_events_on_a_foreign_topic() -> None:
     assert decode("event", json.dumps(event).encode())["unit"] == "unit-x"
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_events_tail_prints_what_a_consumer_receives(mosquitto_broker: Any, tmp_path: Path) -> None:
     from device.events.signing import EventKey, registry_text
     from device.layout import StateLayout

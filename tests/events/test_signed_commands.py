@@ -249,6 +249,7 @@ class AnswerForger:
         self.client.loop_stop()
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_a_forged_answer_is_not_taken_for_the_units(
     mosquitto_broker: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -216,6 +216,7 @@ def test_camera_enrolment_keeps_spaced_good_frames_and_skips_bad_ones(
         judge_camera_frames(FileSource(only_blurred), analyze, UnitConfig(), wanted=2, frame_gap=1)
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_enroll_refuses_without_a_consent_reference_and_stores_nothing(tmp_path: Path, face_images) -> None:  # type: ignore[no-untyped-def]
     unit = init_unit(tmp_path)
     result = run_device(

@@ -90,6 +90,7 @@ def test_forget_from_the_cli(unit: Unit, capsys: pytest.CaptureFixture[str]) -> 
     assert (forget.event, forget.actor, forget.details["subject_id"]) == ("forget", "dpo", info.subject_id)
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_forget_off_a_terminal_needs_yes_as_the_readme_says(unit: Unit) -> None:
     import subprocess
     import sys

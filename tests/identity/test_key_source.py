@@ -77,6 +77,7 @@ def test_tpm2_without_a_tpm_is_one_clear_line_and_leaves_nothing_behind(tmp_path
 
 
 @needs_systemd_creds
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_a_service_given_its_key_by_systemd_opens_the_gallery_without_unsealing_it(tmp_path: Path) -> None:
     """Issue 25 point 4. The service user may not unseal a host credential ("Failed to determine local
     credential key: Permission denied"); the installer has systemd unseal it into the service's credentials

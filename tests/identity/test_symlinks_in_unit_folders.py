@@ -100,6 +100,7 @@ def test_a_linked_used_command_record_and_outbox_are_refused(unit: Unit, tmp_pat
     assert not (tmp_path / "elsewhere.db").exists() and not (tmp_path / "elsewhere.db-wal").exists()
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_a_linked_master_key_is_refused_even_when_it_points_at_a_root_file(
     unit: Unit, tmp_path: Path
 ) -> None:
@@ -113,6 +114,7 @@ def test_a_linked_master_key_is_refused_even_when_it_points_at_a_root_file(
 
 
 @pytest.mark.parametrize("name", ["keyring", "audit_head"])
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_a_linked_keyring_or_audit_head_is_not_read_through(unit: Unit, tmp_path: Path, name: str) -> None:
     planted = getattr(StateLayout.from_config(unit.config), name)
     real = tmp_path / f"moved-{planted.name}"

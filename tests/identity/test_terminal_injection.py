@@ -105,6 +105,7 @@ def test_escaping_leaves_ordinary_names_alone() -> None:
         assert shown(name) == name
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_enroll_prints_a_hostile_picture_name_escaped(
     unit: Unit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -259,6 +259,7 @@ def test_five_first_starts_from_nothing_run_the_same_file_for_the_same_reason(
         assert bases == {expected_basis}
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_the_choice_and_its_reason_are_in_the_published_health(tmp_path: Path) -> None:
     config = unit_config(models={"cpu_variant": "auto"})
     stages = load_stages(config, state_dir=tmp_path)

@@ -94,6 +94,7 @@ def test_dynamic_shapes_and_float_activations_are_reported(tmp_path: Path) -> No
     assert any(p.startswith("op 10 ") and "is FLOAT32, needs int8/uint8" in p for p in report.problems)
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_models_eval_prints_int8_agreement_and_latency(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "eval", "--json", "--only", "detector", "--models-dir", str(REPO_MODELS)]) == 0
     metrics = json.loads(capsys.readouterr().out)

@@ -28,6 +28,7 @@ def unit_with_camera(tmp_path: Path, face_images: dict[str, Path], zone: str = "
     return unit.config_path
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_snapshot_boxes_the_face_draws_the_zone_and_is_private(
     tmp_path: Path, face_images: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

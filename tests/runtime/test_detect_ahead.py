@@ -121,6 +121,7 @@ def outcome(decisions: list[Decision]) -> list[tuple[int, str, float | None, int
     return [(d.track_id, d.type.value, d.similarity, d.frames) for d in decisions]
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_the_next_frame_is_detected_on_the_worker_while_this_frames_faces_are_aligned(
     stages: Stages, gallery: InMemoryGallery, clip: list[Frame]
 ) -> None:

